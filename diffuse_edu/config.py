@@ -1,0 +1,127 @@
+"""One place for the two course-wide settings: the scale a lesson runs at and where data lives.
+
+Scale
+-----
+``quick`` runs every lesson on a laptop CPU in about a minute on built-in data; ``full`` runs the
+same source at full size on one GPU. ``auto`` (the default) picks ``full`` when CUDA is available.
+The environment variable ``DIFFUSE_EDU_SCALE`` overrides the default; ``set_scale`` overrides both
+for the current process.
+
+Each notebook has one hyperparameter cell written with :func:`by_scale`, the two scales' values
+side by side::
+
+    hp = by_scale(
+        image_size=(16, 32),      # (quick, full)
+        n_draws=(4_000, 200_000),
+    )
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+SCALE_ENV = "DIFFUSE_EDU_SCALE"
+DATA_ENV = "DIFFUSE_EDU_DATA"
+
+#: The project's root when installed from a checkout (editable install), else None.
+_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT: Path | None = _ROOT if (_ROOT / "pyproject.toml").exists() else None
+
+
+class Scale(str, Enum):
+    """The two sizes every lesson runs at (``AUTO`` resolves to one of them)."""
+
+    QUICK = "quick"
+    FULL = "full"
+    AUTO = "auto"
+
+
+_scale_override: Scale | None = None
+_data_dir_override: Path | None = None
+
+
+def _parse_scale(value: str | Scale) -> Scale:
+    try:
+        return Scale(str(value.value if isinstance(value, Scale) else value).strip().lower())
+    except ValueError:
+        raise ValueError(
+            f"Unknown scale {value!r}: use 'quick', 'full' or 'auto' "
+            f"(for example `export {SCALE_ENV}=quick`)."
+        ) from None
+
+
+def set_scale(scale: str | Scale | None) -> None:
+    """Fix the scale for this process (None goes back to the environment variable)."""
+    global _scale_override
+    _scale_override = None if scale is None else _parse_scale(scale)
+
+
+def get_scale() -> Scale:
+    """The scale in force: ``set_scale`` > ``$DIFFUSE_EDU_SCALE`` > auto; never AUTO itself."""
+    scale = _scale_override or _parse_scale(os.environ.get(SCALE_ENV, "auto"))
+    if scale is Scale.AUTO:
+        return Scale.FULL if torch.cuda.is_available() else Scale.QUICK
+    return scale
+
+
+def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> SimpleNamespace:
+    """Pick the quick or full value of each hyperparameter given as ``name=(quick, full)``.
+
+    The result also carries ``scale`` (a :class:`Scale`) so a notebook can print what it uses.
+    """
+    chosen = get_scale() if scale is None else _parse_scale(scale)
+    if chosen is Scale.AUTO:
+        chosen = Scale.FULL if torch.cuda.is_available() else Scale.QUICK
+    picked = {}
+    for name, pair in values.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"by_scale: {name} must be a (quick, full) pair, got {pair!r}.")
+        picked[name] = pair[0] if chosen is Scale.QUICK else pair[1]
+    return SimpleNamespace(scale=chosen, **picked)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU (the library itself never moves tensors by itself)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_data_dir(path: str | os.PathLike | None) -> None:
+    """Point the data loaders at a folder of staged data (None goes back to the default)."""
+    global _data_dir_override
+    _data_dir_override = None if path is None else Path(path).expanduser().resolve()
+
+
+def data_dirs() -> list[Path]:
+    """Folders searched for staged data sets, in order.
+
+    ``set_data_dir`` > ``$DIFFUSE_EDU_DATA`` > the project's git-ignored ``datasets/cache`` >
+    ``../shared/datasets`` beside the project > ``~/.cache/diffuse_edu``.
+    """
+    dirs: list[Path] = []
+    if _data_dir_override is not None:
+        dirs.append(_data_dir_override)
+    if os.environ.get(DATA_ENV):
+        dirs.append(Path(os.environ[DATA_ENV]).expanduser().resolve())
+    if PROJECT_ROOT is not None:
+        dirs += [PROJECT_ROOT / "datasets" / "cache", PROJECT_ROOT.parent / "shared" / "datasets"]
+    dirs.append(Path.home() / ".cache" / "diffuse_edu")
+    return list(dict.fromkeys(dirs))
+
+
+def cache_dir() -> Path:
+    """Where downloads and course-made files (trained checkpoints, features) are written."""
+    if _data_dir_override is not None:
+        return _data_dir_override
+    if os.environ.get(DATA_ENV):
+        env_dir = Path(os.environ[DATA_ENV]).expanduser().resolve()
+        if os.access(env_dir if env_dir.exists() else env_dir.parent, os.W_OK):
+            return env_dir
+    if PROJECT_ROOT is not None:
+        return PROJECT_ROOT / "datasets" / "cache"
+    return Path.home() / ".cache" / "diffuse_edu"

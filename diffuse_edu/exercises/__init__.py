@@ -1,0 +1,154 @@
+"""Exercises and their checkers.
+
+A lesson's exercise cell defines a function; the next cell passes it to :func:`check`::
+
+    q_sample = check(q_sample, checks.Q_SAMPLE)
+
+``check`` runs the checker's cases against the learner's function and prints one verdict:
+
+* passed: the learner's function is returned and used from then on;
+* unfinished (it raises ``NotImplementedError``): the notebook says so and carries on with the
+  library's reference version, so an unfinished exercise never blocks the rest of the lesson;
+* wrong: one or two sentences say which case failed and why (which shape, which value, which
+  edge case), and the notebook carries on with the reference version.
+
+A checker is a name, the reference function and a list of cases. Each case calls the learner's
+function and raises :class:`Mismatch` with a specific message when something is off;
+:func:`compare` does the usual shape, dtype and value checks and names known mistakes.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class Mismatch(AssertionError):
+    """Raised by a checker case: the learner's answer is wrong; the message says how."""
+
+
+@dataclass(frozen=True)
+class Checker:
+    """Cases that compare a learner's function with the library's reference version."""
+
+    name: str  # the function's name in the notebook
+    reference: Callable  # the library's version, used when the learner's is unfinished or wrong
+    cases: Sequence[Callable[[Callable], None]]  # each calls fn and raises Mismatch if wrong
+    hint: str = ""  # one sentence shown with any failure
+
+
+@dataclass
+class Verdict:
+    """The outcome of checking one exercise."""
+
+    name: str
+    status: str  # "passed", "unfinished" or "failed"
+    message: str
+    passed_cases: int = 0
+    total_cases: int = 0
+
+
+#: Verdicts of every exercise checked in this process, in order (read by `diffuse_edu check`).
+VERDICTS: list[Verdict] = []
+
+
+def run_checker(fn: Callable, checker: Checker) -> Verdict:
+    """Run every case of ``checker`` on ``fn`` and return the first failure, if any."""
+    total = len(checker.cases)
+    for i, case in enumerate(checker.cases):
+        try:
+            case(fn)
+        except NotImplementedError:
+            return Verdict(checker.name, "unfinished",
+                           f"{checker.name} is not written yet (it raises NotImplementedError).",
+                           i, total)
+        except Mismatch as e:
+            return Verdict(checker.name, "failed", str(e), i, total)
+        except Exception as e:  # the learner's code crashed: say where, briefly
+            return Verdict(checker.name, "failed",
+                           f"{checker.name} raised {type(e).__name__}: {e}{_learner_frame(e)}"
+                           f"{_explain(e)}", i, total)
+    return Verdict(checker.name, "passed", f"{checker.name} passed all {total} checks.", total, total)
+
+
+def _explain(e: BaseException) -> str:
+    """A sentence on what a common PyTorch error usually means in an exercise."""
+    text = str(e)
+    if "must match the size of tensor" in text:
+        return (". This usually means a per-image value of shape (B,) was multiplied with images "
+                "of shape (B, C, H, W) without reshaping it to (B, 1, 1, 1).")
+    if "expected scalar type" in text or "dtype" in text:
+        return ". Two tensors of different dtypes met: cast one with .to(other.dtype)."
+    return ""
+
+
+def _learner_frame(e: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "diffuse_edu" not in f.filename]
+    return f" (at line: {frames[-1].line})" if frames and frames[-1].line else ""
+
+
+def check(fn: Callable, checker: Checker, *, quiet: bool = False) -> Callable:
+    """Check a learner's function; return it if right, else the library's reference version."""
+    verdict = run_checker(fn, checker)
+    VERDICTS.append(verdict)
+    ref = f"{checker.reference.__module__}.{checker.reference.__qualname__}"
+    if verdict.status == "passed":
+        text, chosen = f"[ok] {verdict.message} From here on the notebook uses yours.", fn
+    elif verdict.status == "unfinished":
+        text, chosen = (f"[todo] {verdict.message} The notebook carries on with the library's "
+                        f"version ({ref}); come back to it any time."), checker.reference
+    else:
+        hint = f"\n       Hint: {checker.hint}" if checker.hint else ""
+        text = (f"[x] {checker.name}: {verdict.message}{hint}\n"
+                f"       ({verdict.passed_cases} of {verdict.total_cases} checks passed before this "
+                f"one; the notebook carries on with {ref}.)")
+        chosen = checker.reference
+    if not quiet:
+        print(text)
+    return chosen
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A typical wrong answer: what it computes, and what to tell a learner who made it."""
+
+    message: str
+    answer: Tensor
+
+
+def compare(
+    got: object, want: Tensor, *, what: str, mistakes: Sequence[Mistake] = (),
+    rtol: float = 1e-4, atol: float = 1e-5,
+) -> None:
+    """Raise :class:`Mismatch` unless ``got`` equals ``want`` in type, shape, dtype and values.
+
+    ``what`` describes the case ("q_sample(x0, t=[3, 500], ...)"); when the values are wrong and
+    match one of ``mistakes``, that mistake's message is used.
+    """
+    if not isinstance(got, Tensor):
+        raise Mismatch(f"{what} returned {type(got).__name__}; expected a torch.Tensor.")
+    if got.shape != want.shape:
+        raise Mismatch(f"{what} returned shape {tuple(got.shape)}; expected {tuple(want.shape)}.")
+    if got.dtype != want.dtype:
+        raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype} (the input's "
+                       f"dtype: cast what you take from the schedule with .to(x.dtype)).")
+    g, w = got.detach().double(), want.detach().double()
+    if torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
+        return
+    for mistake in mistakes:
+        if mistake.answer.shape == w.shape and torch.allclose(
+                g, mistake.answer.detach().double(), rtol=rtol, atol=atol):
+            raise Mismatch(f"{what}: {mistake.message}")
+    err = (g - w).abs()
+    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    raise Mismatch(f"{what} is off by up to {err.max():.3g} (at index {idx}: got "
+                   f"{g[idx]:.4g}, expected {w[idx]:.4g}).")
+
+
+def summary(verdicts: Sequence[Verdict] | None = None) -> Mapping[str, str]:
+    """Name -> status for every exercise checked so far (or for ``verdicts``)."""
+    return {v.name: v.status for v in (VERDICTS if verdicts is None else verdicts)}

@@ -1,0 +1,105 @@
+"""Checker for lesson 01's exercise: the closed form of q(x_t | x_0) (Ho et al. 2020, Eq. 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.forward_process import q_sample
+from diffuse_edu.schedules import NoiseSchedule, cosine_schedule, linear_schedule, rescale_zero_terminal_snr
+
+_LINEAR = linear_schedule(1000)
+
+
+def _batch(t: list[int], schedule: NoiseSchedule = _LINEAR):
+    """Five 1x6x8 images with their noise; W = 8 differs from B = 5 so bad broadcasting fails."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(len(t), 1, 6, 8, generator=g) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g)
+    return x0, torch.tensor(t), schedule, eps
+
+
+def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
+    def at(values, tt):
+        return values[tt.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
+
+    ab = at(schedule.alpha_bar, t)
+    return [
+        Mistake("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots "
+                "(they are variances, the weights are standard deviations).",
+                ab * x0 + (1 - ab) * eps),
+        Mistake("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
+                "sqrt(1 - alpha_bar_t).", (1 - ab).sqrt() * x0 + ab.sqrt() * eps),
+        Mistake("you used alpha_t (one step) instead of alpha_bar_t (the product over all steps "
+                "up to t).", at(schedule.alphas, t).sqrt() * x0 + (1 - at(schedule.alphas, t)).sqrt() * eps),
+        Mistake("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at "
+                "step t (alpha_bar[0] = 1).",
+                at(schedule.alpha_bar, t - 1).sqrt() * x0 + (1 - at(schedule.alpha_bar, t - 1)).sqrt() * eps),
+        Mistake("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at "
+                "step t (alpha_bar[0] = 1).",
+                at(schedule.alpha_bar, t + 1).sqrt() * x0 + (1 - at(schedule.alpha_bar, t + 1)).sqrt() * eps),
+        Mistake("x0 is not scaled: the signal must shrink by sqrt(alpha_bar_t) as noise grows.",
+                x0 + (1 - ab).sqrt() * eps),
+    ]
+
+
+def _shape_and_values(fn: Callable) -> None:
+    x0, t, schedule, eps = _batch([1, 10, 250, 600, 999])
+    what = "q_sample(x0 of shape (5, 1, 6, 8), t = [1, 10, 250, 600, 999], linear schedule, eps)"
+    compare(fn(x0, t, schedule, eps), q_sample(x0, t, schedule, eps), what=what,
+            mistakes=_mistakes(x0, t, schedule, eps))
+
+
+def _other_schedule(fn: Callable) -> None:
+    x0, t, schedule, eps = _batch([3, 70, 500, 800, 990], cosine_schedule(1000))
+    compare(fn(x0, t, schedule, eps), q_sample(x0, t, schedule, eps),
+            what="q_sample with the cosine schedule", mistakes=_mistakes(x0, t, schedule, eps))
+
+
+def _t_zero(fn: Callable) -> None:
+    x0, t, schedule, eps = _batch([0, 0, 0, 0, 0])
+    got = fn(x0, t, schedule, eps)
+    if isinstance(got, torch.Tensor) and got.shape == x0.shape and not torch.allclose(got, x0, atol=1e-6):
+        raise Mismatch("at t = 0 the result must be x0 itself (alpha_bar_0 = 1, no noise yet); "
+                       "index alpha_bar with t, not t - 1 or t + 1.")
+    compare(got, x0, what="q_sample at t = 0")
+
+
+def _t_final_zero_snr(fn: Callable) -> None:
+    schedule = rescale_zero_terminal_snr(linear_schedule(1000))
+    x0, t, _, eps = _batch([1000] * 5, schedule)
+    got = fn(x0, t, schedule, eps)
+    if isinstance(got, torch.Tensor) and got.shape == x0.shape and not torch.allclose(got, eps, atol=1e-5):
+        raise Mismatch("at t = T with the zero-terminal-SNR schedule (alpha_bar_T = 0) the result "
+                       "must be pure noise eps; make sure t = T indexes the last entry.")
+    compare(got, eps, what="q_sample at t = T, zero-terminal-SNR schedule")
+
+
+def _dtype(fn: Callable) -> None:
+    x0, t, schedule, eps = _batch([5, 50, 500, 700, 900])
+    got = fn(x0, t, schedule, eps)
+    if isinstance(got, torch.Tensor) and got.dtype != torch.float32:
+        raise Mismatch(f"float32 images gave a {got.dtype} result: the schedule is stored in "
+                       "float64, so cast alpha_bar[t] to x0.dtype before using it.")
+
+
+def _no_broadcast_trap(fn: Callable) -> None:
+    x0, t, schedule, eps = _batch([1, 999, 1, 999, 1])
+    x0 = x0[:4, :, :, :4].contiguous()  # B = W = 4: wrong broadcasting runs but mixes images
+    eps = eps[:4, :, :, :4].contiguous()
+    t = t[:4]
+    want = q_sample(x0, t, schedule, eps)
+    got = fn(x0, t, schedule, eps)
+    if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want, atol=1e-4):
+        raise Mismatch("with a batch of 4 images 4 pixels wide, alpha_bar[t] was applied along "
+                       "the width instead of per image: reshape it to (B, 1, 1, 1).")
+
+
+Q_SAMPLE = Checker(
+    "q_sample", q_sample,
+    [_shape_and_values, _dtype, _t_zero, _t_final_zero_snr, _other_schedule, _no_broadcast_trap],
+    hint="alpha_bar = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1), then "
+         "sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps.",
+)

@@ -1,0 +1,57 @@
+"""Checker for lesson 00's warm-up exercise: pixels to the model's range [-1, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffuse_edu.data import to_unit_range
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+
+
+def _pixels() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 1, 4, 5), generator=g, dtype=torch.uint8)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0, 255  # both ends of the range are present
+    return x
+
+
+def _values(fn: Callable) -> None:
+    x = _pixels()
+    got = fn(x)
+    xf = x.float()
+    mistakes = [
+        Mistake("values lie in [0, 1]: after dividing by 255, multiply by 2 and subtract 1.",
+                xf / 255),
+        Mistake("divided by 256: the brightest pixel (255) must map to exactly 1.0.",
+                xf / 256 * 2 - 1),
+        Mistake("values lie in [-0.5, 0.5]: that is x / 255 - 0.5; scale by 2 as well.",
+                xf / 255 - 0.5),
+        Mistake("the sign is flipped: black (0) must map to -1 and white (255) to +1.",
+                1 - xf / 255 * 2),
+    ]
+    if isinstance(got, torch.Tensor) and got.dtype == torch.uint8:
+        raise Mismatch("to_unit_range returned uint8: convert to float32 before dividing "
+                       "(integer arithmetic truncates, and -1 does not exist in uint8).")
+    compare(got, to_unit_range(x), what="to_unit_range(uint8 pixels)", mistakes=mistakes)
+
+
+def _ends(fn: Callable) -> None:
+    got = fn(torch.tensor([0, 255], dtype=torch.uint8))
+    if not isinstance(got, torch.Tensor) or got.tolist() != [-1.0, 1.0]:
+        raise Mismatch(f"to_unit_range([0, 255]) gave {got!r}; expected tensor([-1., 1.]).")
+
+
+def _input_unchanged(fn: Callable) -> None:
+    x = _pixels()
+    before = x.clone()
+    fn(x)
+    if not torch.equal(x, before):
+        raise Mismatch("to_unit_range changed its input in place: compute a new tensor instead.")
+
+
+TO_UNIT_RANGE = Checker(
+    "to_unit_range", to_unit_range, [_values, _ends, _input_unchanged],
+    hint="x.float() / 255 maps pixels to [0, 1]; then * 2 - 1 maps them to [-1, 1].",
+)
