@@ -1,0 +1,136 @@
+"""The command line: ``python -m diffuse_edu COMMAND`` (or ``diffuse-edu COMMAND``).
+
+    doctor                          check the environment and say what to do about problems
+    data list | fetch NAME | stage FOLDER
+                                    show, download or stage data sets for offline use
+    build [--check]                 build notebooks/ from solutions/ (or only check they agree)
+    run LESSON [--scale S] [--out DIR]
+                                    run a lesson headless: figures, metrics.json, samples.npz
+    check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
+    lessons                         list the lessons
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffuse_edu import config
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from diffuse_edu import doctor
+
+    return 0 if doctor.report() else 1
+
+
+def _data(args: argparse.Namespace) -> int:
+    from diffuse_edu import data
+
+    if args.action == "list":
+        for name, where in data.availability().items():
+            card = data.CARDS[name]
+            print(f"{name:<14} {card.title:<40} {where}")
+        return 0
+    if args.action == "fetch":
+        if args.target not in data.CARDS:
+            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.")
+            return 2
+        print(f"saved {data.fetch(args.target)}")
+        return 0
+    for path in data.stage(args.target):
+        print(f"staged {path}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from diffuse_edu import notebooks
+
+    root = config.PROJECT_ROOT
+    if root is None:
+        print("build works in a checkout of diffuse-edu (pip install -e .).")
+        return 2
+    problems = notebooks.out_of_sync(root / "solutions", root / "notebooks")
+    if args.check:
+        print("\n".join(problems) or "notebooks/ matches solutions/.")
+        return 1 if problems else 0
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        path.write_text(notebooks.clean_text(path))
+    for path in notebooks.build(root / "solutions", root / "notebooks"):
+        print(f"wrote {path.relative_to(root)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from diffuse_edu.runner import find_lesson, run_notebook
+
+    path = find_lesson(args.lesson)
+    out = Path(args.out or f"runs/{path.stem}")
+    summary = run_notebook(path, scale=args.scale, out=out)
+    print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
+    print(f"wrote {out}/metrics.json and {len(summary['figures'])} figure(s)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from diffuse_edu.runner import LessonError, find_lesson, run_notebook
+
+    path = find_lesson(args.notebook)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            summary = run_notebook(path, scale="quick", out=Path(tmp))
+        except LessonError as e:
+            print(f"!! {e}")
+            return 1
+    verdicts = summary["exercises"]
+    for name, status in verdicts.items():
+        print(f"{status:<11} {name}")
+    done = sum(s == "passed" for s in verdicts.values())
+    print(f"{done} of {len(verdicts)} exercises pass.")
+    return 0 if done == len(verdicts) else 1
+
+
+def _lessons(args: argparse.Namespace) -> int:
+    from diffuse_edu.runner import lessons_dir
+
+    for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
+        print(path.stem)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffuse_edu", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the environment").set_defaults(func=_doctor)
+    d = sub.add_parser("data", help="list, fetch or stage data sets")
+    d.add_argument("action", choices=["list", "fetch", "stage"])
+    d.add_argument("target", nargs="?", help="data set name (fetch) or folder (stage)")
+    d.set_defaults(func=_data)
+    b = sub.add_parser("build", help="build student notebooks from solutions")
+    b.add_argument("--check", action="store_true", help="only report differences")
+    b.set_defaults(func=_build)
+    r = sub.add_parser("run", help="run a lesson headless")
+    r.add_argument("lesson", help="lesson number (01) or notebook path")
+    r.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
+    r.add_argument("--out", help="output folder (default runs/<lesson>)")
+    r.set_defaults(func=_run)
+    c = sub.add_parser("check", help="check a learner's notebook")
+    c.add_argument("notebook", help="path to the notebook, or a lesson number")
+    c.set_defaults(func=_check)
+    sub.add_parser("lessons", help="list the lessons").set_defaults(func=_lessons)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "data" and args.action != "list" and not args.target:
+        parser().error(f"data {args.action} needs a {'name' if args.action == 'fetch' else 'folder'}.")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
