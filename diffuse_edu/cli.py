@@ -81,7 +81,7 @@ def _check(args: argparse.Namespace) -> int:
     path = find_lesson(args.notebook)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            summary = run_notebook(path, scale="quick", out=Path(tmp))
+            summary = run_notebook(path, scale="quick", out=Path(tmp), quiet=True)
         except LessonError as e:
             print(f"!! {e}")
             return 1

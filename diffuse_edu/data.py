@@ -105,7 +105,8 @@ _KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # ----------------------------------------------------------------------------- helpers
 def to_unit_range(x: Tensor | np.ndarray, max_value: float = 255.0) -> Tensor:
     """Map pixel values in [0, max_value] to float32 in [-1, 1]."""
-    return torch.as_tensor(np.asarray(x), dtype=torch.float32) / max_value * 2.0 - 1.0
+    x = x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))  # copy: inputs may be read-only
+    return x.to(torch.float32) / max_value * 2.0 - 1.0
 
 
 def to_uint8(x: Tensor) -> np.ndarray:

@@ -11,6 +11,8 @@ GPU server with no Jupyter installed), saves each figure the lesson shows as a P
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -42,7 +44,7 @@ def find_lesson(lesson: str | os.PathLike) -> Path:
     if path.suffix == ".ipynb":
         if not path.is_file():
             raise FileNotFoundError(f"No notebook at {path}.")
-        return path
+        return path.resolve()
     if not str(lesson).isdigit():
         raise ValueError(f"A lesson is a number such as 01 or a path to a notebook, not {lesson!r}.")
     matches = sorted(lessons_dir().glob(f"{int(lesson):02d}_*.ipynb"))
@@ -103,8 +105,11 @@ def device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def run_notebook(path: Path, *, scale: str, out: Path) -> dict:
-    """Execute a notebook's code cells headless at ``scale``, writing results to ``out``."""
+def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> dict:
+    """Execute a notebook's code cells headless at ``scale``, writing results to ``out``.
+
+    With ``quiet`` the lesson's printed output is swallowed (the verdicts are in the result).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,13 +126,15 @@ def run_notebook(path: Path, *, scale: str, out: Path) -> dict:
     start, cwd = time.perf_counter(), Path.cwd()
     error = None
     try:
+        cells = code_cells(path)
         os.chdir(path.parent)
-        for i, source in enumerate(code_cells(path), start=1):
-            try:
-                exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
-            except Exception as e:
-                error = f"code cell {i}: {type(e).__name__}: {e}"
-                raise LessonError(f"{path.name} failed in {error}") from e
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            for i, source in enumerate(cells, start=1):
+                try:
+                    exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
+                except Exception as e:
+                    error = f"code cell {i}: {type(e).__name__}: {e}"
+                    raise LessonError(f"{path.name} failed in {error}") from e
     finally:
         os.chdir(cwd)
         plt.show = shown
