@@ -46,8 +46,8 @@ def _packages() -> list[Finding]:
 
 
 def _python() -> Finding:
-    ok = sys.version_info >= (3, 10)
-    return Finding("python", ok, sys.version.split()[0], "" if ok else "use Python 3.10 or newer")
+    ok = sys.version_info >= (3, 11)
+    return Finding("python", ok, sys.version.split()[0], "" if ok else "use Python 3.11 or newer")
 
 
 def _device_and_scale() -> list[Finding]:
