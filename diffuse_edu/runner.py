@@ -116,7 +116,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    os.environ[config.SCALE_ENV] = scale
+    env_before = os.environ.get(config.SCALE_ENV)
+    os.environ[config.SCALE_ENV] = scale  # subprocesses the lesson starts see it too
     config.set_scale(scale)
     report.reset()
     exercises.VERDICTS.clear()
@@ -140,6 +141,11 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
         plt.show = shown
         saver()  # figures left open at the end
         summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error)
+        config.set_scale(None)
+        if env_before is None:
+            os.environ.pop(config.SCALE_ENV, None)
+        else:
+            os.environ[config.SCALE_ENV] = env_before
     return summary
 
 

@@ -48,14 +48,15 @@ def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
 def _shape_and_values(fn: Callable) -> None:
     x0, t, schedule, eps = _batch([1, 10, 250, 600, 999])
     what = "q_sample(x0 of shape (5, 1, 6, 8), t = [1, 10, 250, 600, 999], linear schedule, eps)"
-    compare(fn(x0, t, schedule, eps), q_sample(x0, t, schedule, eps), what=what,
-            mistakes=_mistakes(x0, t, schedule, eps))
+    want, mistakes = q_sample(x0, t, schedule, eps), _mistakes(x0, t, schedule, eps)
+    compare(fn(x0.clone(), t.clone(), schedule, eps.clone()), want, what=what, mistakes=mistakes)
 
 
 def _other_schedule(fn: Callable) -> None:
     x0, t, schedule, eps = _batch([3, 70, 500, 800, 990], cosine_schedule(1000))
-    compare(fn(x0, t, schedule, eps), q_sample(x0, t, schedule, eps),
-            what="q_sample with the cosine schedule", mistakes=_mistakes(x0, t, schedule, eps))
+    want, mistakes = q_sample(x0, t, schedule, eps), _mistakes(x0, t, schedule, eps)
+    compare(fn(x0.clone(), t.clone(), schedule, eps.clone()), want,
+            what="q_sample with the cosine schedule", mistakes=mistakes)
 
 
 def _t_zero(fn: Callable) -> None:

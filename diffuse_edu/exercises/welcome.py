@@ -19,8 +19,7 @@ def _pixels() -> torch.Tensor:
 
 def _values(fn: Callable) -> None:
     x = _pixels()
-    got = fn(x)
-    xf = x.float()
+    want, xf = to_unit_range(x), x.float()  # before fn runs: it might change x in place
     mistakes = [
         Mistake("values lie in [0, 1]: after dividing by 255, multiply by 2 and subtract 1.",
                 xf / 255),
@@ -31,10 +30,11 @@ def _values(fn: Callable) -> None:
         Mistake("the sign is flipped: black (0) must map to -1 and white (255) to +1.",
                 1 - xf / 255 * 2),
     ]
+    got = fn(x.clone())
     if isinstance(got, torch.Tensor) and got.dtype == torch.uint8:
         raise Mismatch("to_unit_range returned uint8: convert to float32 before dividing "
                        "(integer arithmetic truncates, and -1 does not exist in uint8).")
-    compare(got, to_unit_range(x), what="to_unit_range(uint8 pixels)", mistakes=mistakes)
+    compare(got, want, what="to_unit_range(uint8 pixels)", mistakes=mistakes)
 
 
 def _ends(fn: Callable) -> None:

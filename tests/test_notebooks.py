@@ -1,0 +1,72 @@
+"""Student notebooks stay in step with the solutions; both follow the course's conventions."""
+
+import json
+
+import nbformat
+import pytest
+
+from diffuse_edu import config, notebooks
+
+ROOT = config.PROJECT_ROOT
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def test_student_notebooks_are_in_sync_with_solutions():
+    problems = notebooks.out_of_sync(ROOT / "solutions", ROOT / "notebooks")
+    assert not problems, "Run `python -m diffuse_edu build`:\n" + "\n".join(problems)
+
+
+def test_out_of_sync_notices_an_edit(tmp_path):
+    sol, stu = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, sol / "00_a.ipynb")
+    assert notebooks.out_of_sync(sol, stu) == ["00_a.ipynb: in solutions/ but not built into notebooks/"]
+    notebooks.build(sol, stu)
+    assert notebooks.out_of_sync(sol, stu) == []
+    nb.cells[0].source = "x = 2"
+    nbformat.write(nb, sol / "00_a.ipynb")
+    assert "differs from its solution" in notebooks.out_of_sync(sol, stu)[0]
+
+
+def test_strip_solutions_keeps_hints_and_indentation():
+    source = ("def f(x):\n    '''Doc.'''\n    # BEGIN SOLUTION\n    # HINT: add one.\n"
+              "    y = x + 1\n    return y\n    # END SOLUTION\n\nf = check(f, C)")
+    assert notebooks.strip_solutions(source) == (
+        "def f(x):\n    '''Doc.'''\n    # YOUR CODE HERE\n    # HINT: add one.\n"
+        '    raise NotImplementedError("Exercise not finished yet.")\n\nf = check(f, C)')
+
+
+@pytest.mark.parametrize("source, message", [
+    ("# BEGIN SOLUTION\nx = 1", "never closed"),
+    ("x = 1\n# END SOLUTION", "END SOLUTION without BEGIN"),
+    ("# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION", "inside another"),
+])
+def test_strip_solutions_rejects_broken_markers(source, message):
+    with pytest.raises(ValueError, match=message):
+        notebooks.strip_solutions(source)
+
+
+@pytest.mark.parametrize("folder", ["notebooks", "solutions"])
+def test_notebooks_are_committed_clean(folder):
+    for path in sorted((ROOT / folder).glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell["outputs"] and cell["execution_count"] is None, f"{path.name} has outputs"
+        assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, f"{path.name} metadata"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_lesson_shape(path):
+    """One hyperparameter cell (by_scale), the course's sections, exercises with a checker."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert sum("by_scale(" in c for c in code) == 1, "exactly one hyperparameter cell"
+    assert "**Goal.**" in text and "## Summary" in text and "Further exercises" in text
+    for cell in code:
+        if "# BEGIN SOLUTION" in cell:
+            assert "# HINT:" in cell and "check(" in cell, "an exercise needs a hint and a checker"
+    student = notebooks.student_version(path)
+    assert "# BEGIN SOLUTION" not in student and "# END SOLUTION" not in student
