@@ -85,7 +85,7 @@ CARDS: dict[str, DatasetCard] = {
                     "Alpaydin & Kaynak 1998, bundled with scikit-learn", "CC BY 4.0",
                     (1, 16, 16), builtin=True, classes=DIGIT_CLASSES),
         DatasetCard("photos", "scikit-learn sample photos", "bundled with scikit-learn",
-                    "CC BY 2.0 (china.jpg), CC BY 2.0 (flower.jpg)", (3, 64, 64), builtin=True),
+                    "CC BY 2.0", (3, 64, 64), builtin=True),
         DatasetCard("mnist", "MNIST", "LeCun, Cortes & Burges 1998", "CC BY-SA 3.0",
                     (1, 32, 32), builtin=False, npz="mnist.npz",
                     content_sha256="06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16",

@@ -115,3 +115,15 @@ def test_staged_mnist_matches_its_card(monkeypatch):
     pixels = (train.images[:, :, 2:30, 2:30] + 1) / 2  # the original 28x28 in [0, 1]
     assert pixels.mean().item() == pytest.approx(0.1307, abs=1e-4)
     assert pixels.std().item() == pytest.approx(0.3081, abs=1e-4)
+
+
+def test_cards_in_datasets_folder_match_the_code():
+    """The checksum on each card is the one the loader verifies (cards and code never disagree)."""
+    folder = config.PROJECT_ROOT / "datasets"
+    for name, card in data.CARDS.items():
+        path = folder / f"{name}.md"
+        assert path.is_file(), f"datasets/{name}.md is missing"
+        text = path.read_text()
+        assert card.licence.split(" ")[0] in text
+        if card.content_sha256:
+            assert f"`{card.content_sha256}`" in text
