@@ -21,7 +21,6 @@ import hashlib
 import math
 import shutil
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +69,7 @@ class DatasetCard:
     npz: str | None = None  # file name of the Keras-style staged copy
     content_sha256: str | None = None  # sha256 of x_train, y_train, x_test, y_test bytes in order
     classes: tuple[str, ...] = ()
+    torchvision_folder: str | None = None  # the folder torchvision's own files live in
 
 
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
@@ -89,13 +89,14 @@ CARDS: dict[str, DatasetCard] = {
         DatasetCard("mnist", "MNIST", "LeCun, Cortes & Burges 1998", "CC BY-SA 3.0",
                     (1, 32, 32), builtin=False, npz="mnist.npz",
                     content_sha256="06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16",
-                    classes=DIGIT_CLASSES),
+                    classes=DIGIT_CLASSES, torchvision_folder="MNIST"),
         DatasetCard("fashion_mnist", "Fashion-MNIST", "Xiao, Rasul & Vollgraf 2017", "MIT",
                     (1, 32, 32), builtin=False, npz="fashion_mnist.npz",
                     content_sha256="ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f",
-                    classes=FASHION_CLASSES),
+                    classes=FASHION_CLASSES, torchvision_folder="FashionMNIST"),
         DatasetCard("cifar10", "CIFAR-10", "Krizhevsky 2009", "no licence stated; free for research",
-                    (3, 32, 32), builtin=False, npz="cifar10.npz", classes=CIFAR10_CLASSES),
+                    (3, 32, 32), builtin=False, npz="cifar10.npz", classes=CIFAR10_CLASSES,
+                    torchvision_folder="cifar-10-batches-py"),
     )
 }
 
@@ -252,13 +253,22 @@ def _torchvision_arrays(card: DatasetCard, root: Path, download: bool) -> dict[s
     return arrays
 
 
-def _find_torchvision(card: DatasetCard) -> dict[str, np.ndarray] | None:
+def _torchvision_roots(card: DatasetCard) -> list[Path]:
+    """Data folders (or their torchvision/ subfolder) holding torchvision's files for ``card``."""
+    roots = []
     for folder in data_dirs():
         for root in (folder, folder / "torchvision"):
-            try:
-                return _torchvision_arrays(card, root, download=False)
-            except (RuntimeError, FileNotFoundError, OSError):
-                continue
+            if card.torchvision_folder and (root / card.torchvision_folder).is_dir():
+                roots.append(root)
+    return roots
+
+
+def _find_torchvision(card: DatasetCard) -> dict[str, np.ndarray] | None:
+    for root in _torchvision_roots(card):
+        try:
+            return _torchvision_arrays(card, root, download=False)
+        except (RuntimeError, OSError):  # incomplete or damaged: try the next folder
+            continue
     return None
 
 
@@ -342,20 +352,16 @@ def load_cifar10(split: str = "train", *, size: int = 32, download: bool = False
     return _load_staged("cifar10", split, size, download)
 
 
-#: The image loaders by card name, for the command line and the environment check.
-IMAGE_LOADERS: dict[str, Callable[..., ImageSet]] = {
-    "digits": load_digits, "photos": load_photos, "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10,
-}
-
-
 def availability() -> dict[str, str]:
-    """For each data set, 'built in', the path it is staged at, or 'missing'."""
+    """For each data set, 'built in', where it is staged, or 'missing'."""
     found = {}
     for name, card in CARDS.items():
         if card.builtin:
             found[name] = "built in"
+        elif (path := find_staged(name)) is not None:
+            found[name] = str(path)
+        elif roots := _torchvision_roots(card):
+            found[name] = f"{roots[0] / card.torchvision_folder} (torchvision files)"
         else:
-            path = find_staged(name)
-            found[name] = str(path) if path else "missing"
+            found[name] = "missing"
     return found

@@ -127,3 +127,24 @@ def test_cards_in_datasets_folder_match_the_code():
         assert card.licence.split(" ")[0] in text
         if card.content_sha256:
             assert f"`{card.content_sha256}`" in text
+
+
+def _write_idx(path, array):
+    """An IDX file (the format of the original MNIST files): magic, big-endian dims, bytes."""
+    magic = 0x0800 | array.ndim
+    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_layout_is_found_and_read(empty_data_dir):
+    raw = empty_data_dir / "torchvision" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    test_images = rng.integers(0, 256, (5, 28, 28))
+    for prefix, n, images in (("train", 7, rng.integers(0, 256, (7, 28, 28))), ("t10k", 5, test_images)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    assert data.availability()["mnist"].endswith("MNIST (torchvision files)")
+    s = data.load_mnist("test")
+    assert s.images.shape == (5, 1, 32, 32)
+    torch.testing.assert_close(s.images[:, 0, 2:30, 2:30], data.to_unit_range(test_images.astype(np.uint8)))
