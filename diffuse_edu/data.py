@@ -205,6 +205,14 @@ def gaussian_ring_with_modes(
     return x.float(), centres.float()
 
 
+def mode_coverage(samples: Tensor, centres: Tensor, *, radius: float) -> Tensor:
+    """How many samples lie within ``radius`` of each centre. Shapes: (n, d), (K, d) -> (K,) int64."""
+    dist = torch.cdist(samples.float(), centres.float())  # (n, K)
+    nearest = dist.argmin(dim=1)
+    close = dist.gather(1, nearest[:, None])[:, 0] <= radius
+    return torch.bincount(nearest[close], minlength=centres.shape[0])
+
+
 # ----------------------------------------------------------------------------- staged sets
 def find_staged(name: str) -> Path | None:
     """The first staged Keras-style ``.npz`` of data set ``name`` in the data directories."""

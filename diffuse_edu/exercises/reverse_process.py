@@ -1,0 +1,117 @@
+"""Checkers for lesson 02: the epsilon-prediction loss and one ancestral reverse step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.forward_process import q_sample
+from diffuse_edu.reverse_process import ddpm_step, eps_loss
+from diffuse_edu.schedules import cosine_schedule
+
+_SCHEDULE = cosine_schedule(100)
+
+
+def _toy_model(x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
+    """A fixed 'network' whose answer depends on both x and t, so mix-ups change the loss."""
+    return 0.5 * x + 0.01 * t.float()[:, None] - 0.2
+
+
+def _loss_case(seed: int = 0, t_values: tuple[int, ...] = (1, 7, 30, 64, 99, 100)):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(len(t_values), 2, generator=g)
+    return x0, torch.tensor(t_values), torch.randn(x0.shape, generator=g)
+
+
+def _loss_values(fn: Callable) -> None:
+    x0, t, eps = _loss_case()
+    s, m = _SCHEDULE, _toy_model
+    x_t = q_sample(x0, t, s, eps)
+    x_prev = q_sample(x0, t - 1, s, eps)
+    mistakes = [
+        Mistake("the target is the noise eps, not x0 (this loss trains x0-prediction).",
+                torch.mean((m(x_t, t) - x0) ** 2)),
+        Mistake("the model was given x0; it must see the noisy x_t = q_sample(x0, t, schedule, eps).",
+                torch.mean((m(x0, t) - eps) ** 2)),
+        Mistake("the loss is summed; take the mean over the batch and the dimensions.",
+                torch.sum((m(x_t, t) - eps) ** 2)),
+        Mistake("that is the mean absolute error; the loss squares the difference.",
+                torch.mean((m(x_t, t) - eps).abs())),
+        Mistake("x_t was made with t - 1: noise x0 to step t itself.",
+                torch.mean((m(x_prev, t) - eps) ** 2)),
+        Mistake("the model's prediction was compared with x_t; the target is eps.",
+                torch.mean((m(x_t, t) - x_t) ** 2)),
+    ]
+    want = eps_loss(m, x0, t, eps, s)
+    got = fn(m, x0.clone(), t.clone(), eps.clone(), s)
+    if isinstance(got, torch.Tensor) and got.ndim != 0:
+        raise Mismatch(f"eps_loss returned shape {tuple(got.shape)}; a loss is a scalar (use .mean()).")
+    compare(got, want, what="eps_loss(toy model, 6 points, t = [1 .. 100])", mistakes=mistakes)
+
+
+def _loss_has_gradient(fn: Callable) -> None:
+    x0, t, eps = _loss_case(1)
+    w = torch.tensor(0.5, requires_grad=True)
+    loss = fn(lambda x, tt, cond=None: w * x, x0, t, eps, _SCHEDULE)
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        raise Mismatch("the loss does not depend on the model's parameters: do not detach it or "
+                       "call .item(); return the tensor so that loss.backward() works.")
+
+
+def _step_case(seed: int, t_value: int, n: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, 2)
+    return (torch.randn(shape, generator=g), torch.randn(shape, generator=g),
+            torch.full((n,), t_value), torch.randn(shape, generator=g))
+
+
+def _step_mistakes(x_t, eps_hat, t, s, noise) -> list[Mistake]:
+    beta, ab = s.betas[t].float()[:, None], s.alpha_bar[t].float()[:, None]
+    ab_prev = s.alpha_bar[t - 1].float()[:, None]
+    mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
+    post = beta * (1 - ab_prev) / (1 - ab)
+    return [
+        Mistake("no noise was added: x_{t-1} = mean + sigma_t * noise with sigma_t^2 the "
+                "posterior variance (zero only at t = 1).", mean),
+        Mistake("you divided by sqrt(alpha_bar_t); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t).",
+                (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab.sqrt() + post.sqrt() * noise),
+        Mistake("the noise term needs the coefficient beta_t / sqrt(1 - alpha_bar_t), "
+                "not beta_t / (1 - alpha_bar_t).",
+                (x_t - beta / (1 - ab) * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
+        Mistake("the predicted noise must be subtracted from x_t, not added.",
+                (x_t + beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
+        Mistake("you used sigma_t^2 = beta_t. Ho et al. (2020, Sec. 3.2) allow it, but this "
+                "exercise asks for the posterior variance beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t).",
+                mean + beta.sqrt() * noise),
+        Mistake("the noise was scaled by the variance; scale it by the standard deviation sigma_t.",
+                mean + post * noise),
+    ]
+
+
+def _step_values(fn: Callable) -> None:
+    for t_value in (2, 50, 100):
+        x_t, eps_hat, t, noise = _step_case(t_value, t_value)
+        want = ddpm_step(x_t, eps_hat, t, _SCHEDULE, noise)
+        mistakes = _step_mistakes(x_t, eps_hat, t, _SCHEDULE, noise)
+        got = fn(x_t.clone(), eps_hat.clone(), t.clone(), _SCHEDULE, noise.clone())
+        compare(got, want, what=f"ddpm_step at t = {t_value}", mistakes=mistakes)
+
+
+def _step_last(fn: Callable) -> None:
+    x_t, eps_hat, t, noise = _step_case(7, 1)
+    want = ddpm_step(x_t, eps_hat, t, _SCHEDULE, noise)
+    got = fn(x_t, eps_hat, t, _SCHEDULE, noise)
+    if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want, atol=1e-5):
+        raise Mismatch("at t = 1 the step must add no noise (the posterior variance is 0 there, "
+                       "since alpha_bar_0 = 1) and return the mean.")
+
+
+EPS_LOSS = Checker("eps_loss", eps_loss, [_loss_values, _loss_has_gradient],
+                   hint="x_t = q_sample(x0, t, schedule, eps); return ((model(x_t, t) - eps) ** 2).mean().")
+DDPM_STEP = Checker(
+    "ddpm_step", ddpm_step, [_step_values, _step_last],
+    hint="mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) / sqrt(alpha_t); add "
+         "sqrt(beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)) * noise.",
+)
