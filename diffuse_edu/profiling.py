@@ -57,6 +57,35 @@ def format_shape_table(rows: list[ShapeRow]) -> str:
 
 def count_flops(model: nn.Module, *inputs) -> int:
     """Floating-point operations of one forward pass (torch's FLOP counter: 2 per multiply-add)."""
+    return flops_by_module(model, *inputs)[""]
+
+
+def flops_by_module(model: nn.Module, *inputs) -> dict[str, int]:
+    """FLOPs of one forward pass for every module, by its path in ``model`` ("" is the whole)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(*inputs)
-    return counter.get_total_flops()
+    root = type(model).__name__
+    flops = {}
+    for name, by_op in counter.get_flop_counts().items():
+        if name == "Global":
+            continue
+        path = "" if name == root else name.removeprefix(root + ".")
+        flops[path] = sum(by_op.values())
+    flops.setdefault("", counter.get_total_flops())
+    return flops
+
+
+def group_by_part(values: dict[str, int], depth: int = 1, *, deeper: tuple[str, ...] = ()) -> dict[str, int]:
+    """Sum per-module (or per-parameter) values over the first ``depth`` parts of each path.
+
+    Paths that start with a name in ``deeper`` keep one more part ("encoder.0" rather than
+    "encoder"). Only the leaves' values are summed, so nested modules are not counted twice.
+    """
+    leaves = {k: v for k, v in values.items()
+              if k and not any(other.startswith(k + ".") for other in values)}
+    grouped: dict[str, int] = {}
+    for path, value in leaves.items():
+        parts = path.split(".")
+        key = ".".join(parts[: depth + (parts[0] in deeper)])
+        grouped[key] = grouped.get(key, 0) + value
+    return grouped

@@ -99,6 +99,15 @@ def sample_ancestral(model: Callable, x_T: Tensor, schedule: NoiseSchedule, *,  
     return x
 
 
+def predict_x0(x_t: Tensor, eps_hat: Tensor, t: Tensor | int, schedule: NoiseSchedule) -> Tensor:
+    """The clean image implied by a noise estimate: (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t).
+
+    Inverts q_sample (Ho et al. 2020, Eq. 4) for x_0. Shapes: x_t, eps_hat (B, ...) -> like x_t.
+    """
+    ab = schedule.at(schedule.alpha_bar, t, x_t)
+    return (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+
+
 def score(eps_hat: Tensor, t: Tensor | int, schedule: NoiseSchedule) -> Tensor:
     """The score estimate grad log p_t(x_t) = -eps_hat / sqrt(1 - alpha_bar_t). Shapes: like eps_hat."""
     return -eps_hat / (1 - schedule.at(schedule.alpha_bar, t, eps_hat)).sqrt()
