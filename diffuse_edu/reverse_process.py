@@ -64,6 +64,30 @@ def eps_loss(model: Callable, x0: Tensor, t: Tensor, eps: Tensor, schedule: Nois
     return torch.mean((model(x_t, t, cond) - eps) ** 2)
 
 
+@torch.no_grad()
+def loss_by_t(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, buckets: int = 10,
+              draws: int = 1, generator: torch.Generator | None = None,
+              batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """The eps-prediction loss in ``buckets`` equal ranges of t, each image at a random t per bucket.
+
+    Returns (edges, losses): bucket k covers t in (edges[k], edges[k + 1]].
+    Shapes: x0 (N, ...) -> edges (buckets + 1,), losses (buckets,).
+    """
+    edges = torch.linspace(0, schedule.T, buckets + 1).round().long()
+    losses = torch.zeros(buckets)
+    for k in range(buckets):
+        total, count = 0.0, 0
+        for _ in range(draws):
+            for batch in x0.split(batch_size):
+                lo, hi = int(edges[k]) + 1, int(edges[k + 1])
+                t = torch.randint(lo, hi + 1, (batch.shape[0],), generator=generator).to(batch.device)
+                eps = torch.randn(batch.shape, generator=generator).to(batch.device)
+                total += eps_loss(model, batch, t, eps, schedule).item() * batch.shape[0]
+                count += batch.shape[0]
+        losses[k] = total / count
+    return edges, losses
+
+
 def ddpm_step(x_t: Tensor, eps_hat: Tensor, t: Tensor | int, schedule: NoiseSchedule,
               noise: Tensor) -> Tensor:
     """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Eq. 11, sigma_t^2 = posterior variance).
