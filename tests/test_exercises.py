@@ -130,3 +130,86 @@ def test_a_crash_is_reported_with_the_error():
     checker = Checker("f", lambda x: x, [lambda fn: fn(1)])
     verdict = run_checker(lambda x: x / 0 if isinstance(x, str) else {}["missing"], checker)
     assert verdict.status == "failed" and "KeyError" in verdict.message
+
+
+# --- lessons 02-04 ---------------------------------------------------------------------------
+import math  # noqa: E402
+
+from einops import rearrange  # noqa: E402
+
+from diffuse_edu.exercises.reverse_process import DDPM_STEP, EPS_LOSS  # noqa: E402
+from diffuse_edu.exercises.time_embedding import SINUSOIDAL_EMBEDDING  # noqa: E402
+from diffuse_edu.exercises.unet import MULTI_HEAD_ATTENTION  # noqa: E402
+from diffuse_edu.forward_process import q_sample  # noqa: E402
+
+
+def _col(values, t, like):
+    return values[t].to(like.dtype)[:, None]
+
+
+def _step(x_t, eps_hat, t, s, noise, *, div="alpha", coef="sqrt", var="posterior", sign=-1, noise_scale="std"):
+    beta, ab, ab_prev = _col(s.betas, t, x_t), _col(s.alpha_bar, t, x_t), _col(s.alpha_bar, t - 1, x_t)
+    c = beta / ((1 - ab).sqrt() if coef == "sqrt" else (1 - ab))
+    mean = (x_t + sign * c * eps_hat) / ((1 - beta) if div == "alpha" else ab).sqrt()
+    v = beta * (1 - ab_prev) / (1 - ab) if var == "posterior" else beta
+    return mean + (v.sqrt() if noise_scale == "std" else v) * noise
+
+
+def _mha(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d"):
+    q, k, v = (rearrange(z, split, h=heads) for z in (q, k, v))
+    w = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5 if scale else 1)
+    return rearrange(w.softmax(dim) @ v, "b h l d -> b l (h d)")
+
+
+def _sin(t, dim, *, order="sin_cos", denom="half", tscale=1.0):
+    half = dim // 2
+    f = torch.exp(-math.log(10_000) * torch.arange(half) / (half if denom == "half" else dim))
+    a = t.float()[:, None] * tscale * f
+    parts = [torch.sin(a), torch.cos(a)] if order == "sin_cos" else [torch.cos(a), torch.sin(a)]
+    return torch.nn.functional.pad(torch.cat(parts, 1), (0, dim % 2))
+
+
+WRONG = [
+    (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - x0) ** 2).mean(), "target is the noise eps"),
+    (EPS_LOSS, lambda m, x0, t, e, s: ((m(x0, t) - e) ** 2).mean(), "the model was given x0"),
+    (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - e) ** 2).sum(), "loss is summed"),
+    (EPS_LOSS, lambda m, x0, t, e, s: (m(q_sample(x0, t, s, e), t) - e).abs().mean(), "mean absolute error"),
+    (EPS_LOSS, lambda m, x0, t, e, s: torch.tensor(((m(q_sample(x0, t, s, e), t) - e) ** 2).mean().item()),
+     "does not depend on the model's parameters"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, 0 * n), "no noise was added"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, n, div="alpha_bar"), "divided by sqrt(alpha_bar_t)"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, n, coef="plain"), "not beta_t / (1 - alpha_bar_t)"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, n, sign=1), "must be subtracted"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, n, var="beta"), "you used sigma_t^2 = beta_t"),
+    (DDPM_STEP, lambda x, e, t, s, n: _step(x, e, t, s, n, noise_scale="var"), "scaled by the variance"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, h, scale=False), "logits are not scaled"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, h, dim=-2), "softmax runs over the queries"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, h, split="b l (d h) -> b h l d"), "heads interleave"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, 1), "all channels form one head"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q * h**-0.5, k, v, h), "scaled by sqrt(C)"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d, order="cos_sin"), "sines and cosines are swapped"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d, denom="dim"), "exponent divides by dim"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d, tscale=1e-3), "t was divided by T"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: torch.stack([_sin(t, 2 * (d // 2))[:, : d // 2],
+                                                     _sin(t, 2 * (d // 2))[:, d // 2:]], -1).reshape(len(t), -1),
+     "interleaved"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d - d % 2), "an odd dim keeps 3 sines"),
+]
+
+
+@pytest.mark.parametrize("checker", [EPS_LOSS, DDPM_STEP, MULTI_HEAD_ATTENTION, SINUSOIDAL_EMBEDDING],
+                         ids=lambda c: c.name)
+def test_lesson_02_to_04_references_pass(checker):
+    assert run_checker(checker.reference, checker).status == "passed"
+
+
+@pytest.mark.parametrize("checker, wrong, expected", WRONG, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG])
+def test_lesson_02_to_04_wrong_answers_get_their_own_message(checker, wrong, expected):
+    verdict = run_checker(wrong, checker)
+    assert verdict.status == "failed" and expected in verdict.message, verdict.message
+
+
+def test_every_checker_has_at_least_three_distinct_messages():
+    for checker in (EPS_LOSS, DDPM_STEP, MULTI_HEAD_ATTENTION, SINUSOIDAL_EMBEDDING):
+        messages = {run_checker(w, checker).message for c, w, _ in WRONG if c is checker}
+        assert len(messages) >= 3, checker.name
