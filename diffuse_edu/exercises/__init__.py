@@ -122,12 +122,13 @@ class Mistake:
 
 def compare(
     got: object, want: Tensor, *, what: str, mistakes: Sequence[Mistake] = (),
-    rtol: float = 1e-4, atol: float = 1e-5,
+    otherwise: str | None = None, rtol: float = 1e-4, atol: float = 1e-5,
 ) -> None:
     """Raise :class:`Mismatch` unless ``got`` equals ``want`` in type, shape, dtype and values.
 
     ``what`` describes the case ("q_sample(x0, t=[3, 500], ...)"); when the values are wrong and
-    match one of ``mistakes``, that mistake's message is used.
+    match one of ``mistakes``, that mistake's message is used, else ``otherwise`` if given, else
+    the largest difference.
     """
     if not isinstance(got, Tensor):
         raise Mismatch(f"{what} returned {type(got).__name__}; expected a torch.Tensor.")
@@ -143,6 +144,8 @@ def compare(
         if mistake.answer.shape == w.shape and torch.allclose(
                 g, mistake.answer.detach().double(), rtol=rtol, atol=atol):
             raise Mismatch(f"{what}: {mistake.message}")
+    if otherwise:
+        raise Mismatch(f"{what}: {otherwise}")
     err = (g - w).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
     raise Mismatch(f"{what} is off by up to {err.max():.3g} (at index {idx}: got "
