@@ -14,3 +14,73 @@ def test_checkerboard_is_all_high_frequency_and_blur_removes_it():
     torch.testing.assert_close(energy[0], total)  # Parseval: all energy sits at the Nyquist frequency
     blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(board, (1, 1, 1, 1), mode="circular"), 3, 1)
     assert high_frequency_energy(blurred) < 0.2 * energy
+
+
+# --- FID, precision and recall (lesson 06) ---------------------------------------------------
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from diffuse_edu.metrics import (fid, frechet_distance, mean_and_covariance, nearest_neighbour,  # noqa: E402
+                                 precision_recall, sqrtm_psd)
+
+
+def _features(n, d, shift=0.0, scale=1.0, seed=0):
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(99), dtype=torch.float64) / d**0.5
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) @ mix) * scale + shift
+
+
+def test_sqrtm_matches_scipy():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    _, cov = mean_and_covariance(_features(500, 12))
+    ours = sqrtm_psd(cov)
+    torch.testing.assert_close(ours @ ours, cov)
+    torch.testing.assert_close(ours, torch.from_numpy(np.real(scipy_linalg.sqrtm(cov.numpy()))), rtol=1e-6, atol=1e-8)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    f = _features(400, 16)
+    assert abs(fid(f, f)) < 1e-8
+
+
+def test_fid_closed_form_for_shifted_and_scaled_gaussians():
+    """Same covariance S, means differ by m: FID = |m|^2; covariance c^2 S: FID = (1 - c)^2 Tr S."""
+    mu, cov = torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    m = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    assert frechet_distance(mu, cov, m, cov) == pytest.approx(m.square().sum().item())
+    assert frechet_distance(mu, cov, mu, 4 * cov) == pytest.approx(6.0)
+
+
+def test_fid_matches_torchmetrics_on_the_same_features():
+    tm_fid = pytest.importorskip("torchmetrics.image.fid")
+
+    class Given(torch.nn.Module):  # the "feature network" returns what it is given
+        num_features = 24
+
+        def forward(self, x):
+            return x
+
+    real, fake = _features(600, 24, seed=1), _features(500, 24, shift=0.3, scale=1.2, seed=2)
+    metric = tm_fid.FrechetInceptionDistance(feature=Given(), normalize=True)
+    metric.set_dtype(torch.float64)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    theirs = metric.compute().item()
+    assert fid(fake, real) == pytest.approx(theirs, rel=1e-3)
+
+
+def test_precision_recall_tell_fidelity_from_diversity():
+    real = _features(800, 4, seed=3)
+    assert precision_recall(real, _features(800, 4, seed=4)) > (0.85, 0.85)  # same distribution
+    narrow = _features(800, 4, scale=0.3, seed=5)  # inside the real manifold, but not all of it
+    p, r = precision_recall(real, narrow)
+    assert p > 0.9 and r < 0.6
+    p, r = precision_recall(real, _features(800, 4, shift=6.0, seed=6))  # elsewhere entirely
+    assert p < 0.05 and r < 0.05
+
+
+def test_nearest_neighbour():
+    ref = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    d, i = nearest_neighbour(torch.tensor([[3.0, 4.5], [0.1, 0.0]]), ref)
+    torch.testing.assert_close(d, torch.tensor([0.5, 0.1], dtype=torch.float64))
+    assert i.tolist() == [1, 0]

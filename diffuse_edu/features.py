@@ -1,0 +1,160 @@
+"""Feature networks for FID and friends (lesson 06).
+
+FID compares the statistics of two sets of images in the feature space of a network trained for
+something else. The course trains its own small classifier per data set and caches it (digits at
+quick scale; MNIST and Fashion-MNIST at full scale): fast, offline, and suited to tiny grey images.
+Inception-v3, the network of the original FID (Heusel et al. 2017), is used when its weights are
+present on the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffuse_edu.config import cache_dir
+from diffuse_edu.plotting import progress
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """A small CNN classifier whose penultimate layer gives the features."""
+
+    in_channels: int = 1
+    num_classes: int = 10
+    widths: tuple[int, ...] = (32, 64, 128)  # channels of the conv stages (each halves H and W)
+    feature_dim: int = 64  # width of the feature layer
+
+
+class Classifier(nn.Module):
+    """conv stages -> global average -> features (B, feature_dim) -> logits (B, num_classes)."""
+
+    def __init__(self, config: ClassifierConfig = ClassifierConfig()):
+        super().__init__()
+        self.config = config
+        layers, width = [], config.in_channels
+        for w in config.widths:
+            layers += [nn.Conv2d(width, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(), nn.MaxPool2d(2)]
+            width = w
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.to_features = nn.Linear(width, config.feature_dim)
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Shapes: x (B, C, H, W) in [-1, 1] -> (B, feature_dim)."""
+        return F.silu(self.to_features(self.body(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = ClassifierConfig(), *,
+                     steps: int = 600, batch_size: int = 128, lr: float = 3e-3,
+                     generator: torch.Generator | None = None) -> Classifier:
+    """Train a classifier with AdamW and light shift augmentation. Shapes: images (N, C, H, W)."""
+    model = Classifier(config).to(images.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for _ in progress(range(steps), desc="classifier"):
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator).to(images.device)
+        dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()  # shift by up to a pixel
+        x = torch.roll(images[idx], shifts=(dy, dx), dims=(-2, -1))
+        loss = F.cross_entropy(model(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
+    """Share of images whose predicted class is the label."""
+    preds = torch.cat([model(b).argmax(1) for b in images.split(batch_size)])
+    return (preds == labels).float().mean().item()
+
+
+@torch.no_grad()
+def extract(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """Features of many images, batch by batch, as float64. Shapes: (N, C, H, W) -> (N, D)."""
+    return torch.cat([model.features(b).double() for b in images.split(batch_size)])
+
+
+def cached_classifier(name: str, images: Tensor, labels: Tensor, *, steps: int = 400,
+                      generator: torch.Generator | None = None, folder: Path | None = None) -> Classifier:
+    """The classifier for data set ``name``, trained once and then read from the cache."""
+    from diffuse_edu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+    c, h = images.shape[1], images.shape[-1]
+    path = (folder or cache_dir() / "features") / f"classifier_{name}_{c}x{h}.pt"
+    expect = ClassifierConfig(in_channels=c)
+    if path.exists():
+        try:
+            return load_checkpoint(path, expect=expect).build(device=images.device)
+        except CheckpointError as e:
+            print(f"Cached classifier unusable, training a new one: {e}")
+    model = train_classifier(images, labels, expect, steps=steps, generator=generator)
+    save_checkpoint(path, model=model, schedule=None, extra={"data": name, "steps": steps})
+    return model
+
+
+#: Digits held out from the classifier's training at quick scale (the last ones of the set).
+DIGITS_HELD_OUT = 297
+
+
+def course_classifier(scale=None, *, device: torch.device | str = "cpu") -> Classifier:
+    """The feature network of the course at ``scale``: digits (quick) or MNIST (full), cached.
+
+    At quick scale it trains on all but the last :data:`DIGITS_HELD_OUT` digits.
+    """
+    from diffuse_edu import data
+    from diffuse_edu.config import Scale, get_scale
+
+    if (scale or get_scale()) is Scale.QUICK:
+        d = data.load_digits()
+        images, labels, name = d.images[:-DIGITS_HELD_OUT], d.labels[:-DIGITS_HELD_OUT], "digits"
+    else:
+        d = data.load_mnist("train")
+        images, labels, name = d.images, d.labels, "mnist"
+    return cached_classifier(name, images.to(device), labels.to(device),
+                             generator=torch.Generator().manual_seed(0))
+
+
+def inception_available() -> bool:
+    """Whether torchvision's Inception-v3 weights are on this machine (never downloads)."""
+    from torchvision.models import Inception_V3_Weights
+
+    url = Inception_V3_Weights.IMAGENET1K_V1.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def inception_features() -> nn.Module:
+    """Inception-v3's 2048-d pool features for images in [-1, 1] (1 or 3 channels, any size)."""
+    if not inception_available():
+        raise FileNotFoundError(
+            "Inception-v3 weights are not on this machine. Online, run once: python -c \"import "
+            "torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"; offline, copy "
+            f"the file into {Path(torch.hub.get_dir()) / 'checkpoints'}. The course's own classifier "
+            "features work without them.")
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()
+    net.fc = nn.Identity()
+
+    class _Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[:, None, None])
+
+        def features(self, x: Tensor) -> Tensor:
+            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+            x = F.interpolate((x + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+            return self.net((x - self.mean) / self.std)
+
+    return _Wrapped()

@@ -1,0 +1,109 @@
+import time
+
+import pytest
+import torch
+
+from diffuse_edu import data
+from diffuse_edu.schedules import cosine_schedule
+from diffuse_edu.training import EMA, TrainConfig, learning_rate, train
+from diffuse_edu.unet import UNet, UNetConfig
+
+SMALL = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)
+
+
+def test_ema_update_and_warmup():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.9)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): forgets the start fast
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert ema.model.weight.item() == pytest.approx(0.9)  # 0 + (1 - 0.1) * (1 - 0)
+    for _ in range(200):
+        ema.update(model)
+    assert ema.current_decay() == 0.9  # the warm-up reaches the final decay
+    assert ema.model.weight.item() == pytest.approx(1.0, abs=1e-6)
+    assert not ema.model.weight.requires_grad
+
+
+def test_ema_is_a_moving_average_of_a_changing_weight():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.5)
+    ema.updates = 1000  # past the warm-up
+    values = [1.0, 2.0, 3.0]
+    expected = ema.model.weight.item()
+    for v in values:
+        with torch.no_grad():
+            model.weight.fill_(v)
+        ema.update(model)
+        expected = 0.5 * expected + 0.5 * v
+    assert ema.model.weight.item() == pytest.approx(expected)
+
+
+def test_learning_rate_warmup():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4)
+    assert [learning_rate(s, cfg) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_config_needs_a_budget():
+    with pytest.raises(ValueError, match="needs a budget"):
+        TrainConfig(steps=None, seconds=None)
+
+
+def _digits(n=256):
+    return data.load_digits().images[:n, :, ::2, ::2].contiguous()  # 8x8 for speed
+
+
+def test_training_lowers_the_loss_records_buckets_and_snapshots():
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=5, snapshots=3, loss_buckets=5)
+    result = train(UNet(SMALL), _digits(), cosine_schedule(100), cfg,
+                   generator=torch.Generator().manual_seed(0))
+    assert result.steps == 60 and len(result.losses) == 60
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    assert result.bucket_edges.tolist() == [0, 20, 40, 60, 80, 100]
+    assert result.loss_by_bucket.shape == (5,) and (result.loss_by_bucket > 0).all()
+    assert [s["step"] for s in result.snapshots] == [20, 40, 60]
+    assert result.images_per_second > 0
+
+
+def _warm_model():
+    """A model that has run once, so that one-off set-up costs do not land inside the budget."""
+    torch.manual_seed(0)
+    model = UNet(SMALL)
+    model(_digits(16), torch.ones(16, dtype=torch.long)).mean().backward()
+    model.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize("budget", [2.0, 4.0])
+def test_wall_clock_budget_is_honoured(budget):
+    """The loop checks the clock before every step, so it overshoots by less than one step."""
+    cfg = TrainConfig(steps=None, seconds=budget, batch_size=16, warmup_steps=1)
+    start = time.perf_counter()
+    result = train(_warm_model(), _digits(), cosine_schedule(100), cfg)
+    wall = time.perf_counter() - start
+    step_time = result.seconds / result.steps
+    assert budget <= result.seconds <= budget * 1.03 + 2 * step_time
+    assert wall <= result.seconds * 1.10 + 1.0  # set-up and tear-down are small
+
+
+def test_callback_time_does_not_count():
+    cfg = TrainConfig(steps=None, seconds=1.5, batch_size=16, warmup_steps=1)
+    calls = []
+    result = train(_warm_model(), _digits(), cosine_schedule(100), cfg,
+                   callback=lambda step, secs, ema: (calls.append(step), time.sleep(0.2)), callback_every=10)
+    assert calls and len(calls) == result.steps // 10
+    assert result.seconds <= 1.5 * 1.03 + 2 * result.seconds / result.steps  # the sleeps are not counted
+
+
+def test_same_seed_same_weights():
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        r = train(UNet(SMALL), _digits(), cosine_schedule(100), TrainConfig(steps=5, batch_size=8),
+                  generator=torch.Generator().manual_seed(3))
+        states.append(r.ema.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
