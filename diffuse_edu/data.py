@@ -136,15 +136,25 @@ def content_sha256(arrays: dict[str, np.ndarray]) -> str:
 
 
 # ----------------------------------------------------------------------------- built-in sets
-def load_digits(*, size: int = 16) -> ImageSet:
-    """scikit-learn's 8x8 digits (values 0..16), upsampled to ``size`` x ``size``."""
+#: The last this-many digits form the held-out split (sklearn's digits come with no split).
+DIGITS_TEST = 297
+
+
+def load_digits(split: str = "all", *, size: int = 16) -> ImageSet:
+    """scikit-learn's 8x8 digits (values 0..16), upsampled to ``size`` x ``size``.
+
+    ``split``: "all" (1,797), "train" (all but the last :data:`DIGITS_TEST`) or "test" (those).
+    """
     from sklearn.datasets import load_digits as sk_digits
 
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}.")
     raw = sk_digits()
     images = torch.as_tensor(raw.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return ImageSet(images.clamp(0, 1) * 2 - 1, torch.as_tensor(raw.target, dtype=torch.int64),
-                    DIGIT_CLASSES, "digits")
+    labels = torch.as_tensor(raw.target, dtype=torch.int64)
+    part = {"all": slice(None), "train": slice(None, -DIGITS_TEST), "test": slice(-DIGITS_TEST, None)}[split]
+    return ImageSet(images[part].clamp(0, 1) * 2 - 1, labels[part], DIGIT_CLASSES, "digits")
 
 
 def load_photos(*, size: int = 64) -> ImageSet:

@@ -97,3 +97,10 @@ def nearest_neighbour(queries: Tensor, reference: Tensor, batch: int = 1024) -> 
         dists.append(d)
         idxs.append(i)
     return torch.cat(dists), torch.cat(idxs)
+
+
+@torch.no_grad()
+def adherence(classifier: torch.nn.Module, images: Tensor, labels: Tensor, batch: int = 1024) -> float:
+    """Share of images a classifier assigns to the class they were meant to show (lessons 06, 08)."""
+    preds = torch.cat([classifier(b).argmax(1) for b in images.split(batch)])
+    return (preds == labels.to(preds.device)).double().mean().item()

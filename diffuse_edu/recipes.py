@@ -36,7 +36,7 @@ class Recipe:
 
 DDPM_QUICK = Recipe(
     name="ddpm_digits",
-    data=data.load_digits,
+    data=functools.partial(data.load_digits, "train"),
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,)),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=700, seconds=50, batch_size=64, lr=2e-3, warmup_steps=50,
@@ -64,6 +64,12 @@ def checkpoint_path(recipe: Recipe) -> Path:
     return cache_dir() / "checkpoints" / f"{recipe.name}.pt"
 
 
+def checkpoint_extra(recipe: Recipe, images: torch.Tensor, result) -> dict:
+    """What a recipe's checkpoint records beside the weights (checked by :func:`pretrained_ddpm`)."""
+    return dict(recipe=recipe.name, images=len(images), steps=result.steps, seconds=result.seconds,
+                images_per_second=result.images_per_second)
+
+
 def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0) -> Checkpoint:
     """Train ``recipe`` from scratch, save its checkpoint and return it."""
     torch.manual_seed(seed)  # the initial weights
@@ -73,9 +79,17 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
                    generator=torch.Generator(device).manual_seed(seed), desc=f"training {recipe.name}")
     path = save_checkpoint(checkpoint_path(recipe), model=result.model, ema=result.ema,
                            schedule=schedule, train_config=recipe.train, snapshots=result.snapshots,
-                           extra=dict(steps=result.steps, seconds=result.seconds,
-                                      images_per_second=result.images_per_second))
+                           extra=checkpoint_extra(recipe, images, result))
     return load_checkpoint(path, expect=recipe.model)
+
+
+def _matches(ck: Checkpoint, recipe: Recipe) -> str | None:
+    """Why ``ck`` was not made by ``recipe`` (None when it was)."""
+    if ck.extra.get("recipe") != recipe.name:
+        return f"it was made by {ck.extra.get('recipe')!r}, not {recipe.name!r}"
+    if ck.train_config != {f: getattr(recipe.train, f) for f in ck.train_config}:
+        return "its training settings differ from the recipe's"
+    return None
 
 
 def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
@@ -84,7 +98,11 @@ def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str 
     path = checkpoint_path(recipe)
     if path.exists():
         try:
-            return load_checkpoint(path, expect=recipe.model)
+            ck = load_checkpoint(path, expect=recipe.model)
+            why = _matches(ck, recipe)
+            if why is None:
+                return ck
+            print(f"The checkpoint at {path} is out of date ({why}): training a new one.")
         except CheckpointError as e:
             print(f"{e}\nTraining a new one instead.")
     else:

@@ -138,6 +138,10 @@ def compare(
         raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype} (the input's "
                        f"dtype: cast what you take from the schedule with .to(x.dtype)).")
     g, w = got.detach().double(), want.detach().double()
+    if torch.isnan(g).any() and not torch.isnan(w).any():
+        idx = tuple(int(i) for i in torch.nonzero(torch.isnan(g))[0])
+        raise Mismatch(f"{what} returned NaN (first at index {idx}): look for the square root of a "
+                       "negative number or a division by zero.")
     if torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
         return
     for mistake in mistakes:
