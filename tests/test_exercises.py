@@ -213,3 +213,53 @@ def test_every_checker_has_at_least_three_distinct_messages():
     for checker in (EPS_LOSS, DDPM_STEP, MULTI_HEAD_ATTENTION, SINUSOIDAL_EMBEDDING):
         messages = {run_checker(w, checker).message for c, w, _ in WRONG if c is checker}
         assert len(messages) >= 3, checker.name
+
+
+# --- lessons 05-06 ---------------------------------------------------------------------------
+from diffuse_edu.exercises.metrics import SQRTM_PSD  # noqa: E402
+from diffuse_edu.exercises.training import EMA_UPDATE  # noqa: E402
+
+
+def _ema(ema, cur, k, decay, *, warm=True, cap=True, swap=False):
+    d = (1 + k) / (10 + k) if warm else decay
+    d = min(decay, d) if cap else d
+    for e, c in zip(ema, cur):
+        new = (1 - d) * e + d * c if swap else d * e + (1 - d) * c
+        e.copy_(new)
+
+
+def _root(a, *, how):
+    vals, vecs = torch.linalg.eigh(a)
+    if how == "entries":
+        return a.sqrt()
+    if how == "no_sqrt":
+        return (vecs * vals) @ vecs.T
+    if how == "swapped":
+        return (vecs.T * vals.clamp_min(0).sqrt()) @ vecs
+    if how == "unclamped":
+        return (vecs * vals.sqrt()) @ vecs.T
+    raise ValueError(how)
+
+
+WRONG_05_06 = [
+    (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, swap=True), "weights are swapped"),
+    (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, warm=False), "there is no warm-up"),
+    (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, cap=False), "warm-up never ends"),
+    (EMA_UPDATE, lambda e, c, k, d: [0.9 * a + 0.1 * b for a, b in zip(e, c)] and None, "off by up to"),
+    (EMA_UPDATE, lambda e, c, k, d: [b.mul_(0.5) for b in c] and None, "changed the model's own weights"),
+    (SQRTM_PSD, lambda a: _root(a, how="entries"), "returned NaN"),
+    (SQRTM_PSD, lambda a: _root(a, how="no_sqrt"), "eigenvalues were not square-rooted"),
+    (SQRTM_PSD, lambda a: _root(a, how="swapped"), "V and V^T are swapped"),
+    (SQRTM_PSD, lambda a: _root(a, how="unclamped"), "clamp them at 0"),
+]
+
+
+@pytest.mark.parametrize("checker", [EMA_UPDATE, SQRTM_PSD], ids=lambda c: c.name)
+def test_lesson_05_06_references_pass(checker):
+    assert run_checker(checker.reference, checker).status == "passed"
+
+
+@pytest.mark.parametrize("checker, wrong, expected", WRONG_05_06, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG_05_06])
+def test_lesson_05_06_wrong_answers_get_their_own_message(checker, wrong, expected):
+    verdict = run_checker(wrong, checker)
+    assert verdict.status == "failed" and expected in verdict.message, verdict.message
