@@ -9,6 +9,7 @@ keeps hidden state or needs a set-up call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -18,11 +19,12 @@ from diffuse_edu.reverse_process import predict_x0
 from diffuse_edu.schedules import NoiseSchedule
 
 
-def timesteps(schedule: NoiseSchedule, steps: int) -> list[int]:
-    """``steps + 1`` integer time steps evenly spaced from T down to 0 (the last is 0)."""
-    if not 1 <= steps <= schedule.T:
-        raise ValueError(f"steps must lie in 1..{schedule.T}, got {steps}.")
-    return torch.linspace(schedule.T, 0, steps + 1).round().long().tolist()
+def timesteps(schedule: NoiseSchedule, steps: int, *, t_max: int | None = None) -> list[int]:
+    """``steps + 1`` integer time steps evenly spaced from t_max (default T) down to 0."""
+    t_max = schedule.T if t_max is None else t_max
+    if not 1 <= steps <= t_max:
+        raise ValueError(f"steps must lie in 1..{t_max}, got {steps}.")
+    return torch.linspace(t_max, 0, steps + 1).round().long().tolist()
 
 
 def ddim_step(x_t: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
@@ -50,12 +52,12 @@ def ddim_step(x_t: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: Noise
 @torch.no_grad()
 def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None,
-                cond: object = None, clip: float | None = None) -> Tensor:
-    """DDIM from x_T in ``steps`` network evaluations (Song et al. 2021, Alg. in Sec. 4.1).
+                cond: object = None, clip: float | None = None, t_max: int | None = None) -> Tensor:
+    """DDIM from x_{t_max} (default x_T) in ``steps`` network evaluations (Song et al. 2021, Sec. 4.1).
 
     Shapes: x (B, ...) -> like x.
     """
-    ts = timesteps(schedule, steps)
+    ts = timesteps(schedule, steps, t_max=t_max)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
         eps_hat = model(x, torch.full((x.shape[0],), t, device=x.device), cond)
         noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -64,3 +66,187 @@ def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
         if callback is not None:
             callback(i, t_prev, x)
     return x
+
+
+# ----------------------------------------------------------------------------- sigma space
+# Karras et al. (2022) write the diffusion as x = x0 + sigma * eps, i.e. x = x_t / sqrt(alpha_bar_t)
+# with sigma = sqrt((1 - alpha_bar) / alpha_bar). The probability-flow ODE is then
+# dx / dsigma = (x - D(x; sigma)) / sigma (their Eq. 3 with s = 1), where D is the denoiser.
+
+
+def sigma_to_t(sigma: float, schedule: NoiseSchedule) -> float:
+    """The (fractional) time step of a noise level, interpolating log-sigma between steps 1..T."""
+    log_sigmas = schedule.sigma[1:].log()  # increasing in t
+    ls = torch.tensor(max(sigma, 1e-10), dtype=torch.float64).log()
+    k = int(torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1))
+    w = ((ls - log_sigmas[k - 1]) / (log_sigmas[k] - log_sigmas[k - 1])).clamp(0, 1).item()
+    return k + w  # step k (index k - 1) to step k + 1 (index k)
+
+
+def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
+                  sigma_max: float | None = None) -> Tensor:
+    """``steps`` noise levels spaced as in Karras et al. 2022 (Eq. 5), then 0. Shapes: (steps + 1,).
+
+    sigma_max defaults to min(sigma_T, 80): Karras et al. use 80, and a schedule like the cosine one
+    reaches sigma_T ~ 2e4, where nothing useful happens.
+    """
+    s_min = schedule.sigma[1].item()
+    s_max = min(schedule.sigma[-1].item(), 80.0) if sigma_max is None else sigma_max
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def sigmas_evenly_in_t(schedule: NoiseSchedule, steps: int) -> Tensor:
+    """The noise levels at ``steps`` time steps evenly spaced from T to 1, then 0. Shapes: (steps + 1,)."""
+    t = torch.linspace(schedule.T, 1, steps, dtype=torch.float64)
+    lo = t.floor().long().clamp(1, schedule.T)
+    hi = (lo + 1).clamp(max=schedule.T)
+    w = t - lo
+    sig = (1 - w) * schedule.sigma[lo] + w * schedule.sigma[hi]
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def as_denoiser(model: Callable, schedule: NoiseSchedule, *, target=None,
+                clip: float | None = None) -> Callable:
+    """Wrap ``model(x_t, t, cond)`` as D(x, sigma, cond) -> x0_hat in sigma space (Karras Table 1).
+
+    ``clip`` clamps x0_hat to [-clip, clip] ("static thresholding", as DDIM's and DDPM's clip).
+    """
+    from diffuse_edu.prediction import Target, to_x0
+
+    target = target or Target.EPS
+
+    def denoise(x: Tensor, sigma: float, cond: object = None) -> Tensor:
+        alpha_bar = 1.0 / (1.0 + sigma**2)
+        x_t = x * alpha_bar**0.5
+        t = torch.full((x.shape[0],), sigma_to_t(sigma, schedule), device=x.device, dtype=x.dtype)
+        x0_hat = to_x0(model(x_t, t, cond), target, x_t, alpha_bar)
+        return x0_hat if clip is None else x0_hat.clamp(-clip, clip)
+
+    return denoise
+
+
+def _start(x: Tensor, sigmas: Tensor) -> Tensor:
+    """Unit-variance starting noise scaled to the first noise level: x * sqrt(1 + sigma_0^2)."""
+    return x * (1 + sigmas[0].item() ** 2) ** 0.5
+
+
+def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
+    """x + (sigma_next - sigma) d with d = (x - D(x; sigma)) / sigma (Karras et al. 2022, Alg. 1)."""
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Tensor, float], Tensor]) -> Tensor:
+    """Heun's second-order step of the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 5-8).
+
+    An Euler step to sigma_next, then the average of the slopes at both ends; to sigma_next = 0 the
+    Euler step alone (the slope there is undefined). Shapes: x (B, ...) -> like x.
+    """
+    d = (x - denoise(x, sigma)) / sigma
+    x_euler = x + (sigma_next - sigma) * d
+    if sigma_next == 0:
+        return x_euler
+    d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                 sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                 callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """Euler's method on the probability-flow ODE: ``steps`` network evaluations."""
+    sig = sigmas(schedule, steps).tolist()
+    denoise, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
+    for i in range(len(sig) - 1):
+        x = euler_step(x, sig[i], sig[i + 1], denoise(x, sig[i], cond))
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """Heun's method (Karras et al. 2022, Alg. 1 without churn): 2 * steps - 1 network evaluations."""
+    sig = sigmas(schedule, steps).tolist()
+    denoise, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
+    for i in range(len(sig) - 1):
+        x = heun_step(x, sig[i], sig[i + 1], lambda z, s: denoise(z, s, cond))
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                    sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                    callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in sigma space: ``steps`` network evaluations.
+
+    With lambda = -log(sigma) and h = lambda_next - lambda, each step is exact for a denoiser output
+    that is linear in lambda, extrapolated from the last two outputs; the first and the last step
+    (to sigma = 0) are first order.
+    """
+    sig = sigmas(schedule, steps).tolist()
+    denoise, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
+    previous, h_previous = None, None
+    for i in range(len(sig) - 1):
+        denoised = denoise(x, sig[i], cond)
+        if sig[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(sig[i] / sig[i + 1])
+            d = denoised
+            if previous is not None:
+                r = h_previous / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (sig[i + 1] / sig[i]) * x - math.expm1(-h) * d
+            h_previous = h
+        previous = denoised
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int | None = None,
+                generator: torch.Generator | None = None, callback: Callable | None = None,
+                cond: object = None, clip: float | None = None) -> Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) in ``steps`` steps (default T).
+
+    With steps = T this is ddpm_step at every t; with fewer it is DDIM with eta = 1, the same
+    process on a coarser grid (Song et al. 2021, Sec. 4.2).
+    """
+    return sample_ddim(model, x, schedule, steps=steps or schedule.T, eta=1.0, generator=generator,
+                       callback=callback, cond=cond, clip=clip)
+
+
+# ----------------------------------------------------------------------------- inversion and noise
+@torch.no_grad()
+def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
+                t_max: int | None = None, cond: object = None) -> Tensor:
+    """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
+    Nichol 2021, App. F): each step uses the noise predicted at the current, less noisy step."""
+    ts = timesteps(schedule, steps, t_max=t_max)[::-1]  # 0 .. t_max
+    x = x0
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        eps_hat = model(x, torch.full((x.shape[0],), max(t, 1), device=x.device), cond)
+        ab, ab_next = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_next].item()
+        x0_hat = (x - (1 - ab) ** 0.5 * eps_hat) / ab**0.5
+        x = ab_next**0.5 * x0_hat + (1 - ab_next) ** 0.5 * eps_hat
+    return x
+
+
+def slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
+    """Spherical interpolation between two noise tensors (Shoemake 1985), keeping their norm typical.
+
+    Shapes: a, b (B, ...) -> like a; w in [0, 1].
+    """
+    af, bf = a.flatten(1), b.flatten(1)
+    cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))[:, None]  # (B, 1)
+    sin = torch.sin(theta).clamp_min(1e-8)
+    out = torch.sin((1 - w) * theta) / sin * af + torch.sin(w * theta) / sin * bf
+    return out.reshape(a.shape)

@@ -263,3 +263,50 @@ def test_lesson_05_06_references_pass(checker):
 def test_lesson_05_06_wrong_answers_get_their_own_message(checker, wrong, expected):
     verdict = run_checker(wrong, checker)
     assert verdict.status == "failed" and expected in verdict.message, verdict.message
+
+
+# --- lesson 07 -------------------------------------------------------------------------------
+from diffuse_edu.exercises.samplers import DDIM_STEP, HEUN_STEP  # noqa: E402
+
+
+def _ddim(x, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, x0_coef="sqrt", shrink=True, two=True):
+    ab, abp = (s.alphas if alphas else s.alpha_bar)[t].item(), (s.alphas if alphas else s.alpha_bar)[tp].item()
+    x0 = (x - ((1 - ab) ** 0.5 if x0_coef == "sqrt" else (1 - ab)) * e) / ab**0.5
+    sig = eta * ((1 - abp) / (1 - ab)) ** 0.5 * ((1 - ab / abp) ** 0.5 if two else 1)
+    out = abp**0.5 * x0 + max(1 - abp - (sig**2 if shrink else 0), 0) ** 0.5 * e
+    return out + sig * noise if sig > 0 else out
+
+
+def _heun(x, s, sn, D, *, correct=True, average=True, from_x=True, at_next=True, guard=True):
+    d = (x - D(x, s)) / s
+    xe = x + (sn - s) * d
+    if not correct or (guard and sn == 0):
+        return xe
+    s2 = sn if at_next else s
+    d2 = (xe - D(xe, s2)) / s2
+    slope = (d + d2) / 2 if average else d2
+    return (x if from_x else xe) + (sn - s) * slope
+
+
+WRONG_07 = [
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, alphas=True), "not the one-step alphas"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, x0_coef="plain"), "needs sqrt(1 - alpha_bar_t)"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, shrink=False), "must shrink when noise is added"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, two=False), "has two factors"),
+    (HEUN_STEP, lambda *a: _heun(*a, correct=False), "that is Euler's step"),
+    (HEUN_STEP, lambda *a: _heun(*a, average=False), "only the slope at sigma_next"),
+    (HEUN_STEP, lambda *a: _heun(*a, from_x=False), "applied from x"),
+    (HEUN_STEP, lambda *a: _heun(*a, at_next=False), "evaluated at sigma_next"),
+    (HEUN_STEP, lambda *a: _heun(*a, guard=False), "slope (x - D) / sigma is undefined"),
+]
+
+
+@pytest.mark.parametrize("checker", [DDIM_STEP, HEUN_STEP], ids=lambda c: c.name)
+def test_lesson_07_references_pass(checker):
+    assert run_checker(checker.reference, checker).status == "passed"
+
+
+@pytest.mark.parametrize("checker, wrong, expected", WRONG_07, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG_07])
+def test_lesson_07_wrong_answers_get_their_own_message(checker, wrong, expected):
+    verdict = run_checker(wrong, checker)
+    assert verdict.status == "failed" and expected in verdict.message, verdict.message

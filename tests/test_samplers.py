@@ -49,3 +49,103 @@ def test_ddim_with_the_true_noise_returns_x0():
 def test_eta_needs_noise():
     with pytest.raises(ValueError, match="eta > 0 needs noise"):
         ddim_step(torch.zeros(1, 2), torch.zeros(1, 2), 10, 5, LINEAR, eta=0.5)
+
+
+from diffuse_edu.prediction import (Target, eps_to_x0, eps_x0_to_v, to_x0, v_to_eps, v_to_x0,  # noqa: E402
+                                    x0_to_eps)
+from diffuse_edu.samplers import (as_denoiser, heun_step, invert_ddim, karras_sigmas, sample_dpmpp_2m,  # noqa: E402
+                                  sample_euler, sample_heun, sigma_to_t, sigmas_evenly_in_t, slerp)
+
+
+def test_prediction_conversions_round_trip():
+    x0, eps = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    ab = torch.tensor([[0.9], [0.5], [0.1], [0.01]], dtype=torch.float64)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    v = eps_x0_to_v(eps, x0, ab)
+    torch.testing.assert_close(eps_to_x0(x_t, eps, ab), x0)
+    torch.testing.assert_close(x0_to_eps(x_t, x0, ab), eps)
+    torch.testing.assert_close(v_to_eps(x_t, v, ab), eps)
+    torch.testing.assert_close(v_to_x0(x_t, v, ab), x0)
+    for target, pred in ((Target.EPS, eps), (Target.X0, x0), (Target.V, v)):
+        torch.testing.assert_close(to_x0(pred, target, x_t, ab), x0)
+
+
+def test_sigma_to_t_inverts_the_schedule():
+    for t in (1, 2, 37, 500, 999, 1000):
+        assert sigma_to_t(LINEAR.sigma[t].item(), LINEAR) == pytest.approx(t, abs=1e-6)
+    assert sigma_to_t(1e-9, LINEAR) == 1 and sigma_to_t(1e9, LINEAR) == 1000
+
+
+def test_sigma_grids():
+    k = karras_sigmas(LINEAR, 10)
+    assert k.shape == (11,) and k[-1] == 0 and bool((k[:-1] > 0).all()) and bool((k[1:] < k[:-1]).all())
+    assert k[0].item() == pytest.approx(80.0) and k[-2].item() == pytest.approx(LINEAR.sigma[1].item())
+    e = sigmas_evenly_in_t(LINEAR, 4)
+    torch.testing.assert_close(e[[0, 3]], LINEAR.sigma[[1000, 1]])
+
+
+def test_the_denoiser_of_the_true_noise_is_x0():
+    x0, eps = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    d = as_denoiser(lambda x, t, c=None: eps, LINEAR)
+    for sigma in (0.1, 3.0, 50.0):
+        torch.testing.assert_close(d(x0 + sigma * eps, sigma), x0)
+
+
+@pytest.mark.parametrize("sampler", [sample_euler, sample_heun, sample_dpmpp_2m])
+def test_ode_samplers_land_on_a_point_mass(sampler):
+    """With the exact denoiser of a one-point data set, every ODE sampler ends on that point."""
+    target = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
+
+    def oracle(x_t, t, c=None):  # eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab), ab at the (fractional) t
+        lo = int(t[0].floor().clamp(1, 999))
+        w = float(t[0]) - lo
+        sig = (LINEAR.sigma[lo].log() * (1 - w) + LINEAR.sigma[lo + 1].log() * w).exp()  # as sigma_to_t
+        abt = 1 / (1 + sig**2)
+        return (x_t - abt.sqrt() * target) / (1 - abt).sqrt()
+    out = sampler(oracle, torch.randn(4, 2, dtype=torch.float64), LINEAR, steps=12)
+    torch.testing.assert_close(out, target.expand(4, 2), rtol=1e-3, atol=1e-3)
+
+
+def test_heun_step_is_second_order():
+    """On dx/dsigma = x / sigma * k (exact solution x ~ sigma^k), Heun's error shrinks ~4x when h halves."""
+    k = 0.5
+
+    def denoise(x, s):  # (x - D) / s = k x / s  =>  D = (1 - k) x
+        return (1 - k) * x
+
+    def error(n):
+        sig = torch.linspace(2.0, 1.0, n + 1).tolist()
+        x = torch.ones(1, dtype=torch.float64) * 2.0**k
+        for a, b in zip(sig[:-1], sig[1:]):
+            x = heun_step(x, a, b, denoise)
+        return abs(x.item() - 1.0)
+    assert 3.5 < error(4) / error(8) < 4.5
+
+
+def test_ddim_inversion_round_trips():
+    """Deterministic DDIM, inverted then run forward, gives the image back at 50+ steps."""
+    torch.manual_seed(0)
+    x0 = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
+
+    def smooth(x, t, c=None):  # a model whose prediction varies smoothly with x and t
+        return 0.5 * torch.tanh(x) * (t.double() / 1000).reshape(-1, 1, 1, 1)
+    errors = {}
+    for steps in (50, 100, 200):
+        x_T = invert_ddim(smooth, x0, LINEAR, steps=steps, t_max=800)
+        ts = torch.linspace(800, 0, steps + 1).round().long().tolist()
+        x = x_T
+        for t, t_prev in zip(ts[:-1], ts[1:]):
+            x = ddim_step(x, smooth(x, torch.full((2,), t)), t, t_prev, LINEAR)
+        errors[steps] = (x - x0).abs().max().item()
+    assert errors[50] < 0.04  # pixels span [-1, 1]
+    assert errors[100] < 0.6 * errors[50] and errors[200] < 0.6 * errors[100]  # first order: ~halves
+
+
+def test_slerp_keeps_norm_and_endpoints():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 1000, generator=g), torch.randn(3, 1000, generator=g)
+    torch.testing.assert_close(slerp(a, b, 0.0), a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slerp(a, b, 1.0), b, rtol=1e-5, atol=1e-5)
+    mid = slerp(a, b, 0.5)
+    assert (mid.norm(dim=1) / a.norm(dim=1) - 1).abs().max() < 0.05  # a straight line would shrink ~30%
+    assert ((0.5 * (a + b)).norm(dim=1) / a.norm(dim=1)).max() < 0.8
