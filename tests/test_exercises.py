@@ -197,22 +197,6 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("checker", [EPS_LOSS, DDPM_STEP, MULTI_HEAD_ATTENTION, SINUSOIDAL_EMBEDDING],
-                         ids=lambda c: c.name)
-def test_lesson_02_to_04_references_pass(checker):
-    assert run_checker(checker.reference, checker).status == "passed"
-
-
-@pytest.mark.parametrize("checker, wrong, expected", WRONG, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG])
-def test_lesson_02_to_04_wrong_answers_get_their_own_message(checker, wrong, expected):
-    verdict = run_checker(wrong, checker)
-    assert verdict.status == "failed" and expected in verdict.message, verdict.message
-
-
-def test_every_checker_has_at_least_three_distinct_messages():
-    for checker in (EPS_LOSS, DDPM_STEP, MULTI_HEAD_ATTENTION, SINUSOIDAL_EMBEDDING):
-        messages = {run_checker(w, checker).message for c, w, _ in WRONG if c is checker}
-        assert len(messages) >= 3, checker.name
 
 
 # --- lessons 05-06 ---------------------------------------------------------------------------
@@ -254,17 +238,6 @@ WRONG_05_06 = [
 ]
 
 
-@pytest.mark.parametrize("checker", [EMA_UPDATE, SQRTM_PSD], ids=lambda c: c.name)
-def test_lesson_05_06_references_pass(checker):
-    assert run_checker(checker.reference, checker).status == "passed"
-
-
-@pytest.mark.parametrize("checker, wrong, expected", WRONG_05_06, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG_05_06])
-def test_lesson_05_06_wrong_answers_get_their_own_message(checker, wrong, expected):
-    verdict = run_checker(wrong, checker)
-    assert verdict.status == "failed" and expected in verdict.message, verdict.message
-
-
 # --- lesson 07 -------------------------------------------------------------------------------
 from diffuse_edu.exercises.samplers import DDIM_STEP, HEUN_STEP  # noqa: E402
 
@@ -301,12 +274,23 @@ WRONG_07 = [
 ]
 
 
-@pytest.mark.parametrize("checker", [DDIM_STEP, HEUN_STEP], ids=lambda c: c.name)
-def test_lesson_07_references_pass(checker):
+# --- every checker of lessons 02-07 ------------------------------------------------------------
+ALL_WRONG = WRONG + WRONG_05_06 + WRONG_07
+CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.name)
+def test_reference_versions_pass_their_checker(checker):
     assert run_checker(checker.reference, checker).status == "passed"
 
 
-@pytest.mark.parametrize("checker, wrong, expected", WRONG_07, ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG_07])
-def test_lesson_07_wrong_answers_get_their_own_message(checker, wrong, expected):
+@pytest.mark.parametrize("checker, wrong, expected", ALL_WRONG, ids=[f"{c.name}-{e[:24]}" for c, _, e in ALL_WRONG])
+def test_wrong_answers_get_their_own_message(checker, wrong, expected):
     verdict = run_checker(wrong, checker)
     assert verdict.status == "failed" and expected in verdict.message, verdict.message
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.name)
+def test_every_checker_tells_at_least_three_mistakes_apart(checker):
+    messages = {run_checker(w, checker).message for c, w, _ in ALL_WRONG if c is checker}
+    assert len(messages) >= 3
