@@ -7,6 +7,7 @@
     run LESSON [--scale S] [--out DIR]
                                     run a lesson headless: figures, metrics.json, samples.npz
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
+    workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
     lessons                         list the lessons
 """
 
@@ -93,6 +94,24 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if done == len(verdicts) else 1
 
 
+def _workshop(args: argparse.Namespace) -> int:
+    """Train (or verify) every cached model the lessons load, so a room of learners need not wait."""
+    from diffuse_edu import features, recipes
+
+    scale = config.Scale(args.scale)
+    config.set_scale(scale)
+    device = config.default_device()
+    for recipe in recipes.RECIPES[scale]:
+        if args.retrain:
+            recipes.checkpoint_path(recipe).unlink(missing_ok=True)
+        ck = recipes.pretrained_ddpm(recipe, device=device)
+        print(f"ready: {recipe.name} ({ck.extra.get('steps')} steps, {ck.extra.get('seconds', 0):.0f} s) "
+              f"at {recipes.checkpoint_path(recipe)}")
+    features.course_classifier(scale, device=device)
+    print(f"ready: the {scale.value}-scale feature classifier (lessons 05-07)")
+    return 0
+
+
 def _lessons(args: argparse.Namespace) -> int:
     from diffuse_edu.runner import lessons_dir
 
@@ -121,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")
     c.set_defaults(func=_check)
+    w = sub.add_parser("workshop", help="train and cache every model the lessons load")
+    w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
+    w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")
+    w.set_defaults(func=_workshop)
     sub.add_parser("lessons", help="list the lessons").set_defaults(func=_lessons)
     return p
 

@@ -54,6 +54,10 @@ DDPM_FULL = Recipe(
 )
 
 
+#: Every recipe whose checkpoint a lesson loads, by scale (``python -m diffuse_edu workshop``).
+RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK], Scale.FULL: [DDPM_FULL]}
+
+
 def ddpm_recipe(scale: Scale | None = None) -> Recipe:
     """The DDPM recipe for ``scale`` (default: the scale in force)."""
     return DDPM_QUICK if (scale or get_scale()) is Scale.QUICK else DDPM_FULL

@@ -41,3 +41,18 @@ def test_recipes_by_scale():
     assert recipes.ddpm_recipe(config.Scale.QUICK) is recipes.DDPM_QUICK
     assert recipes.ddpm_recipe(config.Scale.FULL) is recipes.DDPM_FULL
     assert recipes.DDPM_FULL.train.seconds == 200  # the full-scale budget of lesson 05
+
+
+def test_workshop_prepares_every_recipe_and_the_classifier(tiny, monkeypatch, capsys):
+    from diffuse_edu import cli, features
+
+    monkeypatch.setitem(recipes.RECIPES, config.Scale.QUICK, [tiny])
+    seen = []
+    monkeypatch.setattr(features, "course_classifier", lambda scale, device: seen.append(scale))
+    assert cli.main(["workshop", "--scale", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert "ready: tiny (4 steps" in out and recipes.checkpoint_path(tiny).is_file()
+    assert seen == [config.Scale.QUICK]
+    before = recipes.checkpoint_path(tiny).stat().st_mtime_ns
+    assert cli.main(["workshop", "--scale", "quick", "--retrain"]) == 0
+    assert recipes.checkpoint_path(tiny).stat().st_mtime_ns != before
