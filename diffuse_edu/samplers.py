@@ -151,18 +151,31 @@ def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Ten
     return x + (sigma_next - sigma) * (d + d_next) / 2
 
 
+def _solve(one_step: Callable, model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int,
+           sigmas: Callable, callback: Callable | None, cond: object, clip: float | None) -> Tensor:
+    """Walk the sigma grid with ``one_step(x, sigma, sigma_next, denoise)``; shared by the one-step solvers."""
+    sig = sigmas(schedule, steps).tolist()
+    denoiser, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
+
+    def denoise(z: Tensor, s: float) -> Tensor:
+        return denoiser(z, s, cond)
+
+    for i in range(len(sig) - 1):
+        x = one_step(x, sig[i], sig[i + 1], denoise)
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
 @torch.no_grad()
 def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                  sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
                  callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
     """Euler's method on the probability-flow ODE: ``steps`` network evaluations."""
-    sig = sigmas(schedule, steps).tolist()
-    denoise, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
-    for i in range(len(sig) - 1):
-        x = euler_step(x, sig[i], sig[i + 1], denoise(x, sig[i], cond))
-        if callback is not None:
-            callback(i, sig[i + 1], x)
-    return x
+    def step(z: Tensor, s: float, s_next: float, denoise: Callable) -> Tensor:
+        return euler_step(z, s, s_next, denoise(z, s))
+
+    return _solve(step, model, x, schedule, steps, sigmas, callback, cond, clip)
 
 
 @torch.no_grad()
@@ -170,13 +183,7 @@ def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
                 sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
                 callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
     """Heun's method (Karras et al. 2022, Alg. 1 without churn): 2 * steps - 1 network evaluations."""
-    sig = sigmas(schedule, steps).tolist()
-    denoise, x = as_denoiser(model, schedule, clip=clip), _start(x, torch.tensor(sig))
-    for i in range(len(sig) - 1):
-        x = heun_step(x, sig[i], sig[i + 1], lambda z, s: denoise(z, s, cond))
-        if callback is not None:
-            callback(i, sig[i + 1], x)
-    return x
+    return _solve(heun_step, model, x, schedule, steps, sigmas, callback, cond, clip)
 
 
 @torch.no_grad()
