@@ -1,22 +1,39 @@
 """diffuse-edu: the helper library of a course that builds image diffusion from scratch.
 
-One module per concept, in lesson order:
+The package is grouped by role, one level deep, one concept per module. Dependencies run one way:
+``course`` (the tooling) may import anything; ``exercises`` (the checkers) the library; ``training``
+imports ``evaluation``, ``models``, ``diffusion`` and ``data``; ``evaluation`` imports ``models``,
+``diffusion`` and ``data``; ``models`` and ``diffusion`` import only torch and einops (a test keeps
+it so). ``config`` and ``progress`` are leaves every group may use.
 
-=====================  ==========================================================
-lesson                 module
-=====================  ==========================================================
-00 welcome             ``config`` (scale, data folder), ``data``, ``doctor``
-01 forward process     ``schedules``, ``forward_process``
-every lesson           ``exercises`` (checkers), ``plotting``, ``report``, ``runner``
-=====================  ==========================================================
+The syllabus, lesson by lesson:
+
+====================  =========================================================================
+lesson                modules
+====================  =========================================================================
+00 welcome            ``config``, ``data.images``, ``data.staged``, ``course.doctor``
+01 forward process    ``diffusion.schedules``, ``diffusion.forward_process``
+02 reverse process    ``diffusion.reverse_process``, ``diffusion.objectives``,
+                      ``diffusion.prediction``, ``models.mlp``, ``data.toy2d``,
+                      ``evaluation.toy_gan``
+03 U-Net              ``models.unet``, ``models.attention``, ``evaluation.profiling``,
+                      ``evaluation.probes``
+04 time embeddings    ``models.time_embedding``, ``evaluation.probes`` (loss by t)
+05 training a DDPM    ``training.loop``, ``training.ema``, ``training.checkpoints``,
+                      ``training.recipes``, ``evaluation.baseline``
+06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
+                      ``evaluation.probes``
+07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``
+08-13                 planned: guidance, text encoder, VAE, editing, DiT and flow matching
+                      (``diffusion.objectives.FlowMatching`` is ready), LoRA
+every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
+                      ``course.runner``, ``course.cli``, ``course.bench``
+====================  =========================================================================
 """
 
-from diffuse_edu import config, data, exercises, forward_process, plotting, report, schedules
+from diffuse_edu import config
 from diffuse_edu.config import Scale, by_scale, get_scale, set_data_dir, set_scale
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Scale", "by_scale", "config", "data", "exercises", "forward_process", "get_scale",
-    "plotting", "report", "schedules", "set_data_dir", "set_scale",
-]
+__all__ = ["Scale", "by_scale", "config", "get_scale", "set_data_dir", "set_scale"]

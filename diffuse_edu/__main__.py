@@ -1,5 +1,5 @@
 import sys
 
-from diffuse_edu.cli import main
+from diffuse_edu.course.cli import main
 
 sys.exit(main())

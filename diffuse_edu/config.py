@@ -114,13 +114,19 @@ def data_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
+def _writable(folder: Path) -> bool:
+    """Writable, and not marked read-only: root may write anywhere, but a folder without write
+    bits (a shared data copy) is meant to stay as it is."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
 def cache_dir() -> Path:
     """Where downloads and course-made files (trained checkpoints, features) are written."""
     if _data_dir_override is not None:
         return _data_dir_override
     if os.environ.get(DATA_ENV):
         env_dir = Path(os.environ[DATA_ENV]).expanduser().resolve()
-        if os.access(env_dir if env_dir.exists() else env_dir.parent, os.W_OK):
+        if _writable(env_dir if env_dir.exists() else env_dir.parent):
             return env_dir
     if PROJECT_ROOT is not None:
         return PROJECT_ROOT / "datasets" / "cache"

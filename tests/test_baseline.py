@@ -3,7 +3,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffuse_edu.baseline import diffusers_unet, sample_diffusers, train_diffusers  # noqa: E402
+from diffuse_edu.evaluation.baseline import diffusers_unet, sample_diffusers, train_diffusers
 
 
 def test_diffusers_baseline_trains_for_its_budget_and_samples():

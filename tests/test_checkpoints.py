@@ -3,10 +3,16 @@ import pickle
 import pytest
 import torch
 
-from diffuse_edu.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from diffuse_edu.schedules import cosine_schedule
-from diffuse_edu.training import TrainConfig
-from diffuse_edu.unet import UNet, UNetConfig
+from diffuse_edu.diffusion.schedules import cosine_schedule
+from diffuse_edu.models.classifier import Classifier
+from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_or_train,
+    save_checkpoint,
+)
+from diffuse_edu.training.loop import TrainConfig
 
 CFG = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)
 
@@ -23,7 +29,7 @@ def saved(tmp_path):
 
 def test_round_trip(saved):
     path, model, ema = saved
-    ck = load_checkpoint(path, expect=CFG)
+    ck = load_checkpoint(path, UNet, expect=CFG)
     assert ck.model_config == CFG and ck.train_config["steps"] == 7 and ck.extra == {"fid": 1.5}
     torch.testing.assert_close(ck.schedule.alpha_bar, cosine_schedule(50).alpha_bar)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 40])
@@ -37,7 +43,7 @@ def test_other_config_is_refused_with_the_difference(saved):
     path, _, _ = saved
     other = UNetConfig(channels=(16, 32), attention_levels=(1,), groups=4, heads=2)
     with pytest.raises(CheckpointError, match=r"different model \(channels: \(16, 32\) expected, \(8, 16\) in the file\)"):
-        load_checkpoint(path, expect=other)
+        load_checkpoint(path, UNet, expect=other)
 
 
 def test_truncated_file(saved):
@@ -45,14 +51,14 @@ def test_truncated_file(saved):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 3])
     with pytest.raises(CheckpointError, match="truncated or corrupted.*Delete it"):
-        load_checkpoint(path)
+        load_checkpoint(path, UNet)
 
 
 def test_garbage_file(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
-        load_checkpoint(path)
+        load_checkpoint(path, UNet)
 
 
 class Evil:
@@ -64,15 +70,15 @@ def test_arbitrary_objects_are_never_unpickled(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "diffuse_edu.checkpoint/1", "payload": Evil()}, path)
     with pytest.raises(CheckpointError, match="weights_only=True"):
-        load_checkpoint(path)
+        load_checkpoint(path, UNet)
 
 
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match="No checkpoint at .*run 05"):
-        load_checkpoint(tmp_path / "none.pt")
+        load_checkpoint(tmp_path / "none.pt", UNet)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a diffuse-edu checkpoint"):
-        load_checkpoint(tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt", UNet)
 
 
 def test_weights_that_do_not_fit(saved):
@@ -81,7 +87,7 @@ def test_weights_that_do_not_fit(saved):
     payload["weights"] = {"stem.weight": torch.zeros(1)}
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not fit"):
-        load_checkpoint(path).build(ema=False)
+        load_checkpoint(path, UNet).build(ema=False)
 
 
 def test_pickle_error_type_is_what_torch_raises(tmp_path):
@@ -90,3 +96,36 @@ def test_pickle_error_type_is_what_torch_raises(tmp_path):
     torch.save(Evil(), path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_the_caller_names_the_class_and_another_class_is_refused(saved):
+    path, _, _ = saved
+    with pytest.raises(CheckpointError, match="holds a UNet, not a Classifier"):
+        load_checkpoint(path, Classifier)
+
+
+def test_a_compiled_models_own_module_is_saved(tmp_path):
+    model = UNet(CFG)
+    wrapper = torch.nn.Module()
+    wrapper._orig_mod = model  # what torch.compile's OptimizedModule holds
+    path = save_checkpoint(tmp_path / "c.pt", model=wrapper, schedule=None)
+    assert set(load_checkpoint(path, UNet).weights) == set(model.state_dict())
+
+
+def test_load_or_train_trains_once_then_loads_and_retrains_on_a_new_stamp(tmp_path, capsys):
+    calls = []
+
+    def fit():
+        calls.append(1)
+        return dict(model=UNet(CFG), schedule=None, extra={"n": len(calls)})
+
+    path = tmp_path / "lt.pt"
+    first = load_or_train(path, UNet, CFG, {"recipe": "a"}, fit)
+    again = load_or_train(path, UNet, CFG, {"recipe": "a"}, fit)
+    assert len(calls) == 1 and again.extra == {"n": 1, "stamp": {"recipe": "a"}} and first.extra == again.extra
+    load_or_train(path, UNet, CFG, {"recipe": "b"}, fit)
+    assert len(calls) == 2 and "out of date" in capsys.readouterr().out
+    other = UNetConfig(channels=(16, 32), attention_levels=(1,), groups=4, heads=2)
+    fits_other = lambda: dict(model=UNet(other), schedule=None)
+    assert load_or_train(path, UNet, other, {"recipe": "b"}, fits_other).model_config == other
+    assert "different model" in capsys.readouterr().out

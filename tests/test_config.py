@@ -49,3 +49,15 @@ def test_data_dirs_order(monkeypatch, tmp_path):
     dirs = config.data_dirs()
     assert dirs[:2] == [(tmp_path / "set").resolve(), (tmp_path / "env").resolve()]
     assert config.cache_dir() == (tmp_path / "set").resolve()
+
+
+def test_a_read_only_data_folder_is_not_used_as_the_cache(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv(config.DATA_ENV, str(shared))
+    assert config.cache_dir() == shared.resolve()
+    shared.chmod(0o555)  # as the staged copy beside the project: no write bits (root could still write)
+    try:
+        assert config.cache_dir() != shared.resolve()
+    finally:
+        shared.chmod(0o755)

@@ -133,14 +133,14 @@ def test_a_crash_is_reported_with_the_error():
 
 
 # --- lessons 02-04 ---------------------------------------------------------------------------
-import math  # noqa: E402
+import math
 
-from einops import rearrange  # noqa: E402
+from einops import rearrange
 
-from diffuse_edu.exercises.reverse_process import DDPM_STEP, EPS_LOSS  # noqa: E402
-from diffuse_edu.exercises.time_embedding import SINUSOIDAL_EMBEDDING  # noqa: E402
-from diffuse_edu.exercises.unet import MULTI_HEAD_ATTENTION  # noqa: E402
-from diffuse_edu.forward_process import q_sample  # noqa: E402
+from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.exercises.reverse_process import DDPM_STEP, EPS_LOSS
+from diffuse_edu.exercises.time_embedding import SINUSOIDAL_EMBEDDING
+from diffuse_edu.exercises.unet import MULTI_HEAD_ATTENTION
 
 
 def _col(values, t, like):
@@ -200,8 +200,8 @@ WRONG = [
 
 
 # --- lessons 05-06 ---------------------------------------------------------------------------
-from diffuse_edu.exercises.metrics import SQRTM_PSD  # noqa: E402
-from diffuse_edu.exercises.training import EMA_UPDATE  # noqa: E402
+from diffuse_edu.exercises.metrics import SQRTM_PSD
+from diffuse_edu.exercises.training import EMA_UPDATE
 
 
 def _ema(ema, cur, k, decay, *, warm=True, cap=True, swap=False):
@@ -239,7 +239,7 @@ WRONG_05_06 = [
 
 
 # --- lesson 07 -------------------------------------------------------------------------------
-from diffuse_edu.exercises.samplers import DDIM_STEP, HEUN_STEP  # noqa: E402
+from diffuse_edu.exercises.samplers import DDIM_STEP, HEUN_STEP
 
 
 def _ddim(x, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, x0_coef="sqrt", shrink=True, two=True):

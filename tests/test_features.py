@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from diffuse_edu import config, data
-from diffuse_edu.features import (Classifier, ClassifierConfig, accuracy, cached_classifier, extract,
-                                  inception_available, inception_features, train_classifier)
+from diffuse_edu.evaluation.features import (
+    accuracy,
+    extract,
+    inception_available,
+    inception_features,
+    train_classifier,
+)
+from diffuse_edu.models.classifier import Classifier, ClassifierConfig
+from diffuse_edu.training.recipes import course_classifier
 
 
 def test_classifier_learns_digits_and_gives_features():
@@ -14,16 +21,19 @@ def test_classifier_learns_digits_and_gives_features():
     assert extract(clf, test.images[:5]).shape == (5, 64) and extract(clf, test.images[:5]).dtype == torch.float64
 
 
-def test_cached_classifier_is_reused_and_a_broken_cache_is_replaced(tmp_path, capsys):
-    d = data.load_digits("train")
-    x, y = d.images[:256], d.labels[:256]
-    first = cached_classifier("digits", x, y, steps=5, folder=tmp_path)
+def test_course_classifier_is_reused_and_a_broken_or_stale_cache_is_replaced(tmp_path, capsys):
+    quick = config.Scale.QUICK
+    first = course_classifier(quick, steps=5, folder=tmp_path)
+    assert "training one now" in capsys.readouterr().out
     path = next(tmp_path.glob("classifier_digits_1x16.pt"))
-    again = cached_classifier("digits", x, y, steps=5, folder=tmp_path)
-    torch.testing.assert_close(again.head.weight, first.head.weight)  # read back, not retrained
+    again = course_classifier(quick, steps=5, folder=tmp_path)
+    assert capsys.readouterr().out == ""  # read back, not retrained
+    torch.testing.assert_close(again.head.weight, first.head.weight)
+    course_classifier(quick, steps=6, folder=tmp_path)
+    assert "out of date" in capsys.readouterr().out
     path.write_bytes(b"garbage")
-    cached_classifier("digits", x, y, steps=5, folder=tmp_path)
-    assert "Cached classifier unusable" in capsys.readouterr().out
+    course_classifier(quick, steps=5, folder=tmp_path)
+    assert "truncated or corrupted" in capsys.readouterr().out
 
 
 def test_inception_missing_says_what_to_do(monkeypatch, tmp_path):

@@ -1,8 +1,18 @@
 import pytest
 import torch
 
-from diffuse_edu.forward_process import correlation, markov_chain, q_posterior, q_sample, q_step
-from diffuse_edu.schedules import cosine_schedule, linear_schedule, rescale_zero_terminal_snr
+from diffuse_edu.diffusion.forward_process import (
+    correlation,
+    markov_chain,
+    q_posterior,
+    q_sample,
+    q_step,
+)
+from diffuse_edu.diffusion.schedules import (
+    cosine_schedule,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+)
 
 LINEAR = linear_schedule(1000)
 

@@ -1,6 +1,6 @@
 import torch
 
-from diffuse_edu.metrics import high_frequency_energy
+from diffuse_edu.evaluation.probes import high_frequency_energy
 
 
 def test_flat_images_have_no_high_frequencies():
@@ -17,11 +17,11 @@ def test_checkerboard_is_all_high_frequency_and_blur_removes_it():
 
 
 # --- FID, precision and recall (lesson 06) ---------------------------------------------------
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from diffuse_edu.metrics import (fid, frechet_distance, mean_and_covariance, nearest_neighbour,  # noqa: E402
-                                 precision_recall, sqrtm_psd)
+from diffuse_edu.evaluation.fid import fid, frechet_distance, mean_and_covariance, sqrtm_psd
+from diffuse_edu.evaluation.probes import nearest_neighbour, precision_recall
 
 
 def _features(n, d, shift=0.0, scale=1.0, seed=0):

@@ -5,7 +5,8 @@ import json
 import nbformat
 import pytest
 
-from diffuse_edu import config, notebooks
+from diffuse_edu import config
+from diffuse_edu.course import builder as notebooks
 
 ROOT = config.PROJECT_ROOT
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

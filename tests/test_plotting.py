@@ -1,12 +1,16 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-from diffuse_edu import plotting  # noqa: E402
-from diffuse_edu.schedules import cosine_schedule, linear_schedule, rescale_zero_terminal_snr  # noqa: E402
+from diffuse_edu.course import plotting
+from diffuse_edu.diffusion.schedules import (
+    cosine_schedule,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+)
 
 
 def test_make_grid_places_images_row_by_row():

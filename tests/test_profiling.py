@@ -1,8 +1,14 @@
 import torch
 from torch import nn
 
-from diffuse_edu.profiling import count_flops, count_parameters, flops_by_module, group_by_part, shape_table
-from diffuse_edu.unet import Stage, UNet, UNetConfig
+from diffuse_edu.evaluation.profiling import (
+    count_flops,
+    count_parameters,
+    flops_by_module,
+    group_by_part,
+    shape_table,
+)
+from diffuse_edu.models.unet import Stage, UNet, UNetConfig
 
 
 def test_linear_flops_are_two_per_multiply_add():

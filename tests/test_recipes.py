@@ -3,9 +3,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from diffuse_edu import config, data, recipes
-from diffuse_edu.training import TrainConfig
-from diffuse_edu.unet import UNetConfig
+from diffuse_edu import config, data
+from diffuse_edu.models.unet import UNetConfig
+from diffuse_edu.training import recipes
+from diffuse_edu.training.loop import TrainConfig
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_out_of_date_or_broken_checkpoints_are_replaced(tiny, capsys):
     recipes.pretrained_ddpm(tiny)
     capsys.readouterr()
     recipes.pretrained_ddpm(replace(tiny, train=replace(tiny.train, steps=5)))
-    assert "out of date (its training settings differ" in capsys.readouterr().out
+    assert "out of date (made with" in capsys.readouterr().out
     recipes.checkpoint_path(tiny).write_bytes(b"\x00" * 10)
     ck = recipes.pretrained_ddpm(tiny)
     assert "truncated or corrupted" in capsys.readouterr().out and ck.extra["steps"] == 4
@@ -44,11 +45,10 @@ def test_recipes_by_scale():
 
 
 def test_workshop_prepares_every_recipe_and_the_classifier(tiny, monkeypatch, capsys):
-    from diffuse_edu import cli, features
-
+    from diffuse_edu.course import cli
     monkeypatch.setitem(recipes.RECIPES, config.Scale.QUICK, [tiny])
     seen = []
-    monkeypatch.setattr(features, "course_classifier", lambda scale, device: seen.append(scale))
+    monkeypatch.setattr(recipes, "course_classifier", lambda scale, device: seen.append(scale))
     assert cli.main(["workshop", "--scale", "quick"]) == 0
     out = capsys.readouterr().out
     assert "ready: tiny (4 steps" in out and recipes.checkpoint_path(tiny).is_file()

@@ -1,10 +1,15 @@
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.forward_process import q_posterior, q_sample
-from diffuse_edu.reverse_process import (MLPDenoiser, ddpm_step, eps_loss, loss_by_t, predict_x0,
-                                         sample_ancestral, score, train_denoiser)
-from diffuse_edu.schedules import cosine_schedule, linear_schedule
+from diffuse_edu.diffusion.forward_process import q_posterior, q_sample
+from diffuse_edu.diffusion.objectives import eps_loss
+from diffuse_edu.diffusion.prediction import predict_x0, score
+from diffuse_edu.diffusion.reverse_process import ddpm_step
+from diffuse_edu.diffusion.samplers import sample_ddpm
+from diffuse_edu.diffusion.schedules import cosine_schedule, linear_schedule
+from diffuse_edu.evaluation.probes import loss_by_t
+from diffuse_edu.models.mlp import MLPDenoiser
+from diffuse_edu.training.loop import train_denoiser
 
 SCHEDULE = cosine_schedule(50)
 
@@ -40,7 +45,7 @@ def test_sampling_with_the_oracle_denoiser_recovers_a_point_mass():
     def oracle(x, t, cond=None):
         ab = s.at(s.alpha_bar, t, x)
         return (x - ab.sqrt() * target) / (1 - ab).sqrt()
-    out = sample_ancestral(oracle, torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), s,
+    out = sample_ddpm(oracle, torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), s,
                            generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, target.expand(6, 2), rtol=1e-4, atol=1e-4)
 

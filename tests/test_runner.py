@@ -6,14 +6,15 @@ import nbformat
 import numpy as np
 import pytest
 
-from diffuse_edu import cli, config, doctor, runner
+from diffuse_edu import config
+from diffuse_edu.course import cli, doctor, runner
 
 LESSON = '''
 import matplotlib.pyplot as plt
 import torch
 import diffuse_edu as de
-from diffuse_edu.report import metric, save_samples
-from diffuse_edu.plotting import show
+from diffuse_edu.course.report import metric, save_samples
+from diffuse_edu.course.plotting import show
 hp = de.by_scale(n=(4, 8))
 metric("n", hp.n)
 metric("mean", torch.tensor(0.5))

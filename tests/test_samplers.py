@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from diffuse_edu.forward_process import q_posterior, q_sample
-from diffuse_edu.reverse_process import predict_x0
-from diffuse_edu.samplers import ddim_step, sample_ddim, timesteps
-from diffuse_edu.schedules import cosine_schedule, linear_schedule
+from diffuse_edu.diffusion.forward_process import q_posterior, q_sample
+from diffuse_edu.diffusion.prediction import predict_x0
+from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, timesteps
+from diffuse_edu.diffusion.schedules import cosine_schedule, linear_schedule
 
 LINEAR = linear_schedule(1000)
 
@@ -29,7 +29,7 @@ def test_ddim_eta_one_reproduces_the_ddpm_posterior():
 
 
 def test_ddim_eta_zero_is_deterministic_and_needs_no_noise():
-    model = lambda x, t, c=None: 0.3 * x  # noqa: E731
+    model = lambda x, t, c=None: 0.3 * x
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     a = sample_ddim(model, x, cosine_schedule(100), steps=10, generator=torch.Generator().manual_seed(1))
     b = sample_ddim(model, x, cosine_schedule(100), steps=10, generator=torch.Generator().manual_seed(2))
@@ -51,10 +51,26 @@ def test_eta_needs_noise():
         ddim_step(torch.zeros(1, 2), torch.zeros(1, 2), 10, 5, LINEAR, eta=0.5)
 
 
-from diffuse_edu.prediction import (Target, eps_to_x0, eps_x0_to_v, to_x0, v_to_eps, v_to_x0,  # noqa: E402
-                                    x0_to_eps)
-from diffuse_edu.samplers import (as_denoiser, heun_step, invert_ddim, karras_sigmas, sample_dpmpp_2m,  # noqa: E402
-                                  sample_euler, sample_heun, sigma_to_t, sigmas_evenly_in_t, slerp)
+from diffuse_edu.diffusion.denoisers import as_denoiser, sigma_to_t
+from diffuse_edu.diffusion.prediction import (
+    Target,
+    eps_to_x0,
+    eps_x0_to_v,
+    to_x0,
+    v_to_eps,
+    v_to_x0,
+    x0_to_eps,
+)
+from diffuse_edu.diffusion.samplers import (
+    heun_step,
+    invert_ddim,
+    karras_sigmas,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+    sigmas_evenly_in_t,
+    slerp,
+)
 
 
 def test_prediction_conversions_round_trip():

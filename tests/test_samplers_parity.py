@@ -10,8 +10,14 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffuse_edu.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun  # noqa: E402
-from diffuse_edu.schedules import linear_schedule  # noqa: E402
+from diffuse_edu.diffusion.samplers import (
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+)
+from diffuse_edu.diffusion.schedules import linear_schedule
 
 SCHEDULE = linear_schedule(1000)
 KW = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)

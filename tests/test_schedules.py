@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from diffuse_edu.schedules import (NoiseSchedule, cosine_schedule, linear_schedule,
-                                   rescale_zero_terminal_snr, scaled_linear_schedule)
+from diffuse_edu.diffusion.schedules import (
+    NoiseSchedule,
+    cosine_schedule,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+    scaled_linear_schedule,
+)
 
 ALL = [linear_schedule(1000), scaled_linear_schedule(1000), cosine_schedule(1000),
        rescale_zero_terminal_snr(linear_schedule(1000)), rescale_zero_terminal_snr(cosine_schedule(1000))]

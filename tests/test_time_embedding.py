@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffuse_edu.time_embedding import ScaleShift, TimeEmbedding, sinusoidal_embedding
+from diffuse_edu.models.time_embedding import ScaleShift, TimeEmbedding, sinusoidal_embedding
 
 
 def test_closed_form():

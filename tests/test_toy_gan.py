@@ -1,7 +1,7 @@
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.toy_gan import sample_gan, train_gan
+from diffuse_edu.evaluation.toy_gan import sample_gan, train_gan
 
 
 def test_gan_trains_and_samples():

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.schedules import cosine_schedule
-from diffuse_edu.training import EMA, TrainConfig, learning_rate, train
-from diffuse_edu.unet import UNet, UNetConfig
+from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.schedules import cosine_schedule
+from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.ema import EMA
+from diffuse_edu.training.loop import TrainConfig, learning_rate, train
 
 SMALL = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)
 
@@ -59,7 +61,7 @@ def _digits(n=256):
 def test_training_lowers_the_loss_records_buckets_and_snapshots():
     torch.manual_seed(0)
     cfg = TrainConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=5, snapshots=3, loss_buckets=5)
-    result = train(UNet(SMALL), _digits(), cosine_schedule(100), cfg,
+    result = train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), cfg,
                    generator=torch.Generator().manual_seed(0))
     assert result.steps == 60 and len(result.losses) == 60
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
@@ -75,6 +77,7 @@ def _warm_model():
     model = UNet(SMALL)
     model(_digits(16), torch.ones(16, dtype=torch.long)).mean().backward()
     model.zero_grad()
+    torch.optim.AdamW(model.parameters())  # the first optimiser of a process imports torch._dynamo
     return model
 
 
@@ -82,8 +85,9 @@ def _warm_model():
 def test_wall_clock_budget_is_honoured(budget):
     """The loop checks the clock before every step, so it overshoots by less than one step."""
     cfg = TrainConfig(steps=None, seconds=budget, batch_size=16, warmup_steps=1)
+    model, images, objective = _warm_model(), _digits(), DiffusionObjective(cosine_schedule(100))
     start = time.perf_counter()
-    result = train(_warm_model(), _digits(), cosine_schedule(100), cfg)
+    result = train(model, images, objective, cfg)
     wall = time.perf_counter() - start
     step_time = result.seconds / result.steps
     assert budget <= result.seconds <= budget * 1.03 + 2 * step_time
@@ -93,7 +97,7 @@ def test_wall_clock_budget_is_honoured(budget):
 def test_callback_time_does_not_count():
     cfg = TrainConfig(steps=None, seconds=1.5, batch_size=16, warmup_steps=1)
     calls = []
-    result = train(_warm_model(), _digits(), cosine_schedule(100), cfg,
+    result = train(_warm_model(), _digits(), DiffusionObjective(cosine_schedule(100)), cfg,
                    callback=lambda step, secs, ema: (calls.append(step), time.sleep(0.2)), callback_every=10)
     assert calls and len(calls) == result.steps // 10
     assert result.seconds <= 1.5 * 1.03 + 2 * result.seconds / result.steps  # the sleeps are not counted
@@ -103,7 +107,60 @@ def test_same_seed_same_weights():
     states = []
     for _ in range(2):
         torch.manual_seed(0)
-        r = train(UNet(SMALL), _digits(), cosine_schedule(100), TrainConfig(steps=5, batch_size=8),
+        r = train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=5, batch_size=8),
                   generator=torch.Generator().manual_seed(3))
         states.append(r.ema.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_trainable_filter_is_respected_by_optimiser_clipping_and_ema():
+    torch.manual_seed(0)
+    model = UNet(SMALL)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    only_out = lambda name: name.startswith("out.")
+    cfg = TrainConfig(steps=5, batch_size=8, warmup_steps=1, weight_decay=0.1)
+    result = train(model, _digits(), DiffusionObjective(cosine_schedule(100)), cfg, trainable=only_out,
+                   generator=torch.Generator().manual_seed(0))
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == only_out(name), name
+    ema = dict(result.ema.named_parameters())
+    assert all(torch.equal(ema[n], before[n]) for n in before if not only_out(n))
+    assert any(not torch.equal(ema[n], before[n]) for n in before if only_out(n))
+    with pytest.raises(ValueError, match="leaves no parameter"):
+        train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), cfg, trainable=lambda n: False)
+
+
+def test_condition_dropout_trains_with_the_null_label_for_that_share():
+    from diffuse_edu.models.conditioning import Cond
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2, num_classes=10))
+
+        def forward(self, x, t, cond=None):
+            seen.append(cond.labels.clone())
+            return self.net(x, t, cond)
+
+    images = _digits()
+    labels = data.load_digits().labels[: len(images)]
+    cfg = TrainConfig(steps=20, batch_size=64, cond_dropout=0.3)
+    train(Spy(), images, DiffusionObjective(cosine_schedule(100)), cfg, cond=Cond(labels=labels),
+          null_cond=Cond(labels=torch.tensor(10)), generator=torch.Generator().manual_seed(0))
+    share = (torch.cat(seen) == 10).double().mean().item()
+    assert 0.22 < share < 0.38  # 0.3 of 1,280 labels, within sampling noise
+    with pytest.raises(ValueError, match="null condition"):
+        train(Spy(), images, DiffusionObjective(cosine_schedule(100)), cfg, cond=Cond(labels=labels))
+
+
+def test_flow_matching_trains_with_the_same_loop():
+    from diffuse_edu.diffusion.objectives import FlowMatching
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=5, loss_buckets=4)
+    result = train(UNet(SMALL), _digits(), FlowMatching(), cfg, generator=torch.Generator().manual_seed(0))
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    torch.testing.assert_close(result.bucket_edges, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))

@@ -2,8 +2,9 @@ import pytest
 import torch
 from einops import rearrange
 
-from diffuse_edu.unet import (Cond, CrossAttention, SelfAttention, UNet, UNetConfig,
-                              multi_head_attention)
+from diffuse_edu.models.attention import CrossAttention, SelfAttention, multi_head_attention
+from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.unet import UNet, UNetConfig
 
 
 @pytest.mark.parametrize("cfg, shape", [

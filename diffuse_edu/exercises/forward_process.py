@@ -6,9 +6,14 @@ from collections.abc import Callable
 
 import torch
 
+from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.schedules import (
+    NoiseSchedule,
+    cosine_schedule,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+)
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.forward_process import q_sample
-from diffuse_edu.schedules import NoiseSchedule, cosine_schedule, linear_schedule, rescale_zero_terminal_snr
 
 _LINEAR = linear_schedule(1000)
 

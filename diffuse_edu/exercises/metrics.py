@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from diffuse_edu.evaluation.fid import sqrtm_psd
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.metrics import sqrtm_psd
 
 
 def _psd(d: int, rank: int, seed: int) -> torch.Tensor:

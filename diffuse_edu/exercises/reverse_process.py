@@ -6,10 +6,11 @@ from collections.abc import Callable
 
 import torch
 
+from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.objectives import eps_loss
+from diffuse_edu.diffusion.reverse_process import ddpm_step
+from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.forward_process import q_sample
-from diffuse_edu.reverse_process import ddpm_step, eps_loss
-from diffuse_edu.schedules import cosine_schedule
 
 _SCHEDULE = cosine_schedule(100)
 

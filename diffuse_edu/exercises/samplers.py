@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import torch
 
+from diffuse_edu.diffusion.samplers import ddim_step, heun_step
+from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.samplers import ddim_step, heun_step
-from diffuse_edu.schedules import cosine_schedule
 
 _SCHEDULE = cosine_schedule(1000)
 

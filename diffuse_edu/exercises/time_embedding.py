@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.time_embedding import sinusoidal_embedding
+from diffuse_edu.models.time_embedding import sinusoidal_embedding
 
 
 def _variants(t: torch.Tensor, dim: int) -> list[Mistake]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.training import ema_update
+from diffuse_edu.training.ema import ema_update
 
 
 def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

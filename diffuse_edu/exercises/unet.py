@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 
 from diffuse_edu.exercises import Checker, Mistake, compare
-from diffuse_edu.unet import multi_head_attention
+from diffuse_edu.models.attention import multi_head_attention
 
 
 def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d"):

@@ -1,0 +1,174 @@
+"""How fast the course trains and samples on this machine: ``python -m diffuse_edu bench``.
+
+Prints, for lesson 05's recipe at the chosen scale: training images per second and the TFLOP/s
+they amount to (forward FLOPs x 3 for the forward and backward passes), the first step apart
+(compilation, set-up); then seconds per 10,000 samples for each sampler, through the path the
+lessons use (on a GPU: compiled, bfloat16) and, for DDIM, also eager float32. With ``--quality``
+it trains the recipe for a while, draws samples both ways and compares their FID over seeds,
+so that a faster path is seen not to change the samples. It is a benchmark, not a test: numbers
+depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from diffuse_edu.config import Scale, default_device, get_scale
+from diffuse_edu.diffusion.denoisers import Denoiser
+from diffuse_edu.diffusion.samplers import (
+    generate,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+)
+from diffuse_edu.evaluation.profiling import count_flops
+from diffuse_edu.models.unet import UNet
+from diffuse_edu.training.loop import train
+from diffuse_edu.training.recipes import Recipe, ddpm_recipe
+
+#: sampler name -> (function, steps, network evaluations)
+SAMPLERS: dict[str, tuple[Callable, int, int]] = {
+    "ddim-50": (sample_ddim, 50, 50),
+    "dpmpp_2m-20": (sample_dpmpp_2m, 20, 20),
+    "euler-50": (sample_euler, 50, 50),
+    "heun-25": (sample_heun, 25, 49),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    import os
+    import platform
+
+    return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def bench_training(recipe: Recipe, device: torch.device, *, steps: int, compile: bool) -> dict:
+    """Images/s of ``recipe``'s training step on random images of its shape (pixels do not matter)."""
+    images = torch.rand(4096, *recipe.image_shape, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    config = replace(recipe.train, steps=steps, seconds=None, snapshots=0, compile=compile)
+    torch.manual_seed(0)
+    model = UNet(recipe.model).to(device)
+    forward_flops = count_flops(model, images[:1], torch.tensor([500], device=device))
+    result = train(model, images, recipe.objective(recipe.schedule()), config,
+                   generator=torch.Generator(device).manual_seed(0), show_progress=False)
+    return dict(batch_size=config.batch_size, steps=result.steps, compile=compile,
+                first_step_seconds=round(result.first_step_seconds, 2),
+                images_per_second=round(result.images_per_second, 1),
+                gflop_per_image_forward=round(forward_flops / 1e9, 3),
+                tflops_achieved=round(result.images_per_second * 3 * forward_flops / 1e12, 2))
+
+
+def bench_sampling(model: torch.nn.Module, recipe: Recipe, device: torch.device, *, n: int,
+                   batch_size: int, names: list[str], fast: bool) -> dict:
+    """Seconds per 10,000 samples for each sampler; the first (compiling) batch is timed apart."""
+    schedule = recipe.schedule()
+    denoiser = Denoiser(model.eval(), schedule, fast=fast)
+    rows = {}
+    for name in names:
+        sampler, steps, nfe = SAMPLERS[name]
+        g = torch.Generator(device).manual_seed(0)
+        start = time.perf_counter()
+        generate(sampler, denoiser, schedule, batch_size, recipe.image_shape, batch_size=batch_size, generator=g,
+                 device=device, steps=steps, clip=1.0)  # warm-up: compiles on a GPU
+        _sync(device)
+        warm = time.perf_counter() - start
+        start = time.perf_counter()
+        x = generate(sampler, denoiser, schedule, n, recipe.image_shape, batch_size=batch_size, generator=g,
+                     device=device, steps=steps, clip=1.0)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        rows[name] = dict(nfe=nfe, samples=n, batch_size=batch_size, seconds=round(seconds, 3),
+                          seconds_per_10k=round(seconds * 10_000 / n, 2), warmup_seconds=round(warm, 2),
+                          finite=bool(torch.isfinite(x).all()))
+    return rows
+
+
+def bench_quality(recipe: Recipe, scale: Scale, device: torch.device, *, train_seconds: float, n: int,
+                  seeds: int, batch_size: int) -> dict:
+    """FID of DDIM-50 samples drawn eagerly in float32 and through the fast path, over seeds."""
+    from diffuse_edu.data import course_images
+    from diffuse_edu.evaluation.features import extract
+    from diffuse_edu.evaluation.fid import fid
+    from diffuse_edu.training.recipes import course_classifier
+
+    images = recipe.data().images.to(device)
+    schedule = recipe.schedule()
+    torch.manual_seed(0)
+    result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule),
+                   replace(recipe.train, steps=None, seconds=train_seconds, snapshots=0),
+                   generator=torch.Generator(device).manual_seed(0), show_progress=False)
+    classifier = course_classifier(scale, device=device)
+    reference = extract(classifier, course_images("test", scale).images.to(device))
+    out = dict(train_seconds=round(result.seconds, 1), train_steps=result.steps, samples=n)
+    for label, fast in (("eager_fp32", False), ("fast_path", True)):
+        denoiser = Denoiser(result.ema.eval(), schedule, fast=fast)
+        fids = []
+        for seed in range(seeds):
+            x = generate(sample_ddim, denoiser, schedule, n, recipe.image_shape, batch_size=batch_size, steps=50, clip=1.0,
+                         generator=torch.Generator(device).manual_seed(100 + seed), device=device)
+            fids.append(fid(extract(classifier, x.clamp(-1, 1)), reference))
+        mean = sum(fids) / len(fids)
+        spread = (sum((f - mean) ** 2 for f in fids) / max(len(fids) - 1, 1)) ** 0.5
+        out[label] = dict(fid_per_seed=[round(f, 3) for f in fids], mean=round(mean, 3), std=round(spread, 3))
+    gap = abs(out["fast_path"]["mean"] - out["eager_fp32"]["mean"])
+    within = max(out["fast_path"]["std"], out["eager_fp32"]["std"])
+    out["verdict"] = ("unchanged (means within one seed std)" if gap <= within
+                      else f"differs by {gap:.2f} FID, more than the seed std {within:.2f}")
+    return out
+
+
+def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: int | None = None,
+        sample_batch: int | None = None, samplers: list[str] | None = None, compile: bool | None = None,
+        quality: bool = False, quality_seconds: float | None = None, out: Path | None = None) -> dict:
+    """Run the benchmark and print it; return (and with ``out``, write) the numbers as a dict."""
+    scale = scale or get_scale()
+    device = default_device()
+    recipe = ddpm_recipe(scale)
+    quick = scale is Scale.QUICK
+    compile = (device.type == "cuda") if compile is None else compile
+    report = dict(device=device_label(device), scale=scale.value, recipe=recipe.name, torch=torch.__version__,
+                  when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    print(f"diffuse-edu bench: {report['device']}, {scale.value} scale ({recipe.name}), torch {torch.__version__}")
+    report["training"] = bench_training(recipe, device, steps=train_steps or (30 if quick else 300), compile=compile)
+    t = report["training"]
+    print(f"training  {t['images_per_second']:>9,.0f} images/s  {t['tflops_achieved']:>7.2f} TFLOP/s  "
+          f"(batch {t['batch_size']}, {t['gflop_per_image_forward']} GFLOP/image forward; "
+          f"first step {t['first_step_seconds']} s{', compiled' if compile else ''})")
+    torch.manual_seed(0)
+    model = UNet(recipe.model).to(device)
+    n = samples or (64 if quick else 10_000)
+    batch = sample_batch or (64 if quick else 2_500)
+    names = samplers or list(SAMPLERS)
+    report["sampling"] = bench_sampling(model, recipe, device, n=n, batch_size=batch, names=names, fast=True)
+    if device.type == "cuda":
+        eager = bench_sampling(model, recipe, device, n=min(n, 2_000), batch_size=min(batch, 1_000),
+                               names=["ddim-50"], fast=False)
+        report["sampling"]["ddim-50 eager fp32"] = eager["ddim-50"]
+    for name, row in report["sampling"].items():
+        print(f"sampling  {name:<20} {row['seconds_per_10k']:>8.2f} s per 10,000 samples  "
+              f"({row['nfe']} NFE, batch {row['batch_size']}, warm-up {row['warmup_seconds']} s)")
+    if quality:
+        report["quality"] = bench_quality(recipe, scale, device, train_seconds=quality_seconds or (20 if quick else 60),
+                                          n=256 if quick else 2_000, seeds=3, batch_size=batch)
+        q = report["quality"]
+        print(f"quality   DDIM-50 FID eager fp32 {q['eager_fp32']['mean']:.2f} +- {q['eager_fp32']['std']:.2f}, "
+              f"fast path {q['fast_path']['mean']:.2f} +- {q['fast_path']['std']:.2f}: {q['verdict']}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    return report

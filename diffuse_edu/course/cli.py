@@ -1,0 +1,189 @@
+"""The command line: ``python -m diffuse_edu COMMAND`` (or ``diffuse-edu COMMAND``).
+
+    doctor                          check the environment and say what to do about problems
+    data list | fetch NAME | stage FOLDER
+                                    show, download or stage data sets for offline use
+    build [--check]                 build notebooks/ from solutions/ (or only check they agree)
+    run LESSON [--scale S] [--out DIR]
+                                    run a lesson headless: figures, metrics.json, samples.npz
+    check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
+    workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
+    bench [--scale S] [--quality] [--out FILE]
+                                    training images/s, TFLOP/s and seconds per 10,000 samples
+    lessons                         list the lessons
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from diffuse_edu import config
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from diffuse_edu.course import doctor
+
+    return 0 if doctor.report() else 1
+
+
+def _data(args: argparse.Namespace) -> int:
+    from diffuse_edu import data
+
+    if args.action == "list":
+        for name, where in data.availability().items():
+            card = data.CARDS[name]
+            print(f"{name:<14} {card.title:<40} {where}")
+        return 0
+    if args.action == "fetch":
+        if args.target not in data.CARDS:
+            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.")
+            return 2
+        print(f"saved {data.fetch(args.target)}")
+        return 0
+    for path in data.stage(args.target):
+        print(f"staged {path}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from diffuse_edu.course import builder
+
+    root = config.PROJECT_ROOT
+    if root is None:
+        print("build works in a checkout of diffuse-edu (pip install -e .).")
+        return 2
+    problems = builder.out_of_sync(root / "solutions", root / "notebooks")
+    if args.check:
+        print("\n".join(problems) or "notebooks/ matches solutions/.")
+        return 1 if problems else 0
+    for path in sorted((root / "solutions").glob("*.ipynb")):
+        path.write_text(builder.clean_text(path))
+    for path in builder.build(root / "solutions", root / "notebooks"):
+        print(f"wrote {path.relative_to(root)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from diffuse_edu.course.runner import find_lesson, run_notebook
+
+    path = find_lesson(args.lesson)
+    out = Path(args.out or f"runs/{path.stem}")
+    summary = run_notebook(path, scale=args.scale, out=out)
+    print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
+    print(f"wrote {out}/metrics.json and {len(summary['figures'])} figure(s)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from diffuse_edu.course.runner import LessonError, find_lesson, run_notebook
+
+    path = find_lesson(args.notebook)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            summary = run_notebook(path, scale="quick", out=Path(tmp), quiet=True)
+        except LessonError as e:
+            print(f"!! {e}")
+            return 1
+    verdicts = summary["exercises"]
+    for name, status in verdicts.items():
+        print(f"{status:<11} {name}")
+    done = sum(s == "passed" for s in verdicts.values())
+    print(f"{done} of {len(verdicts)} exercises pass.")
+    return 0 if done == len(verdicts) else 1
+
+
+def _workshop(args: argparse.Namespace) -> int:
+    """Train (or verify) every cached model the lessons load, so a room of learners need not wait."""
+    from diffuse_edu.training import recipes
+
+    scale = config.Scale(args.scale)
+    config.set_scale(scale)
+    device = config.default_device()
+    for recipe in recipes.RECIPES[scale]:
+        if args.retrain:
+            recipes.checkpoint_path(recipe).unlink(missing_ok=True)
+        ck = recipes.pretrained_ddpm(recipe, device=device)
+        print(f"ready: {recipe.name} ({ck.extra.get('steps')} steps, {ck.extra.get('seconds', 0):.0f} s) "
+              f"at {recipes.checkpoint_path(recipe)}")
+    recipes.course_classifier(scale, device=device)
+    print(f"ready: the {scale.value}-scale feature classifier (lessons 05-07)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from diffuse_edu.course import bench
+
+    scale = None if args.scale == "auto" else config.Scale(args.scale)
+    bench.run(scale=scale, train_steps=args.train_steps, samples=args.samples, sample_batch=args.sample_batch,
+              samplers=args.samplers, compile=args.compile, quality=args.quality,
+              quality_seconds=args.quality_seconds, out=Path(args.out) if args.out else None)
+    return 0
+
+
+def _lessons(args: argparse.Namespace) -> int:
+    from diffuse_edu.course.runner import lessons_dir
+
+    for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
+        print(path.stem)
+    return 0
+
+
+def _bench_samplers() -> tuple[str, ...]:
+    from diffuse_edu.course.bench import SAMPLERS
+
+    return tuple(SAMPLERS)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffuse_edu", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the environment").set_defaults(func=_doctor)
+    d = sub.add_parser("data", help="list, fetch or stage data sets")
+    d.add_argument("action", choices=["list", "fetch", "stage"])
+    d.add_argument("target", nargs="?", help="data set name (fetch) or folder (stage)")
+    d.set_defaults(func=_data)
+    b = sub.add_parser("build", help="build student notebooks from solutions")
+    b.add_argument("--check", action="store_true", help="only report differences")
+    b.set_defaults(func=_build)
+    r = sub.add_parser("run", help="run a lesson headless")
+    r.add_argument("lesson", help="lesson number (01) or notebook path")
+    r.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
+    r.add_argument("--out", help="output folder (default runs/<lesson>)")
+    r.set_defaults(func=_run)
+    c = sub.add_parser("check", help="check a learner's notebook")
+    c.add_argument("notebook", help="path to the notebook, or a lesson number")
+    c.set_defaults(func=_check)
+    w = sub.add_parser("workshop", help="train and cache every model the lessons load")
+    w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
+    w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")
+    w.set_defaults(func=_workshop)
+    sb = sub.add_parser("bench", help="training and sampling speed on this machine")
+    sb.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
+    sb.add_argument("--train-steps", type=int, help="training steps timed (default 30 quick, 300 full)")
+    sb.add_argument("--samples", type=int, help="samples per sampler (default 64 quick, 10,000 full)")
+    sb.add_argument("--sample-batch", type=int, help="sampling batch size (default 64 quick, 2,500 full)")
+    sb.add_argument("--samplers", nargs="+", choices=list(_bench_samplers()), help="default: all")
+    sb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the training step (default: on a GPU)")
+    sb.add_argument("--quality", action="store_true", help="also compare FID of eager and fast sampling")
+    sb.add_argument("--quality-seconds", type=float, help="training budget for --quality")
+    sb.add_argument("--out", help="also write the numbers to this JSON file")
+    sb.set_defaults(func=_bench)
+    sub.add_parser("lessons", help="list the lessons").set_defaults(func=_lessons)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "data" and args.action != "list" and not args.target:
+        parser().error(f"data {args.action} needs a {'name' if args.action == 'fetch' else 'folder'}.")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

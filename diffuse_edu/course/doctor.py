@@ -1,0 +1,106 @@
+"""The environment check (``python -m diffuse_edu doctor``, and lesson 00's first cell).
+
+Each line is a :class:`Finding`: what was checked, whether it is fine, and what to do if not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+from diffuse_edu import config, data
+from diffuse_edu.course.runner import device_name, versions
+
+REQUIRED = ("torch", "torchvision", "numpy", "matplotlib", "sklearn", "einops", "tqdm", "nbformat")
+OPTIONAL = {"ipywidgets": "the lessons' sliders", "jupyterlab": "running the notebooks",
+            "IPython": "running the notebooks"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the environment report."""
+
+    topic: str
+    ok: bool
+    detail: str
+    fix: str = ""  # what to do about it (empty when ok)
+
+
+def _packages() -> list[Finding]:
+    found = []
+    for name in REQUIRED:
+        try:
+            mod = importlib.import_module(name)
+            found.append(Finding(name, True, getattr(mod, "__version__", "installed")))
+        except ImportError:
+            found.append(Finding(name, False, "missing", "pip install -e .  (from the project root)"))
+    for name, use in OPTIONAL.items():
+        try:
+            mod = importlib.import_module(name)
+            found.append(Finding(name, True, getattr(mod, "__version__", "installed")))
+        except ImportError:
+            found.append(Finding(name, False, f"missing: needed for {use}", f"pip install {name.lower()}"))
+    return found
+
+
+def _python() -> Finding:
+    ok = sys.version_info >= (3, 11)
+    return Finding("python", ok, sys.version.split()[0], "" if ok else "use Python 3.11 or newer")
+
+
+def _device_and_scale() -> list[Finding]:
+    import torch
+
+    scale = config.get_scale()
+    env = os.environ.get(config.SCALE_ENV)
+    why = f"from ${config.SCALE_ENV}={env}" if env else "auto: " + (
+        "a CUDA GPU is present" if torch.cuda.is_available() else "no CUDA GPU")
+    findings = [Finding("device", True, device_name()),
+                Finding("scale", True, f"{scale.value} ({why})")]
+    if scale is config.Scale.FULL and not torch.cuda.is_available():
+        findings.append(Finding("full scale on CPU", False, "full scale without a GPU takes hours",
+                                f"export {config.SCALE_ENV}=quick, or run on a GPU"))
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        findings.append(Finding("bf16 autocast", bf16, "supported" if bf16 else "not supported",
+                                "" if bf16 else "full scale falls back to float32 (slower)"))
+    return findings
+
+
+def _data() -> list[Finding]:
+    findings = []
+    for name, where in data.availability().items():
+        card = data.CARDS[name]
+        if where == "missing":
+            fix = (f"online: python -m diffuse_edu data fetch {name}; offline: "
+                   f"python -m diffuse_edu data stage FOLDER (with {card.npz})")
+            need = "optional (CIFAR-10 lessons only)" if name == "cifar10" else "needed at full scale"
+            findings.append(Finding(f"data: {name}", name == "cifar10", f"missing, {need}", fix))
+        else:
+            findings.append(Finding(f"data: {name}", True, where))
+    cache = config.cache_dir()
+    writable = os.access(cache if cache.exists() else cache.parent, os.W_OK)
+    findings.append(Finding("cache folder", writable, str(cache),
+                            "" if writable else f"set {config.DATA_ENV} to a writable folder"))
+    return findings
+
+
+def diagnose() -> list[Finding]:
+    """Every check, in the order they are printed."""
+    return [_python(), *_packages(), *_device_and_scale(), *_data()]
+
+
+def report(findings: list[Finding] | None = None) -> bool:
+    """Print the findings as a table with a fix under each problem; True when all are fine."""
+    findings = diagnose() if findings is None else findings
+    width = max(len(f.topic) for f in findings)
+    for f in findings:
+        print(f"{'ok ' if f.ok else '!! '} {f.topic:<{width}}  {f.detail}")
+        if f.fix:
+            print(f"    {'':<{width}}  -> {f.fix}")
+    problems = [f for f in findings if not f.ok]
+    print(f"\n{len(problems)} problem(s)." if problems else "\nEverything needed is here.")
+    print("versions:", ", ".join(f"{k} {v}" for k, v in versions().items()))
+    return not problems

@@ -1,0 +1,84 @@
+"""The forward (noising) process of a DDPM (lesson 01).
+
+The Markov chain adds a little Gaussian noise per step (Ho et al. 2020, Eq. 2)::
+
+    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t
+
+and composes to a closed form that jumps from x_0 to any t at once (ibid., Eq. 4)::
+
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I).
+
+The posterior q(x_{t-1} | x_t, x_0) that the reverse process learns to imitate is Gaussian with
+the mean and variance of ibid., Eq. 6-7.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+
+def q_sample(x0: Tensor, t: Tensor | int, schedule: NoiseSchedule, eps: Tensor) -> Tensor:
+    """Draw x_t ~ q(x_t | x_0) with the given noise (Ho et al. 2020, Eq. 4).
+
+    Shapes: x0 (B, ...), t () or (B,) integers in 0..T, eps like x0 -> x_t like x0.
+    """
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have x0's shape {tuple(x0.shape)}, got {tuple(eps.shape)}.")
+    alpha_bar = schedule.at(schedule.alpha_bar, t, x0)
+    return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * eps
+
+
+def q_step(x_prev: Tensor, t: Tensor | int, schedule: NoiseSchedule, eps: Tensor) -> Tensor:
+    """One step of the Markov chain, x_{t-1} -> x_t (Ho et al. 2020, Eq. 2).
+
+    Shapes: x_prev (B, ...), t () or (B,) in 1..T, eps like x_prev -> like x_prev.
+    """
+    beta = schedule.at(schedule.betas, t, x_prev)
+    return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
+
+
+def markov_chain(
+    x0: Tensor, schedule: NoiseSchedule, *, generator: torch.Generator | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """Yield (t, x_t) for t = 0..T by running the chain one step at a time.
+
+    Shapes: x0 (B, ...) -> each x_t like x0.
+    """
+    x = x0
+    yield 0, x
+    for t in range(1, schedule.T + 1):
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = q_step(x, t, schedule, eps)
+        yield t, x
+
+
+def q_posterior(
+    x0: Tensor, xt: Tensor, t: Tensor | int, schedule: NoiseSchedule
+) -> tuple[Tensor, Tensor]:
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eq. 6-7), for t in 1..T.
+
+    Shapes: x0, xt (B, ...), t () or (B,) -> mean like x0, variance (B, 1, ..., 1).
+    """
+    checkable = isinstance(t, int) or t.device.type == "cpu"  # a device tensor is not checked (no sync)
+    if checkable and int(torch.as_tensor(t).min()) < 1:
+        raise ValueError("q_posterior needs t >= 1: there is no step before x_0.")
+    beta = schedule.at(schedule.betas, t, x0)
+    alpha = 1.0 - beta
+    ab = schedule.at(schedule.alpha_bar, t, x0)
+    ab_prev = schedule.at(schedule.alpha_bar, t - 1, x0)
+    mean = (ab_prev.sqrt() * beta * x0 + alpha.sqrt() * (1.0 - ab_prev) * xt) / (1.0 - ab)
+    variance = beta * (1.0 - ab_prev) / (1.0 - ab)
+    return mean, variance
+
+
+def correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation between a and b over all their elements (a scalar tensor)."""
+    a = a.flatten().to(torch.float64)
+    b = b.flatten().to(torch.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return (a @ b) / (a.norm() * b.norm()).clamp_min(1e-300)

@@ -1,0 +1,108 @@
+"""What a network is trained to do: one objective per target, each giving a loss per example.
+
+Every objective draws a noise level and noise for a batch of clean images, builds the noisy input,
+calls ``model(x_in, t_in, cond)`` and returns the squared error against its target, averaged per
+example (shape (B,)), with the noise level drawn (for the loss-by-t plots). The training loop
+(:func:`diffuse_edu.training.loop.train`) runs any of them.
+
+* :class:`DiffusionObjective` (Ho et al. 2020, Alg. 1): t ~ U{1..T} (or continuous in [1, T]),
+  x_t = sqrt(ab) x0 + sqrt(1 - ab) eps; the target is eps, x0 or v (Salimans & Ho 2022, Sec. 4).
+  On the same network output, the three losses differ by closed-form weights:
+  ||x0_hat - x0||^2 = ||eps_hat - eps||^2 / SNR and ||v_hat - v||^2 = ||eps_hat - eps||^2 / ab.
+* :class:`FlowMatching` (rectified flow, Liu et al. 2023; Lipman et al. 2023): s ~ U(0, 1),
+  x_s = (1 - s) x0 + s eps, target the velocity eps - x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.prediction import Target, target_of
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+
+def per_example_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error per example, in float32 at least (bfloat16 outputs are upcast).
+
+    Shapes: (B, ...) -> (B,).
+    """
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return (pred.to(dtype) - target.to(dtype)).square().flatten(1).mean(1)
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusionObjective:
+    """Denoising on Ho et al.'s variance-preserving x_t, predicting ``target``."""
+
+    schedule: NoiseSchedule
+    target: Target = Target.EPS  # EPS, X0 or V
+    continuous: bool = False  # draw t from U(1, T) (fractional steps) instead of U{1..T}
+
+    @property
+    def t_max(self) -> float:
+        """The largest noise level drawn, in the units of the returned t (steps)."""
+        return float(self.schedule.T)
+
+    def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Noise levels t (B,) and noise eps (like x0), on x0's device."""
+        b, T = x0.shape[0], self.schedule.T
+        if self.continuous:
+            t = 1 + (T - 1) * torch.rand(b, generator=generator, device=x0.device)
+        else:
+            t = torch.randint(1, T + 1, (b,), generator=generator, device=x0.device)
+        return t, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
+    def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
+        """alpha_bar at t, shaped (B, 1, ..., 1) like ``like``."""
+        if t.dtype.is_floating_point:
+            ab = self.schedule.alpha_bar_continuous(t).to(like.dtype)
+            return ab.reshape(ab.shape + (1,) * (like.ndim - 1))
+        return self.schedule.at(self.schedule.alpha_bar, t, like)
+
+    def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
+                 generator: torch.Generator | None = None, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(loss per example (B,), t (B,)); t and eps are drawn unless given."""
+        if t is None or eps is None:
+            t_drawn, eps_drawn = self.draw(x0, generator)
+            t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        ab = self.alpha_bar(t, x0)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        return per_example_mse(model(x_t, t, cond), target_of(self.target, x0, eps, ab)), t
+
+
+@dataclass(frozen=True, eq=False)
+class FlowMatching:
+    """Rectified flow: straight paths from data (s = 0) to noise (s = 1), velocity eps - x0."""
+
+    time_scale: float = 1000.0  # the network sees t = s * time_scale (the range a time embedding expects)
+    target = Target.FLOW
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
+                 generator: torch.Generator | None = None, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(loss per example (B,), s (B,)); s and eps are drawn unless given."""
+        b = x0.shape[0]
+        s = torch.rand(b, generator=generator, device=x0.device) if t is None else t
+        if eps is None:
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        s_ = s.to(x0.dtype).reshape((b,) + (1,) * (x0.ndim - 1))
+        x_s = (1 - s_) * x0 + s_ * eps
+        return per_example_mse(model(x_s, s * self.time_scale, cond), eps - x0), s
+
+
+def eps_loss(model: Callable, x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule,
+             cond: object = None) -> Tensor:
+    """Mean squared error between eps and model(x_t, t) (Ho et al. 2020, Eq. 14), lesson 02.
+
+    Shapes: x0 (B, ...), t (B,), eps like x0 -> a scalar.
+    """
+    return DiffusionObjective(schedule)(model, x0, cond=cond, t=t, eps=eps)[0].mean()

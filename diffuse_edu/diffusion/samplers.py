@@ -1,0 +1,241 @@
+"""Samplers: small pure functions with one signature (lesson 07).
+
+    sample_xxx(model, x, schedule, *, steps, generator=None, callback=None, cond=None, clip=None)
+
+``model`` is a :class:`~diffuse_edu.diffusion.denoisers.Denoiser` (any prediction target), or a
+plain eps-prediction network ``model(x_t, t, cond)``, which is wrapped as one. ``x`` is unit
+Gaussian noise; ``steps`` the number of steps; ``callback(i, t_or_sigma, x)`` sees every
+intermediate state. No sampler keeps hidden state or needs a set-up call, and none waits for the
+device inside its loop: noise levels are host numbers, tables are read where the data lives.
+
+The first three work on the integer steps of the schedule; the rest walk a grid of noise levels
+sigma in the variable x = x0 + sigma eps, where the probability-flow ODE (Song et al. 2021, Eq. 13)
+reads dx / dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Eq. 3 with s = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.denoisers import Denoiser, as_denoiser
+from diffuse_edu.diffusion.prediction import predict_x0, x0_to_eps
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+
+def timesteps(schedule: NoiseSchedule, steps: int, *, t_max: int | None = None) -> list[int]:
+    """``steps + 1`` integer time steps evenly spaced from t_max (default T) down to 0."""
+    t_max = schedule.T if t_max is None else t_max
+    if not 1 <= steps <= t_max:
+        raise ValueError(f"steps must lie in 1..{t_max}, got {steps}.")
+    return torch.linspace(t_max, 0, steps + 1).round().long().tolist()
+
+
+def ddim_step(x_t: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
+              eta: float = 0.0, noise: Tensor | None = None, clip: float | None = None) -> Tensor:
+    """x_t -> x_{t_prev} (Song et al. 2021, "DDIM", Eq. 12 with sigma_t(eta) of Eq. 16).
+
+    eta = 0 is deterministic; eta = 1 matches the DDPM posterior variance. ``clip`` clamps the
+    implied x0 to [-clip, clip]. With t_prev > t (and eta = 0) it runs the other way: inversion.
+    Shapes: x_t, eps_hat, noise (B, ...) -> like x_t.
+    """
+    ab = schedule.alpha_bar[t].item()  # host numbers from the CPU table: no device sync
+    ab_prev = schedule.alpha_bar[t_prev].item()
+    x0_hat = predict_x0(x_t, eps_hat, t, schedule)
+    if clip is not None:
+        x0_hat = x0_hat.clamp(-clip, clip)
+        eps_hat = x0_to_eps(x_t, x0_hat, ab)  # the noise consistent with the clamp
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5 if eta else 0.0
+    x_prev = ab_prev**0.5 * x0_hat + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps_hat
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("eta > 0 needs noise: pass noise=torch.randn_like(x_t, ...).")
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+@torch.no_grad()
+def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int, eta: float = 0.0,
+                generator: torch.Generator | None = None, callback: Callable | None = None,
+                cond: object = None, clip: float | None = None, t_max: int | None = None) -> Tensor:
+    """DDIM from x_{t_max} (default x_T) in ``steps`` network evaluations (Song et al. 2021, Sec. 4.1).
+
+    Shapes: x (B, ...) -> like x.
+    """
+    denoiser = as_denoiser(model, schedule)
+    ts = timesteps(schedule, steps, t_max=t_max)
+    for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
+        eps_hat = denoiser.at_step(x, t, cond).eps
+        noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                 if eta > 0 else None)
+        x = ddim_step(x, eps_hat, t, t_prev, schedule, eta=eta, noise=noise, clip=clip)
+        if callback is not None:
+            callback(i, t_prev, x)
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int | None = None,
+                generator: torch.Generator | None = None, callback: Callable | None = None,
+                cond: object = None, clip: float | None = None) -> Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) in ``steps`` steps (default T).
+
+    DDIM with eta = 1 is the DDPM posterior step (Song et al. 2021, Sec. 4.1), so with steps = T
+    this is lesson 02's ddpm_step at every t; with fewer steps, the same process on a coarser grid.
+    """
+    return sample_ddim(model, x, schedule, steps=steps or schedule.T, eta=1.0, generator=generator,
+                       callback=callback, cond=cond, clip=clip)
+
+
+@torch.no_grad()
+def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
+                t_max: int | None = None, cond: object = None) -> Tensor:
+    """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
+    Nichol 2021, App. F): each step uses the noise predicted at the current, less noisy step."""
+    denoiser = as_denoiser(model, schedule)
+    ts = timesteps(schedule, steps, t_max=t_max)[::-1]  # 0 .. t_max
+    x = x0
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        eps_hat = denoiser.at_step(x, max(t, 1), cond).eps
+        x = ddim_step(x, eps_hat, t, t_next, schedule)
+    return x
+
+
+# ----------------------------------------------------------------------------- sigma space
+def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
+                  sigma_max: float | None = None) -> Tensor:
+    """``steps`` noise levels spaced as in Karras et al. 2022 (Eq. 5), then 0. Shapes: (steps + 1,).
+
+    sigma_max defaults to min(sigma_T, 80): Karras et al. use 80, and a schedule like the cosine one
+    reaches sigma_T ~ 2e4, where nothing useful happens.
+    """
+    s_min = schedule.sigma[1].item()
+    s_max = min(schedule.sigma[-1].item(), 80.0) if sigma_max is None else sigma_max
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def sigmas_evenly_in_t(schedule: NoiseSchedule, steps: int) -> Tensor:
+    """The noise levels at ``steps`` time steps evenly spaced from T to 1, then 0. Shapes: (steps + 1,)."""
+    t = torch.linspace(schedule.T, 1, steps, dtype=torch.float64)
+    lo = t.floor().long().clamp(1, schedule.T)
+    hi = (lo + 1).clamp(max=schedule.T)
+    w = t - lo
+    sig = (1 - w) * schedule.sigma[lo] + w * schedule.sigma[hi]
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
+    """x + (sigma_next - sigma) d with d = (x - D(x; sigma)) / sigma (Karras et al. 2022, Alg. 1)."""
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Tensor, float], Tensor]) -> Tensor:
+    """Heun's second-order step of the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 5-8).
+
+    An Euler step to sigma_next, then the average of the slopes at both ends; to sigma_next = 0 the
+    Euler step alone (the slope there is undefined). Shapes: x (B, ...) -> like x.
+    """
+    d = (x - denoise(x, sigma)) / sigma
+    x_euler = x + (sigma_next - sigma) * d
+    if sigma_next == 0:
+        return x_euler
+    d_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Callable,
+          clip: float | None) -> tuple[Denoiser, list[float], Tensor]:
+    """The denoiser, the sigma grid as host numbers, and the unit noise scaled to the first level."""
+    sig = sigmas(schedule, steps).tolist()
+    return as_denoiser(model, schedule, clip=clip), sig, x * (1 + sig[0] ** 2) ** 0.5
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                 sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                 callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """Euler's method on the probability-flow ODE: ``steps`` network evaluations."""
+    denoise, sig, x = _grid(model, x, schedule, steps, sigmas, clip)
+    for i in range(len(sig) - 1):
+        x = euler_step(x, sig[i], sig[i + 1], denoise(x, sig[i], cond))
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """Heun's method (Karras et al. 2022, Alg. 1 without churn): 2 * steps - 1 network evaluations."""
+    denoise, sig, x = _grid(model, x, schedule, steps, sigmas, clip)
+    for i in range(len(sig) - 1):
+        x = heun_step(x, sig[i], sig[i + 1], lambda z, s: denoise(z, s, cond))
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                    sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
+                    callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in sigma space: ``steps`` network evaluations.
+
+    With lambda = -log(sigma) and h = lambda_next - lambda, each step is exact for a denoiser output
+    that is linear in lambda, extrapolated from the last two outputs; the first and the last step
+    (to sigma = 0) are first order.
+    """
+    denoise, sig, x = _grid(model, x, schedule, steps, sigmas, clip)
+    previous, h_previous = None, None
+    for i in range(len(sig) - 1):
+        denoised = denoise(x, sig[i], cond)
+        if sig[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(sig[i] / sig[i + 1])
+            d = denoised
+            if previous is not None:
+                r = h_previous / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (sig[i + 1] / sig[i]) * x - math.expm1(-h) * d
+            h_previous = h
+        previous = denoised
+        if callback is not None:
+            callback(i, sig[i + 1], x)
+    return x
+
+
+# ----------------------------------------------------------------------------- many samples, noise
+@torch.no_grad()
+def generate(sampler: Callable, model: Callable, schedule: NoiseSchedule, n: int, shape: tuple[int, ...], *,
+             batch_size: int = 1000, generator: torch.Generator | None = None,
+             device: torch.device | str = "cpu", **options) -> Tensor:
+    """``n`` samples of ``shape`` drawn with ``sampler`` in batches of ``batch_size``.
+
+    The starting noise comes from ``generator`` (on ``device``); ``options`` go to the sampler.
+    Shapes: -> (n, *shape).
+    """
+    out = []
+    for start in range(0, n, batch_size):
+        x = torch.randn((min(batch_size, n - start), *shape), generator=generator, device=device)
+        out.append(sampler(model, x, schedule, generator=generator, **options))
+    return torch.cat(out)
+
+
+def slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
+    """Spherical interpolation between two noise tensors (Shoemake 1985), keeping their norm typical.
+
+    Shapes: a, b (B, ...) -> like a; w in [0, 1].
+    """
+    af, bf = a.flatten(1), b.flatten(1)
+    cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))[:, None]  # (B, 1)
+    sin = torch.sin(theta).clamp_min(1e-8)
+    out = torch.sin((1 - w) * theta) / sin * af + torch.sin(w * theta) / sin * bf
+    return out.reshape(a.shape)

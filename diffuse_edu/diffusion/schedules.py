@@ -1,0 +1,171 @@
+"""Noise schedules for the forward process (lesson 01).
+
+Notation (used in every lesson), with the paper's time index t = 0, 1, ..., T:
+
+* ``betas[t]``     beta_t, the variance added by step t (Ho et al. 2020, Eq. 2); ``betas[0] = 0``.
+* ``alphas[t]``    alpha_t = 1 - beta_t.
+* ``alpha_bar[t]`` alpha_bar_t = prod_{s<=t} alpha_s, so that
+  q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (Ho et al. 2020, Eq. 4).
+  ``alpha_bar[0] = 1``: x_0 is the data itself.
+* ``snr[t]``       alpha_bar_t / (1 - alpha_bar_t), the signal-to-noise ratio; ``log_snr`` its log.
+* ``sigma[t]``     sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise level of the rescaled
+  variable x_t / sqrt(alpha_bar_t) (Karras et al. 2022, Sec. 2), used by the ODE samplers.
+
+Every array has T + 1 entries, so ``schedule.alpha_bar[t]`` reads like the paper. diffusers' index
+``i`` (0..T-1) is our ``t = i + 1``: ``alphas_cumprod == alpha_bar[1:]``.
+
+Schedules are frozen dataclasses built by pure functions and held in float64; :meth:`at` reads
+them on the device and in the dtype of the tensor they are used with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseSchedule:
+    """A discrete noise schedule.
+
+    Shapes: betas (T + 1,), float64, with betas[0] = 0.
+
+    The derived tables (``alpha_bar``, ``sigma``, ...) are computed once, in float64 on the CPU.
+    :meth:`at` reads them from a copy kept on the device and in the dtype of the tensor they are
+    used with, made on first use, so a training or sampling step never copies a table to the GPU
+    nor reads a value back from it (no host-device synchronisation).
+    """
+
+    betas: Tensor  # (T + 1,) float64: beta_t for t = 0..T, betas[0] = 0
+    name: str  # label used in plots and tables
+    _on_device: dict = field(default_factory=dict, init=False, repr=False)  # (id, device, dtype) -> table
+
+    def __post_init__(self) -> None:
+        b = self.betas
+        if b.ndim != 1 or b.numel() < 2:
+            raise ValueError("NoiseSchedule.betas must be a 1-D tensor of T + 1 values (T >= 1).")
+        if b.dtype != torch.float64 or b.device.type != "cpu":
+            object.__setattr__(self, "betas", b.to("cpu", torch.float64))
+        if self.betas[0] != 0:
+            raise ValueError("betas[0] must be 0: t = 0 is the clean data x_0.")
+        if not bool(((self.betas[1:] > 0) & (self.betas[1:] <= 1)).all()):
+            raise ValueError("betas[1:] must lie in (0, 1].")
+
+    @property
+    def T(self) -> int:
+        """The number of noising steps."""
+        return self.betas.numel() - 1
+
+    @cached_property
+    def alphas(self) -> Tensor:
+        return 1.0 - self.betas
+
+    @cached_property
+    def alpha_bar(self) -> Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    @cached_property
+    def snr(self) -> Tensor:
+        ab = self.alpha_bar
+        return ab / (1.0 - ab)  # inf at t = 0
+
+    @cached_property
+    def log_snr(self) -> Tensor:
+        return torch.log(self.snr)
+
+    @cached_property
+    def sigma(self) -> Tensor:
+        return self.snr.rsqrt()
+
+    def on(self, values: Tensor, like: Tensor) -> Tensor:
+        """``values`` (one of this schedule's tables) on ``like``'s device and in its dtype, cached."""
+        key = (id(values), like.device, like.dtype)
+        hit = self._on_device.get(key)
+        if hit is None or hit[0] is not values:
+            hit = (values, values.to(device=like.device, dtype=like.dtype))
+            self._on_device[key] = hit
+        return hit[1]
+
+    def at(self, values: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
+        """``values[t]`` shaped to broadcast against ``like`` and cast to its dtype and device.
+
+        ``t`` out of 0..T raises a clear error when it is a Python int or a CPU tensor; a tensor
+        on an accelerator is not checked, since checking would wait for the device.
+        Shapes: values (T + 1,), t () or (B,), like (B, ...) -> (B, 1, ..., 1) or ().
+        """
+        table = self.on(values, like)
+        if isinstance(t, Tensor):
+            if t.dtype.is_floating_point:
+                raise TypeError(f"t must be an integer time step in 0..{self.T}, got dtype {t.dtype}.")
+            if t.device.type == "cpu":
+                self._check_range(int(t.min()), int(t.max()))
+            v = table[t.to(like.device)]
+        else:
+            self._check_range(int(t), int(t))
+            v = table[int(t)]
+        return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+
+    def _check_range(self, lo: int, hi: int) -> None:
+        if lo < 0 or hi > self.T:
+            raise ValueError(f"t must lie in 0..{self.T}, got values in {lo}..{hi}.")
+
+    def alpha_bar_continuous(self, t: Tensor) -> Tensor:
+        """alpha_bar at fractional steps t in [1, T], interpolating log-sigma linearly between steps.
+
+        The inverse of :func:`diffuse_edu.diffusion.denoisers.sigma_to_t`; used for continuous-time
+        training. Shapes: t (B,) float -> (B,) in t's dtype, on t's device.
+        """
+        log_sigma = self.on(self.sigma, t).log()  # (T + 1,), inf at t = 0 is never read
+        lo = t.floor().long().clamp(1, self.T - 1)
+        w = (t - lo).clamp(0, 1)
+        ls = torch.lerp(log_sigma[lo], log_sigma[lo + 1], w)
+        return torch.sigmoid(-2 * ls)  # 1 / (1 + sigma^2)
+
+
+def _from_alpha_bar(alpha_bar: Tensor, name: str, max_beta: float = 1.0) -> NoiseSchedule:
+    """Schedule whose cumulative products are ``alpha_bar`` (t = 1..T), betas capped at max_beta."""
+    ab = torch.cat([alpha_bar.new_ones(1), alpha_bar.to(torch.float64)])
+    betas = (1.0 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+    return NoiseSchedule(torch.cat([betas.new_zeros(1), betas]), name)
+
+
+def linear_schedule(
+    T: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> NoiseSchedule:
+    """Betas evenly spaced from beta_start to beta_end (Ho et al. 2020, Sec. 4)."""
+    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    return NoiseSchedule(torch.cat([betas.new_zeros(1), betas]), "linear")
+
+
+def scaled_linear_schedule(
+    T: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> NoiseSchedule:
+    """Square roots of the betas evenly spaced: Stable Diffusion's schedule (Rombach et al. 2022)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+    return NoiseSchedule(torch.cat([betas.new_zeros(1), betas]), "scaled linear")
+
+
+def cosine_schedule(T: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+    """alpha_bar_t = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)) (Nichol & Dhariwal 2021, Eq. 17).
+
+    Betas are capped at ``max_beta`` to avoid the singularity at t = T (ibid., Sec. 3.2).
+    """
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return _from_alpha_bar(f[1:] / f[0], "cosine", max_beta)
+
+
+def rescale_zero_terminal_snr(schedule: NoiseSchedule) -> NoiseSchedule:
+    """Shift and scale sqrt(alpha_bar) so that alpha_bar_T = 0 exactly (Lin et al. 2024, Alg. 1).
+
+    sqrt(alpha_bar_1) is kept, sqrt(alpha_bar_T) becomes 0 and the steps between are stretched
+    linearly, so x_T holds no signal at all (SNR(T) = 0) and beta_T = 1.
+    """
+    root = schedule.alpha_bar[1:].sqrt()  # (T,)
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    return _from_alpha_bar(root**2, f"{schedule.name} + zero-SNR")

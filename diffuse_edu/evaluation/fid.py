@@ -1,0 +1,44 @@
+"""The Frechet Inception Distance (lesson 06; Heusel et al. 2017), on any feature vectors.
+
+FID fits a Gaussian to the features of each set of images and measures the Frechet (2-Wasserstein)
+distance between the two Gaussians. Lower is closer; it depends on the feature network and on the
+number of images, so compare only numbers made the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mean_and_covariance(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased covariance of feature vectors, in float64. Shapes: (N, D) -> (D,), (D, D)."""
+    f = features.double()
+    mu = f.mean(0)
+    centred = f - mu
+    return mu, centred.T @ centred / (f.shape[0] - 1)
+
+
+def sqrtm_psd(a: Tensor) -> Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix, by eigendecomposition.
+
+    a = V diag(l) V^T  ->  V diag(sqrt(max(l, 0))) V^T. Shapes: (D, D) -> (D, D).
+    """
+    a = (a + a.T) / 2  # remove round-off asymmetry
+    vals, vecs = torch.linalg.eigh(a)
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982; Heusel et al. 2017, Eq. 6).
+
+    Tr((S1 S2)^(1/2)) is computed as Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric PSD root.
+    """
+    root1 = sqrtm_psd(sigma1)
+    cross = sqrtm_psd(root1 @ sigma2 @ root1)
+    return ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross.trace()).item()
+
+
+def fid(features_a: Tensor, features_b: Tensor) -> float:
+    """The Frechet distance between the Gaussians fitted to two sets of features."""
+    return frechet_distance(*mean_and_covariance(features_a), *mean_and_covariance(features_b))

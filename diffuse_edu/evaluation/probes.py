@@ -1,0 +1,97 @@
+"""Probes: measurements of images and models beside FID (lessons 03, 04 and 06).
+
+* detail: the share of an image's energy at high spatial frequencies (a sharp denoiser against a
+  blurry one, lesson 03);
+* the loss of a trained model in ranges of t (lesson 04);
+* improved precision and recall, and nearest neighbours in the training set (lesson 06).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+
+def radial_frequency(h: int, w: int, *, device: torch.device | None = None) -> Tensor:
+    """|f| of each 2-D FFT bin, as a share of the Nyquist frequency (0 .. sqrt(2)). Shapes: (h, w)."""
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.fftfreq(w, device=device)[None, :]
+    return torch.sqrt(fx**2 + fy**2) / 0.5
+
+
+def high_frequency_energy(images: Tensor, *, cutoff: float = 0.5) -> Tensor:
+    """Mean spectral energy per image above ``cutoff`` x Nyquist, after removing each image's mean.
+
+    Shapes: images (N, C, H, W) -> (N,).
+    """
+    x = images.float() - images.float().mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs() ** 2 / (x.shape[-1] * x.shape[-2])  # (N, C, H, W)
+    mask = radial_frequency(*x.shape[-2:], device=x.device) > cutoff
+    return (power * mask).sum(dim=(-3, -2, -1)) / x.shape[-3]
+
+
+def _kth_neighbour_radius(features: Tensor, k: int, batch: int = 2048) -> Tensor:
+    """Distance from each vector to its k-th nearest other vector in the same set. Shapes: (N,)."""
+    radii = [torch.cdist(chunk, features).kthvalue(k + 1, dim=1).values for chunk in features.split(batch)]
+    return torch.cat(radii)
+
+
+def _inside_any_ball(queries: Tensor, centres: Tensor, radii: Tensor, batch: int = 2048) -> Tensor:
+    """For each query, whether it lies within radii[j] of some centre j. Shapes: (M,) bool."""
+    return torch.cat([(torch.cdist(q, centres) <= radii[None]).any(1) for q in queries.split(batch)])
+
+
+def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, Eq. 1-3) on feature vectors.
+
+    Precision: share of fake samples inside the real manifold (the union of balls around each real
+    vector reaching its k-th neighbour); recall: share of real samples inside the fake manifold.
+    """
+    real, fake = real.double(), fake.double()
+    precision = _inside_any_ball(fake, real, _kth_neighbour_radius(real, k)).double().mean().item()
+    recall = _inside_any_ball(real, fake, _kth_neighbour_radius(fake, k)).double().mean().item()
+    return precision, recall
+
+
+def nearest_neighbour(queries: Tensor, reference: Tensor, batch: int = 1024) -> tuple[Tensor, Tensor]:
+    """L2 distance from each query to its nearest reference, and that reference's index.
+
+    Shapes: queries (M, ...), reference (N, ...) -> (M,), (M,).
+    """
+    ref = reference.flatten(1).double()
+    dists, idxs = [], []
+    for chunk in queries.flatten(1).double().split(batch):
+        d, i = torch.cdist(chunk, ref).min(dim=1)
+        dists.append(d)
+        idxs.append(i)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+@torch.no_grad()
+def loss_by_t(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, buckets: int = 10,
+              draws: int = 1, generator: torch.Generator | None = None,
+              batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """The eps-prediction loss in ``buckets`` equal ranges of t, each image at a random t per bucket.
+
+    Returns (edges, losses): bucket k covers t in (edges[k], edges[k + 1]]. ``generator`` is a CPU
+    generator (the draws are the same on every device).
+    Shapes: x0 (N, ...) -> edges (buckets + 1,), losses (buckets,).
+    """
+    objective = DiffusionObjective(schedule)
+    edges = torch.linspace(0, schedule.T, buckets + 1).round().long()
+    losses = torch.zeros(buckets)
+    for k in range(buckets):
+        lo, hi = int(edges[k]) + 1, int(edges[k + 1])
+        total = x0.new_zeros((), dtype=torch.float64)
+        for _ in range(draws):
+            for batch in x0.split(batch_size):
+                t = torch.randint(lo, hi + 1, (batch.shape[0],), generator=generator).to(batch.device)
+                eps = torch.randn(batch.shape, generator=generator).to(batch.device)
+                total += objective(model, batch, t=t, eps=eps)[0].sum()
+        losses[k] = total.item() / (draws * x0.shape[0])
+    return edges, losses

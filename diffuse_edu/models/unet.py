@@ -1,0 +1,191 @@
+"""A U-Net denoiser from scratch (lesson 03), conditioned on time (lesson 04).
+
+The network follows Ho et al. 2020 (App. B) with the refinements of Dhariwal & Nichol 2021:
+
+* residual blocks: GroupNorm -> SiLU -> 3x3 conv, twice, plus a (1x1) shortcut; the embedding
+  (time, and a class label from lesson 08) enters each block by scale-and-shift;
+* an encoder that halves the resolution between levels and a decoder that doubles it, with a
+  **skip connection** from every encoder stage to its mirror in the decoder;
+* multi-head self-attention at the low resolutions (Vaswani et al. 2017), and cross-attention to
+  a context sequence (text tokens, lesson 09) where ``UNetConfig.context_dim`` is set.
+
+A denoiser is a plain callable ``model(x, t, cond=None)`` returning a prediction shaped like x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffuse_edu.models.attention import CrossAttention, SelfAttention
+from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.time_embedding import ScaleShift, TimeEmbedding
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything that decides a U-Net's shape; saved with every checkpoint."""
+
+    in_channels: int = 1  # image channels in
+    out_channels: int | None = None  # channels predicted (default: in_channels)
+    channels: tuple[int, ...] = (16, 32, 64)  # width per level; resolution halves between levels
+    blocks_per_level: int = 1  # residual blocks per level in the encoder (decoder: one more)
+    attention_levels: tuple[int, ...] = (2,)  # levels (0 = full resolution) with self-attention
+    heads: int = 4  # attention heads
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.0  # dropout inside residual blocks
+    skip_connections: bool = True  # False: the decoder sees only the upsampled bottleneck
+    time_embedding: bool = True  # False: the network is not told t (lesson 04's ablation)
+    emb_dim: int | None = None  # embedding width (default: 4 * channels[0])
+    num_classes: int | None = None  # class labels (lesson 08); label num_classes means "none"
+    context_dim: int | None = None  # width of a context sequence for cross-attention (lesson 09)
+
+    @property
+    def embedding_width(self) -> int:
+        return self.emb_dim or 4 * self.channels[0]
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, conv; + shortcut.
+
+    Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.scale_shift = ScaleShift(emb_dim, out_ch) if emb_dim else None
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.norm2(h)
+        if self.scale_shift is not None:
+            h = self.scale_shift(h, emb)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.shortcut(x)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 conv. Shapes: (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution (nearest) then a 3x3 conv. Shapes: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Stage(nn.Module):
+    """One residual block, optionally followed by self- and cross-attention."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int | None, attend: bool):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.groups, cfg.dropout)
+        self.attn = SelfAttention(out_ch, cfg.heads, cfg.groups) if attend else None
+        self.cross = (CrossAttention(out_ch, cfg.context_dim, cfg.heads, cfg.groups)
+                      if attend and cfg.context_dim else None)
+
+    def forward(self, x: Tensor, emb: Tensor | None, cond: Cond | None) -> Tensor:
+        x = self.res(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None and cond is not None and cond.context is not None:
+            x = self.cross(x, cond.context, cond.context_mask)
+        return x
+
+
+class UNet(nn.Module):
+    """The course's denoiser: ``model(x, t, cond=None)`` -> a prediction shaped like x.
+
+    Level i works at resolution H / 2**i with ``channels[i]`` features. The encoder runs
+    ``blocks_per_level`` stages per level and hands its output to the decoder's level i through a
+    skip connection before halving the resolution; the decoder doubles the resolution, concatenates
+    the skip and runs as many stages (Ronneberger et al. 2015, Fig. 1).
+
+    Shapes: x (B, in_channels, H, W) with H and W divisible by 2 ** (levels - 1); t (B,) integer
+    steps (or float noise levels); cond a :class:`Cond` or None -> (B, out_channels, H, W).
+    """
+
+    config_class = UNetConfig  # what checkpoints rebuild it from
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        ch, n = cfg.channels, cfg.blocks_per_level
+        emb_dim = cfg.embedding_width if (cfg.time_embedding or cfg.num_classes) else None
+        self.time_emb = TimeEmbedding(emb_dim) if cfg.time_embedding else None
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.stem = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+
+        def stages(level: int, first_in: int) -> nn.ModuleList:
+            attend = level in cfg.attention_levels
+            return nn.ModuleList(Stage(first_in if i == 0 else ch[level], ch[level], cfg, emb_dim, attend)
+                                 for i in range(n))
+
+        self.encoder = nn.ModuleList(stages(i, ch[max(i - 1, 0)]) for i in range(len(ch)))
+        self.downsamples = nn.ModuleList(Downsample(c) for c in ch[:-1])
+        self.middle = Stage(ch[-1], ch[-1], cfg, emb_dim, attend=True)
+        self.upsamples = nn.ModuleList(Upsample(c) for c in ch[1:])
+        self.decoder = nn.ModuleList(
+            stages(i, ch[i + 1] + (ch[i] if cfg.skip_connections else 0)) for i in range(len(ch) - 1))
+        self.out = nn.Sequential(nn.GroupNorm(cfg.groups, ch[0]), nn.SiLU(),
+                                 nn.Conv2d(ch[0], cfg.out_channels or cfg.in_channels, 3, padding=1))
+
+    def embed(self, t: Tensor, cond: Cond | None) -> Tensor | None:
+        """The vector every residual block is modulated by: time plus class label (if any)."""
+        emb = self.time_emb(t) if self.time_emb is not None else None
+        if self.label_emb is not None:
+            labels = cond.labels if cond is not None and cond.labels is not None else None
+            if labels is None:  # unconditional: the extra "no label" class
+                labels = torch.full((t.shape[0],), self.config.num_classes, device=t.device)
+            lab = self.label_emb(labels)
+            emb = lab if emb is None else emb + lab
+        return emb
+
+    def _check_input(self, x: Tensor) -> None:
+        levels, c = len(self.config.channels), self.config.in_channels
+        if x.ndim != 4 or x.shape[1] != c:
+            raise ValueError(f"UNet expects images of shape (B, {c}, H, W), got {tuple(x.shape)}.")
+        if x.shape[-1] % 2 ** (levels - 1) or x.shape[-2] % 2 ** (levels - 1):
+            raise ValueError(f"H and W must be divisible by {2 ** (levels - 1)} for {levels} levels, "
+                             f"got {tuple(x.shape[-2:])}.")
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        self._check_input(x)
+        emb = self.embed(t, cond)
+        h = self.stem(x)
+        skips = []
+        for level, blocks in enumerate(self.encoder):
+            for block in blocks:
+                h = block(h, emb, cond)
+            if level < len(self.downsamples):
+                skips.append(h)
+                h = self.downsamples[level](h)
+        h = self.middle(h, emb, cond)
+        for level in reversed(range(len(self.decoder))):
+            h = self.upsamples[level](h)
+            if self.config.skip_connections:
+                h = torch.cat([h, skips[level]], dim=1)  # (B, C_up + C_skip, H, W)
+            for block in self.decoder[level]:
+                h = block(h, emb, cond)
+        return self.out(h)

@@ -1,0 +1,26 @@
+"""Progress bars for long loops, without loading any plotting library.
+
+In Jupyter the bar is a widget; elsewhere it is text. The training loops and the lessons share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (widgets and rich display work there)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def progress(iterable: Iterable | None = None, **kwargs):
+    """A progress bar (tqdm.auto: a widget in Jupyter, text elsewhere)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 0.5)
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,223 @@
+"""The training loop (lesson 05), one for every objective, every model and every condition.
+
+One step (Ho et al. 2020, Alg. 1, whatever the objective): draw a batch, let the objective draw
+noise levels and noise and return the loss per example, step the optimiser. Around it, what the
+field has found to matter:
+
+* an exponential moving average (EMA) of the weights (:mod:`diffuse_edu.training.ema`);
+* a linear learning-rate warm-up, and clipping of the gradient's global norm;
+* condition dropout: a share of the examples trained with the null condition, so that one network
+  learns p(x | c) and p(x) for classifier-free guidance (Ho & Salimans 2022, Alg. 1);
+* a trainable-parameter filter (LoRA, lesson 13) that the optimiser, clipping and EMA respect;
+* on a GPU: bfloat16 autocast, channels_last memory layout, fused AdamW and, optionally,
+  torch.compile, with no host-device synchronisation inside a step;
+* a budget in steps, in seconds of wall-clock time ("train for the 5 minutes we have"), or both;
+  the first step (which compiles, where asked) is timed apart and not charged to the budget;
+* the loss recorded per range of noise levels, and snapshots of the EMA weights along the way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+from diffuse_edu.models.conditioning import Cond, drop_condition
+from diffuse_edu.progress import progress
+from diffuse_edu.training.ema import EMA
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; saved with every checkpoint."""
+
+    steps: int | None = 1_000  # stop after this many steps (None: the time budget alone)
+    seconds: float | None = None  # stop after this much wall-clock time (None: the steps alone)
+    batch_size: int = 64
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 50  # linear learning-rate warm-up from 0 to lr
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0  # maximum global gradient norm (None: no clipping)
+    ema_decay: float | None = 0.999  # final EMA decay, reached through the warm-up (None: no EMA)
+    cond_dropout: float = 0.0  # share of examples trained with the null condition (guidance)
+    bf16: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    channels_last: bool = True  # channels_last memory layout on CUDA (ignored on the CPU)
+    compile: bool = False  # torch.compile the model for the training steps
+    loss_buckets: int = 10  # ranges of noise levels in which the training loss is recorded
+    snapshots: int = 0  # EMA snapshots kept at evenly spaced points of the budget
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.seconds is None:
+            raise ValueError("TrainConfig needs a budget: steps, seconds, or both.")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(f"cond_dropout is a probability below 1, got {self.cond_dropout}.")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and measured."""
+
+    model: nn.Module  # the raw weights at the end
+    ema: nn.Module  # the EMA weights: sample from these (the raw model when there is no EMA)
+    losses: list[float]  # the batch loss of every step
+    bucket_edges: Tensor  # (buckets + 1,) bucket k covers noise levels in (edges[k], edges[k + 1]]
+    loss_by_bucket: Tensor  # (buckets,) mean training loss per range over the last 20% of steps
+    steps: int
+    seconds: float  # training time, without the first step
+    images_per_second: float  # over ``seconds``
+    first_step_seconds: float = 0.0  # the first step alone (compilation, cuDNN set-up)
+    snapshots: list[dict] = field(default_factory=list)  # {"step", "seconds", "weights"} (CPU)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to config.lr over config.warmup_steps, then constant."""
+    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+
+
+def _budget_fraction(step: int, elapsed: float, config: TrainConfig) -> float:
+    """How much of the budget is spent (the larger of the step and time shares)."""
+    shares = []
+    if config.steps is not None:
+        shares.append(step / config.steps)
+    if config.seconds is not None:
+        shares.append(elapsed / config.seconds)
+    return max(shares)
+
+
+def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
+               config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One optimiser step; returns (loss per example (B,), noise levels (B,)), both detached.
+
+    No value is read back from the device, so on a GPU the host can queue the next step at once.
+    """
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        per_example, t = objective(step_model, x0, cond=cond, generator=generator)
+    opt.zero_grad(set_to_none=True)
+    per_example.mean().backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+    opt.step()
+    return per_example.detach(), t
+
+
+def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
+           trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor, list[Tensor], torch.optim.Optimizer]:
+    """The model to step (laid out and compiled), the data, the trained parameters, the optimiser."""
+    cuda = data.device.type == "cuda"
+    if cuda and config.channels_last and data.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)
+        data = data.contiguous(memory_format=torch.channels_last)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable is None or trainable(name))
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise ValueError("The trainable filter leaves no parameter to train.")
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None)
+    return (torch.compile(model) if config.compile else model), data, params, opt
+
+
+def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConfig, *,
+          cond: Cond | None = None, null_cond: Cond | None = None,
+          trainable: Callable[[str], bool] | None = None, generator: torch.Generator | None = None,
+          callback: Callable[[int, float, EMA | None], None] | None = None, callback_every: int = 0,
+          desc: str = "training", show_progress: bool = True) -> TrainResult:
+    """Train ``model`` on ``data`` (N, ...) with ``objective``, on the data's device, within the budget.
+
+    ``objective`` is one of :mod:`diffuse_edu.diffusion.objectives`. ``cond`` holds each example's condition (fields indexed like data);
+    with ``config.cond_dropout`` > 0, ``null_cond`` replaces it for that share of examples.
+    ``trainable(name)`` picks the parameters to train (default: all); the others are frozen.
+    ``callback(step, seconds, ema)`` runs every ``callback_every`` steps (its time is not counted).
+    ``generator`` must live on the data's device.
+    """
+    if config.cond_dropout and (cond is None or null_cond is None):
+        raise ValueError("cond_dropout needs the examples' conditions (cond=) and the null "
+                         "condition to put in their place (null_cond=Cond(labels=...)).")
+    device = data.device
+    step_model, data, params, opt = _setup(model, data, config, trainable)
+    bf16 = device.type == "cuda" and config.bf16
+    ema = EMA(model, config.ema_decay, trainable=trainable) if config.ema_decay is not None else None
+    recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
+    snapshots, losses, step, spent, first = [], [], 0, 0.0, 0.0
+    bar = progress(total=config.steps, desc=desc, disable=not show_progress)
+    start = time.perf_counter()
+    while _budget_fraction(step, spent, config) < 1:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, config)
+        idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator, device=device)
+        batch_cond = None if cond is None else cond.index(idx)
+        if config.cond_dropout:
+            batch_cond = drop_condition(batch_cond, null_cond, config.cond_dropout, generator=generator)
+        per_example, t = train_step(step_model, opt, objective, data[idx], config, params=params,
+                                    bf16=bf16, cond=batch_cond, generator=generator)
+        if ema is not None:
+            ema.update(model)
+        losses.append(per_example.mean())
+        recorder.add(t, per_example, late=_budget_fraction(step, spent, config) >= 0.8)
+        step += 1
+        bar.update(1)
+        if device.type == "cuda" and (step == 1 or step % 25 == 0):
+            torch.cuda.synchronize()  # keep the clock honest: kernels run asynchronously
+        if step == 1:  # compilation and set-up: timed apart, not charged to the budget
+            first, start = time.perf_counter() - start, time.perf_counter()
+        spent = time.perf_counter() - start
+        if config.snapshots and _budget_fraction(step, spent, config) >= (len(snapshots) + 1) / config.snapshots:
+            snapshots.append(dict(step=step, seconds=spent, weights=_cpu_state(ema.model if ema else model)))
+        if callback is not None and callback_every and step % callback_every == 0:
+            paused = time.perf_counter()
+            callback(step, spent, ema)
+            start += time.perf_counter() - paused  # the callback's time is not training time
+    bar.close()
+    model.eval()
+    timed = max(step - 1, 0) * config.batch_size
+    return TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(), recorder.edges,
+                       recorder.means(), step, spent, timed / max(spent, 1e-9), first, snapshots)
+
+
+def train_denoiser(model: nn.Module, data: Tensor, schedule: NoiseSchedule, *, steps: int,
+                   batch_size: int, lr: float = 1e-3, generator: torch.Generator | None = None,
+                   labels: Tensor | None = None, show_progress: bool = True,
+                   desc: str = "training") -> list[float]:
+    """Plain AdamW (its default weight decay, 0.01) on the eps objective, no EMA, warm-up or
+    clipping; returns each step's loss.
+
+    The small experiments of lessons 02-04 use it; it is :func:`train` with those settings.
+    """
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, weight_decay=0.01,
+                         grad_clip=None, ema_decay=None, loss_buckets=1)
+    return train(model, data, DiffusionObjective(schedule), config, generator=generator,
+                 cond=None if labels is None else Cond(labels=labels), desc=desc,
+                 show_progress=show_progress).losses
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class _LossRecorder:
+    """Sums of the per-example training loss by range of noise level (late in training only)."""
+
+    def __init__(self, t_max: float, buckets: int, device: torch.device):
+        self.edges = torch.linspace(0, t_max, buckets + 1)
+        if float(t_max).is_integer() and t_max > 1:
+            self.edges = self.edges.round().long()  # integer steps
+        self._inner = self.edges[1:-1].to(device)  # on the device once: no copy per step
+        self.sums = torch.zeros(buckets, device=device)
+        self.counts = torch.zeros(buckets, device=device)
+
+    def add(self, t: Tensor, per_example: Tensor, *, late: bool) -> None:
+        if not late:
+            return
+        k = torch.bucketize(t, self._inner.to(t.dtype), right=False)  # (B,) in 0..buckets-1
+        self.sums.index_add_(0, k, per_example.float())
+        self.counts.index_add_(0, k, torch.ones_like(per_example, dtype=torch.float))
+
+    def means(self) -> Tensor:
+        return (self.sums / self.counts.clamp_min(1)).cpu()

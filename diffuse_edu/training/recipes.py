@@ -1,0 +1,133 @@
+"""The course's trained models, quick and full settings side by side (lesson 05 on).
+
+Lesson 05 trains the DDPM of :data:`DDPM_QUICK` or :data:`DDPM_FULL`; later lessons call
+:func:`pretrained_ddpm`, which loads its checkpoint or, when it is missing, unusable or made with
+other settings, trains the same recipe afresh and saves it. :func:`course_classifier` does the same
+for the feature network of lessons 05-07. Both go through
+:func:`diffuse_edu.training.checkpoints.load_or_train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffuse_edu import data
+from diffuse_edu.config import Scale, cache_dir, get_scale
+from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.prediction import Target
+from diffuse_edu.diffusion.schedules import NoiseSchedule, cosine_schedule
+from diffuse_edu.evaluation.features import train_classifier
+from diffuse_edu.models.classifier import Classifier, ClassifierConfig
+from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
+from diffuse_edu.training.loop import TrainConfig, TrainResult, train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to train one of the course's models again."""
+
+    name: str  # file-name stem of its checkpoint
+    data: Callable[[], data.ImageSet]  # the training images
+    image_shape: tuple[int, int, int]  # (C, H, W) of one training image
+    model: UNetConfig
+    schedule: Callable[[], NoiseSchedule]
+    train: TrainConfig
+    sample_steps: int  # DDIM steps used to draw samples from it
+    target: Target = Target.EPS  # what the network predicts
+
+    def objective(self, schedule: NoiseSchedule) -> DiffusionObjective:
+        return DiffusionObjective(schedule, self.target)
+
+    def stamp(self) -> dict:
+        """What a checkpoint must have been made with to count as this recipe's."""
+        return dict(recipe=self.name, target=self.target.value, train=dataclasses.asdict(self.train))
+
+
+DDPM_QUICK = Recipe(
+    name="ddpm_digits",
+    data=functools.partial(data.course_images, "train", Scale.QUICK),
+    image_shape=(1, 16, 16),
+    model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,)),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=700, seconds=50, batch_size=64, lr=2e-3, warmup_steps=50,
+                      ema_decay=0.999, snapshots=4),
+    sample_steps=25,
+)
+DDPM_FULL = Recipe(
+    name="ddpm_mnist",
+    data=functools.partial(data.course_images, "train", Scale.FULL),
+    image_shape=(1, 32, 32),
+    model=UNetConfig(in_channels=1, channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,)),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=None, seconds=200, batch_size=256, lr=1e-3, warmup_steps=200,
+                      ema_decay=0.9995, compile=True, snapshots=4),
+    sample_steps=50,
+)
+
+
+#: Every recipe whose checkpoint a lesson loads, by scale (``python -m diffuse_edu workshop``).
+RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK], Scale.FULL: [DDPM_FULL]}
+
+
+def ddpm_recipe(scale: Scale | None = None) -> Recipe:
+    """The DDPM recipe for ``scale`` (default: the scale in force)."""
+    return DDPM_QUICK if (scale or get_scale()) is Scale.QUICK else DDPM_FULL
+
+
+def checkpoint_path(recipe: Recipe) -> Path:
+    """Where the checkpoint of ``recipe`` lives (in the git-ignored cache)."""
+    return cache_dir() / "checkpoints" / f"{recipe.name}.pt"
+
+
+def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedule, images: torch.Tensor) -> dict:
+    """What :func:`save_checkpoint` takes for a run of ``recipe``, stamped so that
+    :func:`pretrained_ddpm` accepts it (lesson 05 saves its own run this way)."""
+    extra = dict(images=len(images), steps=result.steps, seconds=result.seconds, stamp=recipe.stamp(),
+                 first_step_seconds=result.first_step_seconds, images_per_second=result.images_per_second)
+    return dict(model=result.model, ema=result.ema, schedule=schedule, train_config=recipe.train,
+                snapshots=result.snapshots, extra=extra)
+
+
+def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0) -> dict:
+    """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes."""
+    torch.manual_seed(seed)  # the initial weights
+    images = recipe.data().images.to(device)
+    schedule = recipe.schedule()
+    result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
+                   generator=torch.Generator(device).manual_seed(seed), desc=f"training {recipe.name}")
+    return checkpoint_fields(recipe, result, schedule, images)
+
+
+def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
+    """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
+    recipe = recipe or ddpm_recipe()
+    return load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
+                         lambda: train_recipe(recipe, device=device))
+
+
+def course_classifier(scale: Scale | None = None, *, device: torch.device | str = "cpu",
+                      steps: int = 400, folder: Path | None = None) -> Classifier:
+    """The feature network of the course at ``scale`` (digits quick, MNIST full), trained once.
+
+    It trains on the training split only, so the held-out split measures its accuracy.
+    """
+    train_set = data.course_images("train", scale or get_scale())
+    images, labels = train_set.images.to(device), train_set.labels.to(device)
+    config = ClassifierConfig(in_channels=images.shape[1], num_classes=len(train_set.classes))
+    name = f"classifier_{train_set.name}_{images.shape[1]}x{images.shape[-1]}"
+    path = (folder or cache_dir() / "features") / f"{name}.pt"
+
+    def fit() -> dict:
+        g = torch.Generator().manual_seed(0)
+        model = train_classifier(images, labels, config, steps=steps, generator=g)
+        return dict(model=model, schedule=None, extra={"data": train_set.name})
+
+    stamp = dict(recipe=name, steps=steps, images=len(images))
+    return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
