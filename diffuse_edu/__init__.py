@@ -28,6 +28,7 @@ lesson                modules
                       (``diffusion.objectives.FlowMatching`` is ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
+a classroom           ``course.grade``, ``training.distributed`` (torchrun), ``course.results``
 ====================  =========================================================================
 """
 

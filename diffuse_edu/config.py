@@ -3,7 +3,8 @@
 Scale
 -----
 ``quick`` runs every lesson on a laptop CPU in about a minute on built-in data; ``full`` runs the
-same source at full size on one GPU. ``auto`` (the default) picks ``full`` when CUDA is available.
+same source at full size on one GPU. ``auto`` (the default) picks ``full`` when an accelerator is
+available: CUDA, then Apple's MPS (see :func:`accelerator`).
 The environment variable ``DIFFUSE_EDU_SCALE`` overrides the default; ``set_scale`` overrides both
 for the current process.
 
@@ -66,7 +67,7 @@ def get_scale() -> Scale:
     """The scale in force: ``set_scale`` > ``$DIFFUSE_EDU_SCALE`` > auto; never AUTO itself."""
     scale = _scale_override or _parse_scale(os.environ.get(SCALE_ENV, "auto"))
     if scale is Scale.AUTO:
-        return Scale.FULL if torch.cuda.is_available() else Scale.QUICK
+        return Scale.QUICK if accelerator() == "cpu" else Scale.FULL
     return scale
 
 
@@ -77,7 +78,7 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
     """
     chosen = get_scale() if scale is None else _parse_scale(scale)
     if chosen is Scale.AUTO:
-        chosen = Scale.FULL if torch.cuda.is_available() else Scale.QUICK
+        chosen = Scale.QUICK if accelerator() == "cpu" else Scale.FULL
     picked = {}
     for name, pair in values.items():
         if not (isinstance(pair, tuple) and len(pair) == 2):
@@ -86,9 +87,19 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
     return SimpleNamespace(scale=chosen, **picked)
 
 
+def accelerator() -> str:
+    """The device type the course runs on: "cuda" when present, then Apple's "mps", else "cpu"."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def default_device() -> torch.device:
-    """CUDA when present, else the CPU (the library itself never moves tensors by itself)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device of :func:`accelerator` (the library itself never moves tensors by itself)."""
+    return torch.device(accelerator())
 
 
 def set_data_dir(path: str | os.PathLike | None) -> None:

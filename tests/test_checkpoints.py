@@ -129,3 +129,48 @@ def test_load_or_train_trains_once_then_loads_and_retrains_on_a_new_stamp(tmp_pa
     fits_other = lambda: dict(model=UNet(other), schedule=None)
     assert load_or_train(path, UNet, other, {"recipe": "b"}, fits_other).model_config == other
     assert "different model" in capsys.readouterr().out
+
+
+def test_the_portable_pair_loads_without_pickle_and_gives_the_same_model(saved):
+    from diffuse_edu.training.checkpoints import load_portable
+
+    path, _, ema = saved
+    assert path.with_suffix(".safetensors").is_file() and path.with_suffix(".json").is_file()
+    ck = load_portable(path.with_suffix(".safetensors"), UNet, expect=CFG)
+    assert ck.model_config == CFG and ck.train_config["steps"] == 7 and ck.extra == {"fid": 1.5}
+    torch.testing.assert_close(ck.schedule.alpha_bar, cosine_schedule(50).alpha_bar)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 40])
+    torch.testing.assert_close(ck.build()(x, t), ema.eval()(x, t))
+    import json
+
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(path.with_suffix(".safetensors")))) == set(ema.state_dict()) | {"schedule.betas"}
+    assert json.loads(path.with_suffix(".json").read_text())["model_config"]["channels"] == [8, 16]
+
+
+def test_a_damaged_or_foreign_portable_pair_is_refused(saved):
+    from diffuse_edu.training.checkpoints import load_portable
+
+    path, _, _ = saved
+    with pytest.raises(CheckpointError, match="does not describe a Classifier"):
+        load_portable(path, Classifier)
+    path.with_suffix(".safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_portable(path, UNet)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(CheckpointError, match="No portable checkpoint"):
+        load_portable(path, UNet)
+
+
+def test_manifest_catches_missing_and_changed_files(saved):
+    from diffuse_edu.training.checkpoints import verify_manifest, write_manifest
+
+    path, _, _ = saved
+    files = [path, path.with_suffix(".safetensors"), path.with_suffix(".json")]
+    write_manifest(path.parent, files)
+    assert all(ok for _, ok, _ in verify_manifest(path.parent))
+    path.with_suffix(".json").write_text("{}")
+    path.with_suffix(".safetensors").unlink()
+    status = {p: why for p, ok, why in verify_manifest(path.parent) if not ok}
+    assert status == {"m.json": "differs from the manifest (damaged or replaced)", "m.safetensors": "missing"}

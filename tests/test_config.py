@@ -61,3 +61,16 @@ def test_a_read_only_data_folder_is_not_used_as_the_cache(tmp_path, monkeypatch)
         assert config.cache_dir() != shared.resolve()
     finally:
         shared.chmod(0o755)
+
+
+@pytest.mark.parametrize(("cuda", "mps", "expected"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.delenv(config.SCALE_ENV, raising=False)
+    set_scale(None)
+    assert config.accelerator() == expected and config.default_device().type == expected
+    assert get_scale() is (Scale.QUICK if expected == "cpu" else Scale.FULL)
+    assert by_scale(n=(1, 2)).n == (1 if expected == "cpu" else 2)

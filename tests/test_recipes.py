@@ -56,3 +56,17 @@ def test_workshop_prepares_every_recipe_and_the_classifier(tiny, monkeypatch, ca
     before = recipes.checkpoint_path(tiny).stat().st_mtime_ns
     assert cli.main(["workshop", "--scale", "quick", "--retrain"]) == 0
     assert recipes.checkpoint_path(tiny).stat().st_mtime_ns != before
+
+
+def test_workshop_manifest_is_verified_by_doctor(tiny, monkeypatch, capsys):
+    from diffuse_edu.course import cli, doctor
+
+    monkeypatch.setitem(recipes.RECIPES, config.Scale.QUICK, [tiny])
+    monkeypatch.setattr(recipes, "course_classifier", lambda scale, device: None)
+    assert cli.main(["workshop", "--scale", "quick"]) == 0
+    assert "manifest.json (3 files" in capsys.readouterr().out  # .pt, .safetensors, .json
+    assert [f.ok for f in doctor._models()] == [True]
+    recipes.checkpoint_path(tiny).with_suffix(".safetensors").write_bytes(b"tampered")
+    findings = doctor._models()
+    assert [(f.ok, f.detail) for f in findings] == [(False, "differs from the manifest (damaged or replaced)")]
+    assert "workshop" in findings[0].fix

@@ -103,3 +103,48 @@ def test_doctor_warns_about_full_scale_on_cpu(monkeypatch):
     monkeypatch.setattr(config.torch.cuda, "is_available", lambda: False)
     topics = {f.topic: f for f in doctor.diagnose()}
     assert not topics["full scale on CPU"].ok and "DIFFUSE_EDU_SCALE=quick" in topics["full scale on CPU"].fix
+
+
+def test_readme_results_table_is_what_the_results_folder_says():
+    from diffuse_edu.course import results
+    from diffuse_edu.course.runner import lessons_dir
+
+    root = config.PROJECT_ROOT
+    lessons = [p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb"))]
+    table = results.results_table(lessons, root / "results")
+    assert f"{results.BEGIN}\n{table}\n{results.END}" in (root / "README.md").read_text()
+
+
+def test_results_table_rows_and_readme_update(tmp_path):
+    import json
+
+    from diffuse_edu.course import results
+
+    (tmp_path / "results" / "05_training").mkdir(parents=True)
+    (tmp_path / "results" / "05_training" / "metrics.json").write_text(json.dumps(dict(
+        scale="full", device="cuda: NVIDIA H100", finished="2026-11-26 20:00:00 UTC", seconds=321.0,
+        command="python -m diffuse_edu run all --scale full --out results/", error=None)))
+    (tmp_path / "results" / "06_fid").mkdir()
+    (tmp_path / "results" / "06_fid" / "metrics.json").write_text(json.dumps(dict(scale="quick")))
+    table = results.results_table(["05_training", "06_fid", "07_samplers"], tmp_path / "results")
+    assert "| 05_training | [recorded](results/05_training/metrics.json) | cuda: NVIDIA H100 |" in table
+    assert "| 06_fid | not yet run |" in table and "| 07_samplers | not yet run |" in table  # quick never counts
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.BEGIN}\nold\n{results.END}\noutro\n")
+    assert results.update_readme(readme, table) and not results.update_readme(readme, table)
+    assert readme.read_text() == f"intro\n{results.BEGIN}\n{table}\n{results.END}\noutro\n"
+
+
+def test_run_all_runs_every_lesson_and_a_failure_does_not_stop_the_rest(tmp_path, monkeypatch, capsys):
+    lessons = tmp_path / "solutions"
+    lessons.mkdir()
+    for name, source in (("00_fine", "x = 1"), ("01_broken", "1 / 0"), ("02_fine", "y = 2")):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(source)]
+        nbformat.write(nb, lessons / f"{name}.ipynb")
+    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    assert cli.main(["run", "all", "--scale", "quick", "--out", str(tmp_path / "out")]) == 1
+    done = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/metrics.json")}
+    assert set(done) == {"00_fine", "01_broken", "02_fine"}
+    assert done["01_broken"]["error"].startswith("code cell 1: ZeroDivisionError") and done["02_fine"]["error"] is None
+    assert "2 of 3 lessons ran; failed: 01_broken" in capsys.readouterr().out

@@ -4,9 +4,13 @@
     data list | fetch NAME | stage FOLDER
                                     show, download or stage data sets for offline use
     build [--check]                 build notebooks/ from solutions/ (or only check they agree)
-    run LESSON [--scale S] [--out DIR]
-                                    run a lesson headless: figures, metrics.json, samples.npz
+    run LESSON|all [--scale S] [--out DIR]
+                                    run a lesson (or every lesson) headless: figures, metrics.json,
+                                    samples.npz; `run all --out results/` also rewrites the README's
+                                    results table
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
+    grade FOLDER [--timeout S] [--out DIR]
+                                    run every learner's notebooks and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
     bench [--scale S] [--quality] [--out FILE]
                                     training images/s, TFLOP/s and seconds per 10,000 samples
@@ -68,12 +72,31 @@ def _build(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from diffuse_edu.course.runner import find_lesson, run_notebook
 
+    if args.lesson == "all":
+        return _run_all(args)
     path = find_lesson(args.lesson)
     out = Path(args.out or f"runs/{path.stem}")
     summary = run_notebook(path, scale=args.scale, out=out)
     print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
     print(f"wrote {out}/metrics.json and {len(summary['figures'])} figure(s)")
     return 0
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    """Every lesson headless; with --out pointing at the project's results/, the README's table too."""
+    from diffuse_edu.course import results
+    from diffuse_edu.course.runner import lessons_dir, run_all
+
+    out = Path(args.out or "runs")
+    summaries = run_all(scale=args.scale, out=out)
+    failed = [name for name, s in summaries.items() if s.get("error")]
+    root = config.PROJECT_ROOT
+    if root is not None and out.resolve() == (root / "results").resolve():
+        lessons = [p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb"))]
+        changed = results.update_readme(root / "README.md", results.results_table(lessons, root / "results"))
+        print("README.md results table " + ("updated" if changed else "already current"))
+    print(f"{len(summaries) - len(failed)} of {len(summaries)} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -96,10 +119,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if done == len(verdicts) else 1
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from diffuse_edu.course.grade import grade
+
+    grade(Path(args.folder), timeout=args.timeout, out=Path(args.out) if args.out else None)
+    return 0
+
+
 def _workshop(args: argparse.Namespace) -> int:
     """Train (or verify) every cached model the lessons load, so a room of learners need not wait."""
-    from diffuse_edu.training import recipes
+    from diffuse_edu.training import distributed, recipes
 
+    distributed.init_from_env()  # under torchrun: train on every GPU, rank 0 writes the files
     scale = config.Scale(args.scale)
     config.set_scale(scale)
     device = config.default_device()
@@ -111,6 +142,16 @@ def _workshop(args: argparse.Namespace) -> int:
               f"at {recipes.checkpoint_path(recipe)}")
     recipes.course_classifier(scale, device=device)
     print(f"ready: the {scale.value}-scale feature classifier (lessons 05-07)")
+    from diffuse_edu.training.checkpoints import write_manifest
+
+    if not distributed.is_main():
+        return 0
+    cache = config.cache_dir()
+    files = [f for sub in ("checkpoints", "features") for f in (cache / sub).glob("*")
+             if f.suffix in (".pt", ".safetensors", ".json")]
+    manifest = write_manifest(cache, files)
+    print(f"wrote {manifest} ({len(files)} files with their sha256): copy {cache} to each laptop, "
+          f"then `python -m diffuse_edu doctor` checks them")
     return 0
 
 
@@ -151,13 +192,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true", help="only report differences")
     b.set_defaults(func=_build)
     r = sub.add_parser("run", help="run a lesson headless")
-    r.add_argument("lesson", help="lesson number (01) or notebook path")
+    r.add_argument("lesson", help="lesson number (01), notebook path, or all")
     r.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
     r.add_argument("--out", help="output folder (default runs/<lesson>)")
     r.set_defaults(func=_run)
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")
     c.set_defaults(func=_check)
+    gr = sub.add_parser("grade", help="run every learner's notebooks in a folder and tabulate the verdicts")
+    gr.add_argument("folder", help="one .ipynb per learner, or one sub-folder of notebooks per learner")
+    gr.add_argument("--timeout", type=float, default=300.0, help="seconds each notebook may run (default 300)")
+    gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
+    gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
     w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
     w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")

@@ -53,13 +53,13 @@ def _python() -> Finding:
 def _device_and_scale() -> list[Finding]:
     import torch
 
-    scale = config.get_scale()
+    scale, kind = config.get_scale(), config.accelerator()
     env = os.environ.get(config.SCALE_ENV)
-    why = f"from ${config.SCALE_ENV}={env}" if env else "auto: " + (
-        "a CUDA GPU is present" if torch.cuda.is_available() else "no CUDA GPU")
+    found = {"cuda": "a CUDA GPU is present", "mps": "Apple's MPS is present", "cpu": "no GPU"}[kind]
+    why = f"from ${config.SCALE_ENV}={env}" if env else f"auto: {found}"
     findings = [Finding("device", True, device_name()),
                 Finding("scale", True, f"{scale.value} ({why})")]
-    if scale is config.Scale.FULL and not torch.cuda.is_available():
+    if scale is config.Scale.FULL and kind == "cpu":
         findings.append(Finding("full scale on CPU", False, "full scale without a GPU takes hours",
                                 f"export {config.SCALE_ENV}=quick, or run on a GPU"))
     if torch.cuda.is_available():
@@ -87,9 +87,25 @@ def _data() -> list[Finding]:
     return findings
 
 
+def _models() -> list[Finding]:
+    """The workshop's trained models, checked against its manifest (when there is one)."""
+    from diffuse_edu.training.checkpoints import MANIFEST, verify_manifest
+
+    cache = config.cache_dir()
+    if not (cache / MANIFEST).is_file():
+        return [Finding("trained models", True, "no workshop manifest: lessons train what they need")]
+    results = verify_manifest(cache)
+    bad = [(path, why) for path, ok, why in results if not ok]
+    if not bad:
+        return [Finding("trained models", True, f"{len(results)} files match {cache / MANIFEST}")]
+    fix = ("copy the workshop's cache folder again, or retrain: python -m diffuse_edu workshop "
+           "--scale quick (or full)")
+    return [Finding(f"model file {path}", False, why, fix) for path, why in bad]
+
+
 def diagnose() -> list[Finding]:
     """Every check, in the order they are printed."""
-    return [_python(), *_packages(), *_device_and_scale(), *_data()]
+    return [_python(), *_packages(), *_device_and_scale(), *_data(), *_models()]
 
 
 def report(findings: list[Finding] | None = None) -> bool:

@@ -12,6 +12,7 @@ GPU server with no Jupyter installed), saves each figure the lesson shows as a P
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -101,8 +102,11 @@ def versions() -> dict[str, str]:
 def device_name() -> str:
     import torch
 
-    if torch.cuda.is_available():
+    kind = config.accelerator()
+    if kind == "cuda":
         return f"cuda: {torch.cuda.get_device_name(0)}"
+    if kind == "mps":
+        return f"mps: Apple GPU ({platform.machine()})"
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
@@ -150,6 +154,19 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     return summary
 
 
+def run_all(*, scale: str, out: Path) -> dict[str, dict]:
+    """Every lesson in order, each into ``out/<lesson>``; a failing lesson does not stop the rest."""
+    summaries = {}
+    for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
+        print(f"== {path.stem}", flush=True)
+        try:
+            summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem)
+        except LessonError as e:
+            print(f"!! {e}")
+            summaries[path.stem] = json.loads((out / path.stem / "metrics.json").read_text())
+    return summaries
+
+
 def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: list[str],
                    error: str | None) -> dict:
     summary = {
@@ -163,6 +180,7 @@ def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: l
         "versions": versions(),
         "metrics": dict(report.METRICS),
         "exercises": exercises.summary(),
+        "exercise_details": [dataclasses.asdict(v) for v in exercises.VERDICTS],
         "figures": figures,
         "error": error,
     }

@@ -1,6 +1,7 @@
 """What a network is trained to do: one objective per target, each giving a loss per example.
 
-Every objective draws a noise level and noise for a batch of clean images, builds the noisy input,
+Every objective draws a noise level and noise for a batch of clean images (``draw``, or given),
+builds the noisy input,
 calls ``model(x_in, t_in, cond)`` and returns the squared error against its target, averaged per
 example (shape (B,)), with the noise level drawn (for the loss-by-t plots). The training loop
 (:func:`diffuse_edu.training.loop.train`) runs any of them.
@@ -86,14 +87,20 @@ class FlowMatching:
     def t_max(self) -> float:
         return 1.0
 
+    def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Times s ~ U(0, 1) (B,) and noise eps (like x0), on x0's device."""
+        s = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+        return s, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
     def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(loss per example (B,), s (B,)); s and eps are drawn unless given."""
         b = x0.shape[0]
-        s = torch.rand(b, generator=generator, device=x0.device) if t is None else t
-        if eps is None:
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if t is None or eps is None:
+            s_drawn, eps_drawn = self.draw(x0, generator)
+            t, eps = (s_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        s = t
         s_ = s.to(x0.dtype).reshape((b,) + (1,) * (x0.ndim - 1))
         x_s = (1 - s_) * x0 + s_ * eps
         return per_example_mse(model(x_s, s * self.time_scale, cond), eps - x0), s

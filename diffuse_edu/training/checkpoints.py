@@ -8,11 +8,18 @@ way it can go wrong ends in a :class:`CheckpointError` that says what to do.
 The format knows no model class: whoever loads a file names the class to build (any ``nn.Module``
 built as ``cls(config)`` whose class attribute ``config_class`` is its config dataclass), and
 :func:`load_or_train` serves every cached model of the course the same way.
+
+Beside each ``.pt`` file :func:`save_checkpoint` writes the format the ecosystem shares: the weights
+to sample from as ``.safetensors`` and everything else as ``.json``, loadable without pickle by
+:func:`load_portable`. :func:`write_manifest` lists files with their sha256 (the workshop command
+writes one), and :func:`verify_manifest` checks them on another machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -23,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuse_edu.diffusion.schedules import NoiseSchedule
+from diffuse_edu.training import distributed
 
 FORMAT = "diffuse_edu.checkpoint/1"
 
@@ -63,12 +71,17 @@ def _plain_config(config: object) -> dict:
 def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedule | None,
                     ema: nn.Module | None = None, train_config: object | None = None,
                     extra: dict | None = None, snapshots: list[dict] | None = None) -> Path:
-    """Write a checkpoint (atomically: a half-written file never replaces a good one)."""
+    """Write a checkpoint (atomically: a half-written file never replaces a good one).
+
+    Under torchrun only rank 0 writes; the other ranks return the path at once.
+    """
+    path = Path(path)
+    if not distributed.is_main():
+        return path
     model = getattr(model, "_orig_mod", model)  # a compiled model's own module
     name = type(model).__name__
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise TypeError(f"save_checkpoint needs a model with a dataclass .config; {name} has none.")
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def cpu(m: nn.Module) -> dict[str, Tensor]:
@@ -84,7 +97,97 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedu
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+    _save_portable(path, payload)
     return path
+
+
+PORTABLE_FORMAT = "diffuse_edu.portable/1"
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)
+
+
+def _save_portable(path: Path, payload: dict) -> None:
+    """``path`` as .safetensors (the weights to sample from, EMA if any, and the schedule's betas)
+    and .json (the class, configs and numbers); written to temporary names, then moved."""
+    from safetensors.torch import save_file
+
+    weights = dict(payload["ema_weights"] or payload["weights"])
+    if payload["schedule"] is not None:
+        weights["schedule.betas"] = payload["schedule"]["betas"]
+    meta = {k: payload[k] for k in ("model_class", "model_config", "train_config", "extra")}
+    meta.update(format=PORTABLE_FORMAT, ema=payload["ema_weights"] is not None,
+                schedule=payload["schedule"]["name"] if payload["schedule"] else None)
+    for suffix, write in ((".safetensors", lambda f: save_file({k: v.contiguous() for k, v in weights.items()}, f)),
+                          (".json", lambda f: Path(f).write_text(json.dumps(meta, indent=1, default=_jsonable)))):
+        tmp = path.with_suffix(suffix + ".tmp")
+        write(str(tmp))
+        tmp.replace(path.with_suffix(suffix))
+
+
+def load_portable(path: str | Path, model_class: type[nn.Module], *, expect: object | None = None) -> Checkpoint:
+    """Read the .safetensors + .json pair beside ``path`` (either name, or the .pt's) without pickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    fix = "Copy the pair again, or retrain (python -m diffuse_edu workshop)."
+    if not (meta_path.is_file() and weights_path.is_file()):
+        raise CheckpointError(f"No portable checkpoint at {weights_path} with {meta_path.name}. {fix}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        weights = load_file(str(weights_path))
+    except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path.name} or {meta_path.name} is damaged ({type(e).__name__}). {fix}") from e
+    if meta.get("format") != PORTABLE_FORMAT or meta.get("model_class") != model_class.__name__:
+        raise CheckpointError(f"{meta_path} does not describe a {model_class.__name__} ({PORTABLE_FORMAT}). {fix}")
+    fields = {f.name: f for f in dataclasses.fields(model_class.config_class)}
+    plain = {k: tuple(v) if isinstance(v, list) and k in fields else v for k, v in meta["model_config"].items()}
+    config = _config_from(plain, model_class, path, expect)
+    betas = weights.pop("schedule.betas", None)
+    schedule = NoiseSchedule(betas, meta["schedule"]) if betas is not None else None
+    return Checkpoint(model_class, config, schedule, weights, None, meta["train_config"], meta["extra"], [])
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(folder: Path, files: list[Path]) -> Path:
+    """``folder/manifest.json``: each file's path (relative to ``folder``), size and sha256."""
+    entries = [dict(path=str(f.relative_to(folder)), bytes=f.stat().st_size, sha256=file_sha256(f))
+               for f in sorted(files)]
+    out = folder / MANIFEST
+    out.write_text(json.dumps({"format": "diffuse_edu.manifest/1", "files": entries}, indent=1) + "\n")
+    return out
+
+
+def verify_manifest(folder: Path) -> list[tuple[str, bool, str]]:
+    """(path, ok, what is wrong) for every file the manifest in ``folder`` lists."""
+    entries = json.loads((folder / MANIFEST).read_text())["files"]
+    results = []
+    for e in entries:
+        f = folder / e["path"]
+        if not f.is_file():
+            results.append((e["path"], False, "missing"))
+        elif f.stat().st_size != e["bytes"] or file_sha256(f) != e["sha256"]:
+            results.append((e["path"], False, "differs from the manifest (damaged or replaced)"))
+        else:
+            results.append((e["path"], True, "ok"))
+    return results
 
 
 def _read(path: Path) -> dict:
@@ -115,8 +218,17 @@ def load_checkpoint(path: str | Path, model_class: type[nn.Module], *,
     if payload["model_class"] != model_class.__name__:
         raise CheckpointError(f"{path} holds a {payload['model_class']}, not a {model_class.__name__}: "
                               "load it with its own class, or retrain.")
+    config = _config_from(payload["model_config"], model_class, path, expect)
+    sched = payload["schedule"]
+    schedule = NoiseSchedule(sched["betas"], sched["name"]) if sched else None
+    return Checkpoint(model_class, config, schedule, payload["weights"], payload["ema_weights"],
+                      payload["train_config"], payload["extra"], payload["snapshots"])
+
+
+def _config_from(plain: dict, model_class: type[nn.Module], path: Path, expect: object | None) -> object:
+    """The model's config from plain data; refuse one that differs from ``expect``."""
     try:
-        config = model_class.config_class(**payload["model_config"])
+        config = model_class.config_class(**plain)
     except TypeError as e:
         raise CheckpointError(f"{path} was made by another version of diffuse-edu ({e}); retrain.") from e
     if expect is not None and config != expect:
@@ -126,10 +238,7 @@ def load_checkpoint(path: str | Path, model_class: type[nn.Module], *,
             f"{path} was made for a different model ({'; '.join(diffs)}). Retrain for this config "
             "(python -m diffuse_edu run 05 --scale ...), or build the checkpoint's own model with "
             "load_checkpoint(path, cls).build().")
-    sched = payload["schedule"]
-    schedule = NoiseSchedule(sched["betas"], sched["name"]) if sched else None
-    return Checkpoint(model_class, config, schedule, payload["weights"], payload["ema_weights"],
-                      payload["train_config"], payload["extra"], payload["snapshots"])
+    return config
 
 
 def load_or_train(path: Path, model_class: type[nn.Module], config: object, stamp: dict,
@@ -155,4 +264,5 @@ def load_or_train(path: Path, model_class: type[nn.Module], config: object, stam
     made = train()
     made["extra"] = {**made.get("extra", {}), "stamp": stamp}
     save_checkpoint(path, **made)
+    distributed.barrier()  # under torchrun: every rank reads what rank 0 wrote
     return load_checkpoint(path, model_class, expect=config)

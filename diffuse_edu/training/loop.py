@@ -11,6 +11,8 @@ field has found to matter:
 * a trainable-parameter filter (LoRA, lesson 13) that the optimiser, clipping and EMA respect;
 * on a GPU: bfloat16 autocast, channels_last memory layout, fused AdamW and, optionally,
   torch.compile, with no host-device synchronisation inside a step;
+* under torchrun, several GPUs (:mod:`diffuse_edu.training.distributed`): every rank draws the same
+  global batch and trains on its share of it, so the run follows the one-process trajectory;
 * a budget in steps, in seconds of wall-clock time ("train for the 5 minutes we have"), or both;
   the first step (which compiles, where asked) is timed apart and not charged to the budget;
 * the loss recorded per range of noise levels, and snapshots of the EMA weights along the way.
@@ -29,6 +31,7 @@ from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.models.conditioning import Cond, drop_condition
 from diffuse_edu.progress import progress
+from diffuse_edu.training import distributed
 from diffuse_edu.training.ema import EMA
 
 
@@ -91,13 +94,15 @@ def _budget_fraction(step: int, elapsed: float, config: TrainConfig) -> float:
 
 def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+               generator: torch.Generator | None = None, t: Tensor | None = None,
+               eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One optimiser step; returns (loss per example (B,), noise levels (B,)), both detached.
 
-    No value is read back from the device, so on a GPU the host can queue the next step at once.
+    ``t`` and ``eps`` are drawn by the objective unless given. No value is read back from the
+    device, so on a GPU the host can queue the next step at once.
     """
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
-        per_example, t = objective(step_model, x0, cond=cond, generator=generator)
+        per_example, t = objective(step_model, x0, cond=cond, generator=generator, t=t, eps=eps)
     opt.zero_grad(set_to_none=True)
     per_example.mean().backward()
     if config.grad_clip is not None:
@@ -121,7 +126,10 @@ def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
     if not params:
         raise ValueError("The trainable filter leaves no parameter to train.")
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None)
-    return (torch.compile(model) if config.compile else model), data, params, opt
+    net = model
+    if distributed.active():  # gradients averaged over the ranks; the weights start as rank 0's
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[data.device.index] if cuda else None)
+    return (torch.compile(net) if config.compile else net), data, params, opt
 
 
 def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConfig, *,
@@ -135,18 +143,23 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     with ``config.cond_dropout`` > 0, ``null_cond`` replaces it for that share of examples.
     ``trainable(name)`` picks the parameters to train (default: all); the others are frozen.
     ``callback(step, seconds, ema)`` runs every ``callback_every`` steps (its time is not counted).
-    ``generator`` must live on the data's device.
+    ``generator`` must live on the data's device. Under torchrun, give every rank the same seed:
+    ``config.batch_size`` is the global batch, split between the ranks; rank 0 keeps the EMA,
+    snapshots, progress bar and callback.
     """
     if config.cond_dropout and (cond is None or null_cond is None):
         raise ValueError("cond_dropout needs the examples' conditions (cond=) and the null "
                          "condition to put in their place (null_cond=Cond(labels=...)).")
-    device = data.device
+    device, world, main = data.device, distributed.world_size(), distributed.is_main()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly between {world} ranks.")
+    share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
     step_model, data, params, opt = _setup(model, data, config, trainable)
     bf16 = device.type == "cuda" and config.bf16
-    ema = EMA(model, config.ema_decay, trainable=trainable) if config.ema_decay is not None else None
+    ema = EMA(model, config.ema_decay, trainable=trainable) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
     snapshots, losses, step, spent, first = [], [], 0, 0.0, 0.0
-    bar = progress(total=config.steps, desc=desc, disable=not show_progress)
+    bar = progress(total=config.steps, desc=desc, disable=not (show_progress and main))
     start = time.perf_counter()
     while _budget_fraction(step, spent, config) < 1:
         for group in opt.param_groups:
@@ -155,11 +168,16 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
         batch_cond = None if cond is None else cond.index(idx)
         if config.cond_dropout:
             batch_cond = drop_condition(batch_cond, null_cond, config.cond_dropout, generator=generator)
-        per_example, t = train_step(step_model, opt, objective, data[idx], config, params=params,
-                                    bf16=bf16, cond=batch_cond, generator=generator)
+        x0 = data[idx]
+        t, eps = objective.draw(x0, generator)  # the global batch, the same on every rank
+        if world > 1:
+            x0, t, eps = x0[share], t[share], eps[share]
+            batch_cond = None if batch_cond is None else batch_cond.index(share)
+        per_example, t = train_step(step_model, opt, objective, x0, config, params=params, bf16=bf16,
+                                    cond=batch_cond, t=t, eps=eps)
         if ema is not None:
             ema.update(model)
-        losses.append(per_example.mean())
+        losses.append(distributed.mean_across_ranks(per_example.mean()))
         recorder.add(t, per_example, late=_budget_fraction(step, spent, config) >= 0.8)
         step += 1
         bar.update(1)
@@ -167,10 +185,11 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
             torch.cuda.synchronize()  # keep the clock honest: kernels run asynchronously
         if step == 1:  # compilation and set-up: timed apart, not charged to the budget
             first, start = time.perf_counter() - start, time.perf_counter()
-        spent = time.perf_counter() - start
-        if config.snapshots and _budget_fraction(step, spent, config) >= (len(snapshots) + 1) / config.snapshots:
+        if world == 1 or step % 25 == 0:  # several ranks agree on rank 0's clock now and then
+            spent = distributed.agreed_seconds(time.perf_counter() - start, device)
+        if config.snapshots and main and _budget_fraction(step, spent, config) >= (len(snapshots) + 1) / config.snapshots:
             snapshots.append(dict(step=step, seconds=spent, weights=_cpu_state(ema.model if ema else model)))
-        if callback is not None and callback_every and step % callback_every == 0:
+        if callback is not None and callback_every and step % callback_every == 0 and main:
             paused = time.perf_counter()
             callback(step, spent, ema)
             start += time.perf_counter() - paused  # the callback's time is not training time

@@ -1,0 +1,65 @@
+"""The classroom grader: real, broken, unfinished, crashing and hanging notebooks each get a row."""
+
+import csv
+
+import nbformat
+import pytest
+
+from diffuse_edu.course import cli
+from diffuse_edu.course.grade import find_learners
+
+SETUP = "from diffuse_edu.exercises import check\nfrom diffuse_edu.exercises.welcome import TO_UNIT_RANGE"
+ANSWERS = {
+    "right": "return x.float() / max_value * 2 - 1",
+    "wrong": "return x.float() / max_value",
+    "todo": "raise NotImplementedError",
+}
+
+
+def _notebook(path, answer, *extra_cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP),
+                nbformat.v4.new_code_cell(f"def to_unit_range(x, max_value=255.0):\n    {ANSWERS[answer]}\n\n"
+                                          "to_unit_range = check(to_unit_range, TO_UNIT_RANGE)"),
+                *(nbformat.v4.new_code_cell(c) for c in extra_cells)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def classroom(tmp_path):
+    room = tmp_path / "room"
+    _notebook(room / "ada.ipynb", "right")
+    _notebook(room / "bob.ipynb", "wrong")
+    _notebook(room / "cy" / "00_welcome.ipynb", "todo")  # a learner with a folder of notebooks
+    _notebook(room / "cy" / "01_more.ipynb", "right", "1 / 0")
+    _notebook(room / "dee.ipynb", "right", "import time\ntime.sleep(120)")
+    (room / "notes.txt").write_text("not a notebook")
+    return room
+
+
+def test_learners_are_files_or_folders(classroom):
+    found = find_learners(classroom)
+    assert list(found) == ["ada", "bob", "cy", "dee"] and [p.name for p in found["cy"]] == ["00_welcome.ipynb",
+                                                                                             "01_more.ipynb"]
+
+
+def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, capsys):
+    out = tmp_path / "grades"
+    assert cli.main(["grade", str(classroom), "--timeout", "25", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    by = {(r["learner"], r["notebook"]): r for r in rows}
+    assert by["ada", "ada.ipynb"]["run"] == "completed" and by["ada", "ada.ipynb"]["verdict"] == "passed"
+    assert by["bob", "bob.ipynb"]["verdict"] == "failed" and "to_unit_range" in by["bob", "bob.ipynb"]["message"]
+    assert by["cy", "00_welcome.ipynb"]["verdict"] == "unfinished"
+    crashed = by["cy", "01_more.ipynb"]
+    assert crashed["run"].startswith("crashed in code cell 3: ZeroDivisionError") and crashed["verdict"] == "passed"
+    assert by["dee", "dee.ipynb"]["run"] == "timed out after 25 s" and by["dee", "dee.ipynb"]["verdict"] == ""
+    md = (out / "grades.md").read_text()
+    assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
+    assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md
+
+
+def test_an_empty_folder_says_what_to_put_there(tmp_path, capsys):
+    assert cli.main(["grade", str(tmp_path)]) == 2
+    assert "one .ipynb per learner" in capsys.readouterr().err
