@@ -24,7 +24,8 @@ lesson                modules
 06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
                       ``evaluation.probes``
 07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``
-08-13                 planned: guidance, text encoder, VAE, editing, DiT and flow matching
+08 guidance           ``diffusion.guidance``, ``training.recipes`` (class-conditional models)
+09-13                 planned: text encoder, VAE, editing, DiT and flow matching
                       (``diffusion.objectives.FlowMatching`` is ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``

@@ -294,3 +294,27 @@ def test_wrong_answers_get_their_own_message(checker, wrong, expected):
 def test_every_checker_tells_at_least_three_mistakes_apart(checker):
     messages = {run_checker(w, checker).message for c, w, _ in ALL_WRONG if c is checker}
     assert len(messages) >= 3
+
+
+def test_guided_prediction_checker_catches_typical_wrong_answers():
+    from diffuse_edu.exercises.guidance import GUIDED_PREDICTION
+
+    def in_place(c, u, s):
+        return u.add_(s * (c - u))
+
+    wrong = {
+        "base cond": lambda c, u, s: c + s * (c - u),
+        "flipped": lambda c, u, s: u + s * (u - c),
+        "scaled cond": lambda c, u, s: s * c,
+        "average": lambda c, u, s: (c + s * u) / (1 + s),
+        "swapped": lambda c, u, s: c + s * (u - c),
+        "in place": in_place,
+    }
+    messages = set()
+    for name, fn in wrong.items():
+        verdict = run_checker(fn, GUIDED_PREDICTION)
+        assert verdict.status == "failed", name
+        messages.add(verdict.message.split(":")[-1])
+    assert len(messages) >= 5
+    assert run_checker(lambda c, u, s: u + s * (c - u), GUIDED_PREDICTION).status == "passed"
+    assert run_checker(lambda c, u, s: (1 - s) * u + s * c, GUIDED_PREDICTION).status == "passed"

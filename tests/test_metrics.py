@@ -84,3 +84,14 @@ def test_nearest_neighbour():
     d, i = nearest_neighbour(torch.tensor([[3.0, 4.5], [0.1, 0.0]]), ref)
     torch.testing.assert_close(d, torch.tensor([0.5, 0.1], dtype=torch.float64))
     assert i.tolist() == [1, 0]
+
+
+def test_fid_with_spread_is_fid_and_its_spread_shrinks_with_more_samples():
+    from diffuse_edu.evaluation.fid import fid_with_spread
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2000, 4, generator=g, dtype=torch.float64)
+    small, large = torch.randn(100, 4, generator=g, dtype=torch.float64), torch.randn(1600, 4, generator=g, dtype=torch.float64)
+    value, spread = fid_with_spread(small, ref, generator=torch.Generator().manual_seed(1))
+    assert value == fid(small, ref) and spread > 0
+    assert fid_with_spread(large, ref, generator=torch.Generator().manual_seed(1))[1] < spread / 2

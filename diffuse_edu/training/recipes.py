@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule, cosine_schedule
 from diffuse_edu.evaluation.features import train_classifier
 from diffuse_edu.models.classifier import Classifier, ClassifierConfig
+from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.unet import UNet, UNetConfig
 from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
 from diffuse_edu.training.loop import TrainConfig, TrainResult, train
@@ -44,6 +45,15 @@ class Recipe:
 
     def objective(self, schedule: NoiseSchedule) -> DiffusionObjective:
         return DiffusionObjective(schedule, self.target)
+
+    @property
+    def conditional(self) -> bool:
+        """Trained with class labels (and condition dropout, for guidance)."""
+        return self.model.num_classes is not None
+
+    def null_cond(self) -> Cond:
+        """The condition meaning "no class": the extra label ``num_classes``."""
+        return Cond(labels=torch.tensor(self.model.num_classes))
 
     def stamp(self) -> dict:
         """What a checkpoint must have been made with to count as this recipe's."""
@@ -72,8 +82,34 @@ DDPM_FULL = Recipe(
 )
 
 
+CDDPM_QUICK = Recipe(  # lesson 08: class-conditional, labels dropped for 15% of the examples
+    name="cddpm_digits",
+    data=functools.partial(data.course_images, "train", Scale.QUICK),
+    image_shape=(1, 16, 16),
+    model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,), num_classes=10),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=700, seconds=40, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.999,
+                      cond_dropout=0.15),
+    sample_steps=20,
+)
+CDDPM_FULL = Recipe(
+    name="cddpm_mnist",
+    data=functools.partial(data.course_images, "train", Scale.FULL),
+    image_shape=(1, 32, 32),
+    model=UNetConfig(in_channels=1, channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,),
+                     num_classes=10),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=None, seconds=200, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
+                      compile=True, cond_dropout=0.15),
+    sample_steps=50,
+)
+CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
+                             data=functools.partial(data.load_fashion_mnist, "train"))
+
+
 #: Every recipe whose checkpoint a lesson loads, by scale (``python -m diffuse_edu workshop``).
-RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK], Scale.FULL: [DDPM_FULL]}
+RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK],
+                                      Scale.FULL: [DDPM_FULL, CDDPM_FULL, CDDPM_FULL_FASHION]}
 
 
 def ddpm_recipe(scale: Scale | None = None) -> Recipe:
@@ -100,7 +136,10 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
     torch.manual_seed(seed)  # the initial weights
     images = recipe.data().images.to(device)
     schedule = recipe.schedule()
+    labels = recipe.data().labels.to(device) if recipe.conditional else None
     result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
+                   cond=None if labels is None else Cond(labels=labels),
+                   null_cond=recipe.null_cond() if recipe.conditional else None,
                    generator=torch.Generator(device).manual_seed(seed), desc=f"training {recipe.name}")
     return checkpoint_fields(recipe, result, schedule, images)
 
@@ -118,7 +157,13 @@ def course_classifier(scale: Scale | None = None, *, device: torch.device | str 
 
     It trains on the training split only, so the held-out split measures its accuracy.
     """
-    train_set = data.course_images("train", scale or get_scale())
+    return classifier_for(data.course_images("train", scale or get_scale()), device=device, steps=steps,
+                          folder=folder)
+
+
+def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cpu", steps: int = 400,
+                   folder: Path | None = None) -> Classifier:
+    """A classifier (features for FID, judge of class adherence) for any image set, trained once."""
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     config = ClassifierConfig(in_channels=images.shape[1], num_classes=len(train_set.classes))
     name = f"classifier_{train_set.name}_{images.shape[1]}x{images.shape[-1]}"

@@ -1,0 +1,94 @@
+"""Classifier-free guidance: identities (scale 1 is the conditional model, 0 the unconditional one,
+guided DDIM is DDIM on the guided eps), one batched forward, and the two remedies."""
+
+import pytest
+import torch
+
+from diffuse_edu.diffusion.guidance import Guided, guided_prediction, rescale_guidance
+from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, sample_dpmpp_2m, timesteps
+from diffuse_edu.diffusion.schedules import cosine_schedule
+from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.unet import UNet, UNetConfig
+
+SCHEDULE = cosine_schedule(100)
+NULL = Cond(labels=torch.tensor(10))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2, num_classes=10)).eval()
+    with torch.no_grad():  # give the label embedding some effect (it starts random, the blocks at zero)
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def _inputs(b=3):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, 1, 8, 8, generator=g), torch.tensor([5, 50, 95]), Cond(labels=torch.tensor([1, 4, 7]))
+
+
+@torch.no_grad()
+def test_scale_one_is_the_conditional_model_and_zero_the_unconditional(model):
+    x, t, cond = _inputs()
+    torch.testing.assert_close(Guided(model, 1.0, NULL)(x, t, cond), model(x, t, cond), rtol=1e-5, atol=1e-6)
+    uncond = model(x, t, Cond(labels=torch.full((3,), 10)))
+    torch.testing.assert_close(Guided(model, 0.0, NULL)(x, t, cond), uncond, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(uncond, model(x, t, cond))  # the label does matter
+
+
+@torch.no_grad()
+def test_guided_ddim_is_ddim_on_the_guided_eps(model):
+    x, _, cond = _inputs()
+    got = sample_ddim(Guided(model, 4.0, NULL), x, SCHEDULE, steps=6, cond=cond)
+    want, ts = x, timesteps(SCHEDULE, 6)
+    null = Cond(labels=torch.full((3,), 10))
+    for t, t_prev in zip(ts[:-1], ts[1:]):
+        tt = torch.full((3,), t)
+        eps = guided_prediction(model(want, tt, cond), model(want, tt, null), 4.0)
+        want = ddim_step(want, eps, t, t_prev, SCHEDULE)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_one_batched_forward_per_evaluation(model):
+    calls = []
+
+    def spy(x, t, cond):
+        calls.append((x.shape[0], cond.labels.tolist()))
+        return model(x, t, cond)
+
+    x, _, cond = _inputs()
+    sample_dpmpp_2m(Guided(spy, 3.0, NULL), x, SCHEDULE, steps=4, cond=cond)
+    assert len(calls) == 4 and all(b == 6 and labels == [1, 4, 7, 10, 10, 10] for b, labels in calls)
+
+
+@torch.no_grad()
+def test_interval_guides_only_inside_and_the_learners_formula_is_used(model):
+    x, t, cond = _inputs()
+    guided = Guided(model, 5.0, NULL)(x, t, cond)
+    limited = Guided(model, 5.0, NULL, interval=(40, 60))(x, t, cond)
+    conditional = model(x, t, cond)
+    torch.testing.assert_close(limited[1], guided[1])  # t = 50: inside
+    torch.testing.assert_close(limited[[0, 2]], conditional[[0, 2]], rtol=1e-5, atol=1e-6)  # outside
+    mine = Guided(model, 5.0, NULL, combine=lambda c, u, s: torch.zeros_like(c))(x, t, cond)
+    assert mine.abs().max() == 0
+
+
+def test_rescale_matches_the_conditional_std_and_phi_zero_does_nothing():
+    g = torch.Generator().manual_seed(0)
+    cond, guided = torch.randn(4, 1, 8, 8, generator=g), 3 * torch.randn(4, 1, 8, 8, generator=g)
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.0), guided)
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    half = rescale_guidance(guided, cond, 0.5)
+    torch.testing.assert_close(half, (full + guided) / 2)
+
+
+def test_guidance_needs_a_condition_and_a_matching_null(model):
+    x, t, cond = _inputs()
+    with pytest.raises(ValueError, match="condition to guide towards"):
+        Guided(model, 2.0, NULL)(x, t, None)
+    with pytest.raises(ValueError, match="null context"):
+        Guided(model, 2.0, NULL)(x, t, Cond(labels=cond.labels, context=torch.zeros(3, 2, 4)))
