@@ -318,3 +318,41 @@ def test_guided_prediction_checker_catches_typical_wrong_answers():
     assert len(messages) >= 5
     assert run_checker(lambda c, u, s: u + s * (c - u), GUIDED_PREDICTION).status == "passed"
     assert run_checker(lambda c, u, s: (1 - s) * u + s * c, GUIDED_PREDICTION).status == "passed"
+
+
+def test_ddim_checker_exercises_clip_and_names_each_clip_mistake():
+    from diffuse_edu.diffusion.prediction import x0_to_eps
+    from diffuse_edu.diffusion.samplers import ddim_step
+    from diffuse_edu.exercises.samplers import DDIM_STEP
+
+    def ignores_clip(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
+        return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
+
+    def keeps_eps(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
+        ab, abp = s.alpha_bar[t].item(), s.alpha_bar[tp].item()
+        x0 = (x - (1 - ab) ** 0.5 * e) / ab**0.5
+        if clip is None:
+            return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
+        return abp**0.5 * x0.clamp(-clip, clip) + (1 - abp) ** 0.5 * e
+
+    def clamps_output(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
+        out = ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
+        return out if clip is None else out.clamp(-clip, clip)
+
+    messages = {run_checker(fn, DDIM_STEP).message for fn in (ignores_clip, keeps_eps, clamps_output)}
+    assert all("clip = 1.0" in m for m in messages) and len(messages) == 3
+
+    def right(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
+        if clip is not None:
+            ab = s.alpha_bar[t].item()
+            x0 = ((x - (1 - ab) ** 0.5 * e) / ab**0.5).clamp(-clip, clip)
+            e = x0_to_eps(x, x0, ab)
+        return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
+
+    assert run_checker(right, DDIM_STEP).status == "passed"
+
+
+def test_the_dtype_message_fits_any_exercise():
+    with pytest.raises(Mismatch, match="another dtype .*cast it with .to\\(x.dtype\\)") as info:
+        compare(torch.zeros(2, dtype=torch.float64), torch.zeros(2), what="f(x)")
+    assert "schedule" not in str(info.value)

@@ -135,8 +135,9 @@ def compare(
     if got.shape != want.shape:
         raise Mismatch(f"{what} returned shape {tuple(got.shape)}; expected {tuple(want.shape)}.")
     if got.dtype != want.dtype:
-        raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype} (the input's "
-                       f"dtype: cast what you take from the schedule with .to(x.dtype)).")
+        raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}, the inputs' dtype. "
+                       "Some tensor made or looked up along the way has another dtype (a table, "
+                       "torch.tensor(...), torch.arange(...)): cast it with .to(x.dtype).")
     g, w = got.detach().double(), want.detach().double()
     if torch.isnan(g).any() and not torch.isnan(w).any():
         idx = tuple(int(i) for i in torch.nonzero(torch.isnan(g))[0])

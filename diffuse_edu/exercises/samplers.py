@@ -53,6 +53,27 @@ def _ddim(t: int, t_prev: int, eta: float, seed: int) -> Callable:
     return case
 
 
+def _ddim_clip(t: int, t_prev: int, seed: int) -> Callable:
+    """Near t = T the implied x0 is large (sqrt(alpha_bar_t) is tiny), so clip=1.0 must matter."""
+    def case(fn: Callable) -> None:
+        x, e, tt, tp, n, _ = _ddim_case(t, t_prev, 0.0, seed)
+        e = 0.5 * e + 0.5 * x  # a poor noise estimate: x0_hat far outside [-1, 1]
+        want = ddim_step(x, e, tt, tp, _SCHEDULE, clip=1.0)
+        ab, abp = _SCHEDULE.alpha_bar[tt].item(), _SCHEDULE.alpha_bar[tp].item()
+        x0 = ((x - (1 - ab) ** 0.5 * e) / ab**0.5).clamp(-1, 1)
+        mistakes = [
+            Mistake("clip is ignored: clamp x0_hat to [-clip, clip] when clip is given.",
+                    ddim_step(x, e, tt, tp, _SCHEDULE)),
+            Mistake("after clamping x0_hat, recompute eps_hat from it, (x_t - sqrt(ab) x0_hat) / "
+                    "sqrt(1 - ab), so that the two stay consistent.", abp**0.5 * x0 + (1 - abp) ** 0.5 * e),
+            Mistake("clip applies to x0_hat, not to the returned x_prev.",
+                    ddim_step(x, e, tt, tp, _SCHEDULE).clamp(-1, 1)),
+        ]
+        got = fn(x.clone(), e.clone(), tt, tp, _SCHEDULE, eta=0.0, noise=None, clip=1.0)
+        compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with clip = 1.0", mistakes=mistakes)
+    return case
+
+
 def _denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """A made-up denoiser that depends on both x and sigma."""
     return x / (1 + sigma**2) + 0.1 * torch.tanh(x) * sigma
@@ -87,9 +108,11 @@ def _heun(s: float, sn: float) -> Callable:
 
 DDIM_STEP = Checker(
     "ddim_step", ddim_step,
-    [_ddim(900, 700, 0.0, 0), _ddim(500, 250, 0.0, 1), _ddim(600, 400, 0.6, 2), _ddim(100, 0, 0.0, 3)],
+    [_ddim(900, 700, 0.0, 0), _ddim(500, 250, 0.0, 1), _ddim(600, 400, 0.6, 2), _ddim(100, 0, 0.0, 3),
+     _ddim_clip(980, 900, 4)],
     hint="x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab); sigma = eta sqrt((1 - ab_prev)/(1 - ab)) "
-         "sqrt(1 - ab/ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise.",
+         "sqrt(1 - ab/ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise; "
+         "with clip, clamp x0_hat and recompute eps_hat from it.",
 )
 HEUN_STEP = Checker(
     "heun_step", heun_step, [_heun(10.0, 5.0), _heun(1.0, 0.4), _heun(0.3, 0.0)],
