@@ -13,3 +13,8 @@ def test_bench_runs_on_the_cpu_and_writes_its_numbers(tmp_path, capsys):
     assert report["device"].startswith("cpu") and report["training"]["images_per_second"] > 0
     assert set(report["sampling"]) == {"ddim-50", "dpmpp_2m-20"}
     assert all(r["finite"] and r["seconds_per_10k"] > 0 for r in report["sampling"].values())
+
+
+def test_an_unknown_sampler_is_named_with_the_choices(capsys):
+    assert cli.main(["bench", "--scale", "quick", "--train-steps", "2", "--samplers", "nope"]) == 2
+    assert "Unknown sampler(s) nope; choose from ddim-50" in capsys.readouterr().err

@@ -135,6 +135,9 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
         sample_batch: int | None = None, samplers: list[str] | None = None, compile: bool | None = None,
         quality: bool = False, quality_seconds: float | None = None, out: Path | None = None) -> dict:
     """Run the benchmark and print it; return (and with ``out``, write) the numbers as a dict."""
+    unknown = [n for n in samplers or () if n not in SAMPLERS]
+    if unknown:
+        raise ValueError(f"Unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}.")
     scale = scale or get_scale()
     device = default_device()
     recipe = ddpm_recipe(scale)

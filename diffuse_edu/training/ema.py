@@ -40,6 +40,7 @@ class EMA:
         self.names = [n for n, _ in model.named_parameters() if trainable is None or trainable(n)]
         own = dict(self.model.named_parameters())
         self._targets = [own[n] for n in self.names]
+        self._sources: tuple[int, list[Tensor]] | None = None  # (id of the model, its averaged parameters)
         self.updates = 0
 
     def current_decay(self) -> float:
@@ -47,8 +48,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        ema_update(self._targets, [params[n].detach() for n in self.names], self.updates, self.decay)
+        if self._sources is None or self._sources[0] != id(model):  # looked up once, not every step
+            params = dict(model.named_parameters())
+            self._sources = (id(model), [params[n].detach() for n in self.names])
+        ema_update(self._targets, self._sources[1], self.updates, self.decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.updates += 1
