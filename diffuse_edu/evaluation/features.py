@@ -22,16 +22,26 @@ from diffuse_edu.progress import progress
 
 def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = ClassifierConfig(), *,
                      steps: int = 600, batch_size: int = 128, lr: float = 3e-3,
-                     generator: torch.Generator | None = None) -> Classifier:
-    """Train a classifier with AdamW and light shift augmentation. Shapes: images (N, C, H, W)."""
+                     generator: torch.Generator | None = None, groups: tuple[int, ...] | None = None,
+                     shift: int = 1) -> Classifier:
+    """Train a classifier with AdamW and light shift augmentation (up to ``shift`` pixels).
+
+    With ``groups`` (sizes summing to ``config.num_classes``), the logits are that many separate
+    classifiers over consecutive slices, and ``labels`` holds one column per group (lesson 09's
+    attributes). Shapes: images (N, C, H, W); labels (N,) or (N, len(groups)).
+    """
     model = Classifier(config).to(images.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     for _ in progress(range(steps), desc="classifier"):
         idx = torch.randint(0, len(images), (batch_size,), generator=generator).to(images.device)
-        dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()  # shift by up to a pixel
+        dx, dy = torch.randint(-shift, shift + 1, (2,), generator=generator).tolist()
         x = torch.roll(images[idx], shifts=(dy, dx), dims=(-2, -1))
-        loss = F.cross_entropy(model(x), labels[idx])
+        logits, y = model(x), labels[idx]
+        if groups is None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            loss = sum(F.cross_entropy(part, y[:, j]) for j, part in enumerate(logits.split(groups, dim=1)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -7,6 +7,9 @@ cross-attention from those positions to a context sequence (text tokens).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -24,6 +27,18 @@ def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
     attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, Lk)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, Lq, d)
     return rearrange(out, "b h l d -> b l (h d)")
+
+
+def attention_weights(q: Tensor, k: Tensor, heads: int, mask: Tensor | None = None) -> Tensor:
+    """The attention probabilities softmax(q k^T / sqrt(d)) per head, to look at (lesson 09).
+
+    Shapes: q (B, Lq, C), k (B, Lk, C), mask (B, Lk) bool -> (B, heads, Lq, Lk), each row sums to 1.
+    """
+    q, k = (rearrange(z, "b l (h d) -> b h l d", h=heads) for z in (q, k))
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, h, Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
 
 
 class SelfAttention(nn.Module):
@@ -47,11 +62,18 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """x + W_out MHA(q = GroupNorm(x), k = v = context). Shapes: x (B, C, H, W), context (B, L, D)."""
+    """x + W_out MHA(q = GroupNorm(x), k = v = context). Shapes: x (B, C, H, W), context (B, L, D).
+
+    ``attend`` is the attention function it runs (a learner's, once it passed lesson 09's check:
+    :func:`use_attention`); with ``record`` set, the last call's weights are kept in ``weights``
+    (B, heads, H * W, L) (:func:`recorded_cross_attention`).
+    """
 
     def __init__(self, channels: int, context_dim: int, heads: int, groups: int):
         super().__init__()
         self.heads = heads
+        self.attend: Callable[..., Tensor] = multi_head_attention
+        self.record, self.weights = False, None
         self.norm = nn.GroupNorm(groups, channels)
         self.to_q = nn.Linear(channels, channels)
         self.to_kv = nn.Linear(context_dim, 2 * channels)
@@ -63,5 +85,32 @@ class CrossAttention(nn.Module):
         _, _, h, w = x.shape
         q = self.to_q(rearrange(self.norm(x), "b c h w -> b (h w) c"))  # (B, HW, C)
         k, v = self.to_kv(context).chunk(2, dim=-1)  # (B, L, C) each
-        out = self.to_out(multi_head_attention(q, k, v, self.heads, mask))
+        out = self.to_out(self.attend(q, k, v, self.heads, mask))
+        if self.record:
+            self.weights = attention_weights(q, k, self.heads, mask).detach()
         return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+
+
+def use_attention(model: nn.Module, attend: Callable[..., Tensor]) -> int:
+    """Make every cross-attention block of ``model`` run ``attend(q, k, v, heads, mask)``; returns how many."""
+    blocks = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in blocks:
+        m.attend = attend
+    return len(blocks)
+
+
+@contextmanager
+def recorded_cross_attention(model: nn.Module) -> Iterator[list[CrossAttention]]:
+    """Keep the attention weights of every cross-attention block of ``model`` while inside.
+
+    Example: ``with recorded_cross_attention(unet) as blocks: unet(x, t, cond)``, then
+    ``blocks[i].weights`` is (B, heads, H_i * W_i, L) for block i.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in blocks:
+        m.record = True
+    try:
+        yield blocks
+    finally:
+        for m in blocks:
+            m.record = False

@@ -19,15 +19,42 @@ import torch
 
 from diffuse_edu import data
 from diffuse_edu.config import Scale, cache_dir, get_scale
+from diffuse_edu.data.captioned import (
+    DIGIT_CAPTION_WORDS,
+    SHAPE_WORDS,
+    captioned_mnist,
+    make_shapes,
+)
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule, cosine_schedule
+from diffuse_edu.evaluation.adherence import ATTRIBUTE_GROUPS
 from diffuse_edu.evaluation.features import train_classifier
 from diffuse_edu.models.classifier import Classifier, ClassifierConfig
+from diffuse_edu.models.clip import MiniCLIP, MiniCLIPConfig
 from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.text import build_vocab
 from diffuse_edu.models.unet import UNet, UNetConfig
 from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
+from diffuse_edu.training.contrastive import train_clip
 from diffuse_edu.training.loop import TrainConfig, TrainResult, train
+
+
+@dataclass(frozen=True)
+class ClipRecipe:
+    """A miniature CLIP (lesson 09) and how to train it."""
+
+    name: str  # file-name stem of its checkpoint
+    data: Callable[[], object]  # images with .captions (a ShapeSet or CaptionedImages)
+    model: MiniCLIPConfig
+    steps: int
+    seconds: float | None  # stop early after this much training time (None: the steps alone)
+    batch_size: int = 128
+    lr: float = 2e-3
+
+    def stamp(self) -> dict:
+        return dict(recipe=self.name, steps=self.steps, seconds=self.seconds, batch_size=self.batch_size,
+                    lr=self.lr)
 
 
 @dataclass(frozen=True)
@@ -42,22 +69,30 @@ class Recipe:
     train: TrainConfig
     sample_steps: int  # DDIM steps used to draw samples from it
     target: Target = Target.EPS  # what the network predicts
+    text: ClipRecipe | None = None  # lesson 09: captions, read by this CLIP's frozen text encoder
 
     def objective(self, schedule: NoiseSchedule) -> DiffusionObjective:
         return DiffusionObjective(schedule, self.target)
 
     @property
     def conditional(self) -> bool:
-        """Trained with class labels (and condition dropout, for guidance)."""
-        return self.model.num_classes is not None
+        """Trained with class labels or captions (and condition dropout, for guidance)."""
+        return self.model.num_classes is not None or self.text is not None
 
-    def null_cond(self) -> Cond:
-        """The condition meaning "no class": the extra label ``num_classes``."""
+    def null_cond(self, text_encoder: torch.nn.Module | None = None) -> Cond:
+        """The condition meaning "nothing asked": the extra label ``num_classes``, or for a
+        text-conditioned recipe the empty prompt read by ``text_encoder``."""
+        if self.text is not None:
+            if text_encoder is None:
+                raise ValueError(f"{self.name} is conditioned on text: its null condition is the empty "
+                                 "prompt, null_cond(text_encoder=pretrained_clip(recipe.text).text).")
+            return text_encoder.condition([""]).index(0)
         return Cond(labels=torch.tensor(self.model.num_classes))
 
     def stamp(self) -> dict:
         """What a checkpoint must have been made with to count as this recipe's."""
-        return dict(recipe=self.name, target=self.target.value, train=dataclasses.asdict(self.train))
+        stamp = dict(recipe=self.name, target=self.target.value, train=dataclasses.asdict(self.train))
+        return stamp if self.text is None else {**stamp, "text": self.text.stamp()}
 
 
 DDPM_QUICK = Recipe(
@@ -107,9 +142,49 @@ CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
                              data=functools.partial(data.load_fashion_mnist, "train"))
 
 
+_SHAPE_VOCAB, _DIGIT_VOCAB = build_vocab([" ".join(SHAPE_WORDS)]), build_vocab([" ".join(DIGIT_CAPTION_WORDS)])
+CLIP_QUICK = ClipRecipe(  # lesson 09: about 10 s on two CPU cores
+    name="clip_shapes16", data=functools.partial(make_shapes, 8000, size=16),
+    model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=32, image_widths=(16, 32, 64)), steps=250, seconds=12)
+CLIP_FULL = ClipRecipe(
+    name="clip_shapes32", data=functools.partial(make_shapes, 60000, size=32),
+    model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=64, text_layers=3, image_size=32), steps=3000, seconds=None,
+    batch_size=512, lr=1e-3)
+CLIP_FULL_DIGITS = ClipRecipe(
+    name="clip_captioned_mnist", data=functools.partial(captioned_mnist, "train"),
+    model=MiniCLIPConfig(_DIGIT_VOCAB, text_width=64, image_channels=1, image_size=32), steps=2000,
+    seconds=None, batch_size=512, lr=1e-3)
+
+TDDPM_QUICK = Recipe(  # lesson 09: v-prediction (eps-prediction drew colour noise at this budget)
+    name="tddpm_shapes16",
+    data=CLIP_QUICK.data,
+    image_shape=(3, 16, 16),
+    model=UNetConfig(in_channels=3, channels=(16, 32, 64), attention_levels=(2,), context_dim=32),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=600, seconds=40, batch_size=64, lr=3e-3, warmup_steps=50, ema_decay=0.995,
+                      cond_dropout=0.15),
+    sample_steps=20, target=Target.V, text=CLIP_QUICK,
+)
+TDDPM_FULL = Recipe(
+    name="tddpm_shapes32",
+    data=CLIP_FULL.data,
+    image_shape=(3, 32, 32),
+    model=UNetConfig(in_channels=3, channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2),
+                     context_dim=64),
+    schedule=functools.partial(cosine_schedule, 1000),
+    train=TrainConfig(steps=None, seconds=300, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
+                      compile=True, cond_dropout=0.15),
+    sample_steps=50, target=Target.V, text=CLIP_FULL,
+)
+TDDPM_FULL_DIGITS = replace(TDDPM_FULL, name="tddpm_captioned_mnist", data=CLIP_FULL_DIGITS.data,
+                            image_shape=(1, 32, 32), model=replace(TDDPM_FULL.model, in_channels=1),
+                            text=CLIP_FULL_DIGITS)
+
+
 #: Every recipe whose checkpoint a lesson loads, by scale (``python -m diffuse_edu workshop``).
-RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK],
-                                      Scale.FULL: [DDPM_FULL, CDDPM_FULL, CDDPM_FULL_FASHION]}
+RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK, TDDPM_QUICK],
+                                      Scale.FULL: [DDPM_FULL, CDDPM_FULL, CDDPM_FULL_FASHION, TDDPM_FULL,
+                                                   TDDPM_FULL_DIGITS]}
 
 
 def ddpm_recipe(scale: Scale | None = None) -> Recipe:
@@ -133,14 +208,17 @@ def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedu
 
 def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes."""
+    train_set = recipe.data()
+    images, schedule, cond, null = train_set.images.to(device), recipe.schedule(), None, None
+    if recipe.text is not None:  # the frozen text encoder's features of every caption, once
+        encoder = pretrained_clip(recipe.text, device=device).text
+        cond, null = encoder.condition(train_set.captions), recipe.null_cond(encoder)
+    elif recipe.conditional:
+        cond, null = Cond(labels=train_set.labels.to(device)), recipe.null_cond()
     torch.manual_seed(seed)  # the initial weights
-    images = recipe.data().images.to(device)
-    schedule = recipe.schedule()
-    labels = recipe.data().labels.to(device) if recipe.conditional else None
     result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
-                   cond=None if labels is None else Cond(labels=labels),
-                   null_cond=recipe.null_cond() if recipe.conditional else None,
-                   generator=torch.Generator(device).manual_seed(seed), desc=f"training {recipe.name}")
+                   cond=cond, null_cond=null, generator=torch.Generator(device).manual_seed(seed),
+                   desc=f"training {recipe.name}")
     return checkpoint_fields(recipe, result, schedule, images)
 
 
@@ -175,4 +253,41 @@ def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cp
         return dict(model=model, schedule=None, extra={"data": train_set.name})
 
     stamp = dict(recipe=name, steps=steps, images=len(images))
+    return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
+
+
+def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
+    """Lesson 09's miniature CLIP for ``recipe``, trained once and cached (eval mode)."""
+    def fit() -> dict:
+        train_set = recipe.data()
+        torch.manual_seed(seed)
+        model = MiniCLIP(recipe.model).to(device)
+        ids, mask = model.text.tokenize(train_set.captions)
+        losses = train_clip(model, train_set.images.to(device), ids, mask, steps=recipe.steps,
+                            seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
+                            generator=torch.Generator(device).manual_seed(seed))
+        return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1]))
+
+    path = cache_dir() / "checkpoints" / f"{recipe.name}.pt"
+    return load_or_train(path, MiniCLIP, recipe.model, recipe.stamp(), fit).build(device=device)
+
+
+def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: int = 300,
+                folder: Path | None = None) -> Classifier:
+    """Lesson 09's attribute classifier for one-shape images of ``size``: colour, shape, size and
+    position, one group of logits each. Trained once on its own shapes, held-out pairs included."""
+    config = ClassifierConfig(in_channels=3, num_classes=sum(ATTRIBUTE_GROUPS), widths=(16, 32, 64))
+    name = f"shape_judge_{size}"
+    path = (folder or cache_dir() / "features") / f"{name}.pt"
+
+    def fit() -> dict:
+        seen, rare = (make_shapes(3000, size=size, seed=7, split=split, two_shapes=0.0)
+                      for split in ("train", "held_out"))
+        images = torch.cat([seen.images, rare.images]).to(device)
+        labels = torch.cat([seen.objects[:, 0], rare.objects[:, 0]]).to(device)
+        model = train_classifier(images, labels, config, steps=steps, groups=ATTRIBUTE_GROUPS, shift=0,
+                                 generator=torch.Generator().manual_seed(0))
+        return dict(model=model, schedule=None, extra={"data": "shapes, one per image"})
+
+    stamp = dict(recipe=name, steps=steps)
     return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
