@@ -25,7 +25,9 @@ lesson                modules
                       ``evaluation.probes``
 07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``
 08 guidance           ``diffusion.guidance``, ``training.recipes`` (class-conditional models)
-09-13                 planned: text encoder, VAE, editing, DiT and flow matching
+09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip``, ``models.attention``
+                      (cross-attention), ``training.contrastive``, ``evaluation.adherence``
+10-13                 planned: VAE, editing, DiT and flow matching
                       (``diffusion.objectives.FlowMatching`` is ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``

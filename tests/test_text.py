@@ -152,3 +152,14 @@ def test_text_recipe_null_condition_needs_the_encoder():
     null = TDDPM_QUICK.null_cond(enc)
     assert null.context.shape == (12, 32) and null.context_mask.sum() == 2
     assert "text" in TDDPM_QUICK.stamp() and TDDPM_QUICK.conditional
+
+
+def test_shape_judge_reads_seen_and_held_out_pairs(tmp_path):
+    """The judge trains on balanced colour-shape pairs, so no colour gives its shape away."""
+    from diffuse_edu.evaluation.adherence import attribute_accuracy
+    from diffuse_edu.training.recipes import shape_judge
+    judge = shape_judge(folder=tmp_path)
+    for split in ("test", "held_out"):
+        s = make_shapes(600, split=split, seed=5)
+        one = s.subset(s.single)
+        assert attribute_accuracy(judge, one.images, one.objects[:, 0])["all"] > 0.95, split
