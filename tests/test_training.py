@@ -164,3 +164,22 @@ def test_flow_matching_trains_with_the_same_loop():
     result = train(UNet(SMALL), _digits(), FlowMatching(), cfg, generator=torch.Generator().manual_seed(0))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
     torch.testing.assert_close(result.bucket_edges, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+
+def test_gradient_norms_are_recorded_before_clipping():
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.diffusion.schedules import cosine_schedule
+    from diffuse_edu.models.mlp import MLPConfig, MLPDenoiser
+    from diffuse_edu.training.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    points = torch.randn(256, 2)
+    config = TrainConfig(steps=12, batch_size=32, grad_clip=1e-3, ema_decay=None, loss_buckets=1)
+    result = train(MLPDenoiser(MLPConfig()), points, DiffusionObjective(cosine_schedule(100)), config,
+                   generator=torch.Generator().manual_seed(0), show_progress=False)
+    assert len(result.grad_norms) == result.steps == 12
+    assert min(result.grad_norms) > 1e-3  # the norm before the clip, not after it
+    unclipped = train(MLPDenoiser(MLPConfig()), points, DiffusionObjective(cosine_schedule(100)),
+                      TrainConfig(steps=3, batch_size=32, grad_clip=None, ema_decay=None, loss_buckets=1),
+                      generator=torch.Generator().manual_seed(0), show_progress=False)
+    assert len(unclipped.grad_norms) == 3 and all(n > 0 for n in unclipped.grad_norms)

@@ -68,6 +68,7 @@ class TrainResult:
     model: nn.Module  # the raw weights at the end
     ema: nn.Module  # the EMA weights: sample from these (the raw model when there is no EMA)
     losses: list[float]  # the batch loss of every step
+    grad_norms: list[float]  # the gradient's global norm of every step, before clipping
     bucket_edges: Tensor  # (buckets + 1,) bucket k covers noise levels in (edges[k], edges[k + 1]]
     loss_by_bucket: Tensor  # (buckets,) mean training loss per range over the last 20% of steps
     steps: int
@@ -95,8 +96,9 @@ def _budget_fraction(step: int, elapsed: float, config: TrainConfig) -> float:
 def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
                generator: torch.Generator | None = None, t: Tensor | None = None,
-               eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One optimiser step; returns (loss per example (B,), noise levels (B,)), both detached.
+               eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimiser step; returns (loss per example (B,), noise levels (B,), the gradient's global
+    norm before clipping ()), all detached.
 
     ``t`` and ``eps`` are drawn by the objective unless given. No value is read back from the
     device, so on a GPU the host can queue the next step at once.
@@ -105,10 +107,10 @@ def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Call
         per_example, t = objective(step_model, x0, cond=cond, generator=generator, t=t, eps=eps)
     opt.zero_grad(set_to_none=True)
     per_example.mean().backward()
-    if config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
+    limit = config.grad_clip if config.grad_clip is not None else float("inf")  # inf: measure, do not clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
     opt.step()
-    return per_example.detach(), t
+    return per_example.detach(), t, grad_norm.detach()
 
 
 def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
@@ -158,7 +160,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     bf16 = device.type == "cuda" and config.bf16
     ema = EMA(model, config.ema_decay, trainable=trainable) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
-    snapshots, losses, step, spent, first = [], [], 0, 0.0, 0.0
+    snapshots, losses, norms, step, spent, first = [], [], [], 0, 0.0, 0.0
     bar = progress(total=config.steps, desc=desc, disable=not (show_progress and main))
     start = time.perf_counter()
     while _budget_fraction(step, spent, config) < 1:
@@ -173,8 +175,9 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
         if world > 1:
             x0, t, eps = x0[share], t[share], eps[share]
             batch_cond = None if batch_cond is None else batch_cond.index(share)
-        per_example, t = train_step(step_model, opt, objective, x0, config, params=params, bf16=bf16,
-                                    cond=batch_cond, t=t, eps=eps)
+        per_example, t, grad_norm = train_step(step_model, opt, objective, x0, config, params=params, bf16=bf16,
+                                               cond=batch_cond, t=t, eps=eps)
+        norms.append(grad_norm)
         if ema is not None:
             ema.update(model)
         losses.append(distributed.mean_across_ranks(per_example.mean()))
@@ -196,8 +199,9 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     bar.close()
     model.eval()
     timed = max(step - 1, 0) * config.batch_size
-    return TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(), recorder.edges,
-                       recorder.means(), step, spent, timed / max(spent, 1e-9), first, snapshots)
+    return TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(),
+                       torch.stack(norms).float().tolist(), recorder.edges, recorder.means(), step, spent,
+                       timed / max(spent, 1e-9), first, snapshots)
 
 
 def train_denoiser(model: nn.Module, data: Tensor, schedule: NoiseSchedule, *, steps: int,
