@@ -192,7 +192,7 @@ def ddpm_recipe(scale: Scale | None = None) -> Recipe:
     return DDPM_QUICK if (scale or get_scale()) is Scale.QUICK else DDPM_FULL
 
 
-def checkpoint_path(recipe: Recipe) -> Path:
+def checkpoint_path(recipe: Recipe | ClipRecipe) -> Path:
     """Where the checkpoint of ``recipe`` lives (in the git-ignored cache)."""
     return cache_dir() / "checkpoints" / f"{recipe.name}.pt"
 
@@ -268,8 +268,7 @@ def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", s
                             generator=torch.Generator(device).manual_seed(seed))
         return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1]))
 
-    path = cache_dir() / "checkpoints" / f"{recipe.name}.pt"
-    return load_or_train(path, MiniCLIP, recipe.model, recipe.stamp(), fit).build(device=device)
+    return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(), fit).build(device=device)
 
 
 def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: int = 200,
