@@ -104,7 +104,7 @@ def test_wrong_answer_falls_back_and_explains(capsys):
     fn = Q_SAMPLE_WRONG["weights swapped"][0]
     assert check(fn, Q_SAMPLE) is Q_SAMPLE.reference
     out = capsys.readouterr().out
-    assert out.startswith("[x] q_sample:") and "Hint:" in out
+    assert out.startswith("[x] q_sample:") and "hint('q_sample')" in out
 
 
 def test_right_answer_is_kept(capsys):
@@ -229,7 +229,9 @@ WRONG_05_06 = [
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, swap=True), "weights are swapped"),
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, warm=False), "there is no warm-up"),
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, cap=False), "warm-up never ends"),
-    (EMA_UPDATE, lambda e, c, k, d: [0.9 * a + 0.1 * b for a, b in zip(e, c)] and None, "off by up to"),
+    (EMA_UPDATE, lambda e, c, k, d: [0.9 * a + 0.1 * b for a, b in zip(e, c)] and None, "tensors unchanged"),
+    (EMA_UPDATE, lambda e, c, k, d: [a.mul(0.9).add(b, alpha=0.1) for a, b in zip(e, c)], "returned new ones"),
+    (EMA_UPDATE, lambda e, c, k, d: [a.mul_(0.5).add_(b, alpha=0.5) for a, b in zip(e, c)] and None, "off by up to"),
     (EMA_UPDATE, lambda e, c, k, d: [b.mul_(0.5) for b in c] and None, "changed the model's own weights"),
     (SQRTM_PSD, lambda a: _root(a, how="entries"), "returned NaN"),
     (SQRTM_PSD, lambda a: _root(a, how="no_sqrt"), "eigenvalues were not square-rooted"),
@@ -319,8 +321,113 @@ WRONG_09 = [
 
 
 
+# --- lessons 03-05: the blocks, the U-Net's forward pass, scale-and-shift, the training step -----
+import torch.nn.functional as F  # noqa: E402
+from einops import rearrange  # noqa: E402
+
+from diffuse_edu.exercises.time_embedding import SCALE_SHIFT  # noqa: E402
+from diffuse_edu.exercises.training import TRAINING_STEP  # noqa: E402
+from diffuse_edu.exercises.unet import ATTENTION_BLOCK, RESIDUAL_BLOCK, UNET_FORWARD  # noqa: E402
+from diffuse_edu.models.attention import multi_head_attention as _mha  # noqa: E402
+
+
+def _res(block, x, emb=None, *, shortcut=True, act_first=False, modulate=True, dropout="module", x_plain=False):
+    h = block.conv1(block.norm1(F.silu(x)) if act_first else F.silu(block.norm1(x)))
+    h = block.norm2(h)
+    if block.scale_shift is not None and modulate:
+        h = block.scale_shift(h, emb)
+    h = F.silu(h)
+    h = block.conv2(block.dropout(h) if dropout == "module" else F.dropout(h, 0.5))
+    return h + (x if x_plain else block.shortcut(x)) if shortcut else h
+
+
+def _fwd(unet, x, t, cond=None, *, order="up_skip", wrong_pairing=False, cond_to_blocks=True, respect_flag=True):
+    emb, h, skips = unet.embed(t, cond), unet.stem(x), []
+    c = cond if cond_to_blocks else None
+    for level, blocks in enumerate(unet.encoder):
+        for b in blocks:
+            h = b(h, emb, c)
+        if level < len(unet.downsamples):
+            if wrong_pairing:
+                h = unet.downsamples[level](h)
+            skips.append(h)
+            if not wrong_pairing:
+                h = unet.downsamples[level](h)
+    h = unet.middle(h, emb, c)
+    for level in reversed(range(len(unet.decoder))):
+        h = unet.upsamples[level](h)
+        if unet.config.skip_connections or not respect_flag:
+            skip = skips.pop()
+            h = torch.cat([h, skip] if order == "up_skip" else [skip, h], 1)
+        for b in unet.decoder[level]:
+            h = b(h, emb, c)
+    return unet.out(h)
+
+
+def _attn_block(block, x, *, residual=True, norm=True, fold="b (h w) c -> b c h w", project=True):
+    _, _, h, w = x.shape
+    tokens = rearrange(block.norm(x) if norm else x, "b c h w -> b (h w) c")
+    q, k, v = block.to_qkv(tokens).chunk(3, -1)
+    out = _mha(q, k, v, block.heads)
+    out = rearrange(block.to_out(out) if project else out, fold, h=h, w=w)
+    return x + out if residual else out
+
+
+def _mod(block, h, emb, *, one=True, swap=False, broadcast=True, in_place=False):
+    scale, shift = block.proj(emb).chunk(2, 1)
+    if swap:
+        scale, shift = shift, scale
+    if broadcast:
+        scale, shift = scale[:, :, None, None], shift[:, :, None, None]
+    if in_place:
+        return h.mul_(1 + scale).add_(shift)
+    return h * ((1 + scale) if one else scale) + shift
+
+
+def _step(model, opt, x0, t, eps, schedule, grad_clip, *, target="v", zero=True, clip="between", reduce="mean",
+          detach=True):
+    ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    goal = ab.sqrt() * eps - (1 - ab).sqrt() * x0 if target == "v" else eps
+    loss = (model(x_t, t) - goal).square().flatten(1).mean(1)
+    if zero:
+        opt.zero_grad()
+    getattr(loss, reduce)().backward()
+    limit = grad_clip if grad_clip is not None and clip == "between" else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
+    opt.step()
+    return (loss.detach() if detach else loss), norm
+
+
+WRONG_03_05 = [
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res(b, x, e, shortcut=False), "shortcut is missing"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res(b, x, e, x_plain=True), "shape error"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res(b, x, e, act_first=True), "SiLU runs before"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res(b, x, e, modulate=False), "embedding is never used"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res(b, x, e, dropout="functional"), "off by up to"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, order="skip_up"), "concatenated before"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, wrong_pairing=True), "shape error"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, respect_flag=False), "skip_connections False"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, cond_to_blocks=False), "text-conditioned"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, residual=False), "residual is missing"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, norm=False), "GroupNorm is missing"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, fold="b (w h) c -> b c h w"), "h and w swapped"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, project=False), "to_out is missing"),
+    (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, one=False), "1 + scale"),
+    (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, swap=True), "swapped"),
+    (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, broadcast=False), "(B, C, 1, 1)"),
+    (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, in_place=True), "in place"),
+    (TRAINING_STEP, lambda *a: _step(*a, target="eps"), "compares with eps"),
+    (TRAINING_STEP, lambda *a: _step(*a, zero=False), "not cleared"),
+    (TRAINING_STEP, lambda *a: _step(*a, clip="never"), "clip the gradient"),
+    (TRAINING_STEP, lambda *a: _step(*a, reduce="sum"), "not their sum"),
+    (TRAINING_STEP, lambda *a: _step(*a, detach=False), "still attached"),
+]
+
+
+
 # --- every checker of lessons 02-09 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_05_06 + WRONG_07 + WRONG_09
+ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 
@@ -408,3 +515,18 @@ def test_tokenize_reference_is_what_the_checker_wants():
     ids, mask = tokenize(["A red circle", ""], ("<pad>", "<bos>", "<eos>", "<unk>", "a", "red"), 6)
     assert ids.tolist() == [[BOS, 4, 5, UNK, EOS, PAD], [BOS, EOS, PAD, PAD, PAD, PAD]]
     assert mask.dtype == torch.bool and mask.sum().item() == 7
+
+
+def test_hints_are_progressive_and_never_the_answer(capsys):
+    from diffuse_edu.exercises import CHECKERS as REGISTERED
+    from diffuse_edu.exercises import hint
+
+    for checker in CHECKERS:
+        assert len(checker.hints) >= 2, f"{checker.name} needs a first nudge and a second hint"
+        assert checker.hints[0] != checker.hints[1]
+    first, second, third = (hint("scale_shift") for _ in range(3))
+    assert first.startswith("Hint 1 of 2") and second.startswith("Hint 2 of 2") and third == second
+    assert "h * (1 + scale) + shift" not in first + second  # the key line stays out of the hints
+    with pytest.raises(KeyError, match="known:"):
+        hint("no_such_exercise")
+    assert "scale_shift" in REGISTERED

@@ -136,7 +136,7 @@ def test_unet_cross_attention_can_run_a_learners_function_and_be_recorded():
 
     with torch.no_grad():
         before = net(x, t, cond)
-        assert use_attention(net, mine) == 2  # one at level 1, one in the middle
+        assert use_attention(net, mine) == 4  # self- and cross-attention at level 1 and in the middle
         with recorded_cross_attention(net) as blocks:
             after = net(x, t, cond)
     assert calls and torch.allclose(before, after)

@@ -183,3 +183,31 @@ def test_gradient_norms_are_recorded_before_clipping():
                       TrainConfig(steps=3, batch_size=32, grad_clip=None, ema_decay=None, loss_buckets=1),
                       generator=torch.Generator().manual_seed(0), show_progress=False)
     assert len(unclipped.grad_norms) == 3 and all(n > 0 for n in unclipped.grad_norms)
+
+
+def test_a_learners_training_step_and_ema_drive_the_loop_exactly_like_the_library():
+    from diffuse_edu.diffusion.prediction import Target
+    from diffuse_edu.training.ema import ema_update
+    from diffuse_edu.training.loop import as_step_fn, training_step
+
+    images = torch.rand(32, 1, 8, 8) * 2 - 1
+    schedule = cosine_schedule(100)
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9, grad_clip=0.5)
+    calls = []
+
+    def my_ema(ema, current, updates, decay):
+        calls.append(updates)
+        ema_update(ema, current, updates, decay)
+
+    runs = []
+    for kw in ({}, dict(step_fn=as_step_fn(training_step), ema_fn=my_ema)):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4))
+        runs.append(train(model, images, DiffusionObjective(schedule, Target.V), config,
+                          generator=torch.Generator().manual_seed(1), show_progress=False, **kw))
+    assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-5)
+    assert runs[0].grad_norms == pytest.approx(runs[1].grad_norms, rel=1e-5)
+    assert calls == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="v-prediction"):
+        train(UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4)), images,
+              DiffusionObjective(schedule), config, step_fn=as_step_fn(training_step), show_progress=False)

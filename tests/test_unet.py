@@ -117,3 +117,30 @@ def test_label_none_means_the_null_class():
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 5])
     torch.testing.assert_close(model(x, t), model(x, t, Cond(labels=torch.tensor([10, 10]))))
     assert not torch.allclose(model(x, t), model(x, t, Cond(labels=torch.tensor([3, 3]))))
+
+
+def test_use_pieces_runs_a_learners_functions_in_every_module_of_their_kind():
+    from diffuse_edu.models.attention import attention_block
+    from diffuse_edu.models.time_embedding import scale_shift
+    from diffuse_edu.models.unet import residual_block, unet_forward, use_pieces
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16, 32), attention_levels=(2,), groups=4)).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 900])
+    seen = []
+
+    def spy(name, fn):
+        def wrapped(*args):
+            seen.append(name)
+            return fn(*args)
+        return wrapped
+
+    with torch.no_grad():
+        before = net(x, t)
+        counts = use_pieces(net, forward=spy("forward", unet_forward), residual_block=spy("res", residual_block),
+                            attention_block=spy("attn", attention_block), scale_shift=spy("mod", scale_shift),
+                            attention=spy("mha", multi_head_attention))
+        after = net(x, t)
+    assert torch.equal(before, after)
+    assert counts == {"forward": 1, "residual_block": 6, "attention_block": 2, "scale_shift": 6, "attention": 2}
+    assert {n: seen.count(n) for n in set(seen)} == {"forward": 1, "res": 6, "attn": 2, "mod": 6, "mha": 2}

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from diffuse_edu.config import Scale, default_device, get_scale
-from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.samplers import (
     generate,
     sample_ddim,
@@ -76,7 +75,7 @@ def bench_sampling(model: torch.nn.Module, recipe: Recipe, device: torch.device,
                    batch_size: int, names: list[str], fast: bool) -> dict:
     """Seconds per 10,000 samples for each sampler; the first (compiling) batch is timed apart."""
     schedule = recipe.schedule()
-    denoiser = Denoiser(model.eval(), schedule, fast=fast)
+    denoiser = recipe.denoiser(model.eval(), schedule, fast=fast)
     rows = {}
     for name in names:
         sampler, steps, nfe = SAMPLERS[name]
@@ -115,12 +114,12 @@ def bench_quality(recipe: Recipe, scale: Scale, device: torch.device, *, train_s
     reference = extract(classifier, course_images("test", scale).images.to(device))
     out = dict(train_seconds=round(result.seconds, 1), train_steps=result.steps, samples=n)
     for label, fast in (("eager_fp32", False), ("fast_path", True)):
-        denoiser = Denoiser(result.ema.eval(), schedule, fast=fast)
+        denoiser = recipe.denoiser(result.ema.eval(), schedule, fast=fast)
         fids = []
         for seed in range(seeds):
             x = generate(sample_ddim, denoiser, schedule, n, recipe.image_shape, batch_size=batch_size, steps=50, clip=1.0,
                          generator=torch.Generator(device).manual_seed(100 + seed), device=device)
-            fids.append(fid(extract(classifier, x.clamp(-1, 1)), reference))
+            fids.append(fid(extract(classifier, recipe.view(x.clamp(-1, 1))), reference))
         mean = sum(fids) / len(fids)
         spread = (sum((f - mean) ** 2 for f in fids) / max(len(fids) - 1, 1)) ** 0.5
         out[label] = dict(fid_per_seed=[round(f, 3) for f in fids], mean=round(mean, 3), std=round(spread, 3))

@@ -12,6 +12,9 @@ A lesson's exercise cell defines a function; the next cell passes it to :func:`c
 * wrong: one or two sentences say which case failed and why (which shape, which value, which
   edge case), and the notebook carries on with the reference version.
 
+Hints are progressive and never give the answer's key line: ``hint("q_sample")`` prints a first
+nudge; asked again, a second, more specific one.
+
 A checker is a name, the reference function and a list of cases. Each case calls the learner's
 function and raises :class:`Mismatch` with a specific message when something is off;
 :func:`compare` does the usual shape, dtype and value checks and names known mistakes.
@@ -38,7 +41,10 @@ class Checker:
     name: str  # the function's name in the notebook
     reference: Callable  # the library's version, used when the learner's is unfinished or wrong
     cases: Sequence[Callable[[Callable], None]]  # each calls fn and raises Mismatch if wrong
-    hint: str = ""  # one sentence shown with any failure
+    hints: Sequence[str] = ()  # progressive: a first nudge, then a more specific one (never the key line)
+
+    def __post_init__(self) -> None:
+        CHECKERS[self.name] = self
 
 
 @dataclass
@@ -54,6 +60,27 @@ class Verdict:
 
 #: Verdicts of every exercise checked in this process, in order (read by `diffuse_edu check`).
 VERDICTS: list[Verdict] = []
+#: Every checker defined so far, by exercise name (for :func:`hint`).
+CHECKERS: dict[str, Checker] = {}
+_HINTS_SHOWN: dict[str, int] = {}
+
+
+def hint(name: str) -> str:
+    """Print (and return) the next hint for exercise ``name``: a first nudge, then a second one."""
+    checker = CHECKERS.get(name)
+    if checker is None:
+        raise KeyError(f"No exercise called {name!r}; known: {', '.join(sorted(CHECKERS))}.")
+    if not checker.hints:
+        text = f"{name} has no hints: its docstring and the lesson's text say what to compute."
+    else:
+        shown = _HINTS_SHOWN.get(name, 0)
+        level = min(shown, len(checker.hints) - 1)
+        _HINTS_SHOWN[name] = shown + 1
+        more = (f" (ask again for hint {level + 2})" if level + 1 < len(checker.hints)
+                else " (that is the last hint; the solutions/ notebook has the answer)")
+        text = f"Hint {level + 1} of {len(checker.hints)} for {name}: {checker.hints[level]}{more}"
+    print(text)
+    return text
 
 
 def run_checker(fn: Callable, checker: Checker) -> Verdict:
@@ -81,13 +108,14 @@ def _explain(e: BaseException) -> str:
     if "must match the size of tensor" in text:
         return (". This usually means a per-image value of shape (B,) was multiplied with images "
                 "of shape (B, C, H, W) without reshaping it to (B, 1, 1, 1).")
-    if "expected scalar type" in text or "dtype" in text:
+    if "expected scalar type" in text or "dtype" in text or ("type" in text and "should be the same" in text):
         return ". Two tensors of different dtypes met: cast one with .to(other.dtype)."
     return ""
 
 
 def _learner_frame(e: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if "diffuse_edu" not in f.filename]
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "diffuse_edu" not in f.filename and "/torch/" not in f.filename and "/einops/" not in f.filename]
     return f" (at line: {frames[-1].line})" if frames and frames[-1].line else ""
 
 
@@ -95,6 +123,7 @@ def check(fn: Callable, checker: Checker, *, quiet: bool = False) -> Callable:
     """Check a learner's function; return it if right, else the library's reference version."""
     verdict = run_checker(fn, checker)
     VERDICTS.append(verdict)
+    CHECKERS[checker.name] = checker  # hint() speaks of the exercise checked last under this name
     ref = f"{checker.reference.__module__}.{checker.reference.__qualname__}"
     if verdict.status == "passed":
         text, chosen = f"[ok] {verdict.message} From here on the notebook uses yours.", fn
@@ -102,8 +131,8 @@ def check(fn: Callable, checker: Checker, *, quiet: bool = False) -> Callable:
         text, chosen = (f"[todo] {verdict.message} The notebook carries on with the library's "
                         f"version ({ref}); come back to it any time."), checker.reference
     else:
-        hint = f"\n       Hint: {checker.hint}" if checker.hint else ""
-        text = (f"[x] {checker.name}: {verdict.message}{hint}\n"
+        nudge = f"\n       Stuck? hint({checker.name!r}) gives a nudge." if checker.hints else ""
+        text = (f"[x] {checker.name}: {verdict.message}{nudge}\n"
                 f"       ({verdict.passed_cases} of {verdict.total_cases} checks passed before this "
                 f"one; the notebook carries on with {ref}.)")
         chosen = checker.reference

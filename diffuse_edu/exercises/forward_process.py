@@ -100,6 +100,8 @@ def _no_broadcast_trap(fn: Callable) -> None:
 Q_SAMPLE = Checker(
     "q_sample", q_sample,
     [_shape_and_values, _dtype, _t_zero, _t_final_zero_snr, _other_schedule, _no_broadcast_trap],
-    hint="alpha_bar = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1), then "
-         "sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps.",
+    hints=(
+        "The noisy image is a weighted sum of x0 and eps; both weights come from one table of the schedule, read at each image's own t.",
+        "A weight read with t has shape (B,): reshape it so that it broadcasts over (C, H, W), and cast it to x0's dtype and device (the tables are float64 on the CPU). The weights are standard deviations, not variances.",
+    ),
 )

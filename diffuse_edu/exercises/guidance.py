@@ -54,5 +54,8 @@ def _inputs_unchanged(fn: Callable) -> None:
 GUIDED_PREDICTION = Checker(
     "guided_prediction", guided_prediction,
     [_values(3.0, 0), _values(7.5, 1), _values(0.5, 2), _ends, _inputs_unchanged],
-    hint="start from uncond and move scale times the way from uncond to cond.",
+    hints=(
+        'Guidance extrapolates: at scale 0 you get the unconditional prediction, at scale 1 the conditional one.',
+        'The difference cond - uncond is a direction; the scale says how far to go along it. From which of the two predictions do you start?',
+    ),
 )

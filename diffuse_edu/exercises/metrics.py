@@ -55,5 +55,8 @@ def _rank_deficient(fn: Callable) -> None:
 
 SQRTM_PSD = Checker(
     "sqrtm_psd", sqrtm_psd, [_values, _squares_back, _rank_deficient],
-    hint="vals, vecs = torch.linalg.eigh(a); return vecs @ diag(sqrt(clamp(vals, min=0))) @ vecs.T.",
+    hints=(
+        'A symmetric matrix is diagonal in the basis of its eigenvectors, and torch.linalg.eigh gives both.',
+        'Take the square root where the matrix is diagonal, then rotate back with the eigenvectors. Round-off can make a zero eigenvalue slightly negative: its square root must not become NaN.',
+    ),
 )

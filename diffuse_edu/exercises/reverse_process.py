@@ -107,10 +107,16 @@ def _step_last(fn: Callable) -> None:
             "variance is 0 there, since alpha_bar_0 = 1) and return the mean.")
 
 
-EPS_LOSS = Checker("eps_loss", eps_loss, [_loss_values, _loss_has_gradient],
-                   hint="x_t = q_sample(x0, t, schedule, eps); return ((model(x_t, t) - eps) ** 2).mean().")
+EPS_LOSS = Checker(
+    "eps_loss", eps_loss, [_loss_values, _loss_has_gradient],
+    hints=("Noise the clean images exactly as lesson 01 does, then ask the model which noise it sees.",
+           "The loss compares the model's output with the eps you noised with: one mean squared error over "
+           "every pixel of every image, a scalar that keeps its gradient."),
+)
 DDPM_STEP = Checker(
     "ddpm_step", ddpm_step, [_step_values, _step_last],
-    hint="mean = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) / sqrt(alpha_t); add "
-         "sqrt(beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)) * noise.",
+    hints=("Lesson 02's step has two parts: a mean computed from x_t and eps_hat, plus fresh noise scaled by "
+           "the step's standard deviation.",
+           "The mean takes the predicted noise out of x_t with the weight beta_t / sqrt(1 - alpha_bar_t) and "
+           "rescales by alpha_t; the variance (the posterior's) also needs alpha_bar_{t-1}, and is 0 at t = 1."),
 )

@@ -110,12 +110,16 @@ DDIM_STEP = Checker(
     "ddim_step", ddim_step,
     [_ddim(900, 700, 0.0, 0), _ddim(500, 250, 0.0, 1), _ddim(600, 400, 0.6, 2), _ddim(100, 0, 0.0, 3),
      _ddim_clip(980, 900, 4)],
-    hint="x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab); sigma = eta sqrt((1 - ab_prev)/(1 - ab)) "
-         "sqrt(1 - ab/ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise; "
-         "with clip, clamp x0_hat and recompute eps_hat from it.",
+    hints=("First estimate x0 from x_t and eps_hat; then move to the noise level of t_prev, keeping the "
+           "same eps_hat as the direction of the noise.",
+           "With eta > 0 part of the eps_hat term is replaced by fresh noise of standard deviation sigma, so "
+           "the deterministic part shrinks to keep the total variance; with clip, clamp x0_hat and make "
+           "eps_hat consistent with the clamped x0_hat before the step."),
 )
 HEUN_STEP = Checker(
     "heun_step", heun_step, [_heun(10.0, 5.0), _heun(1.0, 0.4), _heun(0.3, 0.0)],
-    hint="d = (x - D(x, s)) / s; x_e = x + (s_next - s) d; unless s_next == 0: "
-         "d2 = (x_e - D(x_e, s_next)) / s_next and x + (s_next - s) (d + d2) / 2.",
+    hints=("Heun is Euler with a correction: take an Euler step, look at the slope where it lands, and "
+           "average the two slopes.",
+           "The slope at noise level s is (x - D(x, s)) / s. At s_next = 0 the second slope is undefined: "
+           "keep the Euler step there."),
 )

@@ -59,8 +59,10 @@ TOKENIZE = Checker(
      _token_case(["A Red circle"], 6, "upper case"),
      _token_case(["a purple circle"], 6, "a word outside the vocabulary"),
      _token_case(["a big red circle left of a small blue square"], 6, "longer than max_len")],
-    hint="build each caption's row as a Python list first (specials included), then copy it into a tensor "
-         "that starts as <pad> everywhere.",
+    hints=("Build each caption's row as a Python list first (specials included), then copy it into a tensor "
+           "that starts as <pad> everywhere.",
+           "Lower-case before looking words up; a word the vocabulary lacks becomes <unk>; a caption too long "
+           "for max_len is cut but still ends in <eos>; the mask is True exactly where a real token sits."),
 )
 
 
@@ -145,6 +147,8 @@ MULTI_HEAD_ATTENTION = Checker(
     "multi_head_attention", multi_head_attention,
     [_attention_case(0, 1, 4, 4, False), _attention_case(1, 2, 5, 7, False), _attention_case(2, 2, 5, 7, True),
      _attention_case(3, 4, 16, 6, True), _attention_case(4, 2, 3, 5, True, torch.float64), _inputs_unchanged],
-    hint="work per head (each head owns a slice of d = C / heads channels), and make sure a padded key "
-         "ends up with exactly zero weight.",
+    hints=("Work per head (each head owns a slice of d = C / heads channels), and make sure a padded key "
+           "ends up with exactly zero weight.",
+           "Mask the logits before the softmax, with a value the softmax turns into an exact 0; the mask "
+           "marks keys, so it broadcasts over the heads and the queries. Build new tensors: never edit q, k or v."),
 )

@@ -1,4 +1,4 @@
-"""Checker for lesson 04: sinusoidal time embeddings."""
+"""Checkers for lesson 04: sinusoidal time embeddings, and scale-and-shift modulation by them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.models.time_embedding import sinusoidal_embedding
+from diffuse_edu.models.time_embedding import ScaleShift, scale_shift, sinusoidal_embedding
 
 
 def _variants(t: torch.Tensor, dim: int) -> list[Mistake]:
@@ -64,6 +64,70 @@ def _float_t(fn: Callable) -> None:
 
 SINUSOIDAL_EMBEDDING = Checker(
     "sinusoidal_embedding", sinusoidal_embedding, [_values, _t_zero, _odd_dim, _float_t],
-    hint="freqs = exp(-log(max_period) * arange(dim // 2) / (dim // 2)); angles = t[:, None] * "
-         "freqs; cat([sin(angles), cos(angles)], dim=1), padded with a zero column for odd dim.",
+    hints=(
+        'The frequencies form a geometric sequence that falls from 1 to 1/max_period, one frequency per sine-cosine pair.',
+        'Build the angles as a (B, dim // 2) table, t as a column times the frequencies as a row; sines fill the first half, cosines the second, and an odd dim gets one zero column at the end.',
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- scale and shift
+def _modulated(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor, kind: str) -> torch.Tensor:
+    out = block.proj(torch.nn.functional.silu(emb) if kind == "double_silu" else emb)
+    if kind == "interleaved":
+        scale, shift = out.reshape(out.shape[0], -1, 2).unbind(-1)
+    else:
+        scale, shift = out.chunk(2, dim=1)
+    scale, shift = scale[:, :, None, None], shift[:, :, None, None]
+    return {"double_silu": h * (1 + scale) + shift, "no_one": h * scale + shift, "swapped": h * (1 + shift) + scale, "interleaved": h * (1 + scale) + shift,
+            "shift_first": (h + shift) * (1 + scale), "scale_only": h * (1 + scale)}[kind]
+
+
+def _scale_shift_case(seed: int, fresh: bool = False) -> Callable:
+    def case(fn: Callable) -> None:
+        from diffuse_edu.exercises.unet import randomised
+
+        block = ScaleShift(6, 4)
+        if not fresh:
+            randomised(block, seed)
+        g = torch.Generator().manual_seed(seed)
+        h, emb = torch.randn(3, 4, 2, 5, generator=g), torch.randn(3, 6, generator=g)
+        what = "scale_shift(block, h of shape (3, 4, 2, 5), emb of shape (3, 6))" + (
+            " with a freshly built block (its projection is zero)" if fresh else "")
+        with torch.no_grad():
+            want = scale_shift(block, h, emb)
+            h_before = h.clone()
+            try:
+                got = fn(block, h, emb.clone())  # the caller's own h: it must come back untouched
+            except RuntimeError as e:
+                if "size" in str(e):
+                    raise Mismatch(f"{what} failed with a shape error ({str(e).splitlines()[0][:100]}): scale and "
+                                   "shift are (B, C); give them two trailing axes, (B, C, 1, 1), to broadcast "
+                                   "over the pixels.") from None
+                raise
+            kinds = {"no_one": "h * scale + shift wipes the features out while the projection is still near zero: "
+                               "use h * (1 + scale) + shift, so that a fresh block leaves h unchanged.",
+                     "swapped": "scale and shift are swapped: the first C outputs of block.proj are the scale, "
+                                "the next C the shift.",
+                     "interleaved": "the projection's output splits into two halves (scale, then shift) with "
+                                    "chunk(2, dim=1), not into interleaved pairs.",
+                     "shift_first": "the shift is added before scaling: scale h first, then add the shift.",
+                     "scale_only": "the shift is missing: h * (1 + scale) + shift.",
+                     "double_silu": "SiLU ran on the embedding twice: block.proj already starts with a SiLU."}
+            mistakes = [] if fresh else [Mistake(m, _modulated(block, h, emb, k)) for k, m in kinds.items()]
+        if not torch.equal(h, h_before):
+            raise Mismatch("scale_shift changed the caller's h in place (mul_ or add_ on h); the residual block "
+                           "may still need it: return a new tensor.")
+        compare(got, want, what=what, mistakes=mistakes,
+                otherwise="a fresh block must return h unchanged: that is why the scale enters as 1 + scale."
+                if fresh else None)
+    return case
+
+
+SCALE_SHIFT = Checker(
+    "scale_shift", scale_shift, [_scale_shift_case(0), _scale_shift_case(1), _scale_shift_case(2, fresh=True)],
+    hints=("block.proj turns the embedding into two numbers per channel; one multiplies the features, the other "
+           "is added, and a fresh block (its projection is zero) must leave h as it is.",
+           "Split the projection's 2C outputs into halves (scale first), shape each (B, C, 1, 1) so it broadcasts "
+           "over the pixels, and scale by 1 + scale before adding the shift."),
 )

@@ -1,13 +1,17 @@
-"""Checker for lesson 05: one update of the exponential moving average, with its warm-up."""
+"""Checkers for lesson 05: one update of the exponential moving average, with its warm-up, and one
+training step (noise, v target, loss, backward, clipping, optimiser step)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
 from diffuse_edu.training.ema import ema_update
+from diffuse_edu.training.loop import training_step
 
 
 def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -24,12 +28,14 @@ def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[s
         "always_warm": [((1 + updates) / (10 + updates)) * e + (1 - (1 + updates) / (10 + updates)) * c
                         for e, c in zip(e0, c0)],
     }
-    result = fn(ema, cur, updates, decay)
-    if result is not None and not isinstance(result, list):
-        raise Mismatch("ema_update should change the EMA tensors in place and return None.")
+    result = fn(ema, cur, updates, decay)  # the caller's own lists: the update must land in them
     if any(not torch.equal(c, c0_) for c, c0_ in zip(cur, c0)):
         raise Mismatch("ema_update changed the model's own weights; only the EMA copies may change.")
-    got = torch.cat([e.flatten() for e in (result or ema)])
+    if all(torch.equal(e, e0_) for e, e0_ in zip(ema, e0)):
+        raise Mismatch("ema_update left the caller's EMA tensors unchanged" + (
+            " and returned new ones: the training loop keeps its own tensors, so change them in place "
+            "(methods ending in an underscore, such as mul_ and add_)." if result is not None else "."))
+    got = torch.cat([e.flatten() for e in ema])
     return got, {k: torch.cat([v.flatten() for v in vs]) for k, vs in variants.items()} | {
         "want": torch.cat([w.flatten() for w in want])}
 
@@ -51,5 +57,96 @@ def _case(updates: int, decay: float):
 
 EMA_UPDATE = Checker(
     "ema_update", ema_update, [_case(0, 0.999), _case(5, 0.999), _case(5000, 0.99)],
-    hint="d = min(decay, (1 + updates) / (10 + updates)); for each pair, e.mul_(d).add_(c, alpha=1 - d).",
+    hints=(
+        'The decay warms up too: early on it is small, so the average quickly forgets the random start; later it is capped.',
+        "Change each EMA tensor in place (the methods ending in an underscore), keeping a share d of itself and taking the rest from the model's tensor; never touch the model's tensors.",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- the training step
+class _TinyDenoiser(nn.Module):
+    """A small network of (x, t): a conv, modulated by t, so that every mistake changes the numbers."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.time = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
+        return self.conv(x) * (1 + self.time(t.to(x.dtype)[:, None] / 1000)[:, :, None, None])
+
+
+_STEP_SCHEDULE = cosine_schedule(1000)
+
+
+def _losses(model, x0, t, eps, target: str, *, variance_weights: bool = False) -> torch.Tensor:
+    ab = _STEP_SCHEDULE.alpha_bar[t].float().reshape(-1, 1, 1, 1)
+    a, s = (ab, 1 - ab) if variance_weights else (ab.sqrt(), (1 - ab).sqrt())
+    x_t = a * x0 + s * eps
+    goal = {"v": a * eps - s * x0, "eps": eps, "x0": x0, "v_swapped": s * eps - a * x0}[target]
+    return (model(x_t, t) - goal).square().flatten(1).mean(1)
+
+
+def _step_case(seed: int, grad_clip: float | None, steps: int = 1) -> Callable:
+    def case(fn: Callable) -> None:
+        g = torch.Generator().manual_seed(seed)
+        x0, eps = torch.rand(4, 1, 6, 5, generator=g) * 2 - 1, torch.randn(4, 1, 6, 5, generator=g)
+        t = torch.tensor([1, 250, 700, 1000])
+        mine, ref = _TinyDenoiser(seed), _TinyDenoiser(seed)
+        opt_mine = torch.optim.SGD(mine.parameters(), lr=0.05, momentum=0.9)
+        opt_ref = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+        clip = "no clipping" if grad_clip is None else f"grad_clip = {grad_clip}"
+        what = f"training_step ({clip}, step {{}} of {steps}, t = [1, 250, 700, 1000])"
+        for k in range(1, steps + 1):
+            with torch.no_grad():
+                mistakes = [Mistake(m, _losses(mine, x0, t, eps, kind, variance_weights=w)) for m, kind, w in (
+                    ("the loss compares with eps; lesson 05 trains the v target, v = sqrt(ab) eps - sqrt(1 - ab) x0.",
+                     "eps", False),
+                    ("the loss compares with x0; the target is v = sqrt(ab) eps - sqrt(1 - ab) x0.", "x0", False),
+                    ("v has its weights swapped: v = sqrt(ab) eps - sqrt(1 - ab) x0.", "v_swapped", False),
+                    ("x_t (and v) use alpha_bar and 1 - alpha_bar as weights; take their square roots.", "v", True))]
+            want_loss, want_norm = training_step(ref, opt_ref, x0, t, eps, _STEP_SCHEDULE, grad_clip)
+            out = fn(mine, opt_mine, x0.clone(), t.clone(), eps.clone(), _STEP_SCHEDULE, grad_clip)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise Mismatch("training_step must return two things: (the loss per example, shape (B,), the "
+                               "gradient norm before clipping).")
+            loss, norm = out
+            if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                raise Mismatch(f"{what.format(k)} returned a loss still attached to the graph: return "
+                               "loss.detach(), or the loop keeps every step's graph alive.")
+            compare(loss, want_loss, what=f"{what.format(k)}: the loss per example", mistakes=mistakes)
+            norm = torch.as_tensor(norm).float()
+            if norm.shape == () and torch.allclose(norm, want_norm.float() * len(x0), rtol=1e-3):
+                raise Mismatch(f"{what.format(k)}: the gradient is {len(x0)} times too large: backpropagate the mean "
+                               "of the per-example losses, not their sum.")
+            compare(norm, want_norm.float(), what=f"{what.format(k)}: the gradient norm",
+                    otherwise="the gradients of the previous step were not cleared: call optimizer.zero_grad() "
+                              "before backward()." if k > 1 else
+                              "return the global norm of the gradients before clipping: "
+                              "torch.nn.utils.clip_grad_norm_ returns it (with max_norm = inf when not clipping).")
+            for (name, p), q in zip(mine.named_parameters(), ref.parameters()):
+                if torch.equal(p, q):
+                    continue
+                if k == 1 and torch.equal(p, _TinyDenoiser(seed).state_dict()[name]):
+                    raise Mismatch(f"{what.format(k)} left the weights unchanged: call optimizer.step() after "
+                                   "backward().")
+                hint = ("the gradients of the previous step were not cleared: call optimizer.zero_grad() before "
+                        "backward()." if k > 1 else
+                        "the weights moved differently: clip the gradient's global norm after backward() and before "
+                        "optimizer.step() (and only when grad_clip is not None), on the mean of the per-example "
+                        "losses.")
+                raise Mismatch(f"{what.format(k)}: after the step, {name} differs from the expected weights; {hint}")
+    return case
+
+
+TRAINING_STEP = Checker(
+    "training_step", training_step,
+    [_step_case(0, None), _step_case(1, 0.05), _step_case(2, 1e3, steps=2), _step_case(3, 0.05, steps=2)],
+    hints=("Make x_t from x0 and eps as in lesson 01, ask the model for v at (x_t, t), and compare with the true "
+           "v; then the four optimiser calls, in the order an optimiser needs them.",
+           "Read alpha_bar at each image's t as (B, 1, 1, 1) in x0's dtype; the loss per example averages over "
+           "every axis but the batch; backpropagate its batch mean; clip with torch.nn.utils.clip_grad_norm_ "
+           "between backward() and step(), and return the norm it reports."),
 )

@@ -1,4 +1,5 @@
-"""Checker for lesson 03: multi-head scaled dot-product attention."""
+"""Checkers for lesson 03: multi-head attention, the residual block, the attention block and the
+U-Net's forward pass with its skip stack."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from collections.abc import Callable
 
 import torch
 from einops import rearrange
+from torch import nn
 
-from diffuse_edu.exercises import Checker, Mistake, compare
-from diffuse_edu.models.attention import multi_head_attention
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.models.attention import SelfAttention, attention_block, multi_head_attention
+from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, residual_block, unet_forward
 
 
 def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d"):
@@ -74,6 +78,238 @@ def _permutation(fn: Callable) -> None:
 
 MULTI_HEAD_ATTENTION = Checker(
     "multi_head_attention", multi_head_attention, [_self_attention, _cross_attention, _permutation],
-    hint="split channels into heads with rearrange(z, 'b l (h d) -> b h l d', h=heads), then "
-         "softmax(q @ k^T / sqrt(d), dim=-1) @ v, and merge the heads back.",
+    hints=(
+        'Each head sees its own slice of d = C / heads channels; einops.rearrange splits the channel axis into (heads, d) and merges it back.',
+        'Inside each head: the similarity of every query with every key, scaled by 1 / sqrt(d), normalised over the keys, then used to average the values.',
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- the blocks around it
+def randomised(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
+    """``module`` in eval mode with every parameter redrawn: N(0, std^2), GroupNorm scales around 1
+    (zero-initialised layers would hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            norm_scale = p.ndim == 1 and "norm" in name and name.endswith("weight")
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if norm_scale else 0.0))
+    return module.eval()
+
+
+def _shape_error(fn: Callable, what: str, advice: str) -> torch.Tensor:
+    """Run ``fn``; turn a shape error (the usual symptom of a wrongly wired block) into advice."""
+    try:
+        return fn()
+    except RuntimeError as e:
+        if "size" in str(e) or "shape" in str(e) or "channels" in str(e):
+            raise Mismatch(f"{what} failed with a shape error ({str(e).splitlines()[0][:120]}): {advice}") from None
+        raise
+
+
+def _res_variant(block: ResBlock, x, emb, *, act_first=False, modulate_first=False, modulate_after_act=False,
+                 shortcut=True, second_act=True, first_act=True, modulate=True) -> torch.Tensor:
+    silu = torch.nn.functional.silu
+    if act_first:
+        h = block.conv1(block.norm1(silu(x)))
+    else:
+        h = block.conv1(silu(block.norm1(x)) if first_act else block.norm1(x))
+    mod = (lambda z: block.scale_shift(z, emb)) if block.scale_shift is not None and modulate else (lambda z: z)
+    if modulate_first:
+        h = block.norm2(mod(h))
+    else:
+        h = block.norm2(h)
+        if not modulate_after_act:
+            h = mod(h)
+    h = silu(h) if second_act else h
+    if modulate_after_act:
+        h = mod(h)
+    h = block.conv2(block.dropout(h))
+    return h + block.shortcut(x) if shortcut else h
+
+
+def _res_mistakes(block: ResBlock, x, emb) -> list[Mistake]:
+    with torch.no_grad():
+        return [
+            Mistake("the shortcut is missing: add block.shortcut(x) (x itself, or a 1x1 conv when the channel "
+                    "counts differ) to the block's output.", _res_variant(block, x, emb, shortcut=False)),
+            Mistake("SiLU runs before the first GroupNorm: the order is norm, then activation, then conv.",
+                    _res_variant(block, x, emb, act_first=True)),
+            Mistake("the embedding modulates the features before the second GroupNorm, which then undoes "
+                    "it: normalise first, then scale and shift.", _res_variant(block, x, emb, modulate_first=True)),
+            Mistake("the embedding modulates after the second SiLU: scale and shift the normalised features, "
+                    "then apply the activation.", _res_variant(block, x, emb, modulate_after_act=True)),
+            Mistake("the second SiLU is missing (between the modulation and the second conv).",
+                    _res_variant(block, x, emb, second_act=False)),
+            Mistake("the first SiLU is missing (between the first GroupNorm and the first conv).",
+                    _res_variant(block, x, emb, first_act=False)),
+            Mistake("the embedding is never used: block.scale_shift(h, emb) modulates the features after the "
+                    "second GroupNorm.", _res_variant(block, x, emb, modulate=False)),
+        ]
+
+
+def _res_case(in_ch: int, out_ch: int, emb_dim: int | None, seed: int, dropout: float = 0.0) -> Callable:
+    def case(fn: Callable) -> None:
+        block = randomised(ResBlock(in_ch, out_ch, emb_dim, groups=4, dropout=dropout), seed)
+        g = torch.Generator().manual_seed(seed + 100)
+        x = torch.randn(2, in_ch, 6, 4, generator=g)
+        emb = torch.randn(2, emb_dim, generator=g) if emb_dim else None
+        what = (f"residual_block({in_ch} -> {out_ch} channels, "
+                f"{'with an embedding' if emb_dim else 'no embedding (emb=None, block.scale_shift is None)'}"
+                f"{f', dropout {dropout} in eval mode' if dropout else ''})")
+        with torch.no_grad():
+            want = residual_block(block, x, emb)
+            try:
+                got = _shape_error(lambda: fn(block, x.clone(), None if emb is None else emb.clone()), what,
+                                   "x has C_in channels and the block's output C_out; x reaches the sum through "
+                                   "block.shortcut, and the layers are block.norm1, conv1, norm2, conv2 in order.")
+            except TypeError as e:
+                if emb is None and "NoneType" in str(e):
+                    raise Mismatch(f"{what} raised TypeError ({e}): a block without an embedding has "
+                                   "block.scale_shift = None and emb = None; skip the modulation then.") from None
+                raise
+        if dropout and isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want):
+            again = fn(block, x.clone(), None if emb is None else emb.clone())
+            if not torch.allclose(got, again):
+                raise Mismatch(f"{what} gave different outputs on two calls: use block.dropout (a module, off in "
+                               "eval mode), not F.dropout, which drops values even in eval mode.")
+        compare(got, want, what=what, mistakes=_res_mistakes(block, x, emb))
+    return case
+
+
+RESIDUAL_BLOCK = Checker(
+    "residual_block", residual_block,
+    [_res_case(8, 16, 12, 0), _res_case(8, 8, 12, 1), _res_case(8, 16, None, 2), _res_case(16, 8, 12, 3, dropout=0.5)],
+    hints=("Two rounds of normalise, activate, convolve; the embedding enters in the second round, and the "
+           "input comes back at the end through the shortcut.",
+           "Use the block's own layers (block.norm1, conv1, norm2, scale_shift, dropout, conv2, shortcut); skip the "
+           "modulation when block.scale_shift is None, and modulate right after the second GroupNorm."),
+)
+
+
+def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True):
+    emb = unet.embed(t, cond if use_cond else None)
+    h, skips = unet.stem(x), []
+    for level, blocks in enumerate(unet.encoder):
+        for block in blocks:
+            h = block(h, emb, cond)
+        if level < len(unet.downsamples):
+            skips.append(h)
+            h = unet.downsamples[level](h)
+    if middle:
+        h = unet.middle(h, emb, cond)
+    for level in reversed(range(len(unet.decoder))):
+        h = unet.upsamples[level](h)
+        if unet.config.skip_connections:
+            h = torch.cat([h, skips[level]] if order == "up_skip" else [skips[level], h], dim=1)
+        for block in unet.decoder[level]:
+            h = block(h, emb, cond)
+    return unet.out(h) if out else h
+
+
+def _unet_case(description: str, seed: int, **config) -> Callable:
+    def case(fn: Callable) -> None:
+        cfg = UNetConfig(in_channels=1, groups=4, **{"channels": (8, 16, 32), "attention_levels": (2,), **config})
+        unet = randomised(UNet(cfg), seed, std=0.2)
+        g = torch.Generator().manual_seed(seed)
+        x, t = torch.randn(2, 1, 8, 8, generator=g), torch.tensor([3, 700])
+        cond = Cond(labels=torch.tensor([1, 2])) if cfg.num_classes else None
+        if cfg.context_dim:
+            cond = Cond(context=torch.randn(2, 3, cfg.context_dim, generator=g))
+        what = f"unet_forward on {description}"
+        with torch.no_grad():
+            want = unet_forward(unet, x, t, cond)
+            got = _shape_error(lambda: fn(unet, x.clone(), t.clone(), cond), what,
+                               "encoder level i keeps its output (before downsampling) for decoder level i; the "
+                               "decoder runs from the bottom level up, upsampling before it concatenates; with "
+                               "unet.config.skip_connections False nothing is concatenated.")
+            mistakes = [
+                Mistake("the skip is concatenated before the upsampled features: torch.cat([upsampled, skip], "
+                        "dim=1), in that order (the decoder's first conv expects it).",
+                        _unet_variant(unet, x, t, cond, order="skip_up")),
+                Mistake("the output head unet.out (GroupNorm, SiLU, conv to the image's channels) is missing.",
+                        _unet_variant(unet, x, t, cond, out=False)),
+                Mistake("the middle stage (unet.middle, at the lowest resolution) is skipped.",
+                        _unet_variant(unet, x, t, cond, middle=False)),
+                Mistake("the condition never reaches the embedding: unet.embed(t, cond) adds the class label "
+                        "to the time embedding.", _unet_variant(unet, x, t, cond, use_cond=False)),
+            ]
+        compare(got, want, what=what, mistakes=mistakes)
+    return case
+
+
+UNET_FORWARD = Checker(
+    "unet_forward", unet_forward,
+    [_unet_case("3 levels, one block per level", 0),
+     _unet_case("3 levels, two blocks per level", 1, blocks_per_level=2),
+     _unet_case("2 levels", 2, channels=(8, 16), attention_levels=(1,)),
+     _unet_case("a U-Net without skip connections (config.skip_connections = False)", 3, skip_connections=False),
+     _unet_case("a class-conditional U-Net (cond carries labels)", 4, num_classes=3),
+     _unet_case("a text-conditioned U-Net (cond carries a context sequence for cross-attention: pass cond to "
+                "every stage)", 5, context_dim=6)],
+    hints=("Go down, keeping what each encoder level produced before it halves the resolution; come back up, "
+           "joining each decoder level with the kept map of the same resolution.",
+           "A list works as the skip stack: append at each encoder level but the last; the decoder levels run in "
+           "reversed order, each upsampling first and then concatenating its skip on the channel axis (dim=1)."),
+)
+
+
+def _attn_variant(block: SelfAttention, x, *, residual=True, norm=True, heads=None, order="qkv", on_normed=False,
+                  project=True, fold="b (h w) c -> b c h w", reshape=False):
+    b, c, h, w = x.shape
+    xn = block.norm(x) if norm else x
+    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c")
+    q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
+    if order == "kqv":
+        q, k = k, q
+    out = multi_head_attention(q, k, v, heads or block.heads)
+    out = block.to_out(out) if project else out
+    out = out.reshape(b, c, h, w) if reshape else rearrange(out, fold, h=h, w=w)
+    return (xn if on_normed else x) + out if residual else out
+
+
+def _attn_case(seed: int, heads: int, shape: tuple[int, int], fresh: bool = False) -> Callable:
+    def case(fn: Callable) -> None:
+        block = SelfAttention(16, heads, 4)
+        if not fresh:
+            randomised(block, seed)
+        block.eval()
+        x = torch.randn(2, 16, *shape, generator=torch.Generator().manual_seed(seed))
+        what = (f"attention_block on a {shape[0]}x{shape[1]} map, {heads} heads"
+                + (", a freshly built block (to_out is zero)" if fresh else ""))
+        with torch.no_grad():
+            want = attention_block(block, x)
+            got = _shape_error(lambda: fn(block, x.clone()), what,
+                               "tokens are the H * W positions with C channels each: rearrange the normalised map "
+                               "'b c h w -> b (h w) c', and back with h and w given.")
+            mistakes = [] if fresh else [
+                Mistake("the residual is missing: return x + the projected attention output.",
+                        _attn_variant(block, x, residual=False)),
+                Mistake("the GroupNorm is missing: normalise x (block.norm) before making tokens.",
+                        _attn_variant(block, x, norm=False)),
+                Mistake("the residual adds the normalised map; add the block's input x itself.",
+                        _attn_variant(block, x, on_normed=True)),
+                Mistake("all channels form one head: pass block.heads to the attention.",
+                        _attn_variant(block, x, heads=1)),
+                Mistake("queries and keys are swapped: to_qkv's output splits as (q, k, v) in that order.",
+                        _attn_variant(block, x, order="kqv")),
+                Mistake("the output projection block.to_out is missing.", _attn_variant(block, x, project=False)),
+                Mistake("the tokens were folded back with h and w swapped: rearrange(out, 'b (h w) c -> b c h w', "
+                        "h=h, w=w) undoes the flattening.", _attn_variant(block, x, fold="b (w h) c -> b c h w")),
+                Mistake("reshape mixes channels and positions: (B, C, H, W) -> (B, H*W, C) needs the channel axis "
+                        "moved last (rearrange or permute), not a reshape.", _attn_variant(block, x, reshape=True)),
+            ]
+        compare(got, want, what=what, mistakes=mistakes,
+                otherwise="a fresh block must return x unchanged (its output projection starts at zero)"
+                if fresh else None)
+    return case
+
+
+ATTENTION_BLOCK = Checker(
+    "attention_block", attention_block,
+    [_attn_case(0, 4, (3, 5)), _attn_case(1, 2, (4, 4)), _attn_case(2, 4, (2, 6), fresh=True)],
+    hints=("Normalise, turn the map into a sequence of positions, let every position attend to every other, "
+           "project, turn back into a map, and add the input.",
+           "block.to_qkv makes all three of q, k and v from the same tokens (split its output into three along the "
+           "channels); the attention runs in block.heads heads, and h and w must be given to fold the tokens back."),
 )

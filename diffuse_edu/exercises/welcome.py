@@ -53,5 +53,8 @@ def _input_unchanged(fn: Callable) -> None:
 
 TO_UNIT_RANGE = Checker(
     "to_unit_range", to_unit_range, [_values, _ends, _input_unchanged],
-    hint="x.float() / 255 maps pixels to [0, 1]; then * 2 - 1 maps them to [-1, 1].",
+    hints=(
+        'The pixels are integers from 0 to 255; the model wants float32 values centred on 0.',
+        'Two affine maps in a row: one takes 0..255 to 0..1, the next takes 0..1 to -1..1. Build a new tensor; leave the input as it was.',
+    ),
 )

@@ -41,12 +41,31 @@ def attention_weights(q: Tensor, k: Tensor, heads: int, mask: Tensor | None = No
     return scores.softmax(-1)
 
 
+def attention_block(block: SelfAttention, x: Tensor) -> Tensor:
+    """A self-attention block's forward pass (lesson 03): x + W_out MHA(GroupNorm(x)), the H * W
+    positions as tokens, queries, keys and values from one linear layer, ``block.attend`` in
+    ``block.heads`` heads. Shapes: (B, C, H, W) -> same.
+    """
+    _, _, h, w = x.shape
+    tokens = rearrange(block.norm(x), "b c h w -> b (h w) c")  # (B, HW, C)
+    q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
+    out = block.to_out(block.attend(q, k, v, block.heads))  # (B, HW, C)
+    return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+
+
 class SelfAttention(nn.Module):
-    """x + W_out MHA(GroupNorm(x)) over the H * W positions. Shapes: (B, C, H, W) -> same."""
+    """x + W_out MHA(GroupNorm(x)) over the H * W positions. Shapes: (B, C, H, W) -> same.
+
+    The output projection starts at zero, so a fresh block is the identity. ``forward_fn(block, x)``
+    computes the forward pass (:func:`attention_block`, or a learner's) and ``attend`` the attention
+    inside it (:func:`multi_head_attention`, or a learner's: :func:`use_attention`).
+    """
 
     def __init__(self, channels: int, heads: int, groups: int):
         super().__init__()
         self.heads = heads
+        self.attend: Callable[..., Tensor] = multi_head_attention
+        self.forward_fn: Callable[..., Tensor] = attention_block
         self.norm = nn.GroupNorm(groups, channels)
         self.to_qkv = nn.Linear(channels, 3 * channels)
         self.to_out = nn.Linear(channels, channels)
@@ -54,11 +73,7 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.to_out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, _, h, w = x.shape
-        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")  # (B, HW, C)
-        q, k, v = self.to_qkv(tokens).chunk(3, dim=-1)
-        out = self.to_out(multi_head_attention(q, k, v, self.heads))  # (B, HW, C)
-        return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+        return self.forward_fn(self, x)
 
 
 class CrossAttention(nn.Module):
@@ -92,8 +107,11 @@ class CrossAttention(nn.Module):
 
 
 def use_attention(model: nn.Module, attend: Callable[..., Tensor]) -> int:
-    """Make every cross-attention block of ``model`` run ``attend(q, k, v, heads, mask)``; returns how many."""
-    blocks = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    """Make every attention block of ``model`` run ``attend(q, k, v, heads[, mask])``; returns how many.
+
+    Self-attention calls it without a mask; cross-attention with the context's padding mask.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, (SelfAttention, CrossAttention))]
     for m in blocks:
         m.attend = attend
     return len(blocks)

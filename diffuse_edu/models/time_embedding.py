@@ -14,6 +14,7 @@ norm", Dhariwal & Nichol 2021, Sec. 3): h <- GroupNorm(h) * (1 + scale(e)) + shi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -46,19 +47,30 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.frequency_dim))
 
 
+def scale_shift(block: ScaleShift, h: Tensor, emb: Tensor) -> Tensor:
+    """Scale-and-shift modulation (lesson 04; Dhariwal & Nichol 2021, Sec. 3; Perez et al. 2018):
+    (scale, shift) = block.proj(emb), one pair per channel, then h * (1 + scale) + shift.
+
+    Shapes: h (B, C, H, W), emb (B, D) -> (B, C, H, W).
+    """
+    scale, shift = block.proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+    return h * (1 + scale) + shift
+
+
 class ScaleShift(nn.Module):
     """Modulate normalised features with an embedding: h * (1 + scale) + shift.
 
     The projection starts at zero, so a fresh block ignores the embedding until training says
-    otherwise. Shapes: h (B, C, H, W), emb (B, D) -> (B, C, H, W).
+    otherwise. ``forward_fn(block, h, emb)`` computes it (:func:`scale_shift`, or a learner's).
+    Shapes: h (B, C, H, W), emb (B, D) -> (B, C, H, W).
     """
 
     def __init__(self, emb_dim: int, channels: int):
         super().__init__()
+        self.forward_fn: Callable[..., Tensor] = scale_shift
         self.proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * channels))
         nn.init.zeros_(self.proj[1].weight)
         nn.init.zeros_(self.proj[1].bias)
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
-        scale, shift = self.proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
-        return h * (1 + scale) + shift
+        return self.forward_fn(self, h, emb)

@@ -10,17 +10,21 @@ The network follows Ho et al. 2020 (App. B) with the refinements of Dhariwal & N
   a context sequence (text tokens, lesson 09) where ``UNetConfig.context_dim`` is set.
 
 A denoiser is a plain callable ``model(x, t, cond=None)`` returning a prediction shaped like x.
+
+Lesson 03's learner writes :func:`residual_block` and :func:`unet_forward` (and lesson 04's
+``scale_shift``); :func:`use_pieces` makes a built network run the learner's versions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffuse_edu.models.attention import CrossAttention, SelfAttention
+from diffuse_edu.models.attention import CrossAttention, SelfAttention, use_attention
 from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.time_embedding import ScaleShift, TimeEmbedding
 
@@ -48,14 +52,31 @@ class UNetConfig:
         return self.emb_dim or 4 * self.channels[0]
 
 
+def residual_block(block: ResBlock, x: Tensor, emb: Tensor | None = None) -> Tensor:
+    """A residual block's forward pass (lesson 03), from its layers (He et al. 2016; Ho et al. 2020, App. B):
+    GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, dropout, conv; plus
+    the shortcut of x.
+
+    Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
+    """
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.norm2(h)
+    if block.scale_shift is not None:
+        h = block.scale_shift(h, emb)
+    h = block.conv2(block.dropout(F.silu(h)))
+    return h + block.shortcut(x)
+
+
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, conv; + shortcut.
 
+    ``forward_fn(block, x, emb)`` computes the forward pass (:func:`residual_block`, or a learner's).
     Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None, groups: int, dropout: float):
         super().__init__()
+        self.forward_fn: Callable[..., Tensor] = residual_block
         self.norm1 = nn.GroupNorm(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, out_ch)
@@ -65,12 +86,7 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.norm2(h)
-        if self.scale_shift is not None:
-            h = self.scale_shift(h, emb)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return h + self.shortcut(x)
+        return self.forward_fn(self, x, emb)
 
 
 class Downsample(nn.Module):
@@ -131,6 +147,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
+        self.forward_fn: Callable[..., Tensor] = unet_forward
         ch, n = cfg.channels, cfg.blocks_per_level
         emb_dim = cfg.embedding_width if (cfg.time_embedding or cfg.num_classes) else None
         self.time_emb = TimeEmbedding(emb_dim) if cfg.time_embedding else None
@@ -172,20 +189,54 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         self._check_input(x)
-        emb = self.embed(t, cond)
-        h = self.stem(x)
-        skips = []
-        for level, blocks in enumerate(self.encoder):
-            for block in blocks:
-                h = block(h, emb, cond)
-            if level < len(self.downsamples):
-                skips.append(h)
-                h = self.downsamples[level](h)
-        h = self.middle(h, emb, cond)
-        for level in reversed(range(len(self.decoder))):
-            h = self.upsamples[level](h)
-            if self.config.skip_connections:
-                h = torch.cat([h, skips[level]], dim=1)  # (B, C_up + C_skip, H, W)
-            for block in self.decoder[level]:
-                h = block(h, emb, cond)
-        return self.out(h)
+        return self.forward_fn(self, x, t, cond)
+
+
+def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+    """The U-Net's forward pass (lesson 03): stem, encoder levels (keeping each level's output for
+    its skip before downsampling), middle, decoder levels from the bottom up (upsample, concatenate
+    the skip after the upsampled features, run the stages), output head.
+
+    Shapes: x (B, in_channels, H, W), t (B,) -> (B, out_channels, H, W).
+    """
+    emb = unet.embed(t, cond)
+    h = unet.stem(x)
+    skips = []
+    for level, blocks in enumerate(unet.encoder):
+        for block in blocks:
+            h = block(h, emb, cond)
+        if level < len(unet.downsamples):
+            skips.append(h)
+            h = unet.downsamples[level](h)
+    h = unet.middle(h, emb, cond)
+    for level in reversed(range(len(unet.decoder))):
+        h = unet.upsamples[level](h)
+        if unet.config.skip_connections:
+            h = torch.cat([h, skips[level]], dim=1)  # (B, C_up + C_skip, H, W)
+        for block in unet.decoder[level]:
+            h = block(h, emb, cond)
+    return unet.out(h)
+
+
+def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_block: Callable | None = None,
+               attention: Callable | None = None, attention_block: Callable | None = None,
+               scale_shift: Callable | None = None) -> dict[str, int]:
+    """Make ``model`` run a learner's pieces wherever it has them; returns how many modules use each.
+
+    ``forward(unet, x, t, cond)`` for every :class:`UNet`; ``residual_block(block, x, emb)`` for
+    every :class:`ResBlock`; ``attention(q, k, v, heads[, mask])`` in every attention block;
+    ``attention_block(block, x)`` for every self-attention block; ``scale_shift(block, h, emb)``
+    for every :class:`ScaleShift`. A piece left as None is not changed.
+    """
+    counts = {}
+    for name, fn, kind in (("forward", forward, UNet), ("residual_block", residual_block, ResBlock),
+                           ("attention_block", attention_block, SelfAttention),
+                           ("scale_shift", scale_shift, ScaleShift)):
+        if fn is not None:
+            mods = [m for m in model.modules() if isinstance(m, kind)]
+            for m in mods:
+                m.forward_fn = fn
+            counts[name] = len(mods)
+    if attention is not None:
+        counts["attention"] = use_attention(model, attention)
+    return counts

@@ -31,11 +31,13 @@ class EMA:
     """An exponential moving average of a model's weights, itself a model to sample from.
 
     With ``trainable`` (a filter on parameter names) only those parameters are averaged; the rest
-    are frozen and stay as they were copied.
+    are frozen and stay as they were copied. ``update_fn`` does the averaging (:func:`ema_update`,
+    or a learner's, lesson 05).
     """
 
-    def __init__(self, model: nn.Module, decay: float, *, trainable: Callable[[str], bool] | None = None):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, *, trainable: Callable[[str], bool] | None = None,
+                 update_fn: Callable[..., None] = ema_update):
+        self.decay, self.update_fn = decay, update_fn
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.names = [n for n, _ in model.named_parameters() if trainable is None or trainable(n)]
         own = dict(self.model.named_parameters())
@@ -51,7 +53,7 @@ class EMA:
         if self._sources is None or self._sources[0] != id(model):  # looked up once, not every step
             params = dict(model.named_parameters())
             self._sources = (id(model), [params[n].detach() for n in self.names])
-        ema_update(self._targets, self._sources[1], self.updates, self.decay)
+        self.update_fn(self._targets, self._sources[1], self.updates, self.decay)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.updates += 1

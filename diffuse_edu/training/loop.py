@@ -28,11 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.models.conditioning import Cond, drop_condition
 from diffuse_edu.progress import progress
 from diffuse_edu.training import distributed
-from diffuse_edu.training.ema import EMA
+from diffuse_edu.training.ema import EMA, ema_update
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,44 @@ def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Call
     return per_example.detach(), t, grad_norm.detach()
 
 
+def training_step(model: Callable, optimizer: torch.optim.Optimizer, x0: Tensor, t: Tensor, eps: Tensor,
+                  schedule: NoiseSchedule, grad_clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """One step of Algorithm 1 (Ho et al. 2020) with the v target (Salimans & Ho 2022), lesson 05.
+
+    x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps; loss = |model(x_t, t) - v|^2 per example with
+    v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0; then zero the gradients, backpropagate the batch mean,
+    clip the gradient's global norm at ``grad_clip`` (None: no clipping) and step the optimiser.
+    Returns (the loss per example (B,), the global norm before clipping ()), both detached.
+
+    Shapes: x0 (B, C, H, W), t (B,) integer steps, eps like x0.
+    """
+    per_example, _ = DiffusionObjective(schedule, Target.V)(model, x0, t=t, eps=eps)
+    optimizer.zero_grad(set_to_none=True)
+    per_example.mean().backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else float("inf"))
+    optimizer.step()
+    return per_example.detach(), norm.detach()
+
+
+def as_step_fn(step: Callable) -> Callable:
+    """A lesson-05 ``training_step(model, optimizer, x0, t, eps, schedule, grad_clip)`` as the loop's
+    ``step_fn`` (the signature of :func:`train_step`), for a v-prediction objective."""
+    def step_fn(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
+                config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
+                generator: torch.Generator | None = None, t: Tensor | None = None,
+                eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        if getattr(objective, "target", None) is not Target.V or cond is not None:
+            raise ValueError("A lesson-05 training step trains an unconditional v-prediction model: "
+                             "use it with DiffusionObjective(schedule, Target.V) and no conditions.")
+        if t is None or eps is None:
+            t, eps = objective.draw(x0, generator)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, norm = step(step_model, opt, x0, t, eps, objective.schedule, config.grad_clip)
+        return loss.detach(), t, torch.as_tensor(norm).detach()
+    return step_fn
+
+
 def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
            trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor, list[Tensor], torch.optim.Optimizer]:
     """The model to step (laid out and compiled), the data, the trained parameters, the optimiser."""
@@ -138,13 +177,16 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
           cond: Cond | None = None, null_cond: Cond | None = None,
           trainable: Callable[[str], bool] | None = None, generator: torch.Generator | None = None,
           callback: Callable[[int, float, EMA | None], None] | None = None, callback_every: int = 0,
-          desc: str = "training", show_progress: bool = True) -> TrainResult:
+          desc: str = "training", show_progress: bool = True, step_fn: Callable = train_step,
+          ema_fn: Callable[..., None] = ema_update) -> TrainResult:
     """Train ``model`` on ``data`` (N, ...) with ``objective``, on the data's device, within the budget.
 
     ``objective`` is one of :mod:`diffuse_edu.diffusion.objectives`. ``cond`` holds each example's condition (fields indexed like data);
     with ``config.cond_dropout`` > 0, ``null_cond`` replaces it for that share of examples.
     ``trainable(name)`` picks the parameters to train (default: all); the others are frozen.
     ``callback(step, seconds, ema)`` runs every ``callback_every`` steps (its time is not counted).
+    ``step_fn`` (same signature as :func:`train_step`) and ``ema_fn`` (as :func:`ema_update`) are the
+    optimiser step and the EMA update: the library's, or a learner's from lesson 05.
     ``generator`` must live on the data's device. Under torchrun, give every rank the same seed:
     ``config.batch_size`` is the global batch, split between the ranks; rank 0 keeps the EMA,
     snapshots, progress bar and callback.
@@ -158,7 +200,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
     step_model, data, params, opt = _setup(model, data, config, trainable)
     bf16 = device.type == "cuda" and config.bf16
-    ema = EMA(model, config.ema_decay, trainable=trainable) if config.ema_decay is not None and main else None
+    ema = EMA(model, config.ema_decay, trainable=trainable, update_fn=ema_fn) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
     snapshots, losses, norms, step, spent, first = [], [], [], 0, 0.0, 0.0
     bar = progress(total=config.steps, desc=desc, disable=not (show_progress and main))
@@ -175,7 +217,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
         if world > 1:
             x0, t, eps = x0[share], t[share], eps[share]
             batch_cond = None if batch_cond is None else batch_cond.index(share)
-        per_example, t, grad_norm = train_step(step_model, opt, objective, x0, config, params=params, bf16=bf16,
+        per_example, t, grad_norm = step_fn(step_model, opt, objective, x0, config, params=params, bf16=bf16,
                                                cond=batch_cond, t=t, eps=eps)
         norms.append(grad_norm)
         if ema is not None:
