@@ -54,3 +54,27 @@ def save_samples(images: torch.Tensor | np.ndarray) -> None:
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError("samples must be uint8 of shape (N, H, W) or (N, H, W, C).")
     SAMPLES.append(images)
+
+
+def mean_and_spread(values: object) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a list or tensor of numbers."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    return v.mean().item(), (v.std().item() if v.numel() > 1 else 0.0)
+
+
+def difference_verdict(smaller: object, larger: object, *, z: float = 2.0) -> tuple[str, float, float]:
+    """Does the claim "``larger`` exceeds ``smaller``" hold over repeated runs (seeds)?
+
+    Returns (verdict, difference of the means, its standard error): "holds" when the difference is
+    above ``z`` standard errors, "does not hold" when it is below minus that, else "inconclusive
+    (within the spread)". Each argument is one measurement per run.
+    """
+    (ma, sa), (mb, sb) = mean_and_spread(smaller), mean_and_spread(larger)
+    na, nb = torch.as_tensor(smaller).numel(), torch.as_tensor(larger).numel()
+    se = (sa**2 / na + sb**2 / nb) ** 0.5
+    diff = mb - ma
+    if diff > z * se and diff > 0:
+        return "holds", diff, se
+    if diff < -z * se and diff < 0:
+        return "does not hold", diff, se
+    return "inconclusive (within the spread)", diff, se

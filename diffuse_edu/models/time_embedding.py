@@ -35,16 +35,18 @@ def sinusoidal_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -
 class TimeEmbedding(nn.Module):
     """t -> sinusoidal features -> MLP -> the embedding vector the blocks are conditioned on.
 
+    ``features(t, dim)`` makes the features (:func:`sinusoidal_embedding`, or a learner's).
     Shapes: t (B,) -> (B, dim).
     """
 
     def __init__(self, dim: int, *, frequency_dim: int | None = None):
         super().__init__()
+        self.features: Callable[..., Tensor] = sinusoidal_embedding
         self.frequency_dim = frequency_dim or dim
         self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.frequency_dim))
+        return self.mlp(self.features(t, self.frequency_dim))
 
 
 def scale_shift(block: ScaleShift, h: Tensor, emb: Tensor) -> Tensor:

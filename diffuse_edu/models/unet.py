@@ -220,13 +220,14 @@ def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> 
 
 def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_block: Callable | None = None,
                attention: Callable | None = None, attention_block: Callable | None = None,
-               scale_shift: Callable | None = None) -> dict[str, int]:
+               scale_shift: Callable | None = None, time_features: Callable | None = None) -> dict[str, int]:
     """Make ``model`` run a learner's pieces wherever it has them; returns how many modules use each.
 
     ``forward(unet, x, t, cond)`` for every :class:`UNet`; ``residual_block(block, x, emb)`` for
     every :class:`ResBlock`; ``attention(q, k, v, heads[, mask])`` in every attention block;
     ``attention_block(block, x)`` for every self-attention block; ``scale_shift(block, h, emb)``
-    for every :class:`ScaleShift`. A piece left as None is not changed.
+    for every :class:`ScaleShift`; ``time_features(t, dim)`` (lesson 04's sinusoidal embedding) in
+    every :class:`TimeEmbedding`. A piece left as None is not changed.
     """
     counts = {}
     for name, fn, kind in (("forward", forward, UNet), ("residual_block", residual_block, ResBlock),
@@ -239,4 +240,9 @@ def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_bl
             counts[name] = len(mods)
     if attention is not None:
         counts["attention"] = use_attention(model, attention)
+    if time_features is not None:
+        mods = [m for m in model.modules() if isinstance(m, TimeEmbedding)]
+        for m in mods:
+            m.features = time_features
+        counts["time_features"] = len(mods)
     return counts
