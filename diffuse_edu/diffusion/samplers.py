@@ -60,18 +60,21 @@ def ddim_step(x_t: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: Noise
 @torch.no_grad()
 def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None,
-                cond: object = None, clip: float | None = None, t_max: int | None = None) -> Tensor:
+                cond: object = None, clip: float | None = None, t_max: int | None = None,
+                step: Callable | None = None) -> Tensor:
     """DDIM from x_{t_max} (default x_T) in ``steps`` network evaluations (Song et al. 2021, Sec. 4.1).
 
+    ``step`` is the update (:func:`ddim_step`, or lesson 07's learner's, same signature).
     Shapes: x (B, ...) -> like x.
     """
+    step = step or ddim_step
     denoiser = as_denoiser(model, schedule)
     ts = timesteps(schedule, steps, t_max=t_max)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
         eps_hat = denoiser.at_step(x, t, cond).eps
         noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                  if eta > 0 else None)
-        x = ddim_step(x, eps_hat, t, t_prev, schedule, eta=eta, noise=noise, clip=clip)
+        x = step(x, eps_hat, t, t_prev, schedule, eta=eta, noise=noise, clip=clip)
         if callback is not None:
             callback(i, t_prev, x)
     return x
@@ -171,11 +174,16 @@ def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: 
 @torch.no_grad()
 def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                 sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
-                callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
-    """Heun's method (Karras et al. 2022, Alg. 1 without churn): 2 * steps - 1 network evaluations."""
+                callback: Callable | None = None, cond: object = None, clip: float | None = None,
+                step: Callable | None = None) -> Tensor:
+    """Heun's method (Karras et al. 2022, Alg. 1 without churn): 2 * steps - 1 network evaluations.
+
+    ``step`` is the update (:func:`heun_step`, or lesson 07's learner's, same signature).
+    """
+    step = step or heun_step
     denoise, sig, x = _grid(model, x, schedule, steps, sigmas, clip)
     for i in range(len(sig) - 1):
-        x = heun_step(x, sig[i], sig[i + 1], lambda z, s: denoise(z, s, cond))
+        x = step(x, sig[i], sig[i + 1], lambda z, s: denoise(z, s, cond))
         if callback is not None:
             callback(i, sig[i + 1], x)
     return x

@@ -115,8 +115,8 @@ DDPM_QUICK = Recipe(  # lesson 05's quick target: >= 85% of samples recognisable
     image_shape=(1, 8, 8),
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,)),
     schedule=functools.partial(cosine_schedule, 1000),
-    train=TrainConfig(steps=600, seconds=45, batch_size=256, lr=3e-3, warmup_steps=50,
-                      ema_decay=0.995, snapshots=4),
+    train=TrainConfig(steps=700, seconds=50, batch_size=256, lr=3e-3, warmup_steps=50,
+                      ema_decay=0.99, snapshots=4),
     sample_steps=25,
     target=Target.V,  # v stays finite at t = T, where an eps-model's x0_hat is amplified 1 / sqrt(ab_T)
     view_size=16,  # ... shown and judged at 16x16, upsampled exactly as data.course_images does
