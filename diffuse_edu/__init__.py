@@ -16,10 +16,11 @@ lesson                modules
 02 reverse process    ``diffusion.reverse_process``, ``diffusion.objectives``,
                       ``diffusion.prediction``, ``models.mlp``, ``data.toy2d``,
                       ``evaluation.toy_gan``
-03 U-Net              ``models.unet``, ``models.attention``, ``evaluation.profiling``,
+03 U-Net              ``models.unet`` (``residual_block``, ``unet_forward``, ``use_pieces``),
+                      ``models.attention`` (``attention_block``), ``evaluation.profiling``,
                       ``evaluation.probes``
-04 time embeddings    ``models.time_embedding``, ``evaluation.probes`` (loss by t)
-05 training a DDPM    ``training.loop``, ``training.ema``, ``training.checkpoints``,
+04 time embeddings    ``models.time_embedding`` (``scale_shift``), ``evaluation.probes`` (loss by t)
+05 training a DDPM    ``training.loop`` (``training_step``), ``training.ema``, ``training.checkpoints``,
                       ``training.recipes``, ``evaluation.baseline``
 06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
                       ``evaluation.probes``

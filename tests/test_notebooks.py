@@ -68,6 +68,6 @@ def test_lesson_shape(path):
     assert "**Goal.**" in text and "## Summary" in text and "Further exercises" in text
     for cell in code:
         if "# BEGIN SOLUTION" in cell:
-            assert "# HINT:" in cell and "check(" in cell, "an exercise needs a hint and a checker"
+            assert "# HINT: stuck? hint(" in cell and "check(" in cell, "an exercise points to hint() and has a checker"
     student = notebooks.student_version(path)
     assert "# BEGIN SOLUTION" not in student and "# END SOLUTION" not in student
