@@ -12,7 +12,7 @@ from torch import nn
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
 from diffuse_edu.models.attention import SelfAttention, attention_block, multi_head_attention
 from diffuse_edu.models.conditioning import Cond
-from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, residual_block, unet_forward
+from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, encode, residual_block, unet_forward
 
 
 def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d"):
@@ -189,13 +189,7 @@ RESIDUAL_BLOCK = Checker(
 
 def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True):
     emb = unet.embed(t, cond if use_cond else None)
-    h, skips = unet.stem(x), []
-    for level, blocks in enumerate(unet.encoder):
-        for block in blocks:
-            h = block(h, emb, cond)
-        if level < len(unet.downsamples):
-            skips.append(h)
-            h = unet.downsamples[level](h)
+    h, skips = encode(unet, x, emb, cond)
     if middle:
         h = unet.middle(h, emb, cond)
     for level in reversed(range(len(unet.decoder))):

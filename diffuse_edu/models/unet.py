@@ -200,14 +200,7 @@ def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> 
     Shapes: x (B, in_channels, H, W), t (B,) -> (B, out_channels, H, W).
     """
     emb = unet.embed(t, cond)
-    h = unet.stem(x)
-    skips = []
-    for level, blocks in enumerate(unet.encoder):
-        for block in blocks:
-            h = block(h, emb, cond)
-        if level < len(unet.downsamples):
-            skips.append(h)
-            h = unet.downsamples[level](h)
+    h, skips = encode(unet, x, emb, cond)
     h = unet.middle(h, emb, cond)
     for level in reversed(range(len(unet.decoder))):
         h = unet.upsamples[level](h)
@@ -216,6 +209,19 @@ def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> 
         for block in unet.decoder[level]:
             h = block(h, emb, cond)
     return unet.out(h)
+
+
+def encode(unet: UNet, x: Tensor, emb: Tensor | None, cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
+    """The stem and the encoder: the lowest-resolution features and the skip stack (one map per level
+    but the last, full resolution first), as :func:`unet_forward` runs them."""
+    h, skips = unet.stem(x), []
+    for level, blocks in enumerate(unet.encoder):
+        for block in blocks:
+            h = block(h, emb, cond)
+        if level < len(unet.downsamples):
+            skips.append(h)
+            h = unet.downsamples[level](h)
+    return h, skips
 
 
 def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_block: Callable | None = None,
