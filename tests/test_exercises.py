@@ -323,7 +323,6 @@ WRONG_09 = [
 
 # --- lessons 03-05: the blocks, the U-Net's forward pass, scale-and-shift, the training step -----
 import torch.nn.functional as F  # noqa: E402
-from einops import rearrange  # noqa: E402
 
 from diffuse_edu.exercises.time_embedding import SCALE_SHIFT  # noqa: E402
 from diffuse_edu.exercises.training import TRAINING_STEP  # noqa: E402
@@ -426,8 +425,32 @@ WRONG_03_05 = [
 
 
 
+# --- lesson 10: the reparameterisation trick and the KL -----------------------------------------
+from diffuse_edu.exercises.vae import KL_DIAGONAL_GAUSSIAN, REPARAMETERISE  # noqa: E402
+
+
+def _kl(mean, logvar, *, reduce="sum", half=True, minus_one=True):
+    terms = mean.square() + logvar.exp() - (1 if minus_one else 0) - logvar
+    out = getattr(terms.flatten(1), reduce)(1)
+    return 0.5 * out if half else out
+
+
+WRONG_10 = [
+    (REPARAMETERISE, lambda m, lv, n: m + lv.exp() * n, "scaled by the variance"),
+    (REPARAMETERISE, lambda m, lv, n: m + lv * n, "not a standard deviation"),
+    (REPARAMETERISE, lambda m, lv, n: (0.5 * lv).exp() * n, "mean is missing"),
+    (REPARAMETERISE, lambda m, lv, n: (m + (0.5 * lv).exp() * n).detach(), "no gradient"),
+    (REPARAMETERISE, lambda m, lv, n: m.float() + (0.5 * lv.float()).exp() * n.float(), "dtype"),
+    (KL_DIAGONAL_GAUSSIAN, lambda m, lv: _kl(m, lv, reduce="mean"), "averaged over the latent"),
+    (KL_DIAGONAL_GAUSSIAN, lambda m, lv: _kl(m, lv, half=False), "1/2 is missing"),
+    (KL_DIAGONAL_GAUSSIAN, lambda m, lv: _kl(m, lv, minus_one=False), "-1 is missing"),
+    (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - lv).sum(), "one number for the whole"),
+    (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 + lv).flatten(1).sum(1), "sign of logvar"),
+]
+
+
 # --- every checker of lessons 02-09 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09
+ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 
