@@ -211,3 +211,32 @@ def test_a_learners_training_step_and_ema_drive_the_loop_exactly_like_the_librar
     with pytest.raises(ValueError, match="v-prediction"):
         train(UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4)), images,
               DiffusionObjective(schedule), config, step_fn=as_step_fn(training_step), show_progress=False)
+
+
+def test_train_denoiser_runs_a_lesson_02_loss_function_like_the_library_objective():
+    from diffuse_edu.diffusion.objectives import eps_loss
+    from diffuse_edu.training.loop import train_denoiser
+
+    points = torch.randn(256, 2)
+    schedule = cosine_schedule(100)
+    runs = []
+    for loss_fn in (None, eps_loss):
+        torch.manual_seed(0)
+        from diffuse_edu.models.mlp import MLPConfig, MLPDenoiser
+        model = MLPDenoiser(MLPConfig())
+        runs.append(train_denoiser(model, points, schedule, steps=5, batch_size=32, generator=torch.Generator().manual_seed(1),
+                                   show_progress=False, loss_fn=loss_fn))
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
+
+
+def test_fid_runs_a_learners_matrix_square_root():
+    from diffuse_edu.evaluation.fid import fid, sqrtm_psd
+
+    a, b = torch.randn(300, 4), torch.randn(300, 4) + 0.5
+    calls = []
+
+    def mine(m):
+        calls.append(m.shape)
+        return sqrtm_psd(m)
+
+    assert fid(a, b, sqrtm=mine) == pytest.approx(fid(a, b)) and len(calls) == 2

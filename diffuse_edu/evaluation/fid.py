@@ -7,6 +7,8 @@ number of images, so compare only numbers made the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -29,19 +31,21 @@ def sqrtm_psd(a: Tensor) -> Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
-def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> float:
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, *,
+                     sqrtm: Callable[[Tensor], Tensor] = sqrtm_psd) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982; Heusel et al. 2017, Eq. 6).
 
-    Tr((S1 S2)^(1/2)) is computed as Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric PSD root.
+    Tr((S1 S2)^(1/2)) is computed as Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric PSD root, with
+    ``sqrtm`` (:func:`sqrtm_psd`, or lesson 06's learner's).
     """
-    root1 = sqrtm_psd(sigma1)
-    cross = sqrtm_psd(root1 @ sigma2 @ root1)
+    root1 = sqrtm(sigma1)
+    cross = sqrtm(root1 @ sigma2 @ root1)
     return ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross.trace()).item()
 
 
-def fid(features_a: Tensor, features_b: Tensor) -> float:
+def fid(features_a: Tensor, features_b: Tensor, *, sqrtm: Callable[[Tensor], Tensor] = sqrtm_psd) -> float:
     """The Frechet distance between the Gaussians fitted to two sets of features."""
-    return frechet_distance(*mean_and_covariance(features_a), *mean_and_covariance(features_b))
+    return frechet_distance(*mean_and_covariance(features_a), *mean_and_covariance(features_b), sqrtm=sqrtm)
 
 
 def fid_with_spread(features: Tensor, reference: Tensor, *, draws: int = 20,

@@ -246,18 +246,37 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
                        timed / max(spent, 1e-9), first, snapshots)
 
 
+@dataclass(frozen=True, eq=False)
+class LossFnObjective(DiffusionObjective):
+    """The eps objective computed by a lesson-02 ``loss_fn(model, x0, t, eps, schedule)`` (a batch
+    mean), so that a learner's loss trains the model; every example reports that mean."""
+
+    loss_fn: Callable | None = None
+
+    def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
+                 generator: torch.Generator | None = None, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if cond is not None:
+            raise ValueError("A lesson-02 loss function takes no conditions.")
+        if t is None or eps is None:
+            t, eps = self.draw(x0, generator)
+        return self.loss_fn(model, x0, t, eps, self.schedule).expand(x0.shape[0]), t
+
+
 def train_denoiser(model: nn.Module, data: Tensor, schedule: NoiseSchedule, *, steps: int,
                    batch_size: int, lr: float = 1e-3, generator: torch.Generator | None = None,
                    labels: Tensor | None = None, show_progress: bool = True,
-                   desc: str = "training") -> list[float]:
+                   desc: str = "training", loss_fn: Callable | None = None) -> list[float]:
     """Plain AdamW (its default weight decay, 0.01) on the eps objective, no EMA, warm-up or
-    clipping; returns each step's loss.
+    clipping; returns each step's loss. ``loss_fn(model, x0, t, eps, schedule)`` (lesson 02's
+    ``eps_loss``, or a learner's) computes the loss when given.
 
     The small experiments of lessons 02-04 use it; it is :func:`train` with those settings.
     """
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, weight_decay=0.01,
                          grad_clip=None, ema_decay=None, loss_buckets=1)
-    return train(model, data, DiffusionObjective(schedule), config, generator=generator,
+    objective = DiffusionObjective(schedule) if loss_fn is None else LossFnObjective(schedule, loss_fn=loss_fn)
+    return train(model, data, objective, config, generator=generator,
                  cond=None if labels is None else Cond(labels=labels), desc=desc,
                  show_progress=show_progress).losses
 
