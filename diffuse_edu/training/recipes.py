@@ -69,6 +69,7 @@ class Recipe:
     schedule: Callable[[], NoiseSchedule]
     train: TrainConfig
     sample_steps: int  # DDIM steps used to draw samples from it
+    sample_eta: float = 0.0  # DDIM's eta for those samples (1: ancestral, DDPM on a coarser grid)
     target: Target = Target.EPS  # what the network predicts
     text: ClipRecipe | None = None  # lesson 09: captions, read by this CLIP's frozen text encoder
     view_size: int | None = None  # samples are shown and judged at this size, upsampled as the data set is
@@ -117,7 +118,8 @@ DDPM_QUICK = Recipe(  # lesson 05's quick target: >= 85% of samples recognisable
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=700, seconds=50, batch_size=256, lr=3e-3, warmup_steps=50,
                       ema_decay=0.99, snapshots=4),
-    sample_steps=25,
+    sample_steps=50,  # ancestral: 88% recognisable against 83% for deterministic DDIM-25 (same model, 4 x 256)
+    sample_eta=1.0,
     target=Target.V,  # v stays finite at t = T, where an eps-model's x0_hat is amplified 1 / sqrt(ab_T)
     view_size=16,  # ... shown and judged at 16x16, upsampled exactly as data.course_images does
 )
