@@ -165,3 +165,26 @@ def test_slerp_keeps_norm_and_endpoints():
     mid = slerp(a, b, 0.5)
     assert (mid.norm(dim=1) / a.norm(dim=1) - 1).abs().max() < 0.05  # a straight line would shrink ~30%
     assert ((0.5 * (a + b)).norm(dim=1) / a.norm(dim=1)).max() < 0.8
+
+
+def test_ddim_euler_in_sigma_and_first_order_dpm_solver_take_the_same_step():
+    """Lesson 07: deterministic DDIM is Euler's method on the probability-flow ODE in sigma, and the
+    first-order DPM-Solver++ step (Lu et al. 2022) is the same update again."""
+    import math
+
+    from diffuse_edu.diffusion.samplers import euler_step
+
+    s_ = cosine_schedule(1000)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps_hat = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 1, 4, 4, generator=g,
+                                                                                               dtype=torch.float64)
+    for t, s in ((600, 450), (999, 700), (50, 1)):
+        a_t, a_s = s_.alpha_bar[t].item() ** 0.5, s_.alpha_bar[s].item() ** 0.5
+        vp_t, vp_s = (1 - a_t**2) ** 0.5, (1 - a_s**2) ** 0.5
+        x0_hat = (x_t - vp_t * eps_hat) / a_t
+        ddim = ddim_step(x_t, eps_hat, t, s, s_)
+        euler = a_s * euler_step(x_t / a_t, vp_t / a_t, vp_s / a_s, x0_hat)
+        h = math.log(a_s / vp_s) - math.log(a_t / vp_t)
+        dpm1 = vp_s / vp_t * x_t + a_s * (1 - math.exp(-h)) * x0_hat
+        torch.testing.assert_close(euler, ddim)
+        torch.testing.assert_close(dpm1, ddim)
