@@ -28,8 +28,11 @@ lesson                modules
 08 guidance           ``diffusion.guidance``, ``training.recipes`` (class-conditional models)
 09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip``, ``models.attention``
                       (cross-attention), ``training.contrastive``, ``evaluation.adherence``
-10-13                 planned: VAE, editing, DiT and flow matching
-                      (``diffusion.objectives.FlowMatching`` is ready), LoRA
+10 latent diffusion   ``models.vae`` (ready; the lesson is planned)
+11 editing            ``diffusion.editing``, ``evaluation.probes`` (``seam_jump``) (ready; the
+                      lesson is planned)
+12-13                 planned: DiT and flow matching (``diffusion.objectives.FlowMatching`` is
+                      ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.grade``, ``training.distributed`` (torchrun), ``course.results``

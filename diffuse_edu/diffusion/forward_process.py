@@ -42,6 +42,18 @@ def q_step(x_prev: Tensor, t: Tensor | int, schedule: NoiseSchedule, eps: Tensor
     return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * eps
 
 
+def q_forward(x_s: Tensor, s: int, t: int, schedule: NoiseSchedule, eps: Tensor) -> Tensor:
+    """Jump forward from step s to a later step t: x_t ~ q(x_t | x_s), the product of the steps in
+    between: sqrt(ab_t / ab_s) x_s + sqrt(1 - ab_t / ab_s) eps (RePaint's way back, lesson 11).
+
+    Shapes: x_s (B, ...), eps like x_s -> like x_s; s <= t are Python ints.
+    """
+    if not 0 <= s <= t <= schedule.T:
+        raise ValueError(f"q_forward needs 0 <= s <= t <= {schedule.T}, got s = {s}, t = {t}.")
+    ratio = schedule.alpha_bar[t].item() / schedule.alpha_bar[s].item()
+    return ratio**0.5 * x_s + (1.0 - ratio) ** 0.5 * eps
+
+
 def markov_chain(
     x0: Tensor, schedule: NoiseSchedule, *, generator: torch.Generator | None = None
 ) -> Iterator[tuple[int, Tensor]]:

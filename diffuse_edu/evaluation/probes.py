@@ -95,3 +95,22 @@ def loss_by_t(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, buckets: 
                 total += objective(model, batch, t=t, eps=eps)[0].sum()
         losses[k] = total.item() / (draws * x0.shape[0])
     return edges, losses
+
+
+def seam_jump(images: Tensor, mask: Tensor) -> Tensor:
+    """How sharply images change across the border of a mask (lesson 11's inpainting seams): the
+    mean absolute difference between neighbouring pixels, one known (mask 1) and one generated
+    (mask 0), horizontally and vertically. Compare with the same number on real images.
+
+    Shapes: images (B, C, H, W), mask broadcastable to (B, 1, H, W) with values 0 or 1 -> (B,).
+    """
+    m = mask.to(images.dtype).expand(images.shape[0], 1, *images.shape[-2:])
+    jumps, counts = images.new_zeros(images.shape[0]), images.new_zeros(images.shape[0])
+    for dim in (-1, -2):
+        diff = (images.diff(dim=dim)).abs().mean(1, keepdim=True)  # (B, 1, ...) over channels
+        border = (m.diff(dim=dim) != 0).to(images.dtype)
+        jumps += (diff * border).flatten(1).sum(1)
+        counts += border.flatten(1).sum(1)
+    if (counts == 0).any():
+        raise ValueError("The mask has no border inside the image: nothing to measure.")
+    return jumps / counts

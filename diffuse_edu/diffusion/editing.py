@@ -1,0 +1,75 @@
+"""Editing images with a trained diffusion model (lesson 11).
+
+* **SDEdit** (Meng et al. 2022): noise a guide image to t0 = strength * T with q(x_t0 | x_0), then
+  run the reverse process from t0. Low strength keeps the guide; high strength keeps only its
+  coarse layout, up to ignoring it at strength 1.
+* **Inpainting by replacement** (Song et al. 2021b, App. I.2): at every step, the known region of
+  x_{t_prev} is replaced by the known image noised to t_prev, so only the unknown region is
+  generated; the last step puts the known pixels back exactly.
+* **RePaint** (Lugmayr et al. 2022, Alg. 1): the same, with each step repeated ``resample`` times:
+  after the step the sample is noised forward again (q(x_t | x_{t_prev}), :func:`q_forward`) and
+  the step redone, so that the generated region has time to agree with the known one.
+
+Inversion-based edits use :func:`diffuse_edu.diffusion.samplers.invert_ddim` with one condition
+and :func:`sample_ddim` with another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.denoisers import as_denoiser
+from diffuse_edu.diffusion.forward_process import q_forward, q_sample
+from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, timesteps
+from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+
+def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+@torch.no_grad()
+def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule, *, strength: float, steps: int,
+           cond: object = None, eta: float = 0.0, clip: float | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """SDEdit: ``guide`` noised to t0 = strength * T, then DDIM from t0 in about strength * steps
+    steps (the step size of a full ``steps``-step run). Shapes: guide (B, ...) -> like guide."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength is a share of the noise levels in (0, 1], got {strength}.")
+    t0 = max(1, round(strength * schedule.T))
+    x = q_sample(guide, t0, schedule, _noise(guide, generator))
+    return sample_ddim(model, x, schedule, steps=max(1, round(strength * steps)), eta=eta, cond=cond, clip=clip,
+                       generator=generator, t_max=t0)
+
+
+@torch.no_grad()
+def inpaint(model: Callable, known: Tensor, mask: Tensor, schedule: NoiseSchedule, *, steps: int,
+            resample: int = 1, cond: object = None, eta: float = 1.0, clip: float | None = None,
+            generator: torch.Generator | None = None) -> Tensor:
+    """Fill the region where ``mask`` is 0 so that it agrees with ``known`` where ``mask`` is 1.
+
+    ``resample`` = 1 is the replacement method; more is RePaint's resampling (each step redone
+    that many times). Where ``mask`` is 1 the result equals ``known`` exactly.
+    Shapes: known (B, C, H, W); mask broadcastable to it, values 0 or 1 -> like known.
+    """
+    if resample < 1:
+        raise ValueError(f"resample counts the tries per step, at least 1, got {resample}.")
+    mask = mask.to(known.dtype)
+    denoiser = as_denoiser(model, schedule)
+    ts = timesteps(schedule, steps)
+    x = _noise(known, generator)
+    for t, t_prev in zip(ts[:-1], ts[1:]):
+        for r in range(resample):
+            eps_hat = denoiser.at_step(x, t, cond).eps
+            x_prev = ddim_step(x, eps_hat, t, t_prev, schedule, eta=eta, clip=clip,
+                               noise=_noise(x, generator) if eta > 0 else None)
+            known_prev = known if t_prev == 0 else q_sample(known, t_prev, schedule, _noise(known, generator))
+            x_prev = mask * known_prev + (1 - mask) * x_prev
+            if r < resample - 1 and t_prev > 0:  # RePaint: back to t, and the step again
+                x = q_forward(x_prev, t_prev, t, schedule, _noise(x_prev, generator))
+            else:
+                x = x_prev
+    return x
