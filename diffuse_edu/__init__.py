@@ -29,8 +29,8 @@ lesson                modules
 09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip``, ``models.attention``
                       (cross-attention), ``training.contrastive``, ``evaluation.adherence``
 10 latent diffusion   ``models.vae`` (ready; the lesson is planned)
-11 editing            ``diffusion.editing``, ``evaluation.probes`` (``seam_jump``) (ready; the
-                      lesson is planned)
+11 editing            ``diffusion.editing``, ``diffusion.samplers`` (``invert_ddim``),
+                      ``evaluation.probes`` (``seam_jump``)
 12-13                 planned: DiT and flow matching (``diffusion.objectives.FlowMatching`` is
                       ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,

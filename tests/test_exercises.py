@@ -449,8 +449,30 @@ WRONG_10 = [
 ]
 
 
+# --- lesson 11: the replacement step -----------------------------------------------------------
+from diffuse_edu.exercises.editing import REPLACE_KNOWN  # noqa: E402
+
+
+def _replace(x, known, mask, t, schedule, noise, *, noised=True, inverted=False, exact_end=True, in_place=False):
+    known_t = q_sample(known, t, schedule, noise) if noised and (t > 0 or not exact_end) else known
+    if not exact_end and t == 0:
+        known_t = q_sample(known, 1, schedule, noise)
+    m = 1 - mask if inverted else mask
+    if in_place:
+        return x.mul_(1 - m).add_(m * known_t)
+    return m * known_t + (1 - m) * x
+
+
+WRONG_11 = [
+    (REPLACE_KNOWN, lambda *a: _replace(*a, noised=False), "pasted in clean"),
+    (REPLACE_KNOWN, lambda *a: _replace(*a, inverted=True), "mask is inverted"),
+    (REPLACE_KNOWN, lambda *a: _replace(*a, exact_end=False), "without noise"),
+    (REPLACE_KNOWN, lambda *a: _replace(*a, in_place=True), "in place"),
+]
+
+
 # --- every checker of lessons 02-09 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10
+ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 

@@ -45,19 +45,31 @@ def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule, *, strength:
                        generator=generator, t_max=t0)
 
 
+def replace_known(x_prev: Tensor, known: Tensor, mask: Tensor, t_prev: int, schedule: NoiseSchedule,
+                  noise: Tensor) -> Tensor:
+    """The replacement step (lesson 11): where ``mask`` is 1, x_{t_prev} becomes the known image at the
+    same noise level, q_sample(known, t_prev, noise); at t_prev = 0 the known image itself, so that
+    the result keeps it exactly. Where ``mask`` is 0, x_prev is kept.
+
+    Shapes: x_prev, known, noise (B, C, H, W); mask broadcastable, values 0 or 1 -> like x_prev.
+    """
+    known_t = known if t_prev == 0 else q_sample(known, t_prev, schedule, noise)
+    return torch.where(mask.bool(), known_t, x_prev)
+
+
 @torch.no_grad()
 def inpaint(model: Callable, known: Tensor, mask: Tensor, schedule: NoiseSchedule, *, steps: int,
             resample: int = 1, cond: object = None, eta: float = 1.0, clip: float | None = None,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, replace: Callable = replace_known) -> Tensor:
     """Fill the region where ``mask`` is 0 so that it agrees with ``known`` where ``mask`` is 1.
 
     ``resample`` = 1 is the replacement method; more is RePaint's resampling (each step redone
-    that many times). Where ``mask`` is 1 the result equals ``known`` exactly.
+    that many times). Where ``mask`` is 1 the result equals ``known`` exactly. ``replace`` is the
+    replacement step (:func:`replace_known`, or lesson 11's learner's).
     Shapes: known (B, C, H, W); mask broadcastable to it, values 0 or 1 -> like known.
     """
     if resample < 1:
         raise ValueError(f"resample counts the tries per step, at least 1, got {resample}.")
-    mask = mask.to(known.dtype)
     denoiser = as_denoiser(model, schedule)
     ts = timesteps(schedule, steps)
     x = _noise(known, generator)
@@ -66,8 +78,7 @@ def inpaint(model: Callable, known: Tensor, mask: Tensor, schedule: NoiseSchedul
             eps_hat = denoiser.at_step(x, t, cond).eps
             x_prev = ddim_step(x, eps_hat, t, t_prev, schedule, eta=eta, clip=clip,
                                noise=_noise(x, generator) if eta > 0 else None)
-            known_prev = known if t_prev == 0 else q_sample(known, t_prev, schedule, _noise(known, generator))
-            x_prev = mask * known_prev + (1 - mask) * x_prev
+            x_prev = replace(x_prev, known, mask, t_prev, schedule, _noise(known, generator))
             if r < resample - 1 and t_prev > 0:  # RePaint: back to t, and the step again
                 x = q_forward(x_prev, t_prev, t, schedule, _noise(x_prev, generator))
             else:
