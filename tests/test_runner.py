@@ -52,6 +52,14 @@ def test_a_failing_cell_is_named(tmp_path):
     assert "code cell 2" in json.loads((tmp_path / "out" / "metrics.json").read_text())["error"]
 
 
+def test_the_runner_reads_notebooks_as_json_and_names_a_broken_one(tmp_path):
+    path = _notebook(tmp_path, "x = 1", "", "# two\nlines")
+    assert runner.code_cells(path) == ["x = 1", "# two\nlines"]  # the GPU server has no nbformat
+    path.write_text('{"cells": [', encoding="utf-8")
+    with pytest.raises(runner.LessonError, match="not a Jupyter notebook.*git checkout --"):
+        runner.code_cells(path)
+
+
 def test_find_lesson():
     assert runner.find_lesson("1").name == "01_forward_process.ipynb"
     assert runner.find_lesson("00").name == "00_welcome.ipynb"

@@ -55,20 +55,86 @@ def device_label(device: torch.device) -> str:
     return f"cpu: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
-def bench_training(recipe: Recipe, device: torch.device, *, steps: int, compile: bool) -> dict:
-    """Images/s of ``recipe``'s training step on random images of its shape (pixels do not matter)."""
+def bench_training(recipe: Recipe, device: torch.device, *, steps: int, compile: bool | str,
+                   batch_size: int | None = None, warmup_steps: int = 3, profile_steps: int = 0) -> dict:
+    """Images/s of ``recipe``'s training step on random images of its shape (pixels do not matter).
+
+    ``warmup_steps`` first (compilation, CUDA-graph capture, cuDNN's set-up), timed apart; then
+    ``steps`` timed; then, with ``profile_steps``, that many more under the profiler (see
+    :func:`kernel_breakdown`). ``compile`` is a bool or a ``torch.compile`` mode.
+    """
     images = torch.rand(4096, *recipe.image_shape, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
-    config = replace(recipe.train, steps=steps, seconds=None, snapshots=0, compile=compile)
+    config = replace(recipe.train, steps=steps, seconds=None, snapshots=0, compile=compile,
+                     batch_size=batch_size or recipe.train.batch_size)
     torch.manual_seed(0)
     model = UNet(recipe.model).to(device)
     forward_flops = count_flops(model, images[:1], torch.tensor([500], device=device))
-    result = train(model, images, recipe.objective(recipe.schedule()), config,
-                   generator=torch.Generator(device).manual_seed(0), show_progress=False)
-    return dict(batch_size=config.batch_size, steps=result.steps, compile=compile,
-                first_step_seconds=round(result.first_step_seconds, 2),
-                images_per_second=round(result.images_per_second, 1),
-                gflop_per_image_forward=round(forward_flops / 1e9, 3),
-                tflops_achieved=round(result.images_per_second * 3 * forward_flops / 1e12, 2))
+    objective = recipe.objective(recipe.schedule())
+
+    def run(n: int):
+        return train(model, images, objective, replace(config, steps=n),
+                     generator=torch.Generator(device).manual_seed(n), show_progress=False)
+
+    start = time.perf_counter()
+    run(warmup_steps)
+    _sync(device)
+    warmup = time.perf_counter() - start
+    result = run(steps)
+    row = dict(batch_size=config.batch_size, steps=result.steps, compile=compile,
+               warmup_steps=warmup_steps, warmup_seconds=round(warmup, 2),
+               images_per_second=round(result.images_per_second, 1),
+               gflop_per_image_forward=round(forward_flops / 1e9, 3),
+               tflops_achieved=round(result.images_per_second * 3 * forward_flops / 1e12, 2))
+    if profile_steps:
+        step_ms = 1e3 * config.batch_size / result.images_per_second
+        row["profile"] = kernel_breakdown(lambda: run(profile_steps), device, steps=profile_steps, step_ms=step_ms)
+    return row
+
+
+#: kernel name fragments -> what the kernel does, tried in order (cuDNN's convolutions are
+#: named like sm90_xmma_fprop_implicit_gemm_..., Inductor's fused kernels triton_...)
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "softmax")),
+    ("optimiser, clipping, EMA", ("adam", "multi_tensor", "foreach", "lerp", "norm_kernel")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "cudnn", "winograd", "implicit")),
+    ("fused elementwise / GroupNorm (Triton)", ("triton",)),
+    ("matrix products", ("gemm", "cutlass", "cublas", "xmma", "matmul")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def kernel_breakdown(work: Callable[[], object], device: torch.device, *, steps: int, step_ms: float) -> dict:
+    """Where a training step's time goes: run ``work`` (``steps`` steps) under the profiler and sum
+    the device time of its kernels (on the CPU: of its operators) per step and per kind. Compared
+    with ``step_ms``, the unprofiled wall time of a step, it says whether the device is busy (the
+    arithmetic is the limit) or waits for the host to launch work (overhead is the limit)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        work()
+        _sync(device)
+    rows = []
+    for event in prof.key_averages():
+        us = (getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)) if cuda \
+            else event.self_cpu_time_total
+        if us > 0 and (not cuda or str(getattr(event, "device_type", "")).endswith("CUDA")):
+            rows.append((event.key, us / 1e3 / steps, event.count // steps))
+    busy = sum(ms for _, ms, _ in rows)
+    kinds: dict[str, float] = {}
+    for name, ms, _ in rows:
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+    top = sorted(rows, key=lambda r: -r[1])[:12]
+    return dict(step_ms_wall=round(step_ms, 3), step_ms_busy=round(busy, 3),
+                busy_fraction=round(busy / step_ms, 3) if cuda else None,
+                launches_per_step=sum(n for _, _, n in rows) if cuda else None,
+                by_kind_ms={k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                top=[dict(name=n[:90], ms_per_step=round(ms, 4), calls_per_step=c) for n, ms, c in top])
 
 
 def bench_sampling(model: torch.nn.Module, recipe: Recipe, device: torch.device, *, n: int,
@@ -131,9 +197,11 @@ def bench_quality(recipe: Recipe, scale: Scale, device: torch.device, *, train_s
 
 
 def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: int | None = None,
-        sample_batch: int | None = None, samplers: list[str] | None = None, compile: bool | None = None,
+        sample_batch: int | None = None, samplers: list[str] | None = None, compile: bool | str | None = None,
+        train_batch: int | None = None, profile: bool = False,
         quality: bool = False, quality_seconds: float | None = None, out: Path | None = None) -> dict:
     """Run the benchmark and print it; return (and with ``out``, write) the numbers as a dict."""
+    samplers = [] if samplers == ["none"] else samplers
     unknown = [n for n in samplers or () if n not in SAMPLERS]
     if unknown:
         raise ValueError(f"Unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}.")
@@ -145,18 +213,29 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
     report = dict(device=device_label(device), scale=scale.value, recipe=recipe.name, torch=torch.__version__,
                   when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     print(f"diffuse-edu bench: {report['device']}, {scale.value} scale ({recipe.name}), torch {torch.__version__}")
-    report["training"] = bench_training(recipe, device, steps=train_steps or (30 if quick else 300), compile=compile)
+    report["training"] = bench_training(recipe, device, steps=train_steps or (30 if quick else 300), compile=compile,
+                                        batch_size=train_batch, profile_steps=(5 if quick else 20) if profile else 0)
     t = report["training"]
+    how = "" if not compile else f", compiled{'' if compile is True else ' ' + compile}"
     print(f"training  {t['images_per_second']:>9,.0f} images/s  {t['tflops_achieved']:>7.2f} TFLOP/s  "
           f"(batch {t['batch_size']}, {t['gflop_per_image_forward']} GFLOP/image forward; "
-          f"first step {t['first_step_seconds']} s{', compiled' if compile else ''})")
+          f"first {t['warmup_steps']} steps {t['warmup_seconds']} s{how})")
+    if profile:
+        p = t["profile"]
+        unit = "device" if device.type == "cuda" else "CPU operator"
+        print(f"profile   a step: {p['step_ms_wall']:.2f} ms wall, {p['step_ms_busy']:.2f} ms of {unit} time"
+              + (f" ({p['busy_fraction']:.0%} busy, {p['launches_per_step']} kernels)" if p["busy_fraction"] else ""))
+        for kind, ms in p["by_kind_ms"].items():
+            print(f"          {ms:8.3f} ms  {kind}")
+        for row in p["top"]:
+            print(f"          {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<4} {row['name']}")
     torch.manual_seed(0)
     model = UNet(recipe.model).to(device)
     n = samples or (64 if quick else 10_000)
     batch = sample_batch or (64 if quick else 2_500)
-    names = samplers or list(SAMPLERS)
+    names = list(SAMPLERS) if samplers is None else samplers
     report["sampling"] = bench_sampling(model, recipe, device, n=n, batch_size=batch, names=names, fast=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and "ddim-50" in names:
         eager = bench_sampling(model, recipe, device, n=min(n, 2_000), batch_size=min(batch, 1_000),
                                names=["ddim-50"], fast=False)
         report["sampling"]["ddim-50 eager fp32"] = eager["ddim-50"]

@@ -12,7 +12,7 @@
     grade FOLDER [--timeout S] [--out DIR]
                                     run every learner's notebooks and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
-    bench [--scale S] [--quality] [--out FILE]
+    bench [--scale S] [--profile] [--quality] [--out FILE]
                                     training images/s, TFLOP/s and seconds per 10,000 samples
     lessons                         list the lessons
 """
@@ -160,7 +160,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     scale = None if args.scale == "auto" else config.Scale(args.scale)
     bench.run(scale=scale, train_steps=args.train_steps, samples=args.samples, sample_batch=args.sample_batch,
-              samplers=args.samplers, compile=args.compile, quality=args.quality,
+              samplers=args.samplers, compile=args.compile_mode or args.compile, train_batch=args.train_batch,
+              profile=args.profile, quality=args.quality,
               quality_seconds=args.quality_seconds, out=Path(args.out) if args.out else None)
     return 0
 
@@ -207,9 +208,12 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--train-steps", type=int, help="training steps timed (default 30 quick, 300 full)")
     sb.add_argument("--samples", type=int, help="samples per sampler (default 64 quick, 10,000 full)")
     sb.add_argument("--sample-batch", type=int, help="sampling batch size (default 64 quick, 2,500 full)")
-    sb.add_argument("--samplers", nargs="+", help="names from diffuse_edu.course.bench.SAMPLERS (default: all)")
+    sb.add_argument("--samplers", nargs="+", help="names from diffuse_edu.course.bench.SAMPLERS (default: all; none: training only)")
     sb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training step (default: on a GPU)")
+    sb.add_argument("--compile-mode", help="a torch.compile mode for training, e.g. reduce-overhead (CUDA graphs)")
+    sb.add_argument("--train-batch", type=int, help="training batch size (default: the recipe's)")
+    sb.add_argument("--profile", action="store_true", help="also show where a training step's time goes")
     sb.add_argument("--quality", action="store_true", help="also compare FID of eager and fast sampling")
     sb.add_argument("--quality-seconds", type=float, help="training budget for --quality")
     sb.add_argument("--out", help="also write the numbers to this JSON file")

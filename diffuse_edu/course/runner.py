@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import numpy as np
 
 from diffuse_edu import config, exercises
@@ -57,9 +56,17 @@ def find_lesson(lesson: str | os.PathLike) -> Path:
 
 
 def code_cells(path: Path) -> list[str]:
-    """The source of each code cell, in order."""
-    nb = nbformat.read(path, as_version=4)
-    return [c.source for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    """The source of each code cell, in order. A notebook is JSON (nbformat 4): it is read as such,
+    so that the runner needs no Jupyter package on a bare GPU server."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = nb["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise LessonError(f"{path} is not a Jupyter notebook (nbformat 4 JSON): {err}. "
+                          f"Restore it with `git checkout -- {path}`.") from err
+    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+               for c in cells if c.get("cell_type") == "code"]
+    return [s for s in sources if s.strip()]
 
 
 def _slug(text: str) -> str:

@@ -51,7 +51,8 @@ class TrainConfig:
     cond_dropout: float = 0.0  # share of examples trained with the null condition (guidance)
     bf16: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     channels_last: bool = True  # channels_last memory layout on CUDA and on CPUs with oneDNN (~10% faster)
-    compile: bool = False  # torch.compile the model for the training steps
+    compile: bool | str = False  # torch.compile the model for the training steps; a string is the mode
+    # ("reduce-overhead": its kernels replayed as CUDA graphs, one launch per step instead of hundreds)
     loss_buckets: int = 10  # ranges of noise levels in which the training loss is recorded
     snapshots: int = 0  # EMA snapshots kept at evenly spaced points of the budget
 
@@ -170,7 +171,9 @@ def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
     net = model
     if distributed.active():  # gradients averaged over the ranks; the weights start as rank 0's
         net = nn.parallel.DistributedDataParallel(model, device_ids=[data.device.index] if cuda else None)
-    return (torch.compile(net) if config.compile else net), data, params, opt
+    if config.compile:
+        net = torch.compile(net, mode=config.compile if isinstance(config.compile, str) else None)
+    return net, data, params, opt
 
 
 def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConfig, *,
@@ -200,6 +203,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
     step_model, data, params, opt = _setup(model, data, config, trainable)
     bf16 = device.type == "cuda" and config.bf16
+    graphs = device.type == "cuda" and isinstance(config.compile, str) and "overhead" in config.compile
     ema = EMA(model, config.ema_decay, trainable=trainable, update_fn=ema_fn) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
     snapshots, losses, norms, step, spent, first = [], [], [], 0, 0.0, 0.0
@@ -217,6 +221,8 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
         if world > 1:
             x0, t, eps = x0[share], t[share], eps[share]
             batch_cond = None if batch_cond is None else batch_cond.index(share)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are done with
         per_example, t, grad_norm = step_fn(step_model, opt, objective, x0, config, params=params, bf16=bf16,
                                                cond=batch_cond, t=t, eps=eps)
         norms.append(grad_norm)
