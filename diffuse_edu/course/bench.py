@@ -209,7 +209,8 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
     device = default_device()
     recipe = ddpm_recipe(scale)
     quick = scale is Scale.QUICK
-    compile = (device.type == "cuda") if compile is None else compile
+    if compile is None:  # the recipe's way on a GPU (at least torch.compile), eager on the CPU
+        compile = (recipe.train.compile or True) if device.type == "cuda" else False
     report = dict(device=device_label(device), scale=scale.value, recipe=recipe.name, torch=torch.__version__,
                   when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     print(f"diffuse-edu bench: {report['device']}, {scale.value} scale ({recipe.name}), torch {torch.__version__}")

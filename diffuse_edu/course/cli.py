@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--sample-batch", type=int, help="sampling batch size (default 64 quick, 2,500 full)")
     sb.add_argument("--samplers", nargs="+", help="names from diffuse_edu.course.bench.SAMPLERS (default: all; none: training only)")
     sb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile the training step (default: on a GPU)")
+                    help="torch.compile the training step (default: on a GPU, as the recipe does)")
     sb.add_argument("--compile-mode", help="a torch.compile mode for training, e.g. reduce-overhead (CUDA graphs)")
     sb.add_argument("--train-batch", type=int, help="training batch size (default: the recipe's)")
     sb.add_argument("--profile", action="store_true", help="also show where a training step's time goes")

@@ -10,7 +10,9 @@ field has found to matter:
   learns p(x | c) and p(x) for classifier-free guidance (Ho & Salimans 2022, Alg. 1);
 * a trainable-parameter filter (LoRA, lesson 13) that the optimiser, clipping and EMA respect;
 * channels_last memory layout (on a GPU, and on CPUs with oneDNN); on a GPU also bfloat16 autocast, fused AdamW and, optionally,
-  torch.compile, with no host-device synchronisation inside a step;
+  torch.compile, with its kernels replayed as CUDA graphs (mode "reduce-overhead": without them a
+  small U-Net's GPU waits for the host to launch ~970 kernels a step), and no host-device
+  synchronisation inside a step;
 * under torchrun, several GPUs (:mod:`diffuse_edu.training.distributed`): every rank draws the same
   global batch and trains on its share of it, so the run follows the one-process trajectory;
 * a budget in steps, in seconds of wall-clock time ("train for the 5 minutes we have"), or both;
