@@ -28,7 +28,8 @@ lesson                modules
 08 guidance           ``diffusion.guidance``, ``training.recipes`` (class-conditional models)
 09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip``, ``models.attention``
                       (cross-attention), ``training.contrastive``, ``evaluation.adherence``
-10 latent diffusion   ``models.vae`` (ready; the lesson is planned)
+10 latent diffusion   ``models.vae`` (``reparameterise``, ``kl_diagonal_gaussian``, ``VAE``,
+                      ``VAEObjective``, ``latent_scale``), ``evaluation.probes``
 11 editing            ``diffusion.editing``, ``diffusion.samplers`` (``invert_ddim``),
                       ``evaluation.probes`` (``seam_jump``)
 12-13                 planned: DiT and flow matching (``diffusion.objectives.FlowMatching`` is

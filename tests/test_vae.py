@@ -60,3 +60,27 @@ def test_the_training_loop_trains_a_vae_and_latents_rescale_to_unit_variance():
     assert latents.shape == (512, 2, 8, 8)
     scaled = latents * latent_scale(latents)
     assert abs(scaled.std().item() - 1) < 1e-4
+
+
+def test_a_learners_pieces_run_inside_the_vae_and_its_objective():
+    """Lesson 10 trains its VAEs with the learner's reparameterise and kl_diagonal_gaussian."""
+    calls = []
+
+    def my_reparameterise(mean, logvar, noise):
+        calls.append("reparameterise")
+        return reparameterise(mean, logvar, noise)
+
+    def my_kl(mean, logvar):
+        calls.append("kl")
+        return 2 * kl_diagonal_gaussian(mean, logvar)  # a wrong KL must change the loss
+
+    vae = VAE(VAEConfig(channels=(8, 8), latent_channels=2, groups=4))
+    vae.reparameterise_fn = my_reparameterise
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    objective = VAEObjective((2, 4, 4), beta=1.0)
+    t, eps = objective.draw(x, torch.Generator().manual_seed(0))
+    plain, _ = objective(vae, x, t=t, eps=eps)
+    doubled, _ = VAEObjective((2, 4, 4), beta=1.0, kl_fn=my_kl)(vae, x, t=t, eps=eps)
+    assert calls == ["reparameterise", "reparameterise", "kl"]
+    mean, logvar = vae.encode(x)
+    assert torch.allclose(doubled - plain, kl_diagonal_gaussian(mean, logvar), atol=1e-4)

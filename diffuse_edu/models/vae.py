@@ -19,6 +19,7 @@ The networks reuse lesson 03's residual blocks, downsampling and upsampling (no 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,7 @@ class VAE(nn.Module):
                 dec.append(Upsample(ch[i]))
         dec += [nn.GroupNorm(g, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+        self.reparameterise_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = reparameterise  # a learner's, lesson 10
 
     def _check(self, x: Tensor) -> None:
         c, f = self.config.in_channels, self.config.factor
@@ -116,7 +118,7 @@ class VAE(nn.Module):
         """(x_hat, mean, logvar); z is drawn with ``noise`` (default: fresh N(0, I))."""
         mean, logvar = self.encode(x)
         noise = torch.randn_like(mean) if noise is None else noise
-        return self.decode(reparameterise(mean, logvar, noise)), mean, logvar
+        return self.decode(self.reparameterise_fn(mean, logvar, noise)), mean, logvar
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +132,7 @@ class VAEObjective:
 
     latent_shape: tuple[int, int, int]  # (C, H, W) of z for the training images
     beta: float = 1.0
+    kl_fn: Callable[[Tensor, Tensor], Tensor] = kl_diagonal_gaussian  # a learner's, lesson 10
     t_max = 1.0
 
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -144,7 +147,7 @@ class VAEObjective:
             t, eps = self.draw(x0, generator)
         x_hat, mean, logvar = model(x0, eps)
         recon = F.mse_loss(x_hat.float(), x0.float(), reduction="none").flatten(1).sum(1)
-        return recon + self.beta * kl_diagonal_gaussian(mean.float(), logvar.float()), t
+        return recon + self.beta * self.kl_fn(mean.float(), logvar.float()), t
 
 
 @torch.no_grad()
