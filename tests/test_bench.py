@@ -18,3 +18,28 @@ def test_bench_runs_on_the_cpu_and_writes_its_numbers(tmp_path, capsys):
 def test_an_unknown_sampler_is_named_with_the_choices(capsys):
     assert cli.main(["bench", "--scale", "quick", "--train-steps", "2", "--samplers", "nope"]) == 2
     assert "Unknown sampler(s) nope; choose from ddim-50" in capsys.readouterr().err
+
+
+def test_the_profile_says_where_a_step_goes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--scale", "quick", "--train-steps", "2", "--samplers", "none", "--profile",
+                     "--train-batch", "32", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "profile   a step:" in printed and "sampling" not in printed
+    report = json.loads(out.read_text())
+    training = report["training"]
+    assert training["batch_size"] == 32 and report["sampling"] == {}
+    profile = training["profile"]
+    assert profile["step_ms_busy"] > 0 and profile["top"] and sum(profile["by_kind_ms"].values()) > 0
+
+
+def test_kernels_are_sorted_by_what_they_do():
+    from diffuse_edu.course.bench import kernel_kind
+
+    assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kernel_kind("sm90_xmma_wgrad_indexed_implicit_gemm_bf16") == "convolution"
+    assert kernel_kind("triton_poi_fused_native_group_norm_silu_3") == "fused elementwise / GroupNorm (Triton)"
+    assert kernel_kind("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimiser, clipping, EMA"
+    assert kernel_kind("pytorch_flash::flash_fwd_kernel") == "attention"
+    assert kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "matrix products"
+    assert kernel_kind("void at::native::elementwise_kernel<128, 4>") == "other"
