@@ -47,3 +47,15 @@ def test_classifier_shapes():
     clf = Classifier(ClassifierConfig(in_channels=3, widths=(8, 16), feature_dim=12))
     assert clf(torch.zeros(2, 3, 32, 32)).shape == (2, 10) and clf.features(torch.zeros(2, 3, 32, 32)).shape == (2, 12)
     assert config.cache_dir().name  # the cache folder is defined
+
+
+def test_confidence_is_the_largest_probability_and_its_class():
+    from diffuse_edu.evaluation.features import confidence
+
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig()).eval()
+    images = torch.rand(5, 1, 16, 16) * 2 - 1
+    conf, classes = confidence(model, images, batch_size=2)
+    with torch.no_grad():
+        p = model(images).softmax(1)
+    assert torch.allclose(conf, p.max(1).values) and torch.equal(classes, p.argmax(1))

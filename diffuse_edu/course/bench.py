@@ -128,7 +128,8 @@ def kernel_breakdown(work: Callable[[], object], device: torch.device, *, steps:
     busy = sum(ms for _, ms, _ in rows)
     kinds: dict[str, float] = {}
     for name, ms, _ in rows:
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms
     top = sorted(rows, key=lambda r: -r[1])[:12]
     return dict(step_ms_wall=round(step_ms, 3), step_ms_busy=round(busy, 3),
                 busy_fraction=round(busy / step_ms, 3) if cuda else None,

@@ -57,6 +57,15 @@ def accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int 
 
 
 @torch.no_grad()
+def confidence(model: Classifier, images: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """The classifier's largest softmax probability per image and the class it belongs to; lessons
+    05-11 call an image recognisable at a confidence of at least 0.9. Shapes: (N, C, H, W) -> (N,), (N,)."""
+    p = torch.cat([model(b).softmax(1) for b in images.split(batch_size)])
+    values, classes = p.max(1)
+    return values, classes
+
+
+@torch.no_grad()
 def extract(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:
     """Features of many images, batch by batch, as float64. Shapes: (N, C, H, W) -> (N, D)."""
     return torch.cat([model.features(b).double() for b in images.split(batch_size)])

@@ -160,7 +160,7 @@ def encode_dataset(vae: VAE, images: Tensor, *, batch_size: int = 1024, sample: 
         mean, logvar = vae.encode(batch)
         if sample:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            mean = reparameterise(mean, logvar, noise)
+            mean = vae.reparameterise_fn(mean, logvar, noise)
         out.append(mean)
     return torch.cat(out)
 

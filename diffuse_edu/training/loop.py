@@ -9,10 +9,10 @@ field has found to matter:
 * condition dropout: a share of the examples trained with the null condition, so that one network
   learns p(x | c) and p(x) for classifier-free guidance (Ho & Salimans 2022, Alg. 1);
 * a trainable-parameter filter (LoRA, lesson 13) that the optimiser, clipping and EMA respect;
-* channels_last memory layout (on a GPU, and on CPUs with oneDNN); on a GPU also bfloat16 autocast, fused AdamW and, optionally,
-  torch.compile, with its kernels replayed as CUDA graphs (mode "reduce-overhead": without them a
-  small U-Net's GPU waits for the host to launch ~970 kernels a step), and no host-device
-  synchronisation inside a step;
+* channels_last memory layout (on a GPU, and on CPUs with oneDNN); on a GPU also bfloat16
+  autocast, fused AdamW and, optionally, torch.compile, with its kernels replayed as CUDA graphs
+  (mode "reduce-overhead": without them a small U-Net's GPU waits for the host to launch ~970
+  kernels a step), and no host-device synchronisation inside a step;
 * under torchrun, several GPUs (:mod:`diffuse_edu.training.distributed`): every rank draws the same
   global batch and trains on its share of it, so the run follows the one-process trajectory;
 * a budget in steps, in seconds of wall-clock time ("train for the 5 minutes we have"), or both;
@@ -205,7 +205,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
     step_model, data, params, opt = _setup(model, data, config, trainable)
     bf16 = device.type == "cuda" and config.bf16
-    graphs = device.type == "cuda" and isinstance(config.compile, str) and "overhead" in config.compile
+    graphs = device.type == "cuda" and bool(config.compile)  # modes "reduce-overhead", "max-autotune": CUDA graphs
     ema = EMA(model, config.ema_decay, trainable=trainable, update_fn=ema_fn) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
     snapshots, losses, norms, step, spent, first = [], [], [], 0, 0.0, 0.0
