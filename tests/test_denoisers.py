@@ -1,22 +1,37 @@
 """One D(x; sigma) view of any model: the same network wrapped as an eps-, x0-, v- or flow model
 gives the same samples with every sampler (Karras et al. 2022, Table 1)."""
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
 
-from diffuse_edu.diffusion.denoisers import Denoiser, as_denoiser, fast_path, sigma_to_t
-from diffuse_edu.diffusion.prediction import Target, eps_to_x0, eps_x0_to_v
+from diffuse_edu.diffusion.denoisers import (
+    Denoiser,
+    as_denoiser,
+    bf16_supported,
+    declared_target,
+    fast_path,
+)
+from diffuse_edu.diffusion.prediction import Target, eps_to_x0, eps_x0_to_v, v_to_x0
 from diffuse_edu.diffusion.samplers import (
+    ddim_step,
     invert_ddim,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
     sample_euler,
+    sample_flow_euler,
     sample_heun,
+    sigmas_evenly_in_t,
 )
-from diffuse_edu.diffusion.schedules import cosine_schedule, linear_schedule
+from diffuse_edu.diffusion.schedules import (
+    cosine_schedule,
+    linear_schedule,
+    rescale_zero_terminal_snr,
+)
 
 SCHEDULE = cosine_schedule(200)
 
@@ -30,10 +45,8 @@ def eps_net(x, t, cond=None):
 def alpha_bar_of(t, x):
     """alpha_bar at integer or fractional steps, as the adapter would see it."""
     t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-    ab = SCHEDULE.alpha_bar_continuous(t.clamp(min=1)) if t.dtype.is_floating_point else None
     exact = t == t.round()
-    if exact.all():
-        ab = SCHEDULE.alpha_bar[t.long()]
+    ab = SCHEDULE.alpha_bar[t.long()] if exact.all() else SCHEDULE.alpha_bar_at(t)
     return ab.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -53,7 +66,7 @@ def flow_net(x_s, t_scaled, cond=None):
     sigma = s / (1 - s)
     x = x_s / (1 - s)  # x0 + sigma eps
     ab = 1 / (1 + sigma**2)
-    t = torch.tensor([sigma_to_t(float(v), SCHEDULE) for v in sigma.flatten()], dtype=x.dtype)
+    t = SCHEDULE.t_at_sigma(sigma.flatten()).to(x.dtype)
     eps = eps_net(x * ab.sqrt(), t)
     return eps - (x - sigma * eps)
 
@@ -100,15 +113,25 @@ def test_the_adapter_returns_x0_in_sigma_space_for_each_target():
         torch.testing.assert_close(d(x, sigma), x0)
 
 
-def test_sigma_to_t_hits_the_steps_and_inverts_the_continuous_alpha_bar():
-    for t in (1, 7, 100, 199, 200):
-        assert sigma_to_t(float(SCHEDULE.sigma[t]), SCHEDULE) == pytest.approx(t, abs=1e-9)
-    t = torch.tensor([1.0, 3.25, 57.5, 150.9, 200.0], dtype=torch.float64)
-    ab = SCHEDULE.alpha_bar_continuous(t)
-    back = [sigma_to_t(math.sqrt((1 - a) / a), SCHEDULE) for a in ab.tolist()]
-    assert back == pytest.approx(t.tolist(), abs=1e-6)
-    torch.testing.assert_close(SCHEDULE.alpha_bar_continuous(torch.arange(1, 201, dtype=torch.float64)),
-                               SCHEDULE.alpha_bar[1:])
+def test_t_at_sigma_hits_the_steps_and_inverts_the_continuous_alpha_bar():
+    for t in (0, 1, 7, 100, 199, 200):
+        assert SCHEDULE.t_at_sigma(float(SCHEDULE.sigma[t])).item() == pytest.approx(t, abs=1e-9)
+    t = torch.tensor([0.5, 1.0, 3.25, 57.5, 150.9, 200.0], dtype=torch.float64)
+    ab = SCHEDULE.alpha_bar_at(t)
+    back = SCHEDULE.t_at_sigma(((1 - ab) / ab).sqrt())
+    torch.testing.assert_close(back, t)
+    torch.testing.assert_close(SCHEDULE.alpha_bar_at(torch.arange(0, 201, dtype=torch.float64)), SCHEDULE.alpha_bar)
+
+
+def test_the_conversions_reach_an_infinite_sigma_at_zero_terminal_snr():
+    zero = rescale_zero_terminal_snr(SCHEDULE)
+    t = torch.tensor([199.0, 199.5, 200.0], dtype=torch.float64)
+    sig = zero.sigma_at(t)
+    assert math.isfinite(sig[0]) and math.isfinite(sig[1]) and sig[1] > sig[0] and sig[2] == math.inf
+    torch.testing.assert_close(zero.t_at_sigma(sig), t)
+    assert zero.t_at_sigma(float("inf")).item() == 200 and zero.t_at_sigma(0.0).item() == 0
+    grid = sigmas_evenly_in_t(zero, 5)
+    assert torch.isfinite(grid).all() and grid[0] > 1e3  # capped, not infinite
 
 
 def test_misuse_is_named():
@@ -119,6 +142,109 @@ def test_misuse_is_named():
     with pytest.raises(ValueError, match="not defined on x_t"):
         from diffuse_edu.diffusion.prediction import to_x0
         to_x0(torch.zeros(1), Target.FLOW, torch.zeros(1), 0.5)
+
+
+def test_a_denoiser_sampled_on_another_schedule_is_refused():
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    other = linear_schedule(200)
+    for sampler in (lambda m: sample_ddim(m, x, other, steps=4), lambda m: sample_euler(m, x, other, steps=4)):
+        with pytest.raises(ValueError, match="trained on the 'cosine' schedule but the sampler was given 'linear'"):
+            sampler(WRAPPED["v"])
+    assert sample_ddim(WRAPPED["v"], x, cosine_schedule(200), steps=4).shape == x.shape  # equal betas: fine
+    assert sample_ddim(WRAPPED["flow"], x, other, steps=4).shape == x.shape  # a flow fits any grid
+
+
+def test_a_flow_model_samples_on_any_grid_or_is_refused_with_the_samplers_that_fit():
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flow = Denoiser(flow_net, None, Target.FLOW)
+    a = sample_ddim(flow, x, SCHEDULE, steps=8)
+    torch.testing.assert_close(a, sample_ddim(eps_net, x, SCHEDULE, steps=8), rtol=1e-6, atol=1e-6)
+    for run in (lambda: sample_ddim(flow, x, None, steps=8), lambda: sample_ddpm(flow, x, None, steps=8),
+                lambda: sample_heun(flow, x, None, steps=4), lambda: invert_ddim(flow, x, None, steps=4)):
+        with pytest.raises(ValueError, match="sample_flow_euler"):
+            run()
+    with pytest.raises(ValueError, match="samples a flow model; this one predicts v"):
+        sample_flow_euler(WRAPPED["v"], x, SCHEDULE, steps=4)
+
+
+def test_flow_euler_walks_from_noise_to_data_and_is_exact_for_straight_paths():
+    """A flow whose velocity is the straight line from a fixed x0 to the start noise lands on x0."""
+    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def straight(x_s, t, cond=None):
+        s = (t / 1000).reshape(-1, 1, 1, 1)
+        eps = (x_s - (1 - s) * x0) / s  # the noise this x_s started from
+        return eps - x0
+    straight.predicts = "flow"
+    noise = torch.randn_like(x0)
+    torch.testing.assert_close(sample_flow_euler(straight, noise, steps=3), x0)
+    seen = []
+    sample_flow_euler(straight, noise, steps=4, callback=lambda i, s, x: seen.append(s))
+    assert seen == pytest.approx([0.75, 0.5, 0.25, 0.0])
+
+
+def test_zero_terminal_snr_ddim_of_a_v_model_is_finite_and_follows_the_models_own_x0():
+    """At t = T of a zero-SNR schedule sqrt(alpha_bar_T) = 0: x0_hat must come from v directly."""
+    zero = rescale_zero_terminal_snr(SCHEDULE)
+
+    def v_model(x, t, cond=None):
+        return 0.5 * torch.tanh(x) - 0.1 * (t.reshape(-1, 1, 1, 1) / zero.T)
+    v_model.predicts = "v"
+    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = sample_ddim(v_model, x, zero, steps=10)
+    assert torch.isfinite(out).all()
+    first = []
+    sample_ddim(v_model, x, zero, steps=10, callback=lambda i, t, z: first.append(z) if i == 0 else None)
+    T, t1 = zero.T, timesteps_of(zero, 10)[1]
+    x0_hat = v_to_x0(x, v_model(x, torch.full((4,), T)), 0.0)  # = -v at alpha_bar = 0
+    expected = zero.alpha_bar[t1].item() ** 0.5 * x0_hat + (1 - zero.alpha_bar[t1].item()) ** 0.5 * x
+    torch.testing.assert_close(first[0], expected)
+    assert torch.isfinite(sample_euler(v_model, x, zero, steps=6)).all()
+    assert torch.isfinite(sample_dpmpp_2m(v_model, x, zero, steps=6)).all()
+    assert torch.isfinite(sample_ddpm(v_model, x, zero, steps=10, generator=torch.Generator().manual_seed(0))).all()
+    with pytest.raises(ValueError, match="eps-prediction model cannot be sampled from step 200"):
+        sample_ddim(eps_net, x, zero, steps=10)
+
+
+def timesteps_of(schedule, steps):
+    from diffuse_edu.diffusion.samplers import timesteps
+    return timesteps(schedule, steps)
+
+
+def test_a_v_model_never_round_trips_through_eps_in_float32():
+    """On the cosine schedule the old path prediction -> x0 -> eps -> x0 lost ~5e-3 at t = T."""
+    schedule = cosine_schedule(1000)
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    v = torch.randn_like(x)
+    d = Denoiser(lambda x_t, t, cond=None: v, schedule, Target.V)
+    pred = d.at_step(x, schedule.T)
+    ab = schedule.alpha_bar[-1].item()
+    torch.testing.assert_close(pred.x0, v_to_x0(x, v, ab), rtol=0, atol=1e-6)
+    step = ddim_step(x, pred.x0, pred.eps, schedule.T, 980, schedule)
+    ab_prev = schedule.alpha_bar[980].item()
+    want = ab_prev**0.5 * v_to_x0(x.double(), v.double(), ab) + (1 - ab_prev) ** 0.5 * (
+        ab**0.5 * v.double() + (1 - ab) ** 0.5 * x.double())
+    assert (step.double() - want).abs().max() < 1e-5
+
+
+def test_per_example_sigma_equals_one_call_per_example():
+    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    sigmas = torch.tensor([0.05, 0.7, 3.0, 40.0], dtype=torch.float64)
+    for name, d in {"eps": Denoiser(eps_net, SCHEDULE), **WRAPPED}.items():
+        batched = d(x, sigmas)
+        one_by_one = torch.cat([d(x[i:i + 1], float(s)) for i, s in enumerate(sigmas)])
+        torch.testing.assert_close(batched, one_by_one, msg=name)
+
+
+def test_plain_networks_are_read_as_what_they_declare():
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def v_declared(x_t, t, cond=None):
+        return v_net(x_t, t)
+    v_declared.predicts = "v"
+    assert declared_target(v_declared) is Target.V and declared_target(eps_net) is None
+    torch.testing.assert_close(sample_ddim(v_declared, x, SCHEDULE, steps=5), sample_ddim(eps_net, x, SCHEDULE, steps=5))
+    assert as_denoiser(v_declared, SCHEDULE).target is Target.V
 
 
 def test_inversion_of_an_x0_model_matches_the_eps_model():
@@ -140,4 +266,18 @@ def test_the_fast_path_on_the_cpu_is_the_model_itself_and_is_made_once():
             return x
 
     out = fast_path(Net(), compile=False)(x.double(), None)
-    assert out.dtype == torch.float32  # bfloat16 autocast, float32 out
+    assert out.dtype == torch.float32  # float32 out (bfloat16 autocast only where the GPU supports it)
+    assert not bf16_supported("cpu")
+
+
+def test_the_fast_path_cache_lets_a_deleted_model_go_and_copies_build_their_own():
+    import copy
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    run = fast_path(net, compile=False)
+    twin = copy.deepcopy(net)  # an EMA copy: must not reuse its original's compiled graph
+    assert fast_path(twin, compile=False) is not run and fast_path(net, compile=False) is run
+    gone = weakref.ref(net)
+    del net, run
+    gc.collect()
+    assert gone() is None, "the fast-path cache kept a deleted model (and its compiled graph) alive"

@@ -45,6 +45,21 @@ def test_inpainting_keeps_the_known_region_exactly_and_recovers_the_rest_with_an
     torch.testing.assert_close(out[..., :, 4:], full[..., :, 4:], atol=1e-4, rtol=1e-4)
 
 
+def test_repaint_runs_the_last_step_once_as_lugmayr_et_al_algorithm_1():
+    """Steps with a step to jump back to are tried ``resample`` times, the last (to t = 0) once: a
+    repeat there would denoise the finished image as if it were x_t (the bug this test catches)."""
+    calls = []
+
+    def spy(x, t, cond=None):
+        calls.append((int(t[0]), x.clone()))
+        return torch.zeros_like(x)
+    known, mask = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    mask[..., 2:] = 0
+    inpaint(spy, known, mask, SCHEDULE, steps=4, resample=3, generator=torch.Generator().manual_seed(0))
+    ts = [t for t, _ in calls]
+    assert ts == [1000] * 3 + [750] * 3 + [500] * 3 + [250]  # (steps - 1) * resample + 1 evaluations
+
+
 def gaussian_prior_model(centre: torch.Tensor, tau: float):
     """The exact eps-model for data x0 ~ N(centre, tau^2 I): x0_hat is the posterior mean."""
     def model(x, t, cond=None):

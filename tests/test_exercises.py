@@ -244,12 +244,21 @@ WRONG_05_06 = [
 from diffuse_edu.exercises.samplers import DDIM_STEP, HEUN_STEP
 
 
-def _ddim(x, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, x0_coef="sqrt", shrink=True, two=True):
+def _ddim(x, x0, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, rebuild=False, shrink=True, two=True,
+          swap=False, variance=False, always_noise=False, no_raise=False):
     ab, abp = (s.alphas if alphas else s.alpha_bar)[t].item(), (s.alphas if alphas else s.alpha_bar)[tp].item()
-    x0 = (x - ((1 - ab) ** 0.5 if x0_coef == "sqrt" else (1 - ab)) * e) / ab**0.5
+    if rebuild:  # x0_hat rebuilt from eps_hat instead of the one given
+        x0 = (x - (1 - ab) ** 0.5 * e) / ab**0.5
     sig = eta * ((1 - abp) / (1 - ab)) ** 0.5 * ((1 - ab / abp) ** 0.5 if two else 1)
-    out = abp**0.5 * x0 + max(1 - abp - (sig**2 if shrink else 0), 0) ** 0.5 * e
-    return out + sig * noise if sig > 0 else out
+    a, b = (e, x0) if swap else (x0, e)
+    out = abp**0.5 * a + max(1 - abp - (sig**2 if shrink else 0), 0) ** 0.5 * b
+    if noise is None:
+        if sig > 0 and not no_raise:
+            raise ValueError("eta > 0 needs noise")
+        return out
+    if always_noise:
+        return out + noise
+    return out + (sig**2 if variance else sig) * noise if sig > 0 else out
 
 
 def _heun(x, s, sn, D, *, correct=True, average=True, from_x=True, at_next=True, guard=True):
@@ -265,9 +274,13 @@ def _heun(x, s, sn, D, *, correct=True, average=True, from_x=True, at_next=True,
 
 WRONG_07 = [
     (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, alphas=True), "not the one-step alphas"),
-    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, x0_coef="plain"), "needs sqrt(1 - alpha_bar_t)"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, rebuild=True), "use the x0_hat you are given"),
     (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, shrink=False), "must shrink when noise is added"),
     (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, two=False), "has two factors"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, swap=True), "x0_hat and eps_hat are swapped"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, variance=True), "not sigma^2 * noise"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, always_noise=True), "the noise must not be added"),
+    (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, no_raise=True), "must raise a ValueError that asks for noise"),
     (HEUN_STEP, lambda *a: _heun(*a, correct=False), "that is Euler's step"),
     (HEUN_STEP, lambda *a: _heun(*a, average=False), "only the slope at sigma_next"),
     (HEUN_STEP, lambda *a: _heun(*a, from_x=False), "applied from x"),
@@ -517,36 +530,16 @@ def test_guided_prediction_checker_catches_typical_wrong_answers():
     assert run_checker(lambda c, u, s: (1 - s) * u + s * c, GUIDED_PREDICTION).status == "passed"
 
 
-def test_ddim_checker_exercises_clip_and_names_each_clip_mistake():
-    from diffuse_edu.diffusion.prediction import x0_to_eps
-    from diffuse_edu.diffusion.samplers import ddim_step
-    from diffuse_edu.exercises.samplers import DDIM_STEP
+def test_ddim_checker_catches_a_step_that_divides_by_sqrt_alpha_bar_at_zero_terminal_snr():
+    """Rebuilding x0_hat from eps_hat breaks at t = T of a zero-SNR schedule: that case names it."""
+    from diffuse_edu.exercises.samplers import _ddim_zero_snr
 
-    def ignores_clip(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
-        return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
+    def rebuilds(x, x0, e, t, tp, s, *, eta=0.0, noise=None):
+        return _ddim(x, x0, e, t, tp, s, eta=eta, noise=noise, rebuild=True)
 
-    def keeps_eps(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
-        ab, abp = s.alpha_bar[t].item(), s.alpha_bar[tp].item()
-        x0 = (x - (1 - ab) ** 0.5 * e) / ab**0.5
-        if clip is None:
-            return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
-        return abp**0.5 * x0.clamp(-clip, clip) + (1 - abp) ** 0.5 * e
-
-    def clamps_output(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
-        out = ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
-        return out if clip is None else out.clamp(-clip, clip)
-
-    messages = {run_checker(fn, DDIM_STEP).message for fn in (ignores_clip, keeps_eps, clamps_output)}
-    assert all("clip = 1.0" in m for m in messages) and len(messages) == 3
-
-    def right(x, e, t, tp, s, *, eta=0.0, noise=None, clip=None):
-        if clip is not None:
-            ab = s.alpha_bar[t].item()
-            x0 = ((x - (1 - ab) ** 0.5 * e) / ab**0.5).clamp(-clip, clip)
-            e = x0_to_eps(x, x0, ab)
-        return ddim_step(x, e, t, tp, s, eta=eta, noise=noise)
-
-    assert run_checker(right, DDIM_STEP).status == "passed"
+    with pytest.raises(Mismatch, match="zero-terminal-SNR schedule returned inf or NaN"):
+        _ddim_zero_snr(rebuilds)
+    assert run_checker(lambda *a, **k: _ddim(*a, **k), DDIM_STEP).status == "passed"
 
 
 def test_the_dtype_message_fits_any_exercise():

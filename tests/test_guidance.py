@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffuse_edu.diffusion.guidance import Guided, guided_prediction, rescale_guidance
+from diffuse_edu.diffusion.prediction import predict_x0
 from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, sample_dpmpp_2m, timesteps
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.models.conditioning import Cond
@@ -47,7 +48,7 @@ def test_guided_ddim_is_ddim_on_the_guided_eps(model):
     for t, t_prev in zip(ts[:-1], ts[1:]):
         tt = torch.full((3,), t)
         eps = guided_prediction(model(want, tt, cond), model(want, tt, null), 4.0)
-        want = ddim_step(want, eps, t, t_prev, SCHEDULE)
+        want = ddim_step(want, predict_x0(want, eps, t, SCHEDULE), eps, t, t_prev, SCHEDULE)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

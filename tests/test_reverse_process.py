@@ -2,8 +2,8 @@ import torch
 
 from diffuse_edu import data
 from diffuse_edu.diffusion.forward_process import q_posterior, q_sample
-from diffuse_edu.diffusion.objectives import eps_loss
-from diffuse_edu.diffusion.prediction import predict_x0, score
+from diffuse_edu.diffusion.objectives import DiffusionObjective, FlowMatching, eps_loss
+from diffuse_edu.diffusion.prediction import Target, predict_x0, score
 from diffuse_edu.diffusion.reverse_process import ddpm_step
 from diffuse_edu.diffusion.samplers import sample_ddpm
 from diffuse_edu.diffusion.schedules import cosine_schedule, linear_schedule
@@ -71,7 +71,26 @@ def test_training_lowers_the_loss_and_is_seeded():
 
 
 def test_loss_by_t_buckets():
-    edges, losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), torch.randn(64, 2), SCHEDULE,
-                              buckets=5, generator=torch.Generator().manual_seed(0))
+    edges, losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), torch.randn(64, 2),
+                              DiffusionObjective(SCHEDULE), buckets=5, generator=torch.Generator().manual_seed(0))
     assert edges.tolist() == [0, 10, 20, 30, 40, 50] and losses.shape == (5,)
     torch.testing.assert_close(losses, torch.ones(5), rtol=0.25, atol=0)  # E||eps||^2 / dim = 1
+
+
+def test_loss_by_t_judges_a_model_by_its_own_target():
+    """A perfect v-model has zero loss under the v objective (an eps reading would call it bad)."""
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+
+    def perfect_v(x_t, t, c=None):  # knows x0: v = sqrt(ab) eps - sqrt(1 - ab) x0, from x_t and x0
+        ab = SCHEDULE.alpha_bar[t][:, None].float()
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    _, v_losses = loss_by_t(perfect_v, x0, DiffusionObjective(SCHEDULE, Target.V), buckets=5,
+                            generator=torch.Generator().manual_seed(0), batch_size=64)
+    assert v_losses.max() < 1e-8
+    _, eps_losses = loss_by_t(perfect_v, x0, DiffusionObjective(SCHEDULE), buckets=5,
+                              generator=torch.Generator().manual_seed(0), batch_size=64)
+    assert eps_losses.min() > 0.01
+    flow_edges, flow_losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), x0, FlowMatching(), buckets=4,
+                                        generator=torch.Generator().manual_seed(0))
+    assert flow_edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and flow_losses.shape == (4,)

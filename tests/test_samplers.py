@@ -22,9 +22,9 @@ def test_ddim_eta_one_reproduces_the_ddpm_posterior():
     for t in (2, 10, 500, 1000):
         x_t = q_sample(x0, t, LINEAR, eps)
         mean, var = q_posterior(x0, x_t, t, LINEAR)
-        deterministic = ddim_step(x_t, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.zeros_like(x_t))
+        deterministic = ddim_step(x_t, x0, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.zeros_like(x_t))
         torch.testing.assert_close(deterministic, mean)
-        ones = ddim_step(x_t, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.ones_like(x_t))
+        ones = ddim_step(x_t, x0, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.ones_like(x_t))
         torch.testing.assert_close(ones - deterministic, var.sqrt().expand_as(x_t))
 
 
@@ -48,10 +48,10 @@ def test_ddim_with_the_true_noise_returns_x0():
 
 def test_eta_needs_noise():
     with pytest.raises(ValueError, match="eta > 0 needs noise"):
-        ddim_step(torch.zeros(1, 2), torch.zeros(1, 2), 10, 5, LINEAR, eta=0.5)
+        ddim_step(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), 10, 5, LINEAR, eta=0.5)
 
 
-from diffuse_edu.diffusion.denoisers import as_denoiser, sigma_to_t
+from diffuse_edu.diffusion.denoisers import as_denoiser
 from diffuse_edu.diffusion.prediction import (
     Target,
     eps_to_x0,
@@ -86,10 +86,10 @@ def test_prediction_conversions_round_trip():
         torch.testing.assert_close(to_x0(pred, target, x_t, ab), x0)
 
 
-def test_sigma_to_t_inverts_the_schedule():
+def test_t_at_sigma_inverts_the_schedule():
     for t in (1, 2, 37, 500, 999, 1000):
-        assert sigma_to_t(LINEAR.sigma[t].item(), LINEAR) == pytest.approx(t, abs=1e-6)
-    assert sigma_to_t(1e-9, LINEAR) == 1 and sigma_to_t(1e9, LINEAR) == 1000
+        assert LINEAR.t_at_sigma(LINEAR.sigma[t].item()).item() == pytest.approx(t, abs=1e-6)
+    assert LINEAR.t_at_sigma(1e-9).item() == pytest.approx(0, abs=1e-6) and LINEAR.t_at_sigma(1e9).item() == 1000
 
 
 def test_sigma_grids():
@@ -113,10 +113,7 @@ def test_ode_samplers_land_on_a_point_mass(sampler):
     target = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
 
     def oracle(x_t, t, c=None):  # eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab), ab at the (fractional) t
-        lo = int(t[0].floor().clamp(1, 999))
-        w = float(t[0]) - lo
-        sig = (LINEAR.sigma[lo].log() * (1 - w) + LINEAR.sigma[lo + 1].log() * w).exp()  # as sigma_to_t
-        abt = 1 / (1 + sig**2)
+        abt = LINEAR.alpha_bar_at(t.double())[:, None]
         return (x_t - abt.sqrt() * target) / (1 - abt).sqrt()
     out = sampler(oracle, torch.randn(4, 2, dtype=torch.float64), LINEAR, steps=12)
     torch.testing.assert_close(out, target.expand(4, 2), rtol=1e-3, atol=1e-3)
@@ -151,7 +148,8 @@ def test_ddim_inversion_round_trips():
         ts = torch.linspace(800, 0, steps + 1).round().long().tolist()
         x = x_T
         for t, t_prev in zip(ts[:-1], ts[1:]):
-            x = ddim_step(x, smooth(x, torch.full((2,), t)), t, t_prev, LINEAR)
+            eps_hat = smooth(x, torch.full((2,), t))
+            x = ddim_step(x, predict_x0(x, eps_hat, t, LINEAR), eps_hat, t, t_prev, LINEAR)
         errors[steps] = (x - x0).abs().max().item()
     assert errors[50] < 0.04  # pixels span [-1, 1]
     assert errors[100] < 0.6 * errors[50] and errors[200] < 0.6 * errors[100]  # first order: ~halves
@@ -182,7 +180,7 @@ def test_ddim_euler_in_sigma_and_first_order_dpm_solver_take_the_same_step():
         a_t, a_s = s_.alpha_bar[t].item() ** 0.5, s_.alpha_bar[s].item() ** 0.5
         vp_t, vp_s = (1 - a_t**2) ** 0.5, (1 - a_s**2) ** 0.5
         x0_hat = (x_t - vp_t * eps_hat) / a_t
-        ddim = ddim_step(x_t, eps_hat, t, s, s_)
+        ddim = ddim_step(x_t, x0_hat, eps_hat, t, s, s_)
         euler = a_s * euler_step(x_t / a_t, vp_t / a_t, vp_s / a_s, x0_hat)
         h = math.log(a_s / vp_s) - math.log(a_t / vp_t)
         dpm1 = vp_s / vp_t * x_t + a_s * (1 - math.exp(-h)) * x0_hat

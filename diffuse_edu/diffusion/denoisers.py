@@ -7,33 +7,28 @@ sigma; a rectified-flow network (Liu et al. 2023) sees x_s = (1 - s) x0 + s eps 
 at s = sigma / (1 + sigma). Whatever it predicts (eps, x0, v or the flow velocity eps - x0), the
 adapter turns it into x0_hat, so that every sampler runs every model.
 
-On a GPU the adapter runs the network compiled and in bfloat16 by default (the fast path: the
-same weights, about four times faster); on the CPU it calls the network as it is.
+A network says what it predicts with a ``predicts`` attribute (``"eps"``, ``"x0"``, ``"v"`` or
+``"flow"``): :func:`diffuse_edu.training.loop.train` sets it from the objective, and a checkpoint
+records it and sets it again when the model is rebuilt. :func:`as_denoiser` reads it, so a
+v-prediction network handed to a sampler is read as one; a network that does not say is read as
+an eps-prediction network (Ho et al.'s default).
+
+On a GPU the adapter runs the network compiled and, where the GPU supports it, in bfloat16 (the
+fast path: the same weights, about four times faster); on the CPU it calls the network as it is.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from diffuse_edu.diffusion.prediction import Target, eps_to_x0, to_x0, x0_to_eps
+from diffuse_edu.diffusion.prediction import Target, eps_to_x0, to_x0, v_to_eps, x0_to_eps
 from diffuse_edu.diffusion.schedules import NoiseSchedule
-
-
-def sigma_to_t(sigma: float, schedule: NoiseSchedule) -> float:
-    """The (fractional) time step of a noise level, interpolating log-sigma between steps 1..T.
-
-    Host arithmetic on the schedule's CPU tables: it never waits for a device.
-    """
-    log_sigmas = -0.5 * schedule.log_snr[1:]  # increasing in t
-    ls = torch.tensor(max(sigma, 1e-10), dtype=torch.float64).log()
-    k = int(torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1))
-    w = ((ls - log_sigmas[k - 1]) / (log_sigmas[k] - log_sigmas[k - 1])).clamp(0, 1).item()
-    return k + w  # step k (index k - 1) to step k + 1 (index k)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,62 +64,156 @@ class Denoiser:
             return fast_path(self.model)
         return self.model
 
-    def __call__(self, x: Tensor, sigma: float, cond: object = None) -> Tensor:
-        """x0_hat from x = x0 + sigma eps (Karras et al. 2022, Eq. 2 with s = 1)."""
+    def __call__(self, x: Tensor, sigma: float | Tensor, cond: object = None) -> Tensor:
+        """x0_hat from x = x0 + sigma eps (Karras et al. 2022, Eq. 2 with s = 1).
+
+        ``sigma`` is one noise level for the batch (a float) or one per example (a tensor (B,), as
+        EDM-style training draws them). Shapes: x (B, ...) -> like x.
+        """
         net, b = self.network(x), x.shape[0]
+        if isinstance(sigma, Tensor):
+            sig = sigma.to(x.dtype).reshape((b,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1)
+        else:
+            sig = float(sigma)
         if self.target is Target.FLOW:
-            s = sigma / (1.0 + sigma)
-            x_s = x / (1.0 + sigma)
-            velocity = net(x_s, torch.full((b,), s * self.time_scale, device=x.device, dtype=x.dtype), cond)
-            return self._clip(x_s - s * velocity)
-        alpha_bar = 1.0 / (1.0 + sigma**2)
+            s = sig / (1.0 + sig)
+            x_s = x / (1.0 + sig)
+            s_in = s.reshape(b) if isinstance(s, Tensor) else torch.full((b,), s, device=x.device, dtype=x.dtype)
+            return self._clip(x_s - s * net(x_s, s_in * self.time_scale, cond))
+        alpha_bar = 1.0 / (1.0 + sig**2)
         x_t = x * alpha_bar**0.5
-        t = torch.full((b,), sigma_to_t(sigma, self.schedule), device=x.device, dtype=x.dtype)
+        if isinstance(sigma, Tensor):
+            t = self.schedule.t_at_sigma(sigma.to(x.device)).to(x.dtype)  # (B,), on the device
+        else:
+            t = torch.full((b,), self.schedule.t_at_sigma(sig).item(), device=x.device, dtype=x.dtype)
         return self._clip(to_x0(net(x_t, t, cond), self.target, x_t, alpha_bar))
 
-    def at_step(self, x_t: Tensor, t: int, cond: object = None) -> Prediction:
-        """Both estimates from x_t at an integer step t of ``schedule`` (DDIM and DDPM use this)."""
-        ab = self.schedule.alpha_bar[t].item()  # a CPU table: no device sync
+    def at_step(self, x_t: Tensor, t: int, cond: object = None, *,
+                schedule: NoiseSchedule | None = None) -> Prediction:
+        """Both estimates from x_t at an integer step t (DDIM and DDPM use this).
+
+        ``schedule`` is the sampler's (default: the model's own). A flow model has none of its own
+        and is evaluated at the noise level of step t of the sampler's; any other model must be
+        sampled on the schedule it was trained on (:func:`as_denoiser` checks).
+        The estimates never divide by sqrt(alpha_bar_t) unless the model predicts eps, so a v- or
+        x0-model is exact at t = T of a zero-terminal-SNR schedule, where that is 0.
+        """
+        schedule = schedule or self.schedule
+        if schedule is None:
+            raise ValueError("A flow model has no integer steps of its own: give the sampler a schedule "
+                             "(any, e.g. cosine_schedule(1000), sets the grid), or use sample_flow_euler.")
+        ab = schedule.alpha_bar[t].item()  # a CPU table: no device sync
         if self.target is Target.FLOW:
-            x0_hat = self(x_t / ab**0.5, float(self.schedule.sigma[t]), cond)
+            if ab == 0:  # sigma = inf: the flow's s = 1, where x_1 is the noise itself
+                x0_hat = self._flow_at_pure_noise(x_t, cond)
+            else:
+                x0_hat = self(x_t / ab**0.5, float(schedule.sigma[t]), cond)
             return Prediction(x0_hat, x0_to_eps(x_t, x0_hat, ab))
         pred = self.network(x_t)(x_t, torch.full((x_t.shape[0],), t, device=x_t.device), cond)
-        if self.target is Target.EPS and self.clip is None:
-            return Prediction(eps_to_x0(x_t, pred, ab), pred)
+        if self.target is Target.EPS:
+            if ab == 0:
+                raise ValueError(f"An eps-prediction model cannot be sampled from step {t}: alpha_bar_t = 0 "
+                                 "(zero terminal SNR) and x0_hat = (x_t - eps_hat) / sqrt(alpha_bar_t) is "
+                                 "undefined. Train a v-prediction model (Lin et al. 2024, Sec. 3.2), or start "
+                                 "below T (t_max=).")
+            if self.clip is None:
+                return Prediction(eps_to_x0(x_t, pred, ab), pred)
         x0_hat = self._clip(to_x0(pred, self.target, x_t, ab))
+        if self.target is Target.V and self.clip is None:
+            return Prediction(x0_hat, v_to_eps(x_t, pred, ab))  # no division at all
         return Prediction(x0_hat, x0_to_eps(x_t, x0_hat, ab))
+
+    def _flow_at_pure_noise(self, x_t: Tensor, cond: object) -> Tensor:
+        """x0_hat of a flow model at s = 1 (pure noise): x_1 = eps, so x0_hat = x_1 - velocity."""
+        b = x_t.shape[0]
+        s = torch.ones(b, device=x_t.device, dtype=x_t.dtype)
+        return self._clip(x_t - self.network(x_t)(x_t, s * self.time_scale, cond))
 
     def _clip(self, x0_hat: Tensor) -> Tensor:
         return x0_hat if self.clip is None else x0_hat.clamp(-self.clip, self.clip)
 
 
-def as_denoiser(model: Callable, schedule: NoiseSchedule, *, clip: float | None = None) -> Denoiser:
-    """``model`` itself if it is a :class:`Denoiser`, else an eps-prediction network wrapped as one.
+def declared_target(model: Callable) -> Target | None:
+    """What ``model`` says it predicts (its ``predicts`` attribute), or None when it does not say."""
+    value = getattr(model, "predicts", None)
+    return None if value is None else Target(value)
 
-    ``clip`` (when given) replaces the denoiser's own.
+
+def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float | None = None) -> Denoiser:
+    """``model`` as the :class:`Denoiser` a sampler on ``schedule`` runs.
+
+    A :class:`Denoiser` is kept, and must have been trained on ``schedule`` (a flow model fits any);
+    a plain network is read as what it declares it predicts (``model.predicts``; see the module's
+    docstring), or as an eps-prediction network when it declares nothing. ``clip`` (when given)
+    replaces the denoiser's own.
     """
-    d = model if isinstance(model, Denoiser) else Denoiser(model, schedule)
+    if isinstance(model, Denoiser):
+        d = model
+        fits_any = d.target is Target.FLOW or d.schedule is None or schedule is None
+        if not fits_any and not d.schedule.same_as(schedule):
+            raise ValueError(f"The denoiser was trained on the {d.schedule.name!r} schedule but the sampler "
+                             f"was given {schedule.name!r}: pass the model's own schedule (e.g. "
+                             "checkpoint.schedule), since one would silently override the other.")
+    else:
+        target = declared_target(model) or Target.EPS
+        if target is Target.FLOW:
+            d = Denoiser(model, None, target)
+        elif schedule is None:
+            raise ValueError(f"A {target.value}-prediction network needs the schedule it was trained on: "
+                             "pass it to the sampler.")
+        else:
+            d = Denoiser(model, schedule, target)
     if clip is not None and clip != d.clip:
-        d = Denoiser(d.model, d.schedule, d.target, clip, d.time_scale, d.fast)
+        d = replace(d, clip=clip)
     return d
 
 
-_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast pays on ``device``: a CUDA GPU that supports it (Ampere and later).
+
+    The one check behind the training loop's autocast, the fast path and ``doctor``'s report.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return _cuda_bf16(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_bf16(index: int) -> bool:
+    with torch.cuda.device(index):
+        return torch.cuda.is_bf16_supported()
+
+
+class _FastEntry:
+    """A model's fast path, kept on the model itself (so it goes when the model goes), with a weak
+    reference to its owner: a deep copy of the model (an EMA) carries an entry that is not its own
+    and builds its own. Copies and pickles of the entry are empty."""
+
+    __slots__ = ("owner", "run")
+
+    def __init__(self, owner: weakref.ref | None = None, run: Callable | None = None):
+        self.owner, self.run = owner, run
+
+    def __reduce__(self):
+        return (_FastEntry, ())
 
 
 def fast_path(model: nn.Module, *, compile: bool = True) -> Callable:
-    """``model`` compiled (torch.compile) and run under bfloat16 autocast, returning float32.
+    """``model`` compiled (torch.compile) and, where supported, run under bfloat16 autocast,
+    returning float32.
 
-    Made once per model and kept; the weights are shared, so an EMA model that keeps training is
-    sampled with its current weights. Use on CUDA; the CPU gains nothing from it.
+    Made once per model and kept on it; the weights are shared, so an EMA model that keeps training
+    is sampled with its current weights. Use on CUDA; the CPU gains nothing from it.
     """
-    run = _FAST.get(model)
-    if run is None:
-        net = torch.compile(model, dynamic=False) if compile else model
+    entry = model.__dict__.get("_fast_path")
+    if entry is not None and entry.owner is not None and entry.owner() is model:
+        return entry.run
+    net = torch.compile(model, dynamic=False) if compile else model
 
-        def run(x: Tensor, t: Tensor, cond: object = None) -> Tensor:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return net(x, t, cond).float()
+    def run(x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_supported(x.device)):
+            return net(x, t, cond).float()
 
-        _FAST[model] = run
+    model.__dict__["_fast_path"] = _FastEntry(weakref.ref(model), run)
     return run

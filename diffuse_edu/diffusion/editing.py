@@ -23,7 +23,7 @@ from torch import Tensor
 
 from diffuse_edu.diffusion.denoisers import as_denoiser
 from diffuse_edu.diffusion.forward_process import q_forward, q_sample
-from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, timesteps
+from diffuse_edu.diffusion.samplers import ddim_move, ddim_step, sample_ddim, timesteps
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -60,27 +60,28 @@ def replace_known(x_prev: Tensor, known: Tensor, mask: Tensor, t_prev: int, sche
 @torch.no_grad()
 def inpaint(model: Callable, known: Tensor, mask: Tensor, schedule: NoiseSchedule, *, steps: int,
             resample: int = 1, cond: object = None, eta: float = 1.0, clip: float | None = None,
-            generator: torch.Generator | None = None, replace: Callable = replace_known) -> Tensor:
+            generator: torch.Generator | None = None, replace: Callable = replace_known,
+            step: Callable = ddim_step) -> Tensor:
     """Fill the region where ``mask`` is 0 so that it agrees with ``known`` where ``mask`` is 1.
 
-    ``resample`` = 1 is the replacement method; more is RePaint's resampling (each step redone
-    that many times). Where ``mask`` is 1 the result equals ``known`` exactly. ``replace`` is the
-    replacement step (:func:`replace_known`, or lesson 11's learner's).
+    ``resample`` = 1 is the replacement method; more is RePaint's resampling (Lugmayr et al. 2022,
+    Alg. 1): each step but the last is redone that many times, jumping back to its start with
+    q(x_t | x_{t_prev}) in between. The last step (to t = 0) runs once: with nothing to jump back
+    to, a repeat would denoise the finished image as if it were still noisy. Network evaluations:
+    (steps - 1) * resample + 1. Where ``mask`` is 1 the result equals ``known`` exactly.
+    ``replace`` is the replacement step (:func:`replace_known`, or lesson 11's learner's) and
+    ``step`` the DDIM step (:func:`~diffuse_edu.diffusion.samplers.ddim_step`, or lesson 07's).
     Shapes: known (B, C, H, W); mask broadcastable to it, values 0 or 1 -> like known.
     """
     if resample < 1:
         raise ValueError(f"resample counts the tries per step, at least 1, got {resample}.")
-    denoiser = as_denoiser(model, schedule)
+    denoiser = as_denoiser(model, schedule, clip=clip)
     ts = timesteps(schedule, steps)
     x = _noise(known, generator)
     for t, t_prev in zip(ts[:-1], ts[1:]):
-        for r in range(resample):
-            eps_hat = denoiser.at_step(x, t, cond).eps
-            x_prev = ddim_step(x, eps_hat, t, t_prev, schedule, eta=eta, clip=clip,
-                               noise=_noise(x, generator) if eta > 0 else None)
+        tries = resample if t_prev > 0 else 1
+        for r in range(tries):
+            x_prev = ddim_move(denoiser, x, t, t_prev, schedule, cond=cond, eta=eta, generator=generator, step=step)
             x_prev = replace(x_prev, known, mask, t_prev, schedule, _noise(known, generator))
-            if r < resample - 1 and t_prev > 0:  # RePaint: back to t, and the step again
-                x = q_forward(x_prev, t_prev, t, schedule, _noise(x_prev, generator))
-            else:
-                x = x_prev
+            x = q_forward(x_prev, t_prev, t, schedule, _noise(x_prev, generator)) if r < tries - 1 else x_prev
     return x

@@ -29,8 +29,23 @@ def q_sample(x0: Tensor, t: Tensor | int, schedule: NoiseSchedule, eps: Tensor) 
     """
     if eps.shape != x0.shape:
         raise ValueError(f"eps must have x0's shape {tuple(x0.shape)}, got {tuple(eps.shape)}.")
-    alpha_bar = schedule.at(schedule.alpha_bar, t, x0)
-    return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * eps
+    return mix(x0, eps, schedule.at(schedule.alpha_bar, t, x0))
+
+
+def mix(x0: Tensor, eps: Tensor, alpha_bar: Tensor | float) -> Tensor:
+    """sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps: x_t at a given alpha_bar (the one place this
+    formula is written; :func:`q_sample` reads alpha_bar from the schedule, the objectives from
+    fractional steps). Shapes: x0, eps (B, ...), alpha_bar broadcastable -> like x0."""
+    return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * eps
+
+
+def posterior_variance(alpha_bar_t: Tensor | float, alpha_bar_s: Tensor | float) -> Tensor | float:
+    """The variance of q(x_s | x_t, x_0) for an earlier step s < t:
+    (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s) (Song et al. 2021, Eq. 16 with eta = 1). For
+    s = t - 1 it is Ho et al.'s beta_t (1 - ab_{t-1}) / (1 - ab_t) (2020, Eq. 7), since
+    ab_t / ab_{t-1} = 1 - beta_t. DDPM's step (lesson 02) and DDIM's (lesson 07) both use it.
+    """
+    return (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
 
 
 def q_step(x_prev: Tensor, t: Tensor | int, schedule: NoiseSchedule, eps: Tensor) -> Tensor:
@@ -84,8 +99,7 @@ def q_posterior(
     ab = schedule.at(schedule.alpha_bar, t, x0)
     ab_prev = schedule.at(schedule.alpha_bar, t - 1, x0)
     mean = (ab_prev.sqrt() * beta * x0 + alpha.sqrt() * (1.0 - ab_prev) * xt) / (1.0 - ab)
-    variance = beta * (1.0 - ab_prev) / (1.0 - ab)
-    return mean, variance
+    return mean, posterior_variance(ab, ab_prev)
 
 
 def correlation(a: Tensor, b: Tensor) -> Tensor:

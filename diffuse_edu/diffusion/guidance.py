@@ -74,6 +74,12 @@ class Guided:
     interval: tuple[float, float] | None = None  # guide only for t in [t_lo, t_hi]
     combine: Callable[[Tensor, Tensor, float], Tensor] = guided_prediction
 
+    @property
+    def predicts(self) -> str | None:
+        """What the guided model predicts: its network's target (guidance combines predictions of
+        that kind, so a sampler reads the guided output the same way)."""
+        return getattr(self.model, "predicts", None)
+
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         if cond is None:
             raise ValueError("Guided needs the condition to guide towards, e.g. Cond(labels=...).")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffuse_edu.diffusion.forward_process import mix
 from diffuse_edu.diffusion.prediction import Target, target_of
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
@@ -60,7 +61,7 @@ class DiffusionObjective:
     def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
         """alpha_bar at t, shaped (B, 1, ..., 1) like ``like``."""
         if t.dtype.is_floating_point:
-            ab = self.schedule.alpha_bar_continuous(t).to(like.dtype)
+            ab = self.schedule.alpha_bar_at(t).to(like.dtype)
             return ab.reshape(ab.shape + (1,) * (like.ndim - 1))
         return self.schedule.at(self.schedule.alpha_bar, t, like)
 
@@ -72,7 +73,7 @@ class DiffusionObjective:
             t_drawn, eps_drawn = self.draw(x0, generator)
             t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
         ab = self.alpha_bar(t, x0)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        x_t = mix(x0, eps, ab)
         return per_example_mse(model(x_t, t, cond), target_of(self.target, x0, eps, ab)), t
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffuse_edu.diffusion.forward_process import posterior_variance
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -32,5 +33,4 @@ def ddpm_step(x_t: Tensor, eps_hat: Tensor, t: Tensor | int, schedule: NoiseSche
     ab = schedule.at(schedule.alpha_bar, t, x_t)
     ab_prev = schedule.at(schedule.alpha_bar, t_prev, x_t)
     mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
-    variance = beta * (1 - ab_prev) / (1 - ab)
-    return mean + variance.sqrt() * noise
+    return mean + posterior_variance(ab, ab_prev).sqrt() * noise

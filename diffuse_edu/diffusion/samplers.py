@@ -3,14 +3,18 @@
     sample_xxx(model, x, schedule, *, steps, generator=None, callback=None, cond=None, clip=None)
 
 ``model`` is a :class:`~diffuse_edu.diffusion.denoisers.Denoiser` (any prediction target), or a
-plain eps-prediction network ``model(x_t, t, cond)``, which is wrapped as one. ``x`` is unit
-Gaussian noise; ``steps`` the number of steps; ``callback(i, t_or_sigma, x)`` sees every
-intermediate state. No sampler keeps hidden state or needs a set-up call, and none waits for the
-device inside its loop: noise levels are host numbers, tables are read where the data lives.
+plain network ``model(x_t, t, cond)``, read as what it declares it predicts (an eps-prediction
+network when it declares nothing; see :func:`~diffuse_edu.diffusion.denoisers.as_denoiser`).
+``schedule`` must be the one the model was trained on; a flow model (lesson 12) fits any, which
+then only sets the grid. ``x`` is unit Gaussian noise; ``steps`` the number of steps;
+``callback(i, t_or_sigma, x)`` sees every intermediate state. No sampler keeps hidden state or
+needs a set-up call, and none waits for the device inside its loop: noise levels are host
+numbers, tables are read where the data lives.
 
 The first three work on the integer steps of the schedule; the rest walk a grid of noise levels
 sigma in the variable x = x0 + sigma eps, where the probability-flow ODE (Song et al. 2021, Eq. 13)
-reads dx / dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Eq. 3 with s = 1).
+reads dx / dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Eq. 3 with s = 1);
+:func:`sample_flow_euler` walks a flow model's own time s from 1 (noise) to 0 (data).
 """
 
 from __future__ import annotations
@@ -22,39 +26,60 @@ import torch
 from torch import Tensor
 
 from diffuse_edu.diffusion.denoisers import Denoiser, as_denoiser
-from diffuse_edu.diffusion.prediction import predict_x0, x0_to_eps
+from diffuse_edu.diffusion.forward_process import posterior_variance
+from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule
+
+#: Where a sigma grid starts when the schedule's own sigma_T is infinite (zero terminal SNR): x is
+#: then x0 + 1e4 eps, pure noise to float32's precision, and the model is asked at t ~ T.
+ZERO_SNR_SIGMA_MAX = 1e4
+
+
+def _needs_schedule(schedule: NoiseSchedule | None, sampler: str) -> NoiseSchedule:
+    if schedule is None:
+        raise ValueError(f"{sampler} walks the steps of a noise schedule and got none. For a flow model any "
+                         "schedule sets the grid (e.g. cosine_schedule(1000)), or use sample_flow_euler, "
+                         "which walks the flow's own time.")
+    return schedule
 
 
 def timesteps(schedule: NoiseSchedule, steps: int, *, t_max: int | None = None) -> list[int]:
     """``steps + 1`` integer time steps evenly spaced from t_max (default T) down to 0."""
+    schedule = _needs_schedule(schedule, "timesteps")
     t_max = schedule.T if t_max is None else t_max
     if not 1 <= steps <= t_max:
         raise ValueError(f"steps must lie in 1..{t_max}, got {steps}.")
     return torch.linspace(t_max, 0, steps + 1).round().long().tolist()
 
 
-def ddim_step(x_t: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
-              eta: float = 0.0, noise: Tensor | None = None, clip: float | None = None) -> Tensor:
-    """x_t -> x_{t_prev} (Song et al. 2021, "DDIM", Eq. 12 with sigma_t(eta) of Eq. 16).
+def ddim_step(x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
+              eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
+    """x_t -> x_{t_prev} from the denoiser's two estimates (Song et al. 2021, "DDIM", Eq. 12, with
+    sigma_t(eta) of Eq. 16): sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise.
 
-    eta = 0 is deterministic; eta = 1 matches the DDPM posterior variance. ``clip`` clamps the
-    implied x0 to [-clip, clip]. With t_prev > t (and eta = 0) it runs the other way: inversion.
-    Shapes: x_t, eps_hat, noise (B, ...) -> like x_t.
+    eta = 0 is deterministic; eta = 1 adds the posterior's variance (DDPM). Taking x0_hat as given,
+    rather than rebuilding it from eps_hat, keeps a v- or x0-model exact where sqrt(alpha_bar_t) is
+    0. With t_prev > t (and eta = 0) it runs the other way: inversion. Returns one tensor.
+    Shapes: x_t, x0_hat, eps_hat, noise (B, ...) -> like x_t.
     """
-    ab = schedule.alpha_bar[t].item()  # host numbers from the CPU table: no device sync
-    ab_prev = schedule.alpha_bar[t_prev].item()
-    x0_hat = predict_x0(x_t, eps_hat, t, schedule)
-    if clip is not None:
-        x0_hat = x0_hat.clamp(-clip, clip)
-        eps_hat = x0_to_eps(x_t, x0_hat, ab)  # the noise consistent with the clamp
-    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5 if eta else 0.0
+    ab_prev = schedule.alpha_bar[t_prev].item()  # host numbers from the CPU table: no device sync
+    sigma = eta * posterior_variance(schedule.alpha_bar[t].item(), ab_prev) ** 0.5 if eta else 0.0
     x_prev = ab_prev**0.5 * x0_hat + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps_hat
     if sigma > 0:
         if noise is None:
             raise ValueError("eta > 0 needs noise: pass noise=torch.randn_like(x_t, ...).")
         x_prev = x_prev + sigma * noise
     return x_prev
+
+
+def ddim_move(denoiser: Denoiser, x: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
+              cond: object = None, eta: float = 0.0, generator: torch.Generator | None = None,
+              step: Callable = ddim_step) -> Tensor:
+    """One network evaluation and one DDIM step, x_t -> x_{t_prev}: the body of every DDIM loop
+    (sampling, SDEdit, inpainting, RePaint). ``step`` is :func:`ddim_step` or a learner's."""
+    pred = denoiser.at_step(x, t, cond, schedule=schedule)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+    return step(x, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise)
 
 
 @torch.no_grad()
@@ -67,14 +92,12 @@ def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     ``step`` is the update (:func:`ddim_step`, or lesson 07's learner's, same signature).
     Shapes: x (B, ...) -> like x.
     """
-    step = step or ddim_step
-    denoiser = as_denoiser(model, schedule)
+    schedule = _needs_schedule(schedule, "sample_ddim")
+    denoiser = as_denoiser(model, schedule, clip=clip)
     ts = timesteps(schedule, steps, t_max=t_max)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
-        eps_hat = denoiser.at_step(x, t, cond).eps
-        noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                 if eta > 0 else None)
-        x = step(x, eps_hat, t, t_prev, schedule, eta=eta, noise=noise, clip=clip)
+        x = ddim_move(denoiser, x, t, t_prev, schedule, cond=cond, eta=eta, generator=generator,
+                      step=step or ddim_step)
         if callback is not None:
             callback(i, t_prev, x)
     return x
@@ -89,25 +112,36 @@ def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     DDIM with eta = 1 is the DDPM posterior step (Song et al. 2021, Sec. 4.1), so with steps = T
     this is lesson 02's ddpm_step at every t; with fewer steps, the same process on a coarser grid.
     """
+    schedule = _needs_schedule(schedule, "sample_ddpm")
     return sample_ddim(model, x, schedule, steps=steps or schedule.T, eta=1.0, generator=generator,
                        callback=callback, cond=cond, clip=clip)
 
 
 @torch.no_grad()
 def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
-                t_max: int | None = None, cond: object = None) -> Tensor:
+                t_max: int | None = None, cond: object = None, step: Callable | None = None) -> Tensor:
     """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
-    Nichol 2021, App. F): each step uses the noise predicted at the current, less noisy step."""
-    denoiser = as_denoiser(model, schedule)
+    Nichol 2021, App. F): each step uses the estimates at the current, less noisy step (at t = 0,
+    where the network was never trained, x_0 itself and the noise the network sees at t = 1).
+    ``step`` is :func:`ddim_step` or a learner's (lesson 11)."""
+    schedule = _needs_schedule(schedule, "invert_ddim")
+    denoiser, step = as_denoiser(model, schedule), step or ddim_step
     ts = timesteps(schedule, steps, t_max=t_max)[::-1]  # 0 .. t_max
     x = x0
     for t, t_next in zip(ts[:-1], ts[1:]):
-        eps_hat = denoiser.at_step(x, max(t, 1), cond).eps
-        x = ddim_step(x, eps_hat, t, t_next, schedule)
+        pred = denoiser.at_step(x, max(t, 1), cond, schedule=schedule)
+        x = step(x, x if t == 0 else pred.x0, pred.eps, t, t_next, schedule)
     return x
 
 
 # ----------------------------------------------------------------------------- sigma space
+def sigma_max(schedule: NoiseSchedule) -> float:
+    """The noise level a sigma grid starts at: sigma_T, or :data:`ZERO_SNR_SIGMA_MAX` where it is
+    infinite (a zero-terminal-SNR schedule), since x = x0 + sigma eps must stay finite."""
+    top = schedule.sigma[-1].item()
+    return top if math.isfinite(top) else ZERO_SNR_SIGMA_MAX
+
+
 def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
                   sigma_max: float | None = None) -> Tensor:
     """``steps`` noise levels spaced as in Karras et al. 2022 (Eq. 5), then 0. Shapes: (steps + 1,).
@@ -123,13 +157,10 @@ def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
 
 
 def sigmas_evenly_in_t(schedule: NoiseSchedule, steps: int) -> Tensor:
-    """The noise levels at ``steps`` time steps evenly spaced from T to 1, then 0. Shapes: (steps + 1,)."""
-    t = torch.linspace(schedule.T, 1, steps, dtype=torch.float64)
-    lo = t.floor().long().clamp(1, schedule.T)
-    hi = (lo + 1).clamp(max=schedule.T)
-    w = t - lo
-    sig = (1 - w) * schedule.sigma[lo] + w * schedule.sigma[hi]
-    return torch.cat([sig, sig.new_zeros(1)])
+    """The noise levels at ``steps`` time steps evenly spaced from T to 1, then 0 (the first capped
+    by :func:`sigma_max`). Shapes: (steps + 1,)."""
+    sig = schedule.sigma_at(torch.linspace(schedule.T, 1, steps, dtype=torch.float64))
+    return torch.cat([sig.clamp(max=sigma_max(schedule)), sig.new_zeros(1)])
 
 
 def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
@@ -154,7 +185,8 @@ def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Ten
 def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Callable,
           clip: float | None) -> tuple[Denoiser, list[float], Tensor]:
     """The denoiser, the sigma grid as host numbers, and the unit noise scaled to the first level."""
-    sig = sigmas(schedule, steps).tolist()
+    schedule = _needs_schedule(schedule, "A sigma-space sampler")
+    sig = sigmas(schedule, steps).clamp(max=sigma_max(schedule)).tolist()
     return as_denoiser(model, schedule, clip=clip), sig, x * (1 + sig[0] ** 2) ** 0.5
 
 
@@ -216,6 +248,48 @@ def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, step
         previous = denoised
         if callback is not None:
             callback(i, sig[i + 1], x)
+    return x
+
+
+def flow_euler_step(x: Tensor, s: float, s_next: float, velocity: Tensor) -> Tensor:
+    """One Euler step of a flow's ODE dx/ds = v(x, s) from time s to an earlier s_next: x + (s_next - s) v
+    (Liu et al. 2023). Time runs from s = 1 (noise) to s = 0 (data), so s_next - s < 0."""
+    return x + (s_next - s) * velocity
+
+
+def flow_times(steps: int, *, shift: float = 1.0) -> list[float]:
+    """``steps + 1`` times from 1 (noise) to 0 (data), evenly spaced, then warped by ``shift``
+    (Esser et al. 2024, Sec. 5.3.2: s -> shift s / (1 + (shift - 1) s); shift > 1 spends more
+    steps at high noise). Host numbers."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return (shift * s / (1 + (shift - 1) * s)).tolist()
+
+
+@torch.no_grad()
+def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None = None, *, steps: int,
+                      generator: torch.Generator | None = None, callback: Callable | None = None,
+                      cond: object = None, clip: float | None = None, shift: float = 1.0,
+                      step: Callable | None = None) -> Tensor:
+    """Euler's method on a rectified-flow model's own ODE (lesson 12): x_1 = ``x`` (unit noise) to
+    x_0 in ``steps`` network evaluations on :func:`flow_times`. ``schedule`` is not used (a flow
+    needs none; the argument keeps the samplers' one signature). ``clip`` clamps the x0_hat each
+    velocity implies, x0_hat = x_s - s v. ``step`` is :func:`flow_euler_step` or a learner's.
+    Shapes: x (B, ...) -> like x.
+    """
+    flow = as_denoiser(model, schedule)
+    if flow.target is not Target.FLOW:
+        raise ValueError(f"sample_flow_euler samples a flow model; this one predicts {flow.target.value}. "
+                         "Use sample_euler (the probability-flow ODE in sigma) or sample_ddim for it.")
+    times, step = flow_times(steps, shift=shift), step or flow_euler_step
+    for i, (s, s_next) in enumerate(zip(times[:-1], times[1:])):
+        v = flow.network(x)(x, torch.full((x.shape[0],), s * flow.time_scale, device=x.device, dtype=x.dtype), cond)
+        if clip is not None:  # the velocity that lands on the clamped x0_hat at s = 0
+            v = (x - (x - s * v).clamp(-clip, clip)) / s
+        x = step(x, s, s_next, v)
+        if callback is not None:
+            callback(i, s_next, x)
     return x
 
 

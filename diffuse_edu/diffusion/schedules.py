@@ -113,17 +113,66 @@ class NoiseSchedule:
         if lo < 0 or hi > self.T:
             raise ValueError(f"t must lie in 0..{self.T}, got values in {lo}..{hi}.")
 
-    def alpha_bar_continuous(self, t: Tensor) -> Tensor:
-        """alpha_bar at fractional steps t in [1, T], interpolating log-sigma linearly between steps.
+    def alpha_bar_at(self, t: Tensor) -> Tensor:
+        """alpha_bar at fractional steps t in [0, T]: the one conversion from time to noise level.
 
-        The inverse of :func:`diffuse_edu.diffusion.denoisers.sigma_to_t`; used for continuous-time
-        training. Shapes: t (B,) float -> (B,) in t's dtype, on t's device.
+        Between integer steps log-sigma is interpolated linearly (as Karras et al. 2022 and
+        k-diffusion do); on a segment with an infinite end (t in [0, 1], where sigma_0 = 0, and
+        t in [T - 1, T] of a zero-terminal-SNR schedule, where sigma_T = inf) sqrt(alpha_bar) is
+        interpolated instead. At integer t it is the table itself. Inverse: :meth:`t_at_sigma`.
+        Shapes: t (B,) float -> (B,) in t's dtype, on t's device (no host-device sync).
         """
-        log_sigma = self.on(self.sigma, t).log()  # (T + 1,), inf at t = 0 is never read
-        lo = t.floor().long().clamp(1, self.T - 1)
-        w = (t - lo).clamp(0, 1)
-        ls = torch.lerp(log_sigma[lo], log_sigma[lo + 1], w)
-        return torch.sigmoid(-2 * ls)  # 1 / (1 + sigma^2)
+        t = t.clamp(0, self.T)
+        lo = t.floor().long().clamp(0, self.T - 1)
+        w = t - lo
+        ls, root = self.on(self.log_sigma, t), self.on(self.alpha_bar, t).sqrt()
+        finite = torch.isfinite(ls[lo]) & torch.isfinite(ls[lo + 1])
+        by_log_sigma = torch.sigmoid(-2 * torch.lerp(_finite(ls[lo]), _finite(ls[lo + 1]), w))
+        by_root = torch.lerp(root[lo], root[lo + 1], w).square()
+        return torch.where(finite, by_log_sigma, by_root)  # sigmoid(-2 log sigma) = 1 / (1 + sigma^2)
+
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """The noise level sigma at fractional steps t (see :meth:`alpha_bar_at`). Shapes: like t."""
+        ab = self.alpha_bar_at(t)
+        return ((1 - ab) / ab).sqrt()
+
+    def t_at_sigma(self, sigma: Tensor | float) -> Tensor:
+        """The fractional step whose noise level is ``sigma``: the inverse of :meth:`sigma_at`.
+
+        A Python float gives a 0-d float64 CPU tensor (host arithmetic, never waits for a device).
+        Shapes: sigma () or (B,) -> like sigma, in [0, T].
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        like = sigma if sigma.is_floating_point() else sigma.double()
+        ls_table, root = self.on(self.log_sigma, like), self.on(self.alpha_bar, like).sqrt()
+        ls = sigma.clamp_min(0).log()
+        hi = torch.searchsorted(ls_table, ls.reshape(-1).contiguous()).reshape(ls.shape).clamp(1, self.T)
+        lo = hi - 1
+        finite = torch.isfinite(ls_table[lo]) & torch.isfinite(ls_table[hi])
+        w_log = (ls - _finite(ls_table[lo])) / torch.where(finite, ls_table[hi] - ls_table[lo], 1.0)
+        r = (1 + sigma.square()).rsqrt()
+        w_root = (r - root[lo]) / (root[hi] - root[lo])
+        w = torch.where(finite, w_log, w_root.nan_to_num(0.0)).clamp(0, 1)
+        return lo + w
+
+    @cached_property
+    def log_sigma(self) -> Tensor:
+        """log sigma_t = -log-SNR / 2: -inf at t = 0, +inf at t = T of a zero-terminal-SNR schedule."""
+        return -0.5 * self.log_snr
+
+    def same_as(self, other: NoiseSchedule | None) -> bool:
+        """Whether ``other`` is this schedule (the same betas), e.g. a sampler's and a model's."""
+        return other is self or (other is not None and torch.equal(self.betas, other.betas))
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """alpha_bar_T = 0: x_T holds no signal at all (Lin et al. 2024)."""
+        return bool(self.alpha_bar[-1] == 0)
+
+
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with its infinite entries set to 0 (they are masked out where they would be used)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def _from_alpha_bar(alpha_bar: Tensor, name: str, max_beta: float = 1.0) -> NoiseSchedule:

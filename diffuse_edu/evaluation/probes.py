@@ -2,7 +2,7 @@
 
 * detail: the share of an image's energy at high spatial frequencies (a sharp denoiser against a
   blurry one, lesson 03);
-* the loss of a trained model in ranges of t (lesson 04);
+* the loss of a trained model in ranges of t, under the objective it was trained with (lesson 04);
 * improved precision and recall, and nearest neighbours in the training set (lesson 06).
 """
 
@@ -12,9 +12,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-
-from diffuse_edu.diffusion.objectives import DiffusionObjective
-from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
 def radial_frequency(h: int, w: int, *, device: torch.device | None = None) -> Tensor:
@@ -72,27 +69,38 @@ def nearest_neighbour(queries: Tensor, reference: Tensor, batch: int = 1024) -> 
     return torch.cat(dists), torch.cat(idxs)
 
 
-@torch.no_grad()
-def loss_by_t(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, buckets: int = 10,
-              draws: int = 1, generator: torch.Generator | None = None,
-              batch_size: int = 512) -> tuple[Tensor, Tensor]:
-    """The eps-prediction loss in ``buckets`` equal ranges of t, each image at a random t per bucket.
+def bucket_edges(t_max: float, buckets: int) -> Tensor:
+    """Edges of ``buckets`` equal ranges of noise level from 0 to ``t_max``: integer steps for a
+    schedule of T steps, fractions for a flow's time in [0, 1]. Bucket k covers (edges[k], edges[k + 1]].
+    The training loop records its loss in these ranges and :func:`loss_by_t` measures in them.
+    Shapes: (buckets + 1,)."""
+    edges = torch.linspace(0, t_max, buckets + 1)
+    return edges.round().long() if float(t_max).is_integer() and t_max > 1 else edges
 
-    Returns (edges, losses): bucket k covers t in (edges[k], edges[k + 1]]. ``generator`` is a CPU
-    generator (the draws are the same on every device).
+
+@torch.no_grad()
+def loss_by_t(model: Callable, x0: Tensor, objective: Callable, *, buckets: int = 10, draws: int = 1,
+              generator: torch.Generator | None = None, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """A trained model's loss under ``objective`` (the one it was trained with: its target and
+    schedule) in ``buckets`` equal ranges of the noise level, each image at a random level per bucket.
+
+    Returns (edges, losses): bucket k covers (edges[k], edges[k + 1]] (:func:`bucket_edges`).
+    ``generator`` is a CPU generator (the draws are the same on every device).
     Shapes: x0 (N, ...) -> edges (buckets + 1,), losses (buckets,).
     """
-    objective = DiffusionObjective(schedule)
-    edges = torch.linspace(0, schedule.T, buckets + 1).round().long()
+    edges = bucket_edges(objective.t_max, buckets)
     losses = torch.zeros(buckets)
     for k in range(buckets):
-        lo, hi = int(edges[k]) + 1, int(edges[k + 1])
         total = x0.new_zeros((), dtype=torch.float64)
         for _ in range(draws):
             for batch in x0.split(batch_size):
-                t = torch.randint(lo, hi + 1, (batch.shape[0],), generator=generator).to(batch.device)
+                n = batch.shape[0]
+                if edges.dtype == torch.long:
+                    t = torch.randint(int(edges[k]) + 1, int(edges[k + 1]) + 1, (n,), generator=generator)
+                else:
+                    t = edges[k] + (edges[k + 1] - edges[k]) * (1 - torch.rand(n, generator=generator))
                 eps = torch.randn(batch.shape, generator=generator).to(batch.device)
-                total += objective(model, batch, t=t, eps=eps)[0].sum()
+                total += objective(model, batch, t=t.to(batch.device), eps=eps)[0].sum()
         losses[k] = total.item() / (draws * x0.shape[0])
     return edges, losses
 

@@ -7,71 +7,121 @@ from collections.abc import Callable
 import torch
 
 from diffuse_edu.diffusion.samplers import ddim_step, heun_step
-from diffuse_edu.diffusion.schedules import cosine_schedule
+from diffuse_edu.diffusion.schedules import cosine_schedule, rescale_zero_terminal_snr
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
 
 _SCHEDULE = cosine_schedule(1000)
+_ZERO_SNR = rescale_zero_terminal_snr(_SCHEDULE)
 
 
-def _ddim_case(t: int, t_prev: int, eta: float, seed: int):
+def _ddim_case(t: int, t_prev: int, eta: float, seed: int, schedule=_SCHEDULE, clipped: bool = False):
+    """x_t, a denoiser's x0_hat and eps_hat (consistent with each other; with ``clipped`` x0_hat is
+    clamped to [-1, 1] afterwards, so that it is no longer the x0 that eps_hat implies), noise."""
     g = torch.Generator().manual_seed(seed)
-    x, e, n = (torch.randn(3, 1, 4, 4, generator=g) for _ in range(3))
-    return x, e, t, t_prev, n, eta
+    x0, eps, n = (torch.randn(3, 1, 4, 4, generator=g) for _ in range(3))
+    x0 = 1.6 * x0  # some values outside [-1, 1], so that a clamp changes them
+    ab = schedule.alpha_bar[t].item()
+    x = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
+    x0_hat, eps_hat = x0 + 0.3 * n.roll(1, 0), eps + 0.2 * n.roll(2, 0)  # imperfect estimates
+    eps_hat = (x - ab**0.5 * x0_hat) / (1 - ab) ** 0.5  # consistent with x0_hat
+    if clipped:
+        x0_hat = x0_hat.clamp(-1, 1)
+    return x, x0_hat, eps_hat, n
 
 
-def _ddim_mistakes(x, e, t, t_prev, n, eta) -> list[Mistake]:
-    ab, abp = _SCHEDULE.alpha_bar[t].item(), _SCHEDULE.alpha_bar[t_prev].item()
-    a, ap = _SCHEDULE.alphas[t].item(), _SCHEDULE.alphas[t_prev].item()
+def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mistake]:
+    ab, abp = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_prev].item()
+    ap = schedule.alphas[t_prev].item()
     sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
-    x0 = (x - (1 - ab) ** 0.5 * e) / ab**0.5
 
-    def out(x0_, sig_, coef_):
-        return abp**0.5 * x0_ + coef_ * e + sig_ * n
+    def out(x0_, sig_, coef_, noise_=n):
+        return abp**0.5 * x0_ + coef_ * e + sig_ * noise_
+    coef = max(1 - abp - sigma**2, 0) ** 0.5
     return [
         Mistake("use alpha_bar (the products), not the one-step alphas.",
-                (ap**0.5) * (x - (1 - a) ** 0.5 * e) / a**0.5 + (1 - ap) ** 0.5 * e),
-        Mistake("x0_hat needs sqrt(1 - alpha_bar_t) in front of eps_hat, not (1 - alpha_bar_t).",
-                out((x - (1 - ab) * e) / ab**0.5, sigma, max(1 - abp - sigma**2, 0) ** 0.5)),
+                ap**0.5 * x0 + max(1 - ap - sigma**2, 0) ** 0.5 * e + sigma * n),
         Mistake("the direction term must shrink when noise is added: its coefficient is "
                 "sqrt(1 - alpha_bar_prev - sigma^2).", out(x0, sigma, (1 - abp) ** 0.5)),
         Mistake("sigma_t(eta) has two factors: eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev).",
                 out(x0, eta * ((1 - abp) / (1 - ab)) ** 0.5,
                     max(1 - abp - eta**2 * (1 - abp) / (1 - ab), 0) ** 0.5)),
         Mistake("x0_hat and eps_hat are swapped in the update: x_prev = sqrt(ab_prev) x0_hat + "
-                "sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise.",
-                abp**0.5 * e + max(1 - abp - sigma**2, 0) ** 0.5 * x0 + sigma * n),
+                "sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise.", abp**0.5 * e + coef * x0 + sigma * n),
+        *([Mistake("sigma is the noise's standard deviation: add sigma * noise, not sigma^2 * noise.",
+                   out(x0, sigma**2, coef))] if eta else []),
+        Mistake("that is the step of a variance of (1 - ab_prev) eta^2: sigma_t(eta) is the posterior's "
+                "standard deviation times eta, eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev).",
+                out(x0, eta * (1 - abp) ** 0.5, max(1 - abp - eta**2 * (1 - abp), 0) ** 0.5)),
     ]
 
 
 def _ddim(t: int, t_prev: int, eta: float, seed: int) -> Callable:
     def case(fn: Callable) -> None:
-        x, e, tt, tp, n, et = _ddim_case(t, t_prev, eta, seed)
-        want = ddim_step(x, e, tt, tp, _SCHEDULE, eta=et, noise=n)
-        got = fn(x.clone(), e.clone(), tt, tp, _SCHEDULE, eta=et, noise=n.clone())
+        x, x0, e, n = _ddim_case(t, t_prev, eta, seed)
+        want = ddim_step(x, x0, e, t, t_prev, _SCHEDULE, eta=eta, noise=n)
+        got = fn(x.clone(), x0.clone(), e.clone(), t, t_prev, _SCHEDULE, eta=eta, noise=n.clone())
+        noisy = [] if eta else [Mistake("with eta = 0 the step is deterministic: sigma is 0, so the noise must "
+                                        "not be added even when it is passed.", want + n)]
         compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with eta = {eta}",
-                mistakes=_ddim_mistakes(x, e, tt, tp, n, et))
+                mistakes=_ddim_mistakes(x, x0, e, t, t_prev, n, eta) + noisy,
+                otherwise=("does not match DDIM's step (the lesson's Eq. 12 with sigma_t(eta) of Eq. 16, "
+                           "section 1): compare your x_prev with sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - "
+                           "sigma^2) eps_hat + sigma noise term by term."))
     return case
 
 
-def _ddim_clip(t: int, t_prev: int, seed: int) -> Callable:
-    """Near t = T the implied x0 is large (sqrt(alpha_bar_t) is tiny), so clip=1.0 must matter."""
-    def case(fn: Callable) -> None:
-        x, e, tt, tp, n, _ = _ddim_case(t, t_prev, 0.0, seed)
-        e = 0.5 * e + 0.5 * x  # a poor noise estimate: x0_hat far outside [-1, 1]
-        want = ddim_step(x, e, tt, tp, _SCHEDULE, clip=1.0)
-        ab, abp = _SCHEDULE.alpha_bar[tt].item(), _SCHEDULE.alpha_bar[tp].item()
-        x0 = ((x - (1 - ab) ** 0.5 * e) / ab**0.5).clamp(-1, 1)
-        mistakes = [
-            Mistake("clip is ignored: clamp x0_hat to [-clip, clip] when clip is given.",
-                    ddim_step(x, e, tt, tp, _SCHEDULE)),
-            Mistake("after clamping x0_hat, recompute eps_hat from it, (x_t - sqrt(ab) x0_hat) / "
-                    "sqrt(1 - ab), so that the two stay consistent.", abp**0.5 * x0 + (1 - abp) ** 0.5 * e),
-            Mistake("clip applies to x0_hat, not to the returned x_prev.",
-                    ddim_step(x, e, tt, tp, _SCHEDULE).clamp(-1, 1)),
-        ]
-        got = fn(x.clone(), e.clone(), tt, tp, _SCHEDULE, eta=0.0, noise=None, clip=1.0)
-        compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with clip = 1.0", mistakes=mistakes)
-    return case
+def _ddim_given_x0(fn: Callable) -> None:
+    """The step uses the estimates as given (here x0_hat was clamped after the network), never an x0
+    rebuilt from eps_hat."""
+    t, t_prev = 980, 900
+    x, x0, e, n = _ddim_case(t, t_prev, 0.0, 4, clipped=True)
+    want = ddim_step(x, x0, e, t, t_prev, _SCHEDULE)
+    ab, abp = _SCHEDULE.alpha_bar[t].item(), _SCHEDULE.alpha_bar[t_prev].item()
+    rebuilt = (x - (1 - ab) ** 0.5 * e) / ab**0.5
+    mistakes = [Mistake("use the x0_hat you are given: the denoiser's estimate (here clamped to [-1, 1]) is "
+                        "x0_hat, and rebuilding it from eps_hat undoes that (and divides by sqrt(alpha_bar_t), "
+                        "which is 0 at the end of a zero-terminal-SNR schedule).",
+                        abp**0.5 * rebuilt + (1 - abp) ** 0.5 * e)]
+    got = fn(x.clone(), x0.clone(), e.clone(), t, t_prev, _SCHEDULE, eta=0.0, noise=None)
+    compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with a clamped x0_hat", mistakes=mistakes)
+
+
+def _ddim_zero_snr(fn: Callable) -> None:
+    """At t = T of a zero-terminal-SNR schedule sqrt(alpha_bar_T) = 0: nothing may divide by it."""
+    T = _ZERO_SNR.T
+    x, x0, _, n = _ddim_case(T - 1, 900, 0.0, 5, schedule=_ZERO_SNR)
+    e = x.clone()  # at alpha_bar_T = 0, x_T is pure noise: eps_hat = x_T
+    want = ddim_step(x, x0, e, T, 900, _ZERO_SNR)
+    got = fn(x.clone(), x0.clone(), e.clone(), T, 900, _ZERO_SNR, eta=0.0, noise=None)
+    if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
+        raise Mismatch(f"ddim_step from t = {T} of a zero-terminal-SNR schedule returned inf or NaN: there "
+                       "alpha_bar_T = 0, so anything that divides by sqrt(alpha_bar_t) (rebuilding x0_hat from "
+                       "eps_hat) breaks. Use the x0_hat you are given.")
+    compare(got, want, what=f"ddim_step from t = {T} to 900 of a zero-terminal-SNR schedule")
+
+
+def _ddim_needs_noise(fn: Callable) -> None:
+    x, x0, e, _ = _ddim_case(600, 400, 1.0, 6)
+    try:
+        got = fn(x, x0, e, 600, 400, _SCHEDULE, eta=1.0, noise=None)
+    except ValueError:
+        return
+    raise Mismatch(f"ddim_step with eta = 1 and noise=None returned {type(got).__name__}; it must raise a "
+                   "ValueError that asks for noise (a step cannot invent its own noise: the sampler passes "
+                   "seeded noise, so that runs repeat).")
+
+
+def _ddim_deterministic(fn: Callable) -> None:
+    x, x0, e, n = _ddim_case(500, 250, 0.0, 7)
+    want = ddim_step(x, x0, e, 500, 250, _SCHEDULE)
+    got = fn(x.clone(), x0.clone(), e.clone(), 500, 250, _SCHEDULE, eta=0.0, noise=n.clone())
+    ab, abp = _SCHEDULE.alpha_bar[500].item(), _SCHEDULE.alpha_bar[250].item()
+    sig1 = ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
+    compare(got, want, what="ddim_step with eta = 0 and noise given", mistakes=[
+        Mistake("with eta = 0 the step is deterministic: sigma is 0, so the noise must not be added "
+                "even when it is passed.", want + n),
+        Mistake("with eta = 0 the step is deterministic: sigma = eta * ... is 0, so nothing of the "
+                "noise may enter.", abp**0.5 * x0 + max(1 - abp - sig1**2, 0) ** 0.5 * e + sig1 * n)])
 
 
 def _denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -109,12 +159,11 @@ def _heun(s: float, sn: float) -> Callable:
 DDIM_STEP = Checker(
     "ddim_step", ddim_step,
     [_ddim(900, 700, 0.0, 0), _ddim(500, 250, 0.0, 1), _ddim(600, 400, 0.6, 2), _ddim(100, 0, 0.0, 3),
-     _ddim_clip(980, 900, 4)],
-    hints=("First estimate x0 from x_t and eps_hat; then move to the noise level of t_prev, keeping the "
-           "same eps_hat as the direction of the noise.",
-           "With eta > 0 part of the eps_hat term is replaced by fresh noise of standard deviation sigma, so "
-           "the deterministic part shrinks to keep the total variance; with clip, clamp x0_hat and make "
-           "eps_hat consistent with the clamped x0_hat before the step."),
+     _ddim_given_x0, _ddim_zero_snr, _ddim_needs_noise, _ddim_deterministic],
+    hints=("The denoiser already gives you both estimates, x0_hat and eps_hat. A DDIM step keeps the same "
+           "x0_hat and the same direction of noise, and only changes how much of each x_t_prev holds.",
+           "Compare the amounts of x0_hat and of noise in x_t with those q(x_t_prev | x_0) asks for. With eta > 0, "
+           "part of the noise comes fresh, so the eps_hat part must shrink to keep the total variance."),
 )
 HEUN_STEP = Checker(
     "heun_step", heun_step, [_heun(10.0, 5.0), _heun(1.0, 0.4), _heun(0.3, 0.0)],
