@@ -21,7 +21,7 @@ lesson                modules
                       ``evaluation.probes``
 04 time embeddings    ``models.time_embedding`` (``scale_shift``), ``evaluation.probes`` (loss by t)
 05 training a DDPM    ``training.loop`` (``training_step``), ``training.ema``, ``training.checkpoints``,
-                      ``training.recipes``, ``evaluation.baseline``
+                      ``training.recipes``, ``training.pretrained``, ``evaluation.baseline``
 06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
                       ``evaluation.probes``
 07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``
@@ -36,7 +36,8 @@ lesson                modules
                       ready), LoRA
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
-a classroom           ``course.grade``, ``training.distributed`` (torchrun), ``course.results``
+a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),
+                      ``course.results``
 ====================  =========================================================================
 """
 

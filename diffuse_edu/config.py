@@ -27,6 +27,15 @@ from typing import Any
 
 import torch
 
+
+class CourseError(Exception):
+    """An error the course expects and explains: its message says what to do about it.
+
+    The command line prints such an error without a traceback; any other exception keeps its
+    traceback, since it is a bug to report rather than a problem to fix by hand.
+    """
+
+
 SCALE_ENV = "DIFFUSE_EDU_SCALE"
 DATA_ENV = "DIFFUSE_EDU_DATA"
 
@@ -43,6 +52,10 @@ class Scale(str, Enum):
     AUTO = "auto"
 
 
+class ScaleError(CourseError, ValueError):
+    """An unknown scale name."""
+
+
 _scale_override: Scale | None = None
 _data_dir_override: Path | None = None
 
@@ -51,7 +64,7 @@ def _parse_scale(value: str | Scale) -> Scale:
     try:
         return Scale(str(value.value if isinstance(value, Scale) else value).strip().lower())
     except ValueError:
-        raise ValueError(
+        raise ScaleError(
             f"Unknown scale {value!r}: use 'quick', 'full' or 'auto' "
             f"(for example `export {SCALE_ENV}=quick`)."
         ) from None

@@ -27,6 +27,38 @@ def saved(tmp_path):
     return path, model, ema
 
 
+def test_a_v_model_is_sampled_right_from_its_checkpoint_alone(tmp_path):
+    """A checkpoint records what its model predicts: the rebuilt model samples as it was trained."""
+    from diffuse_edu.diffusion.denoisers import Denoiser
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.diffusion.prediction import Target
+    from diffuse_edu.diffusion.samplers import sample_ddim
+    from diffuse_edu.training.loop import train
+
+    torch.manual_seed(0)
+    schedule = cosine_schedule(50)
+    images = torch.rand(32, 1, 8, 8) * 2 - 1
+    result = train(UNet(CFG), images, DiffusionObjective(schedule, Target.V), TrainConfig(steps=2, batch_size=8),
+                   show_progress=False)
+    path = save_checkpoint(tmp_path / "v.pt", model=result.model, ema=result.ema, schedule=schedule)
+    ck = load_checkpoint(path, UNet)
+    assert ck.target == "v"
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    right = sample_ddim(Denoiser(result.ema, schedule, Target.V), x, schedule, steps=5)
+    torch.testing.assert_close(sample_ddim(ck.denoiser(), x, ck.schedule, steps=5), right)
+    torch.testing.assert_close(sample_ddim(ck.build(), x, ck.schedule, steps=5), right)  # the network says "v"
+    as_eps = sample_ddim(Denoiser(ck.build(), schedule, Target.EPS), x, schedule, steps=5)
+    assert (as_eps - right).abs().max() > 1e-3  # read as eps it would be another (wrong) sampler
+
+
+def test_a_checkpoint_without_a_target_says_how_to_wrap_it(saved):
+    path, *_ = saved
+    ck = load_checkpoint(path, UNet)
+    assert ck.target is None  # an untrained UNet declares nothing
+    with pytest.raises(CheckpointError, match="does not record what its model predicts"):
+        ck.denoiser()
+
+
 def test_round_trip(saved):
     path, model, ema = saved
     ck = load_checkpoint(path, UNet, expect=CFG)

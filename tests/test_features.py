@@ -10,7 +10,7 @@ from diffuse_edu.evaluation.features import (
     train_classifier,
 )
 from diffuse_edu.models.classifier import Classifier, ClassifierConfig
-from diffuse_edu.training.recipes import course_classifier
+from diffuse_edu.training.pretrained import course_classifier
 
 
 def test_classifier_learns_digits_and_gives_features():

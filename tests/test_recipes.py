@@ -5,7 +5,7 @@ import torch
 
 from diffuse_edu import config, data
 from diffuse_edu.models.unet import UNetConfig
-from diffuse_edu.training import recipes
+from diffuse_edu.training import pretrained, recipes
 from diffuse_edu.training.loop import TrainConfig
 
 
@@ -20,21 +20,21 @@ def tiny(tmp_path, monkeypatch):
 
 
 def test_missing_checkpoint_is_trained_saved_and_then_loaded(tiny, capsys):
-    ck = recipes.pretrained_ddpm(tiny)
+    ck = pretrained.pretrained_ddpm(tiny)
     assert "training one now" in capsys.readouterr().out
-    assert recipes.checkpoint_path(tiny).is_file() and ck.extra["steps"] == 4 and len(ck.snapshots) == 2
-    again = recipes.pretrained_ddpm(tiny)
+    assert pretrained.checkpoint_path(tiny).is_file() and ck.extra["steps"] == 4 and len(ck.snapshots) == 2
+    again = pretrained.pretrained_ddpm(tiny)
     assert capsys.readouterr().out == ""  # loaded, not retrained
     assert all(torch.equal(again.weights[k], ck.weights[k]) for k in ck.weights)
 
 
 def test_out_of_date_or_broken_checkpoints_are_replaced(tiny, capsys):
-    recipes.pretrained_ddpm(tiny)
+    pretrained.pretrained_ddpm(tiny)
     capsys.readouterr()
-    recipes.pretrained_ddpm(replace(tiny, train=replace(tiny.train, steps=5)))
+    pretrained.pretrained_ddpm(replace(tiny, train=replace(tiny.train, steps=5)))
     assert "out of date (made with" in capsys.readouterr().out
-    recipes.checkpoint_path(tiny).write_bytes(b"\x00" * 10)
-    ck = recipes.pretrained_ddpm(tiny)
+    pretrained.checkpoint_path(tiny).write_bytes(b"\x00" * 10)
+    ck = pretrained.pretrained_ddpm(tiny)
     assert "truncated or corrupted" in capsys.readouterr().out and ck.extra["steps"] == 4
 
 
@@ -44,29 +44,47 @@ def test_recipes_by_scale():
     assert recipes.DDPM_FULL.train.seconds == 200  # the full-scale budget of lesson 05
 
 
-def test_workshop_prepares_every_recipe_and_the_classifier(tiny, monkeypatch, capsys):
-    from diffuse_edu.course import cli
+def _quick_workshop(monkeypatch, tiny, seen):
+    """The workshop at quick scale with the tiny recipe; the classifier and judge only recorded."""
     monkeypatch.setitem(recipes.RECIPES, config.Scale.QUICK, [tiny])
+    monkeypatch.setattr(pretrained, "course_classifier", lambda scale, device: seen.append(("classifier", scale)))
+    monkeypatch.setattr(pretrained, "shape_judge", lambda size, device: seen.append(("judge", size)))
+
+
+def test_workshop_prepares_every_model_the_lessons_load(tiny, monkeypatch, capsys):
+    from diffuse_edu.course import cli
     seen = []
-    monkeypatch.setattr(recipes, "course_classifier", lambda scale, device: seen.append(scale))
+    _quick_workshop(monkeypatch, tiny, seen)
     assert cli.main(["workshop", "--scale", "quick"]) == 0
     out = capsys.readouterr().out
-    assert "ready: tiny (4 steps" in out and recipes.checkpoint_path(tiny).is_file()
-    assert seen == [config.Scale.QUICK]
-    before = recipes.checkpoint_path(tiny).stat().st_mtime_ns
+    assert "ready: tiny (4 steps" in out and pretrained.checkpoint_path(tiny).is_file()
+    assert seen == [("classifier", config.Scale.QUICK), ("judge", 16)]
+
+
+def test_workshop_retrain_deletes_every_cached_model(tiny, monkeypatch, capsys):
+    from diffuse_edu.course import cli
+    _quick_workshop(monkeypatch, tiny, [])
+    assert cli.main(["workshop", "--scale", "quick"]) == 0
+    cache = config.cache_dir()
+    stray = [pretrained.cached_path("classifier_digits_1x16"), cache / "features" / "shape_judge_16.pt"]
+    for path in stray:  # models of other kinds, and one where older versions kept features
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".pt", ".safetensors", ".json"):
+            path.with_suffix(suffix).write_bytes(b"old")
+    before = pretrained.checkpoint_path(tiny).stat().st_mtime_ns
     assert cli.main(["workshop", "--scale", "quick", "--retrain"]) == 0
-    assert recipes.checkpoint_path(tiny).stat().st_mtime_ns != before
+    assert pretrained.checkpoint_path(tiny).stat().st_mtime_ns != before
+    assert not any(p.with_suffix(s).exists() for p in stray for s in (".pt", ".safetensors", ".json"))
 
 
 def test_workshop_manifest_is_verified_by_doctor(tiny, monkeypatch, capsys):
     from diffuse_edu.course import cli, doctor
 
-    monkeypatch.setitem(recipes.RECIPES, config.Scale.QUICK, [tiny])
-    monkeypatch.setattr(recipes, "course_classifier", lambda scale, device: None)
+    _quick_workshop(monkeypatch, tiny, [])
     assert cli.main(["workshop", "--scale", "quick"]) == 0
     assert "manifest.json (3 files" in capsys.readouterr().out  # .pt, .safetensors, .json
     assert [f.ok for f in doctor._models()] == [True]
-    recipes.checkpoint_path(tiny).with_suffix(".safetensors").write_bytes(b"tampered")
+    pretrained.checkpoint_path(tiny).with_suffix(".safetensors").write_bytes(b"tampered")
     findings = doctor._models()
     assert [(f.ok, f.detail) for f in findings] == [(False, "differs from the manifest (damaged or replaced)")]
     assert "workshop" in findings[0].fix

@@ -65,7 +65,7 @@ def test_find_lesson():
     assert runner.find_lesson("00").name == "00_welcome.ipynb"
     with pytest.raises(FileNotFoundError, match="No lesson 99; the lessons are: 00_welcome"):
         runner.find_lesson("99")
-    with pytest.raises(ValueError, match="a lesson is a number|A lesson is a number"):
+    with pytest.raises(runner.LessonNotFound, match="A lesson is a number"):
         runner.find_lesson("forward")
 
 
@@ -87,6 +87,42 @@ def test_cli_run_and_check(tmp_path, capsys):
 def test_cli_reports_errors_without_a_traceback(capsys):
     assert cli.main(["run", "does_not_exist.ipynb"]) == 2
     assert "No notebook at" in capsys.readouterr().err
+
+
+def test_the_cli_explains_the_librarys_errors_and_keeps_the_traceback_of_a_bug(monkeypatch, capsys):
+    from diffuse_edu.course import bench
+
+    def library_error(**_):
+        raise config.CourseError("what to do about it")
+
+    monkeypatch.setattr(bench, "run", library_error)
+    assert cli.main(["bench", "--scale", "quick"]) == 2
+    assert capsys.readouterr().err == "error: what to do about it\n"
+
+    def bug(**_):
+        raise ValueError("a bug in the library")
+
+    monkeypatch.setattr(bench, "run", bug)
+    with pytest.raises(ValueError, match="a bug in the library"):  # not hidden behind "error: ..."
+        cli.main(["bench", "--scale", "quick"])
+
+
+@pytest.mark.parametrize("argv", [["bench", "--train-steps", "0"], ["bench", "--samples", "-3"],
+                                  ["bench", "--sample-batch", "x"], ["grade", ".", "--timeout", "0"],
+                                  ["grade", ".", "--timeout", "-1"]])
+def test_out_of_range_options_are_refused_by_name(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    option = next(a for a in argv if a.startswith("--"))
+    assert ("must be above 0" in err or "is not a whole number" in err) and f"argument {option}:" in err
+
+
+def test_bench_refuses_zero_counts_from_python_too():
+    from diffuse_edu.course import bench
+    with pytest.raises(config.CourseError, match="train_steps = 0"):
+        bench.run(scale=config.Scale.QUICK, train_steps=0)
 
 
 def test_cli_build_check_passes_on_the_repository(capsys):

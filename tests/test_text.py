@@ -157,7 +157,7 @@ def test_text_recipe_null_condition_needs_the_encoder():
 def test_shape_judge_reads_seen_and_held_out_pairs(tmp_path):
     """The judge trains on balanced colour-shape pairs, so no colour gives its shape away."""
     from diffuse_edu.evaluation.adherence import attribute_accuracy
-    from diffuse_edu.training.recipes import shape_judge
+    from diffuse_edu.training.pretrained import shape_judge
     judge = shape_judge(folder=tmp_path)
     for split in ("test", "held_out"):
         s = make_shapes(600, split=split, seed=5)

@@ -1,3 +1,4 @@
+import re
 import time
 
 import pytest
@@ -52,6 +53,53 @@ def test_learning_rate_warmup():
 def test_config_needs_a_budget():
     with pytest.raises(ValueError, match="needs a budget"):
         TrainConfig(steps=None, seconds=None)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "steps must be a whole number of at least 1"),
+    ("steps", -1, "steps must be a whole number of at least 1"),
+    ("steps", 2.5, "steps must be a whole number of at least 1"),
+    ("seconds", 0.0, "seconds must be positive"),
+    ("batch_size", 0, "batch_size must be a whole number of at least 1"),
+    ("lr", 0.0, "lr must be positive"),
+    ("warmup_steps", -5, "warmup_steps must be 0 or more"),
+    ("grad_clip", 0.0, "grad_clip must be positive"),
+    ("ema_decay", 1.0, "ema_decay must lie in [0, 1)"),
+    ("cond_dropout", 1.0, "cond_dropout is a probability below 1"),
+    ("loss_buckets", 0, "loss_buckets must be at least 1"),
+    ("snapshots", -1, "snapshots must be 0 or more"),
+])
+def test_bad_training_settings_are_refused_with_the_fix(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**{field: value})
+
+
+def test_a_model_trains_in_training_mode_and_comes_back_in_its_own_mode():
+    """A loaded model arrives in eval mode; fine-tuning it must still train with dropout on."""
+    cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2, dropout=0.5)
+    modes = []
+
+    class Spy(DiffusionObjective):
+        def __call__(self, model, x0, **kw):
+            modes.append(model.training)
+            return super().__call__(model, x0, **kw)
+
+    for came_in in (False, True):
+        model = UNet(cfg).train(came_in)
+        train(model, _digits(64), Spy(cosine_schedule(100)), TrainConfig(steps=3, batch_size=8),
+              show_progress=False)
+        assert model.training is came_in  # given back as it came
+    assert modes == [True] * 6
+    assert model.predicts == "eps"  # what it learned to predict, for samplers and checkpoints
+
+
+def test_under_ddp_cuda_graphs_give_way_to_plain_compilation(capsys):
+    from diffuse_edu.training.loop import compile_mode
+    assert compile_mode("reduce-overhead", ddp=False) == "reduce-overhead"
+    assert compile_mode(True, ddp=False) is None and compile_mode(True, ddp=True) is None
+    assert compile_mode("reduce-overhead", ddp=True) is None
+    assert "without CUDA graphs" in capsys.readouterr().out
+    assert compile_mode("max-autotune-no-cudagraphs", ddp=True) == "max-autotune-no-cudagraphs"
 
 
 def _digits(n=256):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffuse_edu.config import Scale, default_device, get_scale
+from diffuse_edu.config import CourseError, Scale, default_device, get_scale
 from diffuse_edu.diffusion.samplers import (
     generate,
     sample_ddim,
@@ -169,7 +169,7 @@ def bench_quality(recipe: Recipe, scale: Scale, device: torch.device, *, train_s
     from diffuse_edu.data import course_images
     from diffuse_edu.evaluation.features import extract
     from diffuse_edu.evaluation.fid import fid
-    from diffuse_edu.training.recipes import course_classifier
+    from diffuse_edu.training.pretrained import course_classifier
 
     images = recipe.data().images.to(device)
     schedule = recipe.schedule()
@@ -205,7 +205,12 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
     samplers = [] if samplers == ["none"] else samplers
     unknown = [n for n in samplers or () if n not in SAMPLERS]
     if unknown:
-        raise ValueError(f"Unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}.")
+        raise CourseError(f"Unknown sampler(s) {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}.")
+    counts = dict(train_steps=train_steps, samples=samples, sample_batch=sample_batch, train_batch=train_batch)
+    wrong = [f"{k} = {v}" for k, v in counts.items() if v is not None and (not isinstance(v, int) or v < 1)]
+    if wrong or (quality_seconds is not None and not quality_seconds > 0):
+        raise CourseError(f"bench needs positive counts and seconds, got {', '.join(wrong) or quality_seconds}: "
+                          "leave an option out for its default.")
     scale = scale or get_scale()
     device = default_device()
     recipe = ddpm_recipe(scale)
@@ -215,7 +220,7 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
     report = dict(device=device_label(device), scale=scale.value, recipe=recipe.name, torch=torch.__version__,
                   when=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     print(f"diffuse-edu bench: {report['device']}, {scale.value} scale ({recipe.name}), torch {torch.__version__}")
-    report["training"] = bench_training(recipe, device, steps=train_steps or (30 if quick else 300), compile=compile,
+    report["training"] = bench_training(recipe, device, steps=(30 if quick else 300) if train_steps is None else train_steps, compile=compile,
                                         batch_size=train_batch, profile_steps=(5 if quick else 20) if profile else 0)
     t = report["training"]
     how = "" if not compile else f", compiled{'' if compile is True else ' ' + compile}"
@@ -233,8 +238,8 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
             print(f"          {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<4} {row['name']}")
     torch.manual_seed(0)
     model = UNet(recipe.model).to(device)
-    n = samples or (64 if quick else 10_000)
-    batch = sample_batch or (64 if quick else 2_500)
+    n = (64 if quick else 10_000) if samples is None else samples
+    batch = (64 if quick else 2_500) if sample_batch is None else sample_batch
     names = list(SAMPLERS) if samplers is None else samplers
     report["sampling"] = bench_sampling(model, recipe, device, n=n, batch_size=batch, names=names, fast=True)
     if device.type == "cuda" and "ddim-50" in names:
@@ -245,7 +250,7 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
         print(f"sampling  {name:<20} {row['seconds_per_10k']:>8.2f} s per 10,000 samples  "
               f"({row['nfe']} NFE, batch {row['batch_size']}, warm-up {row['warmup_seconds']} s)")
     if quality:
-        report["quality"] = bench_quality(recipe, scale, device, train_seconds=quality_seconds or (20 if quick else 60),
+        report["quality"] = bench_quality(recipe, scale, device, train_seconds=(20 if quick else 60) if quality_seconds is None else quality_seconds,
                                           n=256 if quick else 2_000, seeds=3, batch_size=batch)
         q = report["quality"]
         print(f"quality   DDIM-50 FID eager fp32 {q['eager_fp32']['mean']:.2f} +- {q['eager_fp32']['std']:.2f}, "

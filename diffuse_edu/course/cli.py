@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from diffuse_edu import config
@@ -42,7 +43,7 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     if args.action == "fetch":
         if args.target not in data.CARDS:
-            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.")
+            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.", file=sys.stderr)
             return 2
         print(f"saved {data.fetch(args.target)}")
         return 0
@@ -128,30 +129,11 @@ def _grade(args: argparse.Namespace) -> int:
 
 def _workshop(args: argparse.Namespace) -> int:
     """Train (or verify) every cached model the lessons load, so a room of learners need not wait."""
-    from diffuse_edu.training import distributed, recipes
+    from diffuse_edu.course import workshop
+    from diffuse_edu.training import distributed
 
     distributed.init_from_env()  # under torchrun: train on every GPU, rank 0 writes the files
-    scale = config.Scale(args.scale)
-    config.set_scale(scale)
-    device = config.default_device()
-    for recipe in recipes.RECIPES[scale]:
-        if args.retrain:
-            recipes.checkpoint_path(recipe).unlink(missing_ok=True)
-        ck = recipes.pretrained_ddpm(recipe, device=device)
-        print(f"ready: {recipe.name} ({ck.extra.get('steps')} steps, {ck.extra.get('seconds', 0):.0f} s) "
-              f"at {recipes.checkpoint_path(recipe)}")
-    recipes.course_classifier(scale, device=device)
-    print(f"ready: the {scale.value}-scale feature classifier (lessons 05-07)")
-    from diffuse_edu.training.checkpoints import write_manifest
-
-    if not distributed.is_main():
-        return 0
-    cache = config.cache_dir()
-    files = [f for sub in ("checkpoints", "features") for f in (cache / sub).glob("*")
-             if f.suffix in (".pt", ".safetensors", ".json")]
-    manifest = write_manifest(cache, files)
-    print(f"wrote {manifest} ({len(files)} files with their sha256): copy {cache} to each laptop, "
-          f"then `python -m diffuse_edu doctor` checks them")
+    workshop.prepare(config.Scale(args.scale), retrain=args.retrain)
     return 0
 
 
@@ -172,6 +154,22 @@ def _lessons(args: argparse.Namespace) -> int:
     for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
         print(path.stem)
     return 0
+
+
+def _positive(kind: type) -> Callable[[str], object]:
+    """An argparse type: a number of ``kind`` above 0, with a message that says so."""
+    noun = "whole number" if kind is int else "number"
+
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = f"positive {noun}"
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -196,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_check)
     gr = sub.add_parser("grade", help="run every learner's notebooks in a folder and tabulate the verdicts")
     gr.add_argument("folder", help="one .ipynb per learner, or one sub-folder of notebooks per learner")
-    gr.add_argument("--timeout", type=float, default=300.0, help="seconds each notebook may run (default 300)")
+    gr.add_argument("--timeout", type=_positive(float), default=300.0,
+                    help="seconds each notebook may run (default 300)")
     gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
@@ -205,14 +204,14 @@ def parser() -> argparse.ArgumentParser:
     w.set_defaults(func=_workshop)
     sb = sub.add_parser("bench", help="training and sampling speed on this machine")
     sb.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
-    sb.add_argument("--train-steps", type=int, help="training steps timed (default 30 quick, 300 full)")
-    sb.add_argument("--samples", type=int, help="samples per sampler (default 64 quick, 10,000 full)")
-    sb.add_argument("--sample-batch", type=int, help="sampling batch size (default 64 quick, 2,500 full)")
+    sb.add_argument("--train-steps", type=_positive(int), help="training steps timed (default 30 quick, 300 full)")
+    sb.add_argument("--samples", type=_positive(int), help="samples per sampler (default 64 quick, 10,000 full)")
+    sb.add_argument("--sample-batch", type=_positive(int), help="sampling batch size (default 64 quick, 2,500 full)")
     sb.add_argument("--samplers", nargs="+", help="names from diffuse_edu.course.bench.SAMPLERS (default: all; none: training only)")
     sb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training step (default: on a GPU, as the recipe does)")
     sb.add_argument("--compile-mode", help="a torch.compile mode for training, e.g. reduce-overhead (CUDA graphs)")
-    sb.add_argument("--train-batch", type=int, help="training batch size (default: the recipe's)")
+    sb.add_argument("--train-batch", type=_positive(int), help="training batch size (default: the recipe's)")
     sb.add_argument("--profile", action="store_true", help="also show where a training step's time goes")
     sb.add_argument("--quality", action="store_true", help="also compare FID of eager and fast sampling")
     sb.add_argument("--quality-seconds", type=float, help="training budget for --quality")
@@ -228,6 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"data {args.action} needs a {'name' if args.action == 'fetch' else 'folder'}.")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except config.CourseError as e:  # the library's own, explained errors; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

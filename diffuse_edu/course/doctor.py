@@ -63,7 +63,11 @@ def _device_and_scale() -> list[Finding]:
         findings.append(Finding("full scale on CPU", False, "full scale without a GPU takes hours",
                                 f"export {config.SCALE_ENV}=quick, or run on a GPU"))
     if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
+        from diffuse_edu.diffusion.denoisers import (
+            bf16_supported,  # the check training and sampling use
+        )
+
+        bf16 = bf16_supported("cuda")
         findings.append(Finding("bf16 autocast", bf16, "supported" if bf16 else "not supported",
                                 "" if bf16 else "full scale falls back to float32 (slower)"))
     return findings

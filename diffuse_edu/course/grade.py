@@ -104,7 +104,7 @@ def grade(folder: Path, *, timeout: float = 300.0, out: Path | None = None) -> l
     """Grade every learner in ``folder``; write the tables to ``out`` (default ``folder/grades``)."""
     learners = find_learners(folder)
     if not learners:
-        raise FileNotFoundError(f"No notebooks in {folder}: put one .ipynb per learner there, or one "
+        raise config.CourseError(f"No notebooks in {folder}: put one .ipynb per learner there, or one "
                                 "folder of notebooks per learner.")
     rows = []
     for learner, books in learners.items():

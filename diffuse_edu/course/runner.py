@@ -28,13 +28,17 @@ from diffuse_edu import config, exercises
 from diffuse_edu.course import report
 
 
-class LessonError(RuntimeError):
-    """A cell of a lesson raised; the message names the cell and the error."""
+class LessonError(config.CourseError, RuntimeError):
+    """A lesson cannot run, or a cell of it raised; the message names the cell and the error."""
+
+
+class LessonNotFound(config.CourseError, FileNotFoundError):
+    """No lesson or notebook by that name; the message lists the lessons."""
 
 
 def lessons_dir() -> Path:
     if config.PROJECT_ROOT is None or not (config.PROJECT_ROOT / "solutions").is_dir():
-        raise FileNotFoundError("The lessons live in a checkout of diffuse-edu: clone the "
+        raise LessonNotFound("The lessons live in a checkout of diffuse-edu: clone the "
                                 "repository and install it with `pip install -e .`.")
     return config.PROJECT_ROOT / "solutions"
 
@@ -44,14 +48,14 @@ def find_lesson(lesson: str | os.PathLike) -> Path:
     path = Path(lesson)
     if path.suffix == ".ipynb":
         if not path.is_file():
-            raise FileNotFoundError(f"No notebook at {path}.")
+            raise LessonNotFound(f"No notebook at {path}.")
         return path.resolve()
     if not str(lesson).isdigit():
-        raise ValueError(f"A lesson is a number such as 01 or a path to a notebook, not {lesson!r}.")
+        raise LessonNotFound(f"A lesson is a number such as 01 or a path to a notebook, not {lesson!r}.")
     matches = sorted(lessons_dir().glob(f"{int(lesson):02d}_*.ipynb"))
     if not matches:
         known = ", ".join(p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb")))
-        raise FileNotFoundError(f"No lesson {lesson}; the lessons are: {known}.")
+        raise LessonNotFound(f"No lesson {lesson}; the lessons are: {known}.")
     return matches[0]
 
 

@@ -30,6 +30,8 @@ RELATIONS = ("left of", "right of", "above", "below")
 #: The attributes of one shape, in the order of :attr:`ShapeSet.objects`' last axis.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES,
                                           "position": POSITIONS}
+#: How many values each attribute takes, in the order of ATTRIBUTES (an attribute classifier's logit groups).
+ATTRIBUTE_GROUPS = tuple(len(v) for v in ATTRIBUTES.values())
 #: Colour-shape pairs never drawn in the "train" and "test" splits (each colour and shape still is).
 HELD_OUT = (("red", "triangle"), ("green", "square"), ("blue", "circle"))
 SPLITS = {"train": 0, "test": 1, "held_out": 2}  # seed offsets

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffuse_edu.config import DATA_ENV, cache_dir, data_dirs
+from diffuse_edu.config import DATA_ENV, CourseError, cache_dir, data_dirs
 from diffuse_edu.data.images import (
     CIFAR10_CLASSES,
     DIGIT_CLASSES,
@@ -30,11 +30,11 @@ from diffuse_edu.data.images import (
 )
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(CourseError, FileNotFoundError):
     """A data set is not staged here and may not be downloaded; the message says what to run."""
 
 
-class DataCorruptError(OSError):
+class DataCorruptError(CourseError, OSError):
     """A staged file is unreadable or does not match its checksum; the message says what to run."""
 
 
@@ -156,10 +156,15 @@ def fetch(name: str) -> Path:
     """Download data set ``name`` through torchvision and save a checked ``.npz`` in the cache."""
     card = CARDS[name]
     if card.builtin:
-        raise ValueError(f"{card.title} ships with scikit-learn: nothing to fetch.")
+        raise DataMissingError(f"{card.title} ships with scikit-learn: nothing to fetch.")
     out = cache_dir()
     out.mkdir(parents=True, exist_ok=True)
-    arrays = _torchvision_arrays(card, out / "torchvision", download=True)
+    try:
+        arrays = _torchvision_arrays(card, out / "torchvision", download=True)
+    except (OSError, RuntimeError) as e:  # no network, a refused or broken download
+        raise DataMissingError(f"Could not download {card.title} ({type(e).__name__}: {e}). Offline, stage it "
+                               f"from a folder that holds {card.npz}: python -m diffuse_edu data stage FOLDER, "
+                               f"or point {DATA_ENV} at that folder.") from e
     return _save_checked(arrays, card, out / card.npz)
 
 

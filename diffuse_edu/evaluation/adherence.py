@@ -16,12 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffuse_edu.data.captioned import ATTRIBUTES, COLOURS
+from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, ATTRIBUTES, COLOURS
 from diffuse_edu.models.classifier import Classifier
 from diffuse_edu.models.clip import MiniCLIP
-
-#: Logit group sizes of the attribute classifier, in the order of ATTRIBUTES.
-ATTRIBUTE_GROUPS = tuple(len(v) for v in ATTRIBUTES.values())
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 FID compares the statistics of two sets of images in the feature space of a network trained for
 something else. The course trains its own small classifier (:mod:`diffuse_edu.models.classifier`) per data set,
-cached by :func:`diffuse_edu.training.recipes.course_classifier` (digits at quick scale; MNIST at
+cached by :func:`diffuse_edu.training.pretrained.course_classifier` (digits at quick scale; MNIST at
 full scale): fast, offline, and suited to tiny grey images.
 Inception-v3, the network of the original FID (Heusel et al. 2017), is used when its weights are
 present on the machine.

@@ -1,7 +1,9 @@
 """Saving and loading trained models (lesson 05), safely.
 
 A checkpoint is one file holding plain data only: the model's class name and config, the raw and
-EMA weights, the noise schedule, the training config and any numbers worth keeping. It is read
+EMA weights, the noise schedule, what the model predicts (eps, x0, v or a flow's velocity), the
+training config and any numbers worth keeping. :meth:`Checkpoint.denoiser` rebuilds the model as
+the denoiser a sampler runs, read as what it predicts, from the file alone. It is read
 with ``torch.load(weights_only=True)``, which refuses to unpickle arbitrary objects, and every
 way it can go wrong ends in a :class:`CheckpointError` that says what to do.
 
@@ -29,13 +31,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffuse_edu.config import CourseError
+from diffuse_edu.diffusion.denoisers import Denoiser
+from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.training import distributed
 
 FORMAT = "diffuse_edu.checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CourseError, RuntimeError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 
@@ -51,9 +56,10 @@ class Checkpoint:
     train_config: dict
     extra: dict = field(default_factory=dict)  # numbers worth keeping (steps, seconds, ...)
     snapshots: list[dict] = field(default_factory=list)  # EMA weights along the way
+    target: str | None = None  # what the model predicts ("eps", "x0", "v", "flow"); None: not a denoiser
 
     def build(self, *, ema: bool = True, device: torch.device | str = "cpu") -> nn.Module:
-        """The model with the EMA weights (or the raw ones), in eval mode."""
+        """The model with the EMA weights (or the raw ones), in eval mode, knowing what it predicts."""
         model = self.model_class(self.model_config)
         state = self.ema_weights if ema and self.ema_weights is not None else self.weights
         try:
@@ -61,7 +67,20 @@ class Checkpoint:
         except RuntimeError as e:
             raise CheckpointError(f"The weights do not fit a {self.model_class.__name__} built from the "
                                   f"checkpoint's own config ({e}). The file is damaged: retrain.") from e
+        if self.target is not None:
+            model.predicts = self.target
         return model.to(device).eval()
+
+    def denoiser(self, *, ema: bool = True, device: torch.device | str = "cpu", clip: float | None = None,
+                 fast: bool = True) -> Denoiser:
+        """The model as the D(x; sigma) every sampler runs: its own schedule, read as its own target."""
+        if self.target is None:
+            raise CheckpointError("This checkpoint does not record what its model predicts (an older file, or "
+                                  "not a denoiser): retrain it, or wrap the model yourself, e.g. "
+                                  "Denoiser(ck.build(), ck.schedule, Target.V).")
+        target = Target(self.target)
+        return Denoiser(self.build(ema=ema, device=device), None if target is Target.FLOW else self.schedule,
+                        target, clip, fast=fast)
 
 
 def _plain_config(config: object) -> dict:
@@ -70,16 +89,21 @@ def _plain_config(config: object) -> dict:
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedule | None,
                     ema: nn.Module | None = None, train_config: object | None = None,
-                    extra: dict | None = None, snapshots: list[dict] | None = None) -> Path:
+                    extra: dict | None = None, snapshots: list[dict] | None = None,
+                    target: Target | str | None = None) -> Path:
     """Write a checkpoint (atomically: a half-written file never replaces a good one).
 
-    Under torchrun only rank 0 writes; the other ranks return the path at once.
+    ``target`` is what the model predicts (default: what the model declares, ``model.predicts``,
+    which :func:`~diffuse_edu.training.loop.train` sets). Under torchrun only rank 0 writes; the
+    other ranks return the path at once.
     """
     path = Path(path)
     if not distributed.is_main():
         return path
     model = getattr(model, "_orig_mod", model)  # a compiled model's own module
     name = type(model).__name__
+    target = target if target is not None else getattr(model, "predicts", None)
+    target = Target(target).value if target is not None else None
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise TypeError(f"save_checkpoint needs a model with a dataclass .config; {name} has none.")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +116,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedu
         "schedule": {"name": schedule.name, "betas": schedule.betas.cpu()} if schedule else None,
         "weights": cpu(model), "ema_weights": cpu(ema) if ema is not None else None,
         "train_config": _plain_config(train_config) if train_config is not None else {},
-        "extra": extra or {}, "snapshots": snapshots or [],
+        "extra": extra or {}, "snapshots": snapshots or [], "target": target,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
@@ -120,7 +144,7 @@ def _save_portable(path: Path, payload: dict) -> None:
     weights = dict(payload["ema_weights"] or payload["weights"])
     if payload["schedule"] is not None:
         weights["schedule.betas"] = payload["schedule"]["betas"]
-    meta = {k: payload[k] for k in ("model_class", "model_config", "train_config", "extra")}
+    meta = {k: payload[k] for k in ("model_class", "model_config", "train_config", "extra", "target")}
     meta.update(format=PORTABLE_FORMAT, ema=payload["ema_weights"] is not None,
                 schedule=payload["schedule"]["name"] if payload["schedule"] else None)
     for suffix, write in ((".safetensors", lambda f: save_file({k: v.contiguous() for k, v in weights.items()}, f)),
@@ -152,7 +176,8 @@ def load_portable(path: str | Path, model_class: type[nn.Module], *, expect: obj
     config = _config_from(plain, model_class, path, expect)
     betas = weights.pop("schedule.betas", None)
     schedule = NoiseSchedule(betas, meta["schedule"]) if betas is not None else None
-    return Checkpoint(model_class, config, schedule, weights, None, meta["train_config"], meta["extra"], [])
+    return Checkpoint(model_class, config, schedule, weights, None, meta["train_config"], meta["extra"], [],
+                      meta.get("target"))
 
 
 def file_sha256(path: Path) -> str:
@@ -222,7 +247,7 @@ def load_checkpoint(path: str | Path, model_class: type[nn.Module], *,
     sched = payload["schedule"]
     schedule = NoiseSchedule(sched["betas"], sched["name"]) if sched else None
     return Checkpoint(model_class, config, schedule, payload["weights"], payload["ema_weights"],
-                      payload["train_config"], payload["extra"], payload["snapshots"])
+                      payload["train_config"], payload["extra"], payload["snapshots"], payload.get("target"))
 
 
 def _config_from(plain: dict, model_class: type[nn.Module], path: Path, expect: object | None) -> object:

@@ -1,10 +1,10 @@
-"""The course's trained models, quick and full settings side by side (lesson 05 on).
+"""The course's trained models as data: each recipe says what to train and how, quick and full
+settings side by side (lesson 05 on).
 
-Lesson 05 trains the DDPM of :data:`DDPM_QUICK` or :data:`DDPM_FULL`; later lessons call
-:func:`pretrained_ddpm`, which loads its checkpoint or, when it is missing, unusable or made with
-other settings, trains the same recipe afresh and saves it. :func:`course_classifier` does the same
-for the feature network of lessons 05-07. Both go through
-:func:`diffuse_edu.training.checkpoints.load_or_train`.
+Lesson 05 trains the DDPM of :data:`DDPM_QUICK` or :data:`DDPM_FULL`; lesson 08 the class-conditional
+ones, lesson 09 the text-conditioned ones and their miniature CLIPs. A recipe is plain data: the
+functions that train one, or load it from the cache when it was trained before, are in
+:mod:`diffuse_edu.training.pretrained`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.config import Scale, cache_dir, get_scale
+from diffuse_edu.config import Scale, get_scale
 from diffuse_edu.data.captioned import (
     DIGIT_CAPTION_WORDS,
     SHAPE_WORDS,
@@ -29,16 +28,11 @@ from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule, cosine_schedule
-from diffuse_edu.evaluation.adherence import ATTRIBUTE_GROUPS
-from diffuse_edu.evaluation.features import train_classifier
-from diffuse_edu.models.classifier import Classifier, ClassifierConfig
-from diffuse_edu.models.clip import MiniCLIP, MiniCLIPConfig
+from diffuse_edu.models.clip import MiniCLIPConfig
 from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.text import build_vocab
-from diffuse_edu.models.unet import UNet, UNetConfig
-from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
-from diffuse_edu.training.contrastive import train_clip
-from diffuse_edu.training.loop import TrainConfig, TrainResult, train
+from diffuse_edu.models.unet import UNetConfig
+from diffuse_edu.training.loop import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -215,104 +209,3 @@ RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK, TDD
 def ddpm_recipe(scale: Scale | None = None) -> Recipe:
     """The DDPM recipe for ``scale`` (default: the scale in force)."""
     return DDPM_QUICK if (scale or get_scale()) is Scale.QUICK else DDPM_FULL
-
-
-def checkpoint_path(recipe: Recipe | ClipRecipe) -> Path:
-    """Where the checkpoint of ``recipe`` lives (in the git-ignored cache)."""
-    return cache_dir() / "checkpoints" / f"{recipe.name}.pt"
-
-
-def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedule, images: torch.Tensor) -> dict:
-    """What :func:`save_checkpoint` takes for a run of ``recipe``, stamped so that
-    :func:`pretrained_ddpm` accepts it (lesson 05 saves its own run this way)."""
-    extra = dict(images=len(images), steps=result.steps, seconds=result.seconds, stamp=recipe.stamp(),
-                 first_step_seconds=result.first_step_seconds, images_per_second=result.images_per_second)
-    return dict(model=result.model, ema=result.ema, schedule=schedule, train_config=recipe.train,
-                snapshots=result.snapshots, extra=extra)
-
-
-def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0) -> dict:
-    """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes."""
-    train_set = recipe.data()
-    images, schedule, cond, null = train_set.images.to(device), recipe.schedule(), None, None
-    if recipe.text is not None:  # the frozen text encoder's features of every caption, once
-        encoder = pretrained_clip(recipe.text, device=device).text
-        cond, null = encoder.condition(train_set.captions), recipe.null_cond(encoder)
-    elif recipe.conditional:
-        cond, null = Cond(labels=train_set.labels.to(device)), recipe.null_cond()
-    torch.manual_seed(seed)  # the initial weights
-    result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
-                   cond=cond, null_cond=null, generator=torch.Generator(device).manual_seed(seed),
-                   desc=f"training {recipe.name}")
-    return checkpoint_fields(recipe, result, schedule, images)
-
-
-def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
-    """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
-    recipe = recipe or ddpm_recipe()
-    return load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
-                         lambda: train_recipe(recipe, device=device))
-
-
-def course_classifier(scale: Scale | None = None, *, device: torch.device | str = "cpu",
-                      steps: int = 400, folder: Path | None = None) -> Classifier:
-    """The feature network of the course at ``scale`` (digits quick, MNIST full), trained once.
-
-    It trains on the training split only, so the held-out split measures its accuracy.
-    """
-    return classifier_for(data.course_images("train", scale or get_scale()), device=device, steps=steps,
-                          folder=folder)
-
-
-def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cpu", steps: int = 400,
-                   folder: Path | None = None) -> Classifier:
-    """A classifier (features for FID, judge of class adherence) for any image set, trained once."""
-    images, labels = train_set.images.to(device), train_set.labels.to(device)
-    config = ClassifierConfig(in_channels=images.shape[1], num_classes=len(train_set.classes))
-    name = f"classifier_{train_set.name}_{images.shape[1]}x{images.shape[-1]}"
-    path = (folder or cache_dir() / "features") / f"{name}.pt"
-
-    def fit() -> dict:
-        g = torch.Generator().manual_seed(0)
-        model = train_classifier(images, labels, config, steps=steps, generator=g)
-        return dict(model=model, schedule=None, extra={"data": train_set.name})
-
-    stamp = dict(recipe=name, steps=steps, images=len(images))
-    return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
-
-
-def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
-    """Lesson 09's miniature CLIP for ``recipe``, trained once and cached (eval mode)."""
-    def fit() -> dict:
-        train_set = recipe.data()
-        torch.manual_seed(seed)
-        model = MiniCLIP(recipe.model).to(device)
-        ids, mask = model.text.tokenize(train_set.captions)
-        losses = train_clip(model, train_set.images.to(device), ids, mask, steps=recipe.steps,
-                            seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
-                            generator=torch.Generator(device).manual_seed(seed))
-        return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1]))
-
-    return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(), fit).build(device=device)
-
-
-def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: int = 200,
-                folder: Path | None = None) -> Classifier:
-    """Lesson 09's attribute classifier for one-shape images of ``size``: colour, shape, size and
-    position, one group of logits each. Trained once on its own shapes, held-out pairs included."""
-    config = ClassifierConfig(in_channels=3, num_classes=sum(ATTRIBUTE_GROUPS), widths=(16, 32, 64))
-    name = f"shape_judge_{size}"
-    path = (folder or cache_dir() / "features") / f"{name}.pt"
-
-    def fit() -> dict:
-        # 9 seen pairs and 3 held-out ones, about 500 images each: no colour hints at a shape
-        seen, rare = (make_shapes(n, size=size, seed=7, split=split, two_shapes=0.0)
-                      for n, split in ((4500, "train"), (1500, "held_out")))
-        images = torch.cat([seen.images, rare.images]).to(device)
-        labels = torch.cat([seen.objects[:, 0], rare.objects[:, 0]]).to(device)
-        model = train_classifier(images, labels, config, steps=steps, groups=ATTRIBUTE_GROUPS, shift=0,
-                                 generator=torch.Generator().manual_seed(0))
-        return dict(model=model, schedule=None, extra={"data": "shapes, one per image"})
-
-    stamp = dict(recipe=name, steps=steps, data="balanced pairs")
-    return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
