@@ -163,6 +163,41 @@ def test_load_or_train_trains_once_then_loads_and_retrains_on_a_new_stamp(tmp_pa
     assert "different model" in capsys.readouterr().out
 
 
+CHILD = """
+import sys, time
+from pathlib import Path
+from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.checkpoints import load_or_train
+
+path, log = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)
+
+def fit():
+    with log.open("a") as f:
+        f.write("trained\\n")
+    time.sleep(3)  # long enough for the other process to arrive while this one trains
+    return dict(model=UNet(cfg), schedule=None)
+
+load_or_train(path, UNet, cfg, {"recipe": "shared"}, fit)
+print("loaded")
+"""
+
+
+def test_two_processes_that_need_the_same_model_train_it_once(tmp_path):
+    """Two lessons side by side (parallel CI) that need the same missing model: one trains, the other waits."""
+    import subprocess
+    import sys
+
+    path, log = tmp_path / "shared.pt", tmp_path / "log.txt"
+    args = [sys.executable, "-c", CHILD, str(path), str(log)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=120)[0] for p in (first, second)]
+    assert all(p.returncode == 0 for p in (first, second)) and all("loaded" in o for o in outs)
+    assert log.read_text().splitlines() == ["trained"]  # once, not twice
+    assert sum("waiting for it" in o for o in outs) <= 1
+
+
 def test_the_portable_pair_loads_without_pickle_and_gives_the_same_model(saved):
     from diffuse_edu.training.checkpoints import load_portable
 

@@ -19,12 +19,13 @@ writes one), and :func:`verify_manifest` checks them on another machine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,21 +274,65 @@ def load_or_train(path: Path, model_class: type[nn.Module], config: object, stam
 
     ``stamp`` (plain data: a recipe's name, its training settings) is stored in the file's extra;
     a file whose stamp differs is out of date and trained again. Every cached model of the course
-    (the DDPM, the classifiers, later the VAE and text encoder) goes through here.
+    (the DDPM, the classifiers, later the VAE and text encoder) goes through here. Two processes
+    that need the same missing model (two lessons run side by side) do not both train it: the
+    second waits for the first and loads what it saved.
     """
-    if path.exists():
-        try:
-            ck = load_checkpoint(path, model_class, expect=config)
-            if ck.extra.get("stamp") == stamp:
-                return ck
-            print(f"The checkpoint at {path} is out of date (made with {ck.extra.get('stamp')}, "
-                  f"wanted {stamp}): training a new one.")
-        except CheckpointError as e:
-            print(f"{e}\nTraining a new one instead.")
-    else:
-        print(f"No checkpoint at {path}: training one now.")
-    made = train()
-    made["extra"] = {**made.get("extra", {}), "stamp": stamp}
-    save_checkpoint(path, **made)
+    found = _current(path, model_class, config, stamp, quiet=False)
+    if found is not None:
+        return found
+    with _training_lock(path):
+        found = _current(path, model_class, config, stamp, quiet=True)  # made while this process waited?
+        if found is not None:
+            return found
+        made = train()
+        made["extra"] = {**made.get("extra", {}), "stamp": stamp}
+        save_checkpoint(path, **made)
     distributed.barrier()  # under torchrun: every rank reads what rank 0 wrote
     return load_checkpoint(path, model_class, expect=config)
+
+
+def _current(path: Path, model_class: type[nn.Module], config: object, stamp: dict, *,
+             quiet: bool) -> Checkpoint | None:
+    """The checkpoint at ``path`` if it is usable and made with ``stamp``; else None (saying why)."""
+    if not path.exists():
+        if not quiet:
+            print(f"No checkpoint at {path}: training one now.")
+        return None
+    try:
+        ck = load_checkpoint(path, model_class, expect=config)
+    except CheckpointError as e:
+        if not quiet:
+            print(f"{e}\nTraining a new one instead.")
+        return None
+    if ck.extra.get("stamp") == stamp:
+        return ck
+    if not quiet:
+        print(f"The checkpoint at {path} is out of date (made with {ck.extra.get('stamp')}, "
+              f"wanted {stamp}): training a new one.")
+    return None
+
+
+@contextlib.contextmanager
+def _training_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``.lock while its model trains (POSIX; elsewhere, and under
+    torchrun, where every rank trains together, no lock: each process writes its file atomically)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or distributed.active():
+        yield
+        return
+    lock = path.with_suffix(path.suffix + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"Another process is training {path.name}: waiting for it, then loading what it saves.")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
