@@ -32,8 +32,11 @@ lesson                modules
                       ``VAEObjective``, ``latent_scale``), ``evaluation.probes``
 11 editing            ``diffusion.editing``, ``diffusion.samplers`` (``invert_ddim``),
                       ``evaluation.probes`` (``seam_jump``)
-12-13                 planned: DiT and flow matching (``diffusion.objectives.FlowMatching`` is
-                      ready), LoRA
+12 beyond the U-Net   ``models.dit`` (``patchify``, ``dit_block``), ``diffusion.objectives``
+                      (``flow_matching_loss``, ``FlowMatching``), ``diffusion.samplers``
+                      (``sample_flow_euler``), ``diffusion.schedules`` (``shift_snr``),
+                      ``data.canvas``, ``evaluation.probes``
+13-14                 planned: LoRA and fine-tuning, distillation
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),

@@ -484,8 +484,88 @@ WRONG_11 = [
 ]
 
 
-# --- every checker of lessons 02-09 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11
+# --- lesson 12 ---------------------------------------------------------------------------------
+from diffuse_edu.diffusion.samplers import flow_times  # noqa: E402
+from diffuse_edu.exercises.dit import DIT_BLOCK, PATCHIFY, UNPATCHIFY  # noqa: E402
+from diffuse_edu.exercises.flow import FLOW_EULER, FLOW_MATCHING_LOSS  # noqa: E402
+
+
+def _patch(pattern):
+    def fn(x, p):
+        if x.shape[-1] % p or x.shape[-2] % p:
+            raise ValueError("H and W must be divisible by p")
+        return rearrange(x, pattern, p1=p, p2=p)
+    return fn
+
+
+def _unpatch(pattern):
+    return lambda tokens, p, h, w: rearrange(tokens, pattern, h=h // p, w=w // p, p1=p, p2=p)
+
+
+def _block(b, x, c, *, gate=True, one=True, reuse=False, residual=True, parallel=False, norm_after=False):
+    sa, ca, ga, sm, cm, gm = b.modulation(c).chunk(6, dim=1)
+
+    def branch(h, norm, shift, scale):
+        mod = lambda z: z * ((1 + scale) if one else scale)[:, None] + shift[:, None]  # noqa: E731
+        return norm(mod(h)) if norm_after else mod(norm(h))
+    y = (x if residual else 0) + (ga[:, None] if gate else 1) * b.attention(branch(x, b.norm1, sa, ca))
+    s2, k2, g2 = (sa, ca, ga) if reuse else (sm, cm, gm)
+    return (y if residual else 0) + (g2[:, None] if gate else 1) * b.mlp(branch(x if parallel else y, b.norm2, s2, k2))
+
+
+def _flow_loss(model, x0, tau, eps, *, target="v", swap=False, scale=1000.0, reduce="mean"):
+    tau_ = tau.reshape(-1, 1, 1, 1)
+    x_tau = tau_ * x0 + (1 - tau_) * eps if swap else (1 - tau_) * x0 + tau_ * eps
+    want = {"v": eps - x0, "reversed": x0 - eps, "eps": eps}[target]
+    err = (model(x_tau, tau * scale) - want).square().flatten(1)
+    return {"mean": err.mean(1), "sum": err.sum(1), "all": err.mean()}[reduce]
+
+
+def _euler(model, x, steps, *, reverse=False, sign=1.0, at_next=False, scale=1000.0, extra=False):
+    ts = flow_times(steps)[::-1] if reverse else flow_times(steps)
+    for tau, tau_next in zip(ts[:-1], ts[1:]):
+        x = x + sign * (tau_next - tau) * model(x, torch.full((x.shape[0],), (tau_next if at_next else tau) * scale))
+    if extra:  # one more evaluation "to be safe"
+        model(x, torch.zeros(x.shape[0]))
+    return x
+
+
+WRONG_12 = [
+    (PATCHIFY, _patch("b c (h p1) (w p2) -> b (h w) (c p1 p2)"), "put the channels first"),
+    (PATCHIFY, _patch("b c (h p1) (w p2) -> b (w h) (p1 p2 c)"), "run down the columns first"),
+    (PATCHIFY, _patch("b c (h p1) (w p2) -> b (h w) (p2 p1 c)"), "has them swapped"),
+    (PATCHIFY, lambda x, p: x.reshape(x.shape[0], -1, x.shape[1] * p * p), "plain reshape mixes pixels"),
+    (PATCHIFY, _patch("b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)"), "H / p apart"),
+    (PATCHIFY, lambda x, p: rearrange(x[..., : x.shape[-2] // p * p, : x.shape[-1] // p * p],
+                                      "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p), "raise a ValueError"),
+    (UNPATCHIFY, lambda t, p, h, w: t.reshape(t.shape[0], -1, h, w), "plain reshape back"),
+    (UNPATCHIFY, _unpatch("b (w h) (p1 p2 c) -> b c (h p1) (w p2)"), "ran down the columns"),
+    (UNPATCHIFY, _unpatch("b (h w) (c p1 p2) -> b c (h p1) (w p2)"), "reads the channels first"),
+    (UNPATCHIFY, _unpatch("b (h w) (p2 p1 c) -> b c (h p1) (w p2)"), "reads them swapped"),
+    (UNPATCHIFY, _unpatch("b (h w) (p1 p2 c) -> b c (p1 h) (p2 w)"), "spreads it over pixels"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, gate=False), "multiplied by its gate"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, one=False), "(1 + scale)"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, reuse=True), "its own shift, scale and gate"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, residual=False), "residual connection"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, parallel=True), "after the attention branch"),
+    (DIT_BLOCK, lambda b, x, c: _block(b, x, c, norm_after=True), "normalise first"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, target="reversed"), "the other way"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, swap=True), "ends swapped"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, scale=1.0), "tau * 1000"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, target="eps"), "that target is the noise"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, reduce="sum"), "not sum"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a, reduce="all"), "returned one number"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss(*a).detach(), "no gradient"),
+    (FLOW_EULER, lambda *a: _euler(*a, reverse=True), "walks from 0 to 1"),
+    (FLOW_EULER, lambda *a: _euler(*a, sign=-1.0), "moves the other way"),
+    (FLOW_EULER, lambda *a: _euler(*a, at_next=True), "at the start of each step"),
+    (FLOW_EULER, lambda *a: _euler(*a, scale=1.0), "not tau itself"),
+    (FLOW_EULER, lambda *a: _euler(*a, extra=True), "called the network"),
+]
+
+
+# --- every checker of lessons 02-12 ------------------------------------------------------------
+ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11 + WRONG_12
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 

@@ -5,7 +5,9 @@
   helpers;
 * :mod:`~diffuse_edu.data.toy2d`: 2-D toy sets for lesson 02;
 * :mod:`~diffuse_edu.data.staged`: MNIST, Fashion-MNIST and CIFAR-10 from a data folder or
-  torchvision, checked against their cards.
+  torchvision, checked against their cards;
+* :mod:`~diffuse_edu.data.captioned`: captioned shapes and digits for lesson 09;
+* :mod:`~diffuse_edu.data.canvas`: brightness, wider canvases and aspect-ratio buckets for lesson 12.
 
 Every image loader returns images in [-1, 1], shape (N, C, H, W).
 """

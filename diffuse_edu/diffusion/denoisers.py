@@ -3,8 +3,8 @@
 Karras et al. (2022, Sec. 2 and Table 1) write every diffusion model as a denoiser D of the
 variable x = x0 + sigma eps. A network trained on Ho et al.'s x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
 sees x_t = x sqrt(ab) with ab = 1 / (1 + sigma^2), at the (fractional) step t whose noise level is
-sigma; a rectified-flow network (Liu et al. 2023) sees x_s = (1 - s) x0 + s eps = x / (1 + sigma)
-at s = sigma / (1 + sigma). Whatever it predicts (eps, x0, v or the flow velocity eps - x0), the
+sigma; a rectified-flow network (Liu et al. 2023) sees x_tau = (1 - tau) x0 + tau eps = x / (1 + sigma)
+at the flow time tau = sigma / (1 + sigma). Whatever it predicts (eps, x0, v or the flow velocity eps - x0), the
 adapter turns it into x0_hat, so that every sampler runs every model.
 
 A network says what it predicts with a ``predicts`` attribute (``"eps"``, ``"x0"``, ``"v"`` or
@@ -50,7 +50,7 @@ class Denoiser:
     schedule: NoiseSchedule | None = None  # the schedule it was trained on (None for Target.FLOW)
     target: Target = Target.EPS  # what it predicts
     clip: float | None = None  # clamp x0_hat to [-clip, clip] ("static thresholding")
-    time_scale: float = 1000.0  # Target.FLOW only: the network sees t = s * time_scale
+    time_scale: float = 1000.0  # Target.FLOW only: the network sees t = tau * time_scale
     fast: bool = True  # on a GPU, run the network compiled and in bfloat16
 
     def __post_init__(self) -> None:
@@ -76,10 +76,10 @@ class Denoiser:
         else:
             sig = float(sigma)
         if self.target is Target.FLOW:
-            s = sig / (1.0 + sig)
-            x_s = x / (1.0 + sig)
-            s_in = s.reshape(b) if isinstance(s, Tensor) else torch.full((b,), s, device=x.device, dtype=x.dtype)
-            return self._clip(x_s - s * net(x_s, s_in * self.time_scale, cond))
+            tau = sig / (1.0 + sig)
+            x_tau = x / (1.0 + sig)
+            tau_in = tau.reshape(b) if isinstance(tau, Tensor) else torch.full((b,), tau, device=x.device, dtype=x.dtype)
+            return self._clip(x_tau - tau * net(x_tau, tau_in * self.time_scale, cond))
         alpha_bar = 1.0 / (1.0 + sig**2)
         x_t = x * alpha_bar**0.5
         if isinstance(sigma, Tensor):
@@ -104,7 +104,7 @@ class Denoiser:
                              "(any, e.g. cosine_schedule(1000), sets the grid), or use sample_flow_euler.")
         ab = schedule.alpha_bar[t].item()  # a CPU table: no device sync
         if self.target is Target.FLOW:
-            if ab == 0:  # sigma = inf: the flow's s = 1, where x_1 is the noise itself
+            if ab == 0:  # sigma = inf: the flow's tau = 1, where x_1 is the noise itself
                 x0_hat = self._flow_at_pure_noise(x_t, cond)
             else:
                 x0_hat = self(x_t / ab**0.5, float(schedule.sigma[t]), cond)
@@ -124,10 +124,9 @@ class Denoiser:
         return Prediction(x0_hat, x0_to_eps(x_t, x0_hat, ab))
 
     def _flow_at_pure_noise(self, x_t: Tensor, cond: object) -> Tensor:
-        """x0_hat of a flow model at s = 1 (pure noise): x_1 = eps, so x0_hat = x_1 - velocity."""
-        b = x_t.shape[0]
-        s = torch.ones(b, device=x_t.device, dtype=x_t.dtype)
-        return self._clip(x_t - self.network(x_t)(x_t, s * self.time_scale, cond))
+        """x0_hat of a flow model at tau = 1 (pure noise): x_1 = eps, so x0_hat = x_1 - velocity."""
+        tau = torch.ones(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
+        return self._clip(x_t - self.network(x_t)(x_t, tau * self.time_scale, cond))
 
     def _clip(self, x0_hat: Tensor) -> Tensor:
         return x0_hat if self.clip is None else x0_hat.clamp(-self.clip, self.clip)

@@ -10,8 +10,9 @@ example (shape (B,)), with the noise level drawn (for the loss-by-t plots). The 
   x_t = sqrt(ab) x0 + sqrt(1 - ab) eps; the target is eps, x0 or v (Salimans & Ho 2022, Sec. 4).
   On the same network output, the three losses differ by closed-form weights:
   ||x0_hat - x0||^2 = ||eps_hat - eps||^2 / SNR and ||v_hat - v||^2 = ||eps_hat - eps||^2 / ab.
-* :class:`FlowMatching` (rectified flow, Liu et al. 2023; Lipman et al. 2023): s ~ U(0, 1),
-  x_s = (1 - s) x0 + s eps, target the velocity eps - x0.
+* :class:`FlowMatching` (rectified flow, Liu et al. 2023; Lipman et al. 2023): the flow's time
+  tau ~ U(0, 1) or logit-normal (Esser et al. 2024), x_tau = (1 - tau) x0 + tau eps, target the
+  velocity u = eps - x0.
 """
 
 from __future__ import annotations
@@ -77,11 +78,44 @@ class DiffusionObjective:
         return per_example_mse(model(x_t, t, cond), target_of(self.target, x0, eps, ab)), t
 
 
+def uniform_times(n: int, *, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+    """n flow times tau ~ U(0, 1) (Liu et al. 2023). Shapes: (n,)."""
+    return torch.rand(n, generator=generator, device=device)
+
+
+def logit_normal_times(n: int, *, generator: torch.Generator | None = None,
+                       device: torch.device | str | None = None, mean: float = 0.0, std: float = 1.0) -> Tensor:
+    """n flow times tau = sigmoid(z), z ~ N(mean, std^2) (Esser et al. 2024, Eq. 19; SD3 uses mean 0,
+    std 1): more training at middle times, where predicting the velocity is hardest. Shapes: (n,)."""
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
+
+
+def flow_matching_loss(model: Callable, x0: Tensor, tau: Tensor, eps: Tensor, cond: object = None, *,
+                       time_scale: float = 1000.0) -> Tensor:
+    """The rectified-flow loss per example (Liu et al. 2023, Eq. 1; Lipman et al. 2023), lesson 12.
+
+    The flow's time runs from tau = 0, the data, to tau = 1, the noise: x_tau = (1 - tau) x0 + tau eps,
+    whose velocity u = dx_tau / dtau = eps - x0 the network learns, seeing t = tau * time_scale.
+    Shapes: x0, eps (B, ...), tau (B,) -> (B,).
+    """
+    tau_ = tau.to(x0.dtype).reshape((-1,) + (1,) * (x0.ndim - 1))  # (B, 1, ..., 1)
+    x_tau = (1 - tau_) * x0 + tau_ * eps
+    return per_example_mse(model(x_tau, tau * time_scale, cond), eps - x0)
+
+
 @dataclass(frozen=True, eq=False)
 class FlowMatching:
-    """Rectified flow: straight paths from data (s = 0) to noise (s = 1), velocity eps - x0."""
+    """Rectified flow: straight paths from data (tau = 0) to noise (tau = 1), velocity u = eps - x0.
 
-    time_scale: float = 1000.0  # the network sees t = s * time_scale (the range a time embedding expects)
+    ``times`` draws the training times (:func:`uniform_times`, :func:`logit_normal_times`, or any
+    ``times(n, generator=, device=)``); ``loss`` computes the loss per example
+    (:func:`flow_matching_loss`, or lesson 12's learner's, same signature).
+    """
+
+    time_scale: float = 1000.0  # the network sees t = tau * time_scale (the range a time embedding expects)
+    times: Callable[..., Tensor] = uniform_times
+    loss: Callable[..., Tensor] = flow_matching_loss
     target = Target.FLOW
 
     @property
@@ -89,22 +123,22 @@ class FlowMatching:
         return 1.0
 
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Times s ~ U(0, 1) (B,) and noise eps (like x0), on x0's device."""
-        s = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-        return s, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        """Times tau (B,) and noise eps (like x0), on x0's device."""
+        tau = self.times(x0.shape[0], generator=generator, device=x0.device)
+        return tau, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
 
     def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(loss per example (B,), s (B,)); s and eps are drawn unless given."""
-        b = x0.shape[0]
+        """(loss per example (B,), tau (B,)); tau and eps are drawn unless given (``t`` is tau here)."""
         if t is None or eps is None:
-            s_drawn, eps_drawn = self.draw(x0, generator)
-            t, eps = (s_drawn if t is None else t), (eps_drawn if eps is None else eps)
-        s = t
-        s_ = s.to(x0.dtype).reshape((b,) + (1,) * (x0.ndim - 1))
-        x_s = (1 - s_) * x0 + s_ * eps
-        return per_example_mse(model(x_s, s * self.time_scale, cond), eps - x0), s
+            tau_drawn, eps_drawn = self.draw(x0, generator)
+            t, eps = (tau_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        if self.loss is flow_matching_loss:
+            return flow_matching_loss(model, x0, t, eps, cond, time_scale=self.time_scale), t
+        if cond is not None:
+            raise ValueError("A learner's flow-matching loss takes no conditions.")
+        return self.loss(model, x0, t, eps), t
 
 
 def eps_loss(model: Callable, x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule,

@@ -85,3 +85,12 @@ def score(eps_hat: Tensor, t: Tensor | int, schedule: NoiseSchedule) -> Tensor:
     """The score estimate grad log p_t(x_t) = -eps_hat / sqrt(1 - alpha_bar_t) (Song et al. 2021,
     Eq. 5 with Vincent 2011), lesson 02. Shapes: like eps_hat."""
     return -eps_hat / (1 - schedule.at(schedule.alpha_bar, t, eps_hat)).sqrt()
+
+
+def vp_to_flow(x_t: Tensor, alpha_bar: Tensor | float) -> tuple[Tensor, Tensor | float]:
+    """A variance-preserving x_t = sqrt(ab) x0 + sqrt(1 - ab) eps in a flow's coordinates (lesson 12):
+    x_tau = (1 - tau) x0 + tau eps with tau = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab)), i.e. x_t divided
+    by sqrt(ab) + sqrt(1 - ab). Both families then share one path, so their sampling paths compare.
+    Returns (x_tau, tau). Shapes: x_t (B, ...) -> like x_t."""
+    a, b = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    return x_t / (a + b), b / (a + b)

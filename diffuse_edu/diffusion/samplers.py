@@ -14,7 +14,7 @@ numbers, tables are read where the data lives.
 The first three work on the integer steps of the schedule; the rest walk a grid of noise levels
 sigma in the variable x = x0 + sigma eps, where the probability-flow ODE (Song et al. 2021, Eq. 13)
 reads dx / dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, Eq. 3 with s = 1);
-:func:`sample_flow_euler` walks a flow model's own time s from 1 (noise) to 0 (data).
+:func:`sample_flow_euler` walks a flow model's own time tau from 1 (noise) to 0 (data).
 """
 
 from __future__ import annotations
@@ -251,20 +251,21 @@ def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, step
     return x
 
 
-def flow_euler_step(x: Tensor, s: float, s_next: float, velocity: Tensor) -> Tensor:
-    """One Euler step of a flow's ODE dx/ds = v(x, s) from time s to an earlier s_next: x + (s_next - s) v
-    (Liu et al. 2023). Time runs from s = 1 (noise) to s = 0 (data), so s_next - s < 0."""
-    return x + (s_next - s) * velocity
+def flow_euler_step(x: Tensor, tau: float, tau_next: float, velocity: Tensor) -> Tensor:
+    """One Euler step of a flow's ODE dx/dtau = u(x, tau) from time tau to an earlier tau_next:
+    x + (tau_next - tau) u (Liu et al. 2023). Sampling runs from tau = 1 (noise) to tau = 0 (data),
+    so tau_next - tau < 0."""
+    return x + (tau_next - tau) * velocity
 
 
 def flow_times(steps: int, *, shift: float = 1.0) -> list[float]:
-    """``steps + 1`` times from 1 (noise) to 0 (data), evenly spaced, then warped by ``shift``
-    (Esser et al. 2024, Sec. 5.3.2: s -> shift s / (1 + (shift - 1) s); shift > 1 spends more
+    """``steps + 1`` flow times tau from 1 (noise) to 0 (data), evenly spaced, then warped by ``shift``
+    (Esser et al. 2024, Sec. 5.3.2: tau -> shift tau / (1 + (shift - 1) tau); shift > 1 spends more
     steps at high noise). Host numbers."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
-    s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
-    return (shift * s / (1 + (shift - 1) * s)).tolist()
+    tau = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return (shift * tau / (1 + (shift - 1) * tau)).tolist()
 
 
 @torch.no_grad()
@@ -272,24 +273,24 @@ def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None
                       generator: torch.Generator | None = None, callback: Callable | None = None,
                       cond: object = None, clip: float | None = None, shift: float = 1.0,
                       step: Callable | None = None) -> Tensor:
-    """Euler's method on a rectified-flow model's own ODE (lesson 12): x_1 = ``x`` (unit noise) to
-    x_0 in ``steps`` network evaluations on :func:`flow_times`. ``schedule`` is not used (a flow
-    needs none; the argument keeps the samplers' one signature). ``clip`` clamps the x0_hat each
-    velocity implies, x0_hat = x_s - s v. ``step`` is :func:`flow_euler_step` or a learner's.
-    Shapes: x (B, ...) -> like x.
+    """Euler's method on a rectified-flow model's own ODE (lesson 12): x at tau = 1 (``x``, unit
+    noise) to tau = 0 in ``steps`` network evaluations on :func:`flow_times`. ``schedule`` is not
+    used (a flow needs none; the argument keeps the samplers' one signature). ``clip`` clamps the
+    x0_hat each velocity implies, x0_hat = x_tau - tau u. ``step`` is :func:`flow_euler_step` or a
+    learner's. Shapes: x (B, ...) -> like x.
     """
     flow = as_denoiser(model, schedule)
     if flow.target is not Target.FLOW:
         raise ValueError(f"sample_flow_euler samples a flow model; this one predicts {flow.target.value}. "
                          "Use sample_euler (the probability-flow ODE in sigma) or sample_ddim for it.")
     times, step = flow_times(steps, shift=shift), step or flow_euler_step
-    for i, (s, s_next) in enumerate(zip(times[:-1], times[1:])):
-        v = flow.network(x)(x, torch.full((x.shape[0],), s * flow.time_scale, device=x.device, dtype=x.dtype), cond)
-        if clip is not None:  # the velocity that lands on the clamped x0_hat at s = 0
-            v = (x - (x - s * v).clamp(-clip, clip)) / s
-        x = step(x, s, s_next, v)
+    for i, (tau, tau_next) in enumerate(zip(times[:-1], times[1:])):
+        u = flow.network(x)(x, torch.full((x.shape[0],), tau * flow.time_scale, device=x.device, dtype=x.dtype), cond)
+        if clip is not None:  # the velocity that lands on the clamped x0_hat at tau = 0
+            u = (x - (x - tau * u).clamp(-clip, clip)) / tau
+        x = step(x, tau, tau_next, u)
         if callback is not None:
-            callback(i, s_next, x)
+            callback(i, tau_next, x)
     return x
 
 

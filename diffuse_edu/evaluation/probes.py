@@ -3,7 +3,10 @@
 * detail: the share of an image's energy at high spatial frequencies (a sharp denoiser against a
   blurry one, lesson 03);
 * the loss of a trained model in ranges of t, under the objective it was trained with (lesson 04);
-* improved precision and recall, and nearest neighbours in the training set (lesson 06).
+* improved precision and recall, and nearest neighbours in the training set (lesson 06);
+* the seams of an inpainted region (lesson 11);
+* what one output pixel sees (receptive field), how straight sampling paths are, and how many
+  subjects a canvas shows (lesson 12).
 """
 
 from __future__ import annotations
@@ -122,3 +125,46 @@ def seam_jump(images: Tensor, mask: Tensor) -> Tensor:
     if (counts == 0).any():
         raise ValueError("The mask has no border inside the image: nothing to measure.")
     return jumps / counts
+
+
+def receptive_field(model: Callable, x: Tensor, t: Tensor, pixel: tuple[int, int], cond: object = None) -> Tensor:
+    """|d output[pixel] / d input|, summed over channels: how strongly each input pixel moves one
+    output pixel (lesson 12). Shapes: x (1, C, H, W), t (1,) -> (H, W)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x, t, cond)
+        out[0, :, pixel[0], pixel[1]].sum().backward()
+    return x.grad[0].abs().sum(0)
+
+
+def straightness(path: list[Tensor], times: list[float]) -> Tensor:
+    """How far a sampling path bends (Liu et al. 2023, Def. of straightness, discretised): the mean
+    over its steps of ||v_k - v_chord||^2 / ||v_chord||^2, where v_k = (x_{k+1} - x_k) / (s_{k+1} - s_k)
+    is each step's velocity and v_chord that of the straight line between the path's two ends.
+    0 for a straight path. ``path`` is x at ``times`` (in one time variable, e.g. a flow's tau).
+    Shapes: each x (B, ...) -> (B,)."""
+    if len(path) != len(times) or len(path) < 3:
+        raise ValueError("straightness needs at least three states and one time per state.")
+    chord = ((path[-1] - path[0]) / (times[-1] - times[0])).flatten(1)  # (B, D)
+    deviation = torch.stack([((b - a) / (tb - ta)).flatten(1) - chord
+                             for a, b, ta, tb in zip(path[:-1], path[1:], times[:-1], times[1:])])  # (K, B, D)
+    return deviation.square().sum(-1).mean(0) / chord.square().sum(-1).clamp_min(1e-12)
+
+
+def subjects_across(images: Tensor, *, ink: float = 0.0, min_width: int = 2) -> Tensor:
+    """How many subjects each image shows side by side (lesson 12's aspect-ratio test): runs of at
+    least ``min_width`` columns that hold ink (a pixel above ``ink``), separated by columns with none.
+    Check it on real one- and two-subject canvases before trusting it on samples.
+    Shapes: images (N, C, H, W) in [-1, 1] -> (N,) int64."""
+    inked = (images > ink).flatten(1, 2).any(1)  # (N, W): columns that hold ink
+    counts = []
+    for row in inked.tolist():
+        runs, width = 0, 0
+        for filled in row + [False]:
+            if filled:
+                width += 1
+            else:
+                runs += width >= min_width
+                width = 0
+        counts.append(runs)
+    return torch.tensor(counts)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from diffuse_edu.data.canvas import Buckets
 from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.prediction import Target
@@ -176,13 +177,17 @@ def as_step_fn(step: Callable) -> Callable:
     return step_fn
 
 
-def _setup(model: nn.Module, data: Tensor, config: TrainConfig,
-           trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor, list[Tensor], torch.optim.Optimizer]:
+def _setup(model: nn.Module, data: Tensor | Buckets, config: TrainConfig,
+           trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor | Buckets, list[Tensor], torch.optim.Optimizer]:
     """The model to step (laid out and compiled), the data, the trained parameters, the optimiser."""
     cuda = data.device.type == "cuda"
-    if config.channels_last and data.ndim == 4 and (cuda or torch.backends.mkldnn.is_available()):
+    images = isinstance(data, Buckets) or data.ndim == 4
+    if config.channels_last and images and (cuda or torch.backends.mkldnn.is_available()):
         model = model.to(memory_format=torch.channels_last)
-        data = data.contiguous(memory_format=torch.channels_last)
+        if isinstance(data, Buckets):
+            data = Buckets(tuple(s.contiguous(memory_format=torch.channels_last) for s in data.sets), data.seed)
+        else:
+            data = data.contiguous(memory_format=torch.channels_last)
     params = []
     for name, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(name))
@@ -219,13 +224,16 @@ def compile_mode(compile: bool | str, *, ddp: bool) -> str | None:
     return mode
 
 
-def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConfig, *,
+def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config: TrainConfig, *,
           cond: Cond | None = None, null_cond: Cond | None = None,
           trainable: Callable[[str], bool] | None = None, generator: torch.Generator | None = None,
           callback: Callable[[int, float, EMA | None], None] | None = None, callback_every: int = 0,
           desc: str = "training", show_progress: bool = True, step_fn: Callable = train_step,
           ema_fn: Callable[..., None] = ema_update) -> TrainResult:
     """Train ``model`` on ``data`` (N, ...) with ``objective``, on the data's device, within the budget.
+
+    ``data`` may also be :class:`~diffuse_edu.data.canvas.Buckets` (images of several shapes, each
+    batch from one: aspect-ratio bucketing, lesson 12).
 
     ``objective`` is one of :mod:`diffuse_edu.diffusion.objectives`. ``cond`` holds each example's condition (fields indexed like data);
     with ``config.cond_dropout`` > 0, ``null_cond`` replaces it for that share of examples.
@@ -240,6 +248,8 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
     if config.cond_dropout and (cond is None or null_cond is None):
         raise ValueError("cond_dropout needs the examples' conditions (cond=) and the null "
                          "condition to put in their place (null_cond=Cond(labels=...)).")
+    if isinstance(data, Buckets) and cond is not None:
+        raise ValueError("Training on aspect-ratio buckets takes no conditions (the buckets hold images only).")
     world = distributed.world_size()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly between {world} ranks.")
@@ -257,7 +267,7 @@ def train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConf
         model.train(was_training)  # given back in the mode it came in
 
 
-def _train(model: nn.Module, data: Tensor, objective: Callable, config: TrainConfig, *, cond: Cond | None,
+def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config: TrainConfig, *, cond: Cond | None,
            null_cond: Cond | None, trainable: Callable[[str], bool] | None, generator: torch.Generator | None,
            callback: Callable | None, callback_every: int, desc: str, show_progress: bool, step_fn: Callable,
            ema_fn: Callable, share: slice) -> TrainResult:
@@ -274,11 +284,14 @@ def _train(model: nn.Module, data: Tensor, objective: Callable, config: TrainCon
     while _budget_fraction(step, spent, config) < 1:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, config)
-        idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator, device=device)
-        batch_cond = None if cond is None else cond.index(idx)
-        if config.cond_dropout:
-            batch_cond = drop_condition(batch_cond, null_cond, config.cond_dropout, generator=generator)
-        x0 = data[idx]
+        if isinstance(data, Buckets):  # one bucket (one shape) per batch
+            x0, batch_cond = data.draw(config.batch_size, generator), None
+        else:
+            idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator, device=device)
+            batch_cond = None if cond is None else cond.index(idx)
+            if config.cond_dropout:
+                batch_cond = drop_condition(batch_cond, null_cond, config.cond_dropout, generator=generator)
+            x0 = data[idx]
         t, eps = objective.draw(x0, generator)  # the global batch, the same on every rank
         if world > 1:
             x0, t, eps = x0[share], t[share], eps[share]

@@ -1,0 +1,176 @@
+"""Checkers for lesson 12, part 1: patchify, unpatchify and the DiT block with adaLN."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from einops import rearrange
+
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.models.dit import DiTBlock, dit_block, patchify, unpatchify
+
+
+def _image(c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _patch_mistakes(x: torch.Tensor, p: int) -> list[Mistake]:
+    b, c, h, w = x.shape
+    return [
+        Mistake("a token's features must run over the patch's rows, then its columns, then the channels "
+                "(p1 p2 c), the order unpatchify undoes; yours put the channels first.",
+                rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)),
+        Mistake("the tokens must run in raster order over the grid of patches (along a row of patches, then "
+                "the next row); yours run down the columns first.",
+                rearrange(x, "b c (h p1) (w p2) -> b (w h) (p1 p2 c)", p1=p, p2=p)),
+        Mistake("within a token the patch's rows come first, then its columns (p1 p2); yours has them swapped.",
+                rearrange(x, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=p, p2=p)),
+        Mistake("a plain reshape mixes pixels of different patches (a patch's pixels are not next to each "
+                "other in memory): rearrange the image into its p x p blocks.",
+                x.reshape(b, h * w // (p * p), c * p * p)),
+        Mistake("each token must be one p x p block of neighbouring pixels; yours gathers pixels that lie "
+                "H / p apart (the grid and the patch are swapped in the split).",
+                rearrange(x, "b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)", p1=p, p2=p)),
+    ]
+
+
+def _patchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        x = _image(c, h, w, seed)
+        compare(fn(x.clone(), p), patchify(x, p), mistakes=_patch_mistakes(x, p),
+                what=f"patchify of images {tuple(x.shape)} with p = {p}")
+    return case
+
+
+def _patchify_refuses_a_bad_size(fn: Callable) -> None:
+    try:
+        fn(_image(1, 6, 5, 9), 2)
+    except ValueError:
+        return
+    except Exception as e:  # a crash deep inside is not a clear message
+        raise Mismatch(f"patchify of a 6 x 5 image with p = 2 raised {type(e).__name__}; raise a ValueError "
+                       "that says H and W must be divisible by p.") from None
+    raise Mismatch("patchify of a 6 x 5 image with p = 2 returned a result: 5 is not divisible by 2, so raise "
+                   "a ValueError that says H and W must be divisible by p.")
+
+
+PATCHIFY = Checker(
+    "patchify", patchify,
+    [_patchify_case(1, 4, 4, 2, 0), _patchify_case(3, 4, 6, 2, 1), _patchify_case(2, 8, 8, 4, 2),
+     _patchify_refuses_a_bad_size],
+    hints=("Picture the image as a grid of H/p x W/p blocks; each block becomes one row of the output. Which "
+           "axes of the image belong to the grid, and which to the inside of a block?",
+           "einops can split an axis in two, (h p1), and regroup: the grid axes go to the token axis, the "
+           "block axes and the channels to the feature axis, in that order."),
+)
+
+
+def _unpatchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        x = _image(c, h, w, seed)
+        tokens = patchify(x, p)
+        got = fn(tokens.clone(), p, h, w)
+        sizes = dict(h=h // p, w=w // p, p1=p, p2=p)
+
+        def back(pattern: str) -> torch.Tensor:
+            return rearrange(tokens, pattern, **sizes)
+        mistakes = [
+            Mistake("a plain reshape back does not undo patchify: the pixels of a token belong to one p x p "
+                    "block, so rearrange them back into their blocks.", tokens.reshape(2, c, h, w)),
+            Mistake("the tokens run in raster order over the grid (along a row of patches first): yours reads "
+                    "them as if they ran down the columns.", back("b (w h) (p1 p2 c) -> b c (h p1) (w p2)")),
+            Mistake("a token's features run over the patch's rows, then its columns, then the channels (p1 p2 c); "
+                    "yours reads the channels first.", back("b (h w) (c p1 p2) -> b c (h p1) (w p2)")),
+            Mistake("within a token the patch's rows come first, then its columns (p1 p2); yours reads them swapped.",
+                    back("b (h w) (p2 p1 c) -> b c (h p1) (w p2)")),
+            Mistake("each token is one p x p block of neighbouring pixels; yours spreads it over pixels H / p "
+                    "apart (the grid and the patch are swapped).", back("b (h w) (p1 p2 c) -> b c (p1 h) (p2 w)")),
+        ]
+        compare(got, x, mistakes=mistakes, what=f"unpatchify(patchify(x)) for x of shape {tuple(x.shape)}, p = {p}")
+    return case
+
+
+UNPATCHIFY = Checker(
+    "unpatchify", unpatchify,
+    [_unpatchify_case(1, 4, 4, 2, 3), _unpatchify_case(3, 4, 6, 2, 4), _unpatchify_case(2, 8, 4, 4, 5)],
+    hints=("unpatchify is patchify run backwards: the same split, with the two sides of the arrow swapped.",
+           "The grid has h // p rows and w // p columns of patches: give einops those sizes so it can split the "
+           "token axis."),
+)
+
+
+def _block(seed: int, width: int = 16) -> DiTBlock:
+    """A block with every weight random, the modulation included (a fresh adaLN-Zero block would hide
+    most mistakes: its gates are 0)."""
+    torch.manual_seed(seed)
+    block = DiTBlock(width, 4, 2.0, zero=False)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    return block.eval()
+
+
+def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[Mistake]:
+    sa, ca, ga, sm, cm, gm = block.modulation(c).chunk(6, dim=1)
+    attn, mlp, n1, n2 = block.attention, block.mlp, block.norm1, block.norm2
+
+    def run(*, gate=True, one=True, swap=False, reuse=False, residual=True, norm_after=False, parallel=False):
+        def mod(h, s, k):
+            if swap:
+                s, k = k, s
+            return h * ((1 + k) if one else k)[:, None] + s[:, None]
+
+        def branch(h, norm, s, k):
+            return norm(mod(h, s, k)) if norm_after else mod(norm(h), s, k)
+        a = attn(branch(x, n1, sa, ca))
+        y = (x if residual else 0) + (ga[:, None] if gate else 1) * a
+        mlp_in = x if parallel else y
+        s2, k2, g2 = (sa, ca, ga) if reuse else (sm, cm, gm)
+        return (y if residual else 0) + (g2[:, None] if gate else 1) * mlp(branch(mlp_in, n2, s2, k2))
+    return [
+        Mistake("each branch must be multiplied by its gate before it is added (adaLN-Zero starts the gates at "
+                "0: that is what makes a fresh block the identity).", run(gate=False)),
+        Mistake("modulate with (1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is.",
+                run(one=False)),
+        Mistake("shift and scale are swapped: the modulation's chunks come in the order shift, scale, gate.",
+                run(swap=True)),
+        Mistake("the MLP branch has its own shift, scale and gate (the last three of the six), not the "
+                "attention branch's.", run(reuse=True)),
+        Mistake("each branch is added to x (a residual connection): x + gate * branch.", run(residual=False)),
+        Mistake("normalise first, then modulate: LayerNorm(x) * (1 + scale) + shift.", run(norm_after=True)),
+        Mistake("the MLP branch reads x after the attention branch has been added to it (the branches run one "
+                "after the other, not side by side).", run(parallel=True)),
+    ]
+
+
+def _block_case(seed: int, tokens: int) -> Callable:
+    def case(fn: Callable) -> None:
+        block = _block(seed)
+        g = torch.Generator().manual_seed(seed + 100)
+        x, c = torch.randn(2, tokens, 16, generator=g), torch.randn(2, 16, generator=g)
+        with torch.no_grad():
+            want = dit_block(block, x, c)
+            got = fn(block, x.clone(), c.clone())
+            compare(got, want, mistakes=_block_mistakes(block, x, c),
+                    what=f"dit_block on {tokens} tokens of width 16 with random modulation weights",
+                    otherwise="does not match the block of the lesson's section 1 (Peebles & Xie 2023, Fig. 3): "
+                              "compare each branch with x + gate * f(LayerNorm(x) * (1 + scale) + shift).")
+    return case
+
+
+def _block_identity_at_init(fn: Callable) -> None:
+    block = DiTBlock(16, 4, 2.0, zero=True).eval()
+    x, c = torch.randn(2, 5, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        got = fn(block, x.clone(), c)
+    compare(got, x, what="a fresh adaLN-Zero block (every gate 0) must return x unchanged")
+
+
+DIT_BLOCK = Checker(
+    "dit_block", dit_block, [_block_case(0, 5), _block_case(1, 9), _block_identity_at_init],
+    hints=("The block has two branches, attention and then the MLP, and the conditioning vector c decides for each "
+           "how its input is shifted and scaled and how much of its output is let through.",
+           "block.modulation(c) gives six vectors of width D, one set of three per branch. Each is per example: "
+           "give it a token axis so it broadcasts over the tokens."),
+)

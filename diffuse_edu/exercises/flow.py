@@ -1,0 +1,132 @@
+"""Checkers for lesson 12, part 3: the flow-matching loss and the flow's Euler sampler.
+
+Time runs from tau = 0 (the data) to tau = 1 (the noise): x_tau = (1 - tau) x0 + tau eps, velocity u = eps - x0;
+the network sees t = tau * 1000. Sampling walks back from tau = 1 to tau = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from diffuse_edu.diffusion.denoisers import Denoiser
+from diffuse_edu.diffusion.objectives import flow_matching_loss, per_example_mse
+from diffuse_edu.diffusion.prediction import Target
+from diffuse_edu.diffusion.samplers import flow_times, sample_flow_euler
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+
+SCALE = 1000.0  # the network sees t = tau * SCALE
+
+
+def flow_euler(model: Callable, x: Tensor, steps: int) -> Tensor:
+    """Lesson 12's sampler, as the learner writes it: Euler from tau = 1 (``x``, unit noise) to tau = 0 in
+    ``steps`` evaluations of the velocity network ``model(x_tau, tau * 1000)``; the library's
+    :func:`~diffuse_edu.diffusion.samplers.sample_flow_euler` does the work."""
+    return sample_flow_euler(Denoiser(model, None, Target.FLOW), x, steps=steps)
+
+
+class _Velocity:
+    """A made-up velocity network that depends on x and t and counts its calls."""
+
+    def __init__(self, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.w, self.u = torch.randn(1, 1, 4, 4, generator=g), torch.randn(1, 1, 4, 4, generator=g)
+        self.calls: list[float] = []
+
+    def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        self.calls.append(float(t.reshape(-1)[0]))
+        return torch.tanh(0.7 * x * self.w + (t.reshape(-1, 1, 1, 1) / SCALE) * self.u)
+
+
+def _loss_case(seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        g = torch.Generator().manual_seed(seed)
+        x0, eps = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+        tau = torch.rand(3, generator=g)
+        net = _Velocity(seed)
+        tau_ = tau.reshape(-1, 1, 1, 1)
+        x_tau = (1 - tau_) * x0 + tau_ * eps
+        mistakes = [
+            Mistake("the velocity points the other way: time runs from the data (tau = 0) to the noise (tau = 1), "
+                    "so dx_tau / dtau = eps - x0.", per_example_mse(net(x_tau, tau * SCALE), x0 - eps)),
+            Mistake("x_tau has its ends swapped: x_tau = (1 - tau) x0 + tau eps is the data at tau = 0 and the noise at tau = 1.",
+                    per_example_mse(net(tau_ * x0 + (1 - tau_) * eps, tau * SCALE), eps - x0)),
+            Mistake("the network must see t = tau * 1000, the range its time embedding was made for, not tau itself.",
+                    per_example_mse(net(x_tau, tau), eps - x0)),
+            Mistake("that target is the noise (DDPM's); the flow's target is the velocity eps - x0.",
+                    per_example_mse(net(x_tau, tau * SCALE), eps)),
+            Mistake("average over each example's pixels, not sum: the loss per example is a mean.",
+                    (net(x_tau, tau * SCALE) - (eps - x0)).square().flatten(1).sum(1)),
+        ]
+        got = fn(net, x0.clone(), tau.clone(), eps.clone())
+        if isinstance(got, Tensor) and got.ndim == 0:
+            raise Mismatch("flow_matching_loss returned one number; return the loss per example, shape (B,): "
+                           "the mean over each example's pixels (the training loop averages over the batch).")
+        compare(got, flow_matching_loss(net, x0, tau, eps), mistakes=mistakes,
+                what=f"flow_matching_loss on 3 examples at tau = {[round(v, 2) for v in tau.tolist()]}",
+                otherwise="does not match the lesson's loss (section 3): per example, the mean of "
+                          "(model(x_tau, tau * 1000) - (eps - x0))^2 with x_tau = (1 - tau) x0 + tau eps.")
+    return case
+
+
+def _loss_is_differentiable(fn: Callable) -> None:
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    loss = fn(lambda x, t, cond=None: net(x), torch.randn(2, 1, 4, 4), torch.rand(2), torch.randn(2, 1, 4, 4))
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        raise Mismatch("flow_matching_loss returned a loss with no gradient: compute it from the model's output "
+                       "without .detach(), .item() or torch.no_grad(), so that training can backpropagate.")
+
+
+FLOW_MATCHING_LOSS = Checker(
+    "flow_matching_loss", flow_matching_loss, [_loss_case(0), _loss_case(1), _loss_is_differentiable],
+    hints=("Make the point x_tau on the straight line between the data and the noise at time tau, and ask the network "
+           "how fast, and in which direction, that point moves as tau grows.",
+           "s is one number per example: give it a shape that broadcasts over the pixels. The loss compares the "
+           "network's answer with the line's velocity, per example."),
+)
+
+
+def _sampler_mistakes(net: _Velocity, x: Tensor, steps: int) -> list[Mistake]:
+    def run(*, times=None, sign=1.0, at_next=False, scale=SCALE):
+        ts, z = times or flow_times(steps), x.clone()
+        for tau, tau_next in zip(ts[:-1], ts[1:]):
+            at = tau_next if at_next else tau
+            v = net(z, torch.full((z.shape[0],), at * scale))
+            z = z + sign * (tau_next - tau) * v
+        return z
+    return [
+        Mistake("sampling starts at tau = 1 (the noise, where x is) and walks to tau = 0 (the data); yours walks "
+                "from 0 to 1.", run(times=flow_times(steps)[::-1])),
+        Mistake("the step moves by (tau_next - tau) * v, which is negative since tau_next < tau: yours moves the other way.",
+                run(sign=-1.0)),
+        Mistake("Euler evaluates the velocity at the start of each step, at tau, not at tau_next.", run(at_next=True)),
+        Mistake("the network must see t = tau * 1000, not tau itself.", run(scale=1.0)),
+    ]
+
+
+def _sampler_case(steps: int, seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+        reference = _Velocity(seed)
+        want = flow_euler(reference, x, steps)
+        net = _Velocity(seed)
+        mistakes = _sampler_mistakes(_Velocity(seed), x, steps)  # its own network: the counts stay the learner's
+        got = fn(net, x.clone(), steps)
+        if len(net.calls) != steps:
+            raise Mismatch(f"flow_euler with steps = {steps} called the network {len(net.calls)} times; Euler "
+                           f"takes exactly {steps} steps, one network evaluation each, from tau = 1 to tau = 0.")
+        compare(got, want, mistakes=mistakes, what=f"flow_euler with steps = {steps}",
+                otherwise="does not match Euler's method on the lesson's evenly spaced times from tau = 1 to tau = 0 "
+                          "(section 3): x <- x + (tau_next - tau) * model(x, tau * 1000), ending at tau = 0.")
+    return case
+
+
+FLOW_EULER = Checker(
+    "flow_euler", flow_euler, [_sampler_case(4, 0), _sampler_case(1, 1), _sampler_case(7, 2)],
+    hints=("You start from pure noise at one end of the straight paths and follow the velocity the network "
+           "gives back to the other end, in equal steps of time.",
+           "torch.linspace gives the step boundaries. Each step asks the network for the velocity where it starts "
+           "and moves by (time difference) * velocity; which sign does the time difference have?"),
+)
