@@ -36,7 +36,10 @@ lesson                modules
                       (``flow_matching_loss``, ``FlowMatching``), ``diffusion.samplers``
                       (``sample_flow_euler``), ``diffusion.schedules`` (``shift_snr``),
                       ``data.canvas``, ``evaluation.probes``
-13-14                 planned: LoRA and fine-tuning, distillation
+13 fine-tuning        ``models.lora`` (``lora_forward``, ``lora_delta``), ``models.unet``
+                      (``add_class``), ``training.finetune`` (``prior_preservation_loss``),
+                      ``data.subject``, ``evaluation.probes``
+14                    planned: distillation
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),

@@ -564,8 +564,68 @@ WRONG_12 = [
 ]
 
 
-# --- every checker of lessons 02-12 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11 + WRONG_12
+# --- lesson 13 ---------------------------------------------------------------------------------
+from diffuse_edu.exercises.finetune import PRIOR_PRESERVATION_LOSS  # noqa: E402
+from diffuse_edu.exercises.lora import LORA_DELTA, LORA_FORWARD  # noqa: E402
+from diffuse_edu.models.conditioning import Cond  # noqa: E402
+
+
+def _lora_fwd(layer, x, *, scale="ok", base=True, merged_check=True, detach=False):
+    out = layer.base(x) if base else 0
+    if merged_check and layer.merged:
+        return out
+    low = layer.lora_B(layer.lora_A(x))
+    if detach:
+        low = low.detach()
+    s = {"ok": layer.scale, "alpha": layer.alpha, "inverse": layer.rank / layer.alpha, "none": 1.0}[scale]
+    return out + s * low
+
+
+def _lora_delta(layer, *, scale="ok", conv_reshape=False):
+    a, b = layer.lora_A.weight, layer.lora_B.weight
+    s = {"ok": layer.scale, "alpha": layer.alpha, "none": 1.0}[scale]
+    if a.ndim == 4:
+        if conv_reshape:  # B's 1x1 kernel flattened, A's kernels flattened, product reshaped to the wrong layout
+            return s * (b.flatten(1) @ a.flatten(1)).reshape(b.shape[0], a.shape[2], a.shape[3], a.shape[1]).permute(0, 3, 1, 2)
+        return s * torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
+    return s * (b @ a)
+
+
+def _prior(model, objective, subject, cond, pool, label, weight, generator=None, *, how="ok"):
+    b = subject.shape[0]
+    idx = torch.randint(0, pool.shape[0], (b,), generator=None if how == "no_generator" else generator)
+    prior = subject if how == "subject_again" else pool[idx]
+    prior_cond = cond if how == "subject_label" else Cond(labels=torch.full((b,), label))
+    s_loss, _ = objective(model, subject, cond=cond, generator=generator)
+    p_loss, _ = objective(model, prior, cond=prior_cond, generator=generator)
+    return {"ok": s_loss + weight * p_loss, "weight_on_subject": weight * s_loss + p_loss, "mean": (s_loss + weight * p_loss).mean(),
+            "no_prior": s_loss, "subject_again": s_loss + weight * p_loss, "subject_label": s_loss + weight * p_loss,
+            "no_generator": s_loss + weight * p_loss}[how]
+
+
+WRONG_13 = [
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, scale="alpha"), "by alpha alone"),
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, scale="inverse"), "not r / alpha"),
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, scale="none"), "must be scaled by alpha / r"),
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, base=False), "frozen base layer's output is missing"),
+    (LORA_FORWARD, lambda l, x: l.base(x) + l.scale * l.lora_A(l.lora_B(x)), "Call A first"),
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, merged_check=False), "counts it twice"),
+    (LORA_FORWARD, lambda l, x: _lora_fwd(l, x, detach=True), "no gradient reached A or B"),
+    (LORA_DELTA, lambda l: _lora_delta(l, scale="none"), "scaled by alpha / r (layer.scale)"),
+    (LORA_DELTA, lambda l: _lora_delta(l, scale="alpha"), "not by alpha alone"),
+    (LORA_DELTA, lambda l: l.scale * (l.lora_A.weight.T @ l.lora_B.weight.T), "B's weight (out, r) times A's"),
+    (LORA_DELTA, lambda l: _lora_delta(l, conv_reshape=True), "lora_delta of a LoRAConv2d"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="weight_on_subject"), "not the subject's"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="subject_label"), "carry the class's label"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="subject_again"), "not on the subject's images again"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="no_prior"), "prior term is missing"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="mean"), "returned one number"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="no_generator"), "with the generator passed in"),
+]
+
+
+# --- every checker of lessons 02-13 ------------------------------------------------------------
+ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11 + WRONG_12 + WRONG_13
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 

@@ -168,3 +168,48 @@ def subjects_across(images: Tensor, *, ink: float = 0.0, min_width: int = 2) -> 
                 width = 0
         counts.append(runs)
     return torch.tensor(counts)
+
+
+def ink_share(images: Tensor) -> Tensor:
+    """The share of each image's pixels that hold ink (above 0, the middle of [-1, 1]): how bold a
+    digit's strokes are, or how much of a canvas it fills. Shapes: (N, C, H, W) -> (N,)."""
+    return (images > 0).float().flatten(1).mean(1)
+
+
+def slant(images: Tensor) -> Tensor:
+    """How far each image's strokes lean to the right: the ink-weighted regression of column on row,
+    minus, in pixels of horizontal shift per pixel of height (0 upright, > 0 leaning right like
+    italics). Lesson 13 tells its subject's slanted digits apart with it. Shapes: (N, C, H, W) -> (N,)."""
+    w = images.float().clamp_min(0).sum(1)  # (N, H, W): ink intensity
+    h, wd = w.shape[-2:]
+    rows = torch.arange(h, device=w.device, dtype=w.dtype)[:, None].expand(h, wd)
+    cols = torch.arange(wd, device=w.device, dtype=w.dtype)[None, :].expand(h, wd)
+    mass = w.sum((1, 2)).clamp_min(1e-8)
+    r_mean, c_mean = (w * rows).sum((1, 2)) / mass, (w * cols).sum((1, 2)) / mass
+    dr, dc = rows - r_mean[:, None, None], cols - c_mean[:, None, None]
+    return -(w * dr * dc).sum((1, 2)) / (w * dr.square()).sum((1, 2)).clamp_min(1e-8)
+
+
+def thin_strokes(images: Tensor) -> Tensor:
+    """1 on ink pixels that a 3 x 3 erosion removes (edges, one-pixel lines), else 0: the fine detail
+    a strong compression loses first (lessons 10 and 13). Shapes: like images."""
+    ink = (images > 0).float()
+    interior = -torch.nn.functional.max_pool2d(-ink, 3, stride=1, padding=1)  # erosion: 1 where the whole 3x3 is ink
+    return ink * (1 - interior)
+
+
+def thin_stroke_error(rebuilt: Tensor, original: Tensor) -> Tensor:
+    """Mean |rebuilt - original| over the original's thin-stroke pixels, per image.
+    Shapes: (N, C, H, W) twice -> (N,)."""
+    thin = thin_strokes(original)
+    return ((rebuilt - original).abs() * thin).flatten(1).sum(1) / thin.flatten(1).sum(1).clamp_min(1)
+
+
+def edge_magnitude(images: Tensor) -> Tensor:
+    """The Sobel gradient magnitude of each image, summed over channels: large on strokes' edges and
+    thin lines (lesson 13 weights a decoder's loss with it). Shapes: (N, C, H, W) -> (N, 1, H, W)."""
+    kx = images.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+    kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
+    flat = images.flatten(0, 1)[:, None]  # (N C, 1, H, W)
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate"), kernels)
+    return g.square().sum(1).sqrt().reshape(images.shape).sum(1, keepdim=True)

@@ -18,7 +18,7 @@ Lesson 03's learner writes :func:`residual_block` and :func:`unet_forward` (and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -252,3 +252,27 @@ def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_bl
             m.features = time_features
         counts["time_features"] = len(mods)
     return counts
+
+
+def add_class(unet: UNet, *, like: int) -> UNet:
+    """A copy of a class-conditional ``unet`` with one more class (lesson 13: a new subject).
+
+    The new label is ``num_classes`` (the old null label's index) and starts with the embedding of
+    class ``like``, as DreamBooth starts a new word from a class word (Ruiz et al. 2023, Sec. 3.2);
+    the null label ("no class") moves to ``num_classes + 1`` with its embedding. Every other weight
+    is copied. Shapes: label embedding (n + 1, D) -> (n + 2, D).
+    """
+    n = unet.config.num_classes
+    if n is None:
+        raise ValueError("add_class needs a class-conditional U-Net (UNetConfig.num_classes set).")
+    if not 0 <= like < n:
+        raise ValueError(f"like must be one of the model's classes 0..{n - 1}, got {like}.")
+    bigger = UNet(replace(unet.config, num_classes=n + 1)).to(next(unet.parameters()).device)
+    state = {k: v for k, v in unet.state_dict().items() if k != "label_emb.weight"}
+    old = unet.label_emb.weight.detach()
+    bigger.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        bigger.label_emb.weight.copy_(torch.cat([old[:n], old[like:like + 1], old[n:n + 1]]))
+    if getattr(unet, "predicts", None) is not None:
+        bigger.predicts = unet.predicts
+    return bigger.train(unet.training)

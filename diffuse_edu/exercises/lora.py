@@ -1,0 +1,170 @@
+"""Checkers for lesson 13, part 1: LoRA's forward pass and the weight change that merge adds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.models.lora import LoRAConv2d, LoRALinear, lora_delta, lora_forward
+
+
+def _linear(seed: int, *, fresh: bool = False) -> LoRALinear:
+    """A rank-2 adapter (alpha 6: scale 3) on a random 5 -> 7 linear layer; B random unless ``fresh``."""
+    torch.manual_seed(seed)
+    layer = LoRALinear(nn.Linear(5, 7), rank=2, alpha=6.0)
+    if not fresh:
+        with torch.no_grad():
+            layer.lora_B.weight.normal_(0, 0.5)
+    return layer
+
+
+def _conv(seed: int) -> LoRAConv2d:
+    """A rank-3 adapter (alpha 1.5: scale 0.5) on a random 3x3 convolution, 2 -> 4 channels."""
+    torch.manual_seed(seed)
+    layer = LoRAConv2d(nn.Conv2d(2, 4, 3, padding=1), rank=3, alpha=1.5)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(0, 0.5)
+    return layer
+
+
+def _forward_mistakes(layer, x) -> list[Mistake]:
+    base, low = layer.base(x), layer.lora_B(layer.lora_A(x))
+    return [
+        Mistake("the low-rank path is scaled by alpha alone; the scale is alpha / r (layer.scale), so that the "
+                "rank can change without retuning alpha.", base + layer.alpha * low),
+        Mistake("the scale is alpha / r, not r / alpha.", base + layer.rank / layer.alpha * low),
+        Mistake("the low-rank path must be scaled by alpha / r (layer.scale).", base + low),
+        Mistake("the frozen base layer's output is missing: LoRA adds a change to what the base computes.",
+                layer.scale * low),
+    ]
+
+
+def _forward_case(make: Callable, shape: tuple[int, ...], seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        layer = make(seed)
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 10))
+        with torch.no_grad():
+            want = lora_forward(layer, x)
+            try:
+                got = fn(layer, x.clone())
+            except RuntimeError as e:
+                if "shape" in str(e) or "size" in str(e):
+                    raise Mismatch(f"lora_forward raised RuntimeError ({e}). Call A first, on the input: it maps "
+                                   "it down to r numbers (or channels); B maps those back up.") from None
+                raise
+            compare(got, want, mistakes=_forward_mistakes(layer, x),
+                    what=f"lora_forward on a {type(layer).__name__} (rank {layer.rank}, alpha {layer.alpha:g})",
+                    otherwise="does not match base(x) + (alpha / r) * B(A(x)) (the lesson's section 1).")
+    return case
+
+
+def _forward_fresh_is_the_base(fn: Callable) -> None:
+    layer = _linear(3, fresh=True)
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        compare(fn(layer, x), layer.base(x), what="lora_forward of a fresh adapter (B = 0) must be the base layer's")
+
+
+def _forward_merged(fn: Callable) -> None:
+    layer = _linear(4)
+    layer.merge()  # the base weight now holds the change
+    x = torch.randn(3, 5)
+    with torch.no_grad():
+        got, want = fn(layer, x), lora_forward(layer, x)
+    compare(got, want, what="lora_forward on a merged adapter", mistakes=[
+        Mistake("after merge the base weight already holds the change: when layer.merged is True, return the base "
+                "layer's output alone (adding the low-rank path again counts it twice).",
+                want + layer.scale * layer.lora_B(layer.lora_A(x)))])
+
+
+def _forward_gradients(fn: Callable) -> None:
+    layer = _linear(5)
+    x = torch.randn(3, 5)
+    no_gradient = Mismatch("no gradient reached A or B: compute the low-rank path from the layers themselves, "
+                           "without torch.no_grad(), .detach() or .data, so that training can move them.")
+    try:
+        fn(layer, x).square().sum().backward()
+    except RuntimeError as e:
+        if "does not require grad" in str(e):
+            raise no_gradient from None
+        raise
+    a, b = layer.lora_A.weight.grad, layer.lora_B.weight.grad
+    if a is None or b is None or not (a.abs().sum() > 0 and b.abs().sum() > 0):
+        raise no_gradient
+    if layer.base.weight.grad is not None:
+        raise Mismatch("the frozen base weight received a gradient: use the base layer as it is (it is frozen); "
+                       "do not copy its weight into a new parameter.")
+
+
+LORA_FORWARD = Checker(
+    "lora_forward", lora_forward,
+    [_forward_case(_linear, (4, 5), 0), _forward_case(_conv, (2, 2, 6, 6), 1), _forward_fresh_is_the_base,
+     _forward_merged, _forward_gradients],
+    hints=("Two paths run side by side on the same input: the frozen layer, and a narrow detour through A and B "
+           "whose result is added with a fixed weight.",
+           "The weight of the detour is kept on the layer (layer.scale). Think also of a layer whose change has "
+           "already been folded into its weight (layer.merged)."),
+)
+
+
+def _delta_mistakes(layer) -> list[Mistake]:
+    a, b = layer.lora_A.weight, layer.lora_B.weight
+    if isinstance(layer, LoRAConv2d):
+        full = torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
+    else:
+        full = b @ a
+    return [
+        Mistake("the change is scaled by alpha / r (layer.scale).", full),
+        Mistake("the change is scaled by alpha / r, not by alpha alone.", layer.alpha * full),
+        Mistake("the scale is alpha / r, not r / alpha.", layer.rank / layer.alpha * full),
+    ]
+
+
+def _delta_case(make: Callable, seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        layer = make(seed)
+        with torch.no_grad():
+            try:
+                got = fn(layer)
+            except RuntimeError as e:
+                if "shape" in str(e) or "size" in str(e):
+                    raise Mismatch(f"lora_delta raised RuntimeError ({e}). The change has the base weight's shape, "
+                                   "(out, in) for a linear layer: B's weight (out, r) times A's (r, in), in that "
+                                   "order.") from None
+                raise
+            if isinstance(got, torch.Tensor) and got.ndim == 2 and got.shape == layer.base.weight.shape[::-1] != layer.base.weight.shape:
+                raise Mismatch(f"lora_delta returned shape {tuple(got.shape)}, the base weight's transposed: the change "
+                               "has the base weight's shape (out, in), B's weight (out, r) times A's (r, in), in that order.")
+            compare(got, lora_delta(layer), mistakes=_delta_mistakes(layer),
+                    what=f"lora_delta of a {type(layer).__name__} (rank {layer.rank}, alpha {layer.alpha:g}), "
+                         f"base weight {tuple(layer.base.weight.shape)}")
+    return case
+
+
+def _merge_round_trip(fn: Callable) -> None:
+    """merge (with the learner's delta) gives the unmerged output; unmerge gives the base weight back."""
+    for make, shape in ((_linear, (4, 5)), (_conv, (2, 2, 5, 5))):
+        layer = make(7)
+        layer.delta_fn = fn
+        x = torch.randn(*shape)
+        original = layer.base.weight.detach().clone()
+        with torch.no_grad():
+            before = lora_forward(layer, x)
+            layer.merge()
+            merged = layer.base(x)
+            layer.unmerge()
+        compare(merged, before, what=f"the merged {type(layer).__name__}'s output (merge adds your lora_delta to the "
+                                     "base weight) against the unmerged adapter's")
+        compare(layer.base.weight.detach(), original, what="the base weight after merge and unmerge", atol=1e-6)
+
+
+LORA_DELTA = Checker(
+    "lora_delta", lora_delta, [_delta_case(_linear, 0), _delta_case(_conv, 1), _merge_round_trip],
+    hints=("Merging folds the detour B(A(x)) into the layer's own weight: which single weight matrix, applied to x, "
+           "gives the same result as the detour with its scale?",
+           "For a convolution, B is a 1 x 1 kernel: it mixes A's r output channels into C_out channels, kernel "
+           "position by kernel position. torch.einsum can say that in one line."),
+)
