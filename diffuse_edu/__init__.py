@@ -39,7 +39,8 @@ lesson                modules
 13 fine-tuning        ``models.lora`` (``lora_forward``, ``lora_delta``), ``models.unet``
                       (``add_class``), ``training.finetune`` (``prior_preservation_loss``),
                       ``data.subject``, ``evaluation.probes``
-14                    planned: distillation
+14 distillation       ``diffusion.distillation`` (``distillation_target``), ``training.distill``
+                      (``distillation_step``, ``distill``)
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),

@@ -14,6 +14,13 @@ def test_digits_are_16x16_in_unit_range():
     assert set(d.labels.tolist()) == set(range(10))
 
 
+def test_course_images_takes_a_scale_by_name_as_well():
+    """A scale given as its name picks the same set as the member (not MNIST by accident)."""
+    from diffuse_edu.config import Scale
+    assert torch.equal(data.course_images("test", "quick").images, data.course_images("test", Scale.QUICK).images)
+    assert data.course_images("test", "quick").images.shape[-1] == 16
+
+
 def test_photos_are_square_colour_images():
     p = data.load_photos(size=32)
     assert p.images.shape == (2, 3, 32, 32)

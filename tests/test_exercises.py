@@ -624,8 +624,70 @@ WRONG_13 = [
 ]
 
 
-# --- every checker of lessons 02-13 ------------------------------------------------------------
-ALL_WRONG = WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11 + WRONG_12 + WRONG_13
+# --- lesson 14 ---------------------------------------------------------------------------------
+from diffuse_edu.diffusion.distillation import distillation_target as _target_ref  # noqa: E402
+from diffuse_edu.diffusion.distillation import x0_for_step  # noqa: E402
+from diffuse_edu.diffusion.objectives import per_example_mse  # noqa: E402
+from diffuse_edu.diffusion.prediction import x0_to_v  # noqa: E402
+from diffuse_edu.diffusion.samplers import ddim_step  # noqa: E402
+from diffuse_edu.exercises.distillation import DISTILLATION_STEP, DISTILLATION_TARGET  # noqa: E402
+
+
+def _target(teacher, x, t, m, n, sched, *, how="ok"):
+    p = teacher.at_step(x, t)
+    if how == "one_step":
+        return p.x0
+    mid = ddim_step(x, p.x0, p.eps, t, m, sched)
+    if how == "stop_at_mid":
+        return x0_for_step(x, mid, t, m, sched)
+    q = p if how == "stale" else teacher.at_step(mid, m)
+    end = ddim_step(mid, q.x0, q.eps, m, n, sched)
+    if how == "endpoint":
+        return end
+    a_t, a_n = sched.alpha_bar[t].item() ** 0.5, sched.alpha_bar[n].item() ** 0.5
+    s_t, s_n = (1 - a_t**2) ** 0.5, (1 - a_n**2) ** 0.5
+    ratio = s_t / s_n if how == "inverted" else s_n / s_t
+    return (end - ratio * x) / (a_n - ratio * a_t)
+
+
+def _dstep(student, teacher, opt, x0, t, m, n, eps, sched, clip=None, *, how="ok"):
+    ab = sched.alpha_bar[t].item()
+    x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
+    with torch.enable_grad() if how == "teacher_grad" else torch.no_grad():
+        if how == "teacher_grad":
+            for p_ in teacher.model.parameters():
+                p_.requires_grad_(True)
+            target_x0 = _target_ref.__wrapped__(teacher, x_t, t, m, n, sched)
+        else:
+            target_x0 = _target_ref(teacher, x_t, t, m, n, sched)
+    target = target_x0 if how == "x0_space" else x0_to_v(x_t, target_x0, ab)
+    loss = per_example_mse(student(x_t, torch.full((x0.shape[0],), t)), target)
+    if how != "no_zero_grad":
+        opt.zero_grad(set_to_none=True)
+    (loss.sum() if how == "sum" else loss.mean()).backward()
+    if how != "no_step":
+        opt.step()
+    return loss.detach()
+
+
+WRONG_14 = [
+    (DISTILLATION_TARGET, lambda *a: _target(*a, how="one_step"), "the teacher's first estimate at t"),
+    (DISTILLATION_TARGET, lambda *a: _target(*a, how="endpoint"), "solve the step's formula for x0"),
+    (DISTILLATION_TARGET, lambda *a: _target(*a, how="stop_at_mid"), "evaluate the teacher again at t_mid"),
+    (DISTILLATION_TARGET, lambda *a: _target(*a, how="stale"), "or two steps with the same estimates"),
+    (DISTILLATION_TARGET, lambda *a: _target(*a, how="inverted"), "not the other way round"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="x0_space"), "not with the x0 itself"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="teacher_grad"), "the teacher received gradients"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="no_zero_grad"), "stale gradients"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="no_step"), "call optimizer.step()"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="sum"), "not the sum"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a).mean(), "returned one number"),
+]
+
+
+# --- every checker of lessons 02-14 ------------------------------------------------------------
+ALL_WRONG = (WRONG + WRONG_03_05 + WRONG_05_06 + WRONG_07 + WRONG_09 + WRONG_10 + WRONG_11 + WRONG_12 + WRONG_13
+             + WRONG_14)
 CHECKERS = list({id(c): c for c, _, _ in ALL_WRONG}.values())
 
 

@@ -59,7 +59,9 @@ __all__ = [
 ]
 
 
-def course_images(split: str = "train", scale: Scale | None = None) -> ImageSet:
-    """The course's image set at ``scale`` (default: the scale in force): the digits at quick
-    scale, MNIST at 32x32 at full scale. ``split``: "train" or "test"."""
-    return load_digits(split) if (scale or get_scale()) is Scale.QUICK else load_mnist(split)
+def course_images(split: str = "train", scale: Scale | str | None = None) -> ImageSet:
+    """The course's image set at ``scale`` (default: the scale in force; "quick" or "full" work as
+    well as the Scale members): the digits at quick scale, MNIST at 32x32 at full scale.
+    ``split``: "train" or "test"."""
+    chosen = get_scale() if scale is None or Scale(scale) is Scale.AUTO else Scale(scale)
+    return load_digits(split) if chosen is Scale.QUICK else load_mnist(split)

@@ -46,6 +46,11 @@ def v_to_x0(x_t: Tensor, v: Tensor, alpha_bar: Tensor | float) -> Tensor:
     return alpha_bar**0.5 * x_t - (1 - alpha_bar) ** 0.5 * v
 
 
+def x0_to_v(x_t: Tensor, x0: Tensor, alpha_bar: Tensor | float) -> Tensor:
+    """The v that implies ``x0`` at x_t: (sqrt(ab) x_t - x0) / sqrt(1 - ab) (lesson 14's students learn it)."""
+    return (alpha_bar**0.5 * x_t - x0) / (1 - alpha_bar) ** 0.5
+
+
 def eps_x0_to_v(eps: Tensor, x0: Tensor, alpha_bar: Tensor | float) -> Tensor:
     return alpha_bar**0.5 * eps - (1 - alpha_bar) ** 0.5 * x0
 
