@@ -316,7 +316,7 @@ WRONG_09 = [
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, mask="inverted"), "mask is inverted"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, mask="long"), "make it bool"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, unk=False), "must become <unk>"),
-    (TOKENIZE, lambda t, v, n: _tok(t, v, n, lower=False), "lower-cased"),
+    (TOKENIZE, lambda t, v, n: _tok(t, v, n, lower=False), "the vocabulary is lower-cased"),
     (MULTI_HEAD_ATTENTION, _attn(split=False), "not split into 2 heads"),
     (MULTI_HEAD_ATTENTION, _attn(scale="full"), "sqrt(C / heads)"),
     (MULTI_HEAD_ATTENTION, _attn(scale="none"), "not scaled"),
@@ -764,9 +764,115 @@ def test_hints_are_progressive_and_never_the_answer(capsys):
     for checker in CHECKERS:
         assert len(checker.hints) >= 2, f"{checker.name} needs a first nudge and a second hint"
         assert checker.hints[0] != checker.hints[1]
-    first, second, third = (hint("scale_shift") for _ in range(3))
+    capsys.readouterr()
+    shown = []
+    for _ in range(3):
+        assert hint("scale_shift") is None  # printed once: a bare hint(...) as a cell's last line shows it once
+        shown.append(capsys.readouterr().out)
+    first, second, third = shown
     assert first.startswith("Hint 1 of 2") and second.startswith("Hint 2 of 2") and third == second
     assert "h * (1 + scale) + shift" not in first + second  # the key line stays out of the hints
-    with pytest.raises(KeyError, match="known:"):
+    with pytest.raises(KeyError, match="the course's exercises are: .*residual_block"):
         hint("no_such_exercise")
     assert "scale_shift" in REGISTERED
+
+
+def test_every_exercise_is_known_to_hint_in_a_fresh_interpreter():
+    """hint("residual_block") before any lesson import (the trial saw "known: ." with an empty list)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from diffuse_edu.exercises import hint; hint('residual_block')"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("Hint 1 of 2 for residual_block:")
+
+
+# --- issue 21: what a trial of six exercises ran into ------------------------------------------
+def test_a_wrong_mask_is_described_as_a_mask():
+    with pytest.raises(Mismatch, match=r"differs from the expected mask at 1 of 4 places \(first at index \(0, 1\): got "
+                                       r"False, expected True\)"):
+        compare(torch.tensor([[True, False], [True, False]]), torch.tensor([[True, True], [True, False]]), what="m")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("bos", "<bos> counts as a real token"), ("eos", "<eos> counts as a real token"),
+    ("all", "must be False on the padding"), ("punctuation", "split with words(text)")])
+def test_tokenize_names_the_mask_and_splitting_conventions(how, message):
+    def wrong(texts, vocab, max_len):
+        if how == "punctuation":
+            index = {w: i for i, w in enumerate(vocab)}
+            ids = torch.full((len(texts), max_len), PAD)
+            for r, text in enumerate(texts):
+                row = [BOS] + [index.get(w, UNK) for w in text.lower().split()][: max_len - 2] + [EOS]
+                ids[r, : len(row)] = torch.tensor(row)
+            return ids, ids != PAD
+        ids, mask = tokenize(texts, vocab, max_len)
+        mask = mask.clone()
+        if how == "bos":
+            mask[:, 0] = False
+        elif how == "eos":
+            mask[ids == EOS] = False
+        else:
+            mask[:] = True
+        return ids, mask
+    verdict = run_checker(wrong, TOKENIZE)
+    assert verdict.status == "failed" and message in verdict.message, verdict.message
+
+
+@pytest.mark.parametrize("kl, message", [
+    (lambda m, lv: 0.5 * (m.square() + (0.5 * lv).exp() - 1 - lv).flatten(1).sum(1), "is the standard deviation sigma"),
+    (lambda m, lv: 0.5 * (m + lv.exp() - 1 - lv).flatten(1).sum(1), "the mean enters squared"),
+    (lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - 0.5 * lv).flatten(1).sum(1), "not log sigma = logvar / 2"),
+    (lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - lv).flatten(1).sum(1) * 1.37,
+     "matches none of the usual mistakes: compare your code with Kingma & Welling 2014, App. B"),
+])
+def test_the_kl_checker_names_sigma_for_sigma_squared_and_points_to_the_equation(kl, message):
+    verdict = run_checker(kl, KL_DIAGONAL_GAUSSIAN)
+    assert verdict.status == "failed" and message in verdict.message, verdict.message
+
+
+def test_a_shape_error_keeps_pytorchs_text_and_unet_forward_gives_the_shape_at_each_level():
+    from diffuse_edu.models.unet import encode
+
+    def bottom_up_wrong(unet, x, t, cond=None):  # decoder levels taken top-down: the shapes cannot meet
+        emb = unet.embed(t, cond)
+        h, skips = encode(unet, x, emb, cond)
+        h = unet.middle(h, emb, cond)
+        for level in range(len(unet.decoder)):
+            h = torch.cat([unet.upsamples[level](h), skips[level]], dim=1)
+            for block in unet.decoder[level]:
+                h = block(h, emb, cond)
+        return unet.out(h)
+    message = run_checker(bottom_up_wrong, UNET_FORWARD).message
+    assert "but got 32 channels instead)" in message  # PyTorch's message whole, shapes included
+    assert "The shapes (C, H, W) should be: encoder level 0: (8, 8, 8), kept for decoder level 0" in message
+    assert "middle: (32, 2, 2)" in message and "decoder level 1: upsampled to (32, 4, 4)" in message
+
+
+def test_dropout_after_the_last_convolution_is_caught_in_training_mode():
+    import torch.nn.functional as F
+
+    def late(block, x, emb):
+        h = block.conv1(F.silu(block.norm1(x)))
+        h = block.norm2(h)
+        if block.scale_shift is not None:
+            h = block.scale_shift(h, emb)
+        return block.dropout(block.conv2(F.silu(h))) + block.shortcut(x)
+    verdict = run_checker(late, RESIDUAL_BLOCK)
+    assert verdict.status == "failed" and "not after the convolution" in verdict.message, verdict.message
+
+
+def test_second_hints_nudge_rather_than_list_the_solution():
+    from diffuse_edu.exercises.training import TRAINING_STEP as STEP
+    old = [(RESIDUAL_BLOCK, "block.norm1, conv1, norm2, scale_shift, dropout, conv2, shortcut"),
+           (UNET_FORWARD, "append at each encoder level but the last"),
+           (STEP, "clip with torch.nn.utils.clip_grad_norm_ between backward() and step()")]
+    for checker, checklist in old:
+        assert checklist not in checker.hints[1]
+
+
+def test_every_checker_says_where_the_lesson_states_what_to_compute():
+    from diffuse_edu.exercises import _every_checker
+    course = {n: c for n, c in _every_checker().items() if c.reference.__module__.startswith("diffuse_edu.")}
+    missing = [name for name, c in course.items() if "lesson" not in c.see.lower()]
+    assert len(course) >= 29 and not missing, missing

@@ -42,6 +42,7 @@ class Checker:
     reference: Callable  # the library's version, used when the learner's is unfinished or wrong
     cases: Sequence[Callable[[Callable], None]]  # each calls fn and raises Mismatch if wrong
     hints: Sequence[str] = ()  # progressive: a first nudge, then a more specific one (never the key line)
+    see: str = ""  # where the lesson states what to compute ("Eq. 4, section 1"): named when no known mistake fits
 
     def __post_init__(self) -> None:
         CHECKERS[self.name] = self
@@ -65,11 +66,16 @@ CHECKERS: dict[str, Checker] = {}
 _HINTS_SHOWN: dict[str, int] = {}
 
 
-def hint(name: str) -> str:
-    """Print (and return) the next hint for exercise ``name``: a first nudge, then a second one."""
-    checker = CHECKERS.get(name)
+def hint(name: str) -> None:
+    """Print the next hint for exercise ``name``: a first nudge, then a second one.
+
+    Every exercise of the course is known as soon as ``diffuse_edu`` is installed, even before a
+    lesson's imports ran. It prints and returns nothing, so a bare ``hint(...)`` shows its text once.
+    """
+    checker = CHECKERS.get(name) or _every_checker().get(name)
     if checker is None:
-        raise KeyError(f"No exercise called {name!r}; known: {', '.join(sorted(CHECKERS))}.")
+        known = ", ".join(sorted(_every_checker()))
+        raise KeyError(f"No exercise called {name!r}; the course's exercises are: {known}.")
     if not checker.hints:
         text = f"{name} has no hints: its docstring and the lesson's text say what to compute."
     else:
@@ -80,7 +86,16 @@ def hint(name: str) -> str:
                 else " (that is the last hint; the solutions/ notebook has the answer)")
         text = f"Hint {level + 1} of {len(checker.hints)} for {name}: {checker.hints[level]}{more}"
     print(text)
-    return text
+
+
+def _every_checker() -> dict[str, Checker]:
+    """Every checker of the course, by name: imports each module of this package once."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return CHECKERS
 
 
 def run_checker(fn: Callable, checker: Checker) -> Verdict:
@@ -94,7 +109,10 @@ def run_checker(fn: Callable, checker: Checker) -> Verdict:
                            f"{checker.name} is not written yet (it raises NotImplementedError).",
                            i, total)
         except Mismatch as e:
-            return Verdict(checker.name, "failed", str(e), i, total)
+            message = str(e)
+            if checker.see and UNNAMED in message:  # a wrong value that matches no known mistake
+                message += f" It matches none of the usual mistakes: compare your code with {checker.see}."
+            return Verdict(checker.name, "failed", message, i, total)
         except Exception as e:  # the learner's code crashed: say where, briefly
             return Verdict(checker.name, "failed",
                            f"{checker.name} raised {type(e).__name__}: {e}{_learner_frame(e)}"
@@ -141,6 +159,10 @@ def check(fn: Callable, checker: Checker, *, quiet: bool = False) -> Callable:
     return chosen
 
 
+#: The phrase of :func:`compare`'s message for a wrong value that no known mistake explains.
+UNNAMED = "is off by up to"
+
+
 @dataclass(frozen=True)
 class Mistake:
     """A typical wrong answer: what it computes, and what to tell a learner who made it."""
@@ -167,6 +189,18 @@ def compare(
         raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}, the inputs' dtype. "
                        "Some tensor made or looked up along the way has another dtype (a table, "
                        "torch.tensor(...), torch.arange(...)): cast it with .to(x.dtype).")
+    if want.dtype == torch.bool:  # a mask: say where, in its own words
+        wrong = got != want
+        if not wrong.any():
+            return
+        for mistake in mistakes:
+            if mistake.answer.shape == want.shape and torch.equal(got, mistake.answer):
+                raise Mismatch(f"{what}: {mistake.message}")
+        if otherwise:
+            raise Mismatch(f"{what}: {otherwise}")
+        idx = tuple(int(i) for i in torch.nonzero(wrong)[0])
+        raise Mismatch(f"{what} differs from the expected mask at {int(wrong.sum())} of {want.numel()} places (first at "
+                       f"index {idx}: got {bool(got[idx])}, expected {bool(want[idx])}).")
     g, w = got.detach().double(), want.detach().double()
     if torch.isnan(g).any() and not torch.isnan(w).any():
         idx = tuple(int(i) for i in torch.nonzero(torch.isnan(g))[0])
@@ -182,8 +216,18 @@ def compare(
         raise Mismatch(f"{what}: {otherwise}")
     err = (g - w).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    raise Mismatch(f"{what} is off by up to {err.max():.3g} (at index {idx}: got "
+    raise Mismatch(f"{what} {UNNAMED} {err.max():.3g} (at index {idx}: got "
                    f"{g[idx]:.4g}, expected {w[idx]:.4g}).")
+
+
+def require_passed(name: str) -> None:
+    """Raise AssertionError unless the last check of exercise ``name`` in this process passed: the
+    autograded cell of an nbgrader export (``python -m diffuse_edu export nbgrader``) ends with it."""
+    verdict = next((v for v in reversed(VERDICTS) if v.name == name), None)
+    if verdict is None:
+        raise AssertionError(f"{name} was never checked: run its exercise cell first.")
+    if verdict.status != "passed":
+        raise AssertionError(f"{name}: {verdict.message}")
 
 
 def summary(verdicts: Sequence[Verdict] | None = None) -> Mapping[str, str]:

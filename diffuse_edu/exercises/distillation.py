@@ -86,6 +86,7 @@ DISTILLATION_TARGET = Checker(
            "one big step from the same x_t, ends at the same place?",
            "A deterministic DDIM step's result is alpha_next x0 + sigma_next (x_t - alpha_t x0) / sigma_t: linear in "
            "x0, so it can be solved for x0 (alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar))."),
+    see="Salimans & Ho 2022, Alg. 2, in lesson 14's Math",
 )
 
 
@@ -160,4 +161,5 @@ DISTILLATION_STEP = Checker(
            "what makes its big DDIM step follow the teacher.",
            "Your distillation_target gives the target as an x0; the student speaks v. Convert, compare per example, "
            "then the usual zero_grad, backward of the mean, clipping and step."),
+    see="lesson 14, section 2: lesson 05's training step with the distillation target in v form",
 )

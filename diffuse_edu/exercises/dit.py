@@ -63,6 +63,7 @@ PATCHIFY = Checker(
            "axes of the image belong to the grid, and which to the inside of a block?",
            "einops can split an axis in two, (h p1), and regroup: the grid axes go to the token axis, the "
            "block axes and the channels to the feature axis, in that order."),
+    see="lesson 12, section 1: 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'",
 )
 
 
@@ -97,6 +98,7 @@ UNPATCHIFY = Checker(
     hints=("unpatchify is patchify run backwards: the same split, with the two sides of the arrow swapped.",
            "The grid has h // p rows and w // p columns of patches: give einops those sizes so it can split the "
            "token axis."),
+    see="lesson 12, section 1: the inverse of patchify",
 )
 
 
@@ -173,4 +175,5 @@ DIT_BLOCK = Checker(
            "how its input is shifted and scaled and how much of its output is let through.",
            "block.modulation(c) gives six vectors of width D, one set of three per branch. Each is per example: "
            "give it a token axis so it broadcasts over the tokens."),
+    see="Peebles & Xie 2023, Fig. 3, in lesson 12's Math: x + g Attn(LN(x)(1 + gamma) + beta), then the MLP",
 )

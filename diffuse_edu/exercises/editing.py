@@ -60,4 +60,5 @@ REPLACE_KNOWN = Checker(
            "process; where it is 0, leave the model's sample alone.",
            "Noise the known image to t_prev with the noise you are given (lesson 01), except at t_prev = 0; then "
            "pick, pixel by pixel, that or x_prev according to the mask (torch.where keeps values exact)."),
+    see="lesson 11, section 2: the known region noised to t_prev, the known image itself at t_prev = 0",
 )

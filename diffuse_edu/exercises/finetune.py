@@ -97,4 +97,5 @@ PRIOR_PRESERVATION_LOSS = Checker(
            "drew before fine-tuning, with the class's label. Both are ordinary denoising examples.",
            "Draw as many class images as there are subject images, at random with the generator, and let the "
            "objective score each batch with its own labels; the weight says how much the second batch counts."),
+    see="Ruiz et al. 2023, Eq. 2, in lesson 13, section 4",
 )

@@ -85,6 +85,7 @@ FLOW_MATCHING_LOSS = Checker(
            "how fast, and in which direction, that point moves as tau grows.",
            "s is one number per example: give it a shape that broadcasts over the pixels. The loss compares the "
            "network's answer with the line's velocity, per example."),
+    see="Liu et al. 2023, Eq. 1, in lesson 12, section 3",
 )
 
 
@@ -129,4 +130,5 @@ FLOW_EULER = Checker(
            "gives back to the other end, in equal steps of time.",
            "torch.linspace gives the step boundaries. Each step asks the network for the velocity where it starts "
            "and moves by (time difference) * velocity; which sign does the time difference have?"),
+    see="lesson 12, section 3: x <- x + (tau_next - tau) u(x, tau), from tau = 1 to 0",
 )

@@ -104,4 +104,5 @@ Q_SAMPLE = Checker(
         "The noisy image is a weighted sum of x0 and eps; both weights come from one table of the schedule, read at each image's own t.",
         "A weight read with t has shape (B,): reshape it so that it broadcasts over (C, H, W), and cast it to x0's dtype and device (the tables are float64 on the CPU). The weights are standard deviations, not variances.",
     ),
+    see="Ho et al. 2020, Eq. 4, in lesson 01, section 2: sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps",
 )

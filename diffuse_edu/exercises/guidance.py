@@ -58,4 +58,5 @@ GUIDED_PREDICTION = Checker(
         'Guidance extrapolates: at scale 0 you get the unconditional prediction, at scale 1 the conditional one.',
         'The difference cond - uncond is a direction; the scale says how far to go along it. From which of the two predictions do you start?',
     ),
+    see="Ho & Salimans 2022, Eq. 6, in lesson 08, section 1",
 )

@@ -107,6 +107,7 @@ LORA_FORWARD = Checker(
            "whose result is added with a fixed weight.",
            "The weight of the detour is kept on the layer (layer.scale). Think also of a layer whose change has "
            "already been folded into its weight (layer.merged)."),
+    see="Hu et al. 2021, Eq. 3, in lesson 13's Math: W x + (alpha / r) B A x",
 )
 
 
@@ -167,4 +168,5 @@ LORA_DELTA = Checker(
            "gives the same result as the detour with its scale?",
            "For a convolution, B is a 1 x 1 kernel: it mixes A's r output channels into C_out channels, kernel "
            "position by kernel position. torch.einsum can say that in one line."),
+    see="lesson 13's Math: (alpha / r) B A, shaped like the base weight",
 )

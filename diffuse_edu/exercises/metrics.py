@@ -59,4 +59,5 @@ SQRTM_PSD = Checker(
         'A symmetric matrix is diagonal in the basis of its eigenvectors, and torch.linalg.eigh gives both.',
         'Take the square root where the matrix is diagonal, then rotate back with the eigenvectors. Round-off can make a zero eigenvalue slightly negative: its square root must not become NaN.',
     ),
+    see="lesson 06, section 1: V sqrt(max(lambda, 0)) V^T from the eigendecomposition",
 )

@@ -112,6 +112,7 @@ EPS_LOSS = Checker(
     hints=("Noise the clean images exactly as lesson 01 does, then ask the model which noise it sees.",
            "The loss compares the model's output with the eps you noised with: one mean squared error over "
            "every pixel of every image, a scalar that keeps its gradient."),
+    see="Ho et al. 2020, Eq. 14, in lesson 02, section 1",
 )
 DDPM_STEP = Checker(
     "ddpm_step", ddpm_step, [_step_values, _step_last],
@@ -119,4 +120,5 @@ DDPM_STEP = Checker(
            "the step's standard deviation.",
            "The mean takes the predicted noise out of x_t with the weight beta_t / sqrt(1 - alpha_bar_t) and "
            "rescales by alpha_t; the variance (the posterior's) also needs alpha_bar_{t-1}, and is 0 at t = 1."),
+    see="Ho et al. 2020, Eq. 11, in lesson 02, section 3",
 )

@@ -164,6 +164,7 @@ DDIM_STEP = Checker(
            "x0_hat and the same direction of noise, and only changes how much of each x_t_prev holds.",
            "Compare the amounts of x0_hat and of noise in x_t with those q(x_t_prev | x_0) asks for. With eta > 0, "
            "part of the noise comes fresh, so the eps_hat part must shrink to keep the total variance."),
+    see="Song et al. 2021, Eq. 12 and 16, in lesson 07, section 1",
 )
 HEUN_STEP = Checker(
     "heun_step", heun_step, [_heun(10.0, 5.0), _heun(1.0, 0.4), _heun(0.3, 0.0)],
@@ -171,4 +172,5 @@ HEUN_STEP = Checker(
            "average the two slopes.",
            "The slope at noise level s is (x - D(x, s)) / s. At s_next = 0 the second slope is undefined: "
            "keep the Euler step there."),
+    see="Karras et al. 2022, Alg. 1, in lesson 07, section 2",
 )

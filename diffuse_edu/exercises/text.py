@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
 from diffuse_edu.models.attention import multi_head_attention
-from diffuse_edu.models.text import BOS, EOS, PAD, UNK, build_vocab, tokenize
+from diffuse_edu.models.text import BOS, EOS, PAD, UNK, build_vocab, tokenize, words
 
 _VOCAB = build_vocab(["a big red circle left of a small blue square at the top"])
 
@@ -28,7 +28,10 @@ def _token_case(texts: list[str], max_len: int, why: str) -> Callable[[Callable]
         ids, mask = got
         want_ids, want_mask = tokenize(texts, _VOCAB, max_len)
         index = {w: i for i, w in enumerate(_VOCAB)}
-        words = [[index.get(w, UNK) for w in t.lower().split()] for t in texts]
+        ids_of = [[index.get(w, UNK) for w in words(t)] for t in texts]
+        kept_punctuation = [[index.get(w, UNK) for w in t.lower().split()] for t in texts]
+        kept_case = [["".join(ch if ch.isalnum() else " " for ch in t).split()] for t in texts]
+        kept_case = [[index.get(w, UNK) for w in row[0]] for row in kept_case]
 
         def padded(rows: list[list[int]]) -> Tensor:
             out = torch.full((len(rows), max_len), PAD, dtype=torch.long)
@@ -37,18 +40,30 @@ def _token_case(texts: list[str], max_len: int, why: str) -> Callable[[Callable]
             return out
 
         compare(ids, want_ids, what=f"{what}: ids ({why})", mistakes=[
-            Mistake("<bos> is missing: every caption starts with it.", padded([w + [EOS] for w in words])),
+            Mistake("<bos> is missing: every caption starts with it.", padded([w + [EOS] for w in ids_of])),
             Mistake("a caption longer than max_len lost its <eos>: cut the words, not the <eos>.",
-                    padded([[BOS] + w + [EOS] for w in words])),
+                    padded([[BOS] + w + [EOS] for w in ids_of])),
             Mistake("<eos> is missing: every caption ends with it (the encoder's summary is read there).",
-                    padded([[BOS] + w for w in words])),
+                    padded([[BOS] + w for w in ids_of])),
+            Mistake("a capitalised word was looked up as it is and became <unk>: the vocabulary is lower-cased, and "
+                    "words(text) lower-cases before it splits.", padded([[BOS] + w[: max_len - 2] + [EOS] for w in kept_case])),
+            Mistake("punctuation stuck to a word made it unknown: split with words(text), which drops punctuation "
+                    "(\"circle,\" -> \"circle\").", padded([[BOS] + w[: max_len - 2] + [EOS] for w in kept_punctuation])),
         ], otherwise="look at the ids one by one against <bos> word ids <eos> <pad>... "
-                     "(unknown words are <unk>; words are lower-cased).")
+                     "(unknown words are <unk>; words come from words(text)).")
         if isinstance(mask, Tensor) and mask.dtype != torch.bool:
             raise Mismatch(f"{what}: the mask has dtype {mask.dtype}; make it bool (True = a real token), "
                            "as attention masks are.")
+        no_bos, no_eos = want_mask.clone(), want_mask.clone()
+        no_bos[:, 0] = False
+        no_eos[want_ids == EOS] = False
         compare(mask, want_mask, what=f"{what}: mask", mistakes=[
-            Mistake("the mask is inverted: True marks the real tokens, False the padding.", ~want_mask)])
+            Mistake("the mask is inverted: True marks the real tokens, False the padding.", ~want_mask),
+            Mistake("<bos> counts as a real token: the mask is False on <pad> only.", no_bos),
+            Mistake("<eos> counts as a real token (the encoder reads its summary there): the mask is False on "
+                    "<pad> only.", no_eos),
+            Mistake("the mask must be False on the padding: True on <bos>, the words and <eos> only.",
+                    torch.ones_like(want_mask))])
     return case
 
 
@@ -58,11 +73,13 @@ TOKENIZE = Checker(
      _token_case([""], 5, "the empty prompt is <bos> <eos>"),
      _token_case(["A Red circle"], 6, "upper case"),
      _token_case(["a purple circle"], 6, "a word outside the vocabulary"),
-     _token_case(["a big red circle left of a small blue square"], 6, "longer than max_len")],
+     _token_case(["a big red circle left of a small blue square"], 6, "longer than max_len"),
+     _token_case(["A red, big circle."], 7, "punctuation")],
     hints=("Build each caption's row as a Python list first (specials included), then copy it into a tensor "
            "that starts as <pad> everywhere.",
-           "Lower-case before looking words up; a word the vocabulary lacks becomes <unk>; a caption too long "
-           "for max_len is cut but still ends in <eos>; the mask is True exactly where a real token sits."),
+           "For the mask, every position that is not <pad> is a real token, <bos> and <eos> included: the ids you "
+           "built already say which positions those are."),
+    see="lesson 09, section 2: <bos> word ids <eos> <pad>..., the mask True except on <pad>",
 )
 
 
@@ -151,4 +168,5 @@ MULTI_HEAD_ATTENTION = Checker(
            "ends up with exactly zero weight.",
            "Mask the logits before the softmax, with a value the softmax turns into an exact 0; the mask "
            "marks keys, so it broadcasts over the heads and the queries. Build new tensors: never edit q, k or v."),
+    see="lesson 09, section 4: lesson 03's attention with the padding mask's keys set to -inf before the softmax",
 )

@@ -68,6 +68,7 @@ SINUSOIDAL_EMBEDDING = Checker(
         'The frequencies form a geometric sequence that falls from 1 to 1/max_period, one frequency per sine-cosine pair.',
         'Build the angles as a (B, dim // 2) table, t as a column times the frequencies as a row; sines fill the first half, cosines the second, and an odd dim gets one zero column at the end.',
     ),
+    see="lesson 04, section 1: sines then cosines of t at geometric frequencies",
 )
 
 
@@ -130,4 +131,5 @@ SCALE_SHIFT = Checker(
            "is added, and a fresh block (its projection is zero) must leave h as it is.",
            "Split the projection's 2C outputs into halves (scale first), shape each (B, C, 1, 1) so it broadcasts "
            "over the pixels, and scale by 1 + scale before adding the shift."),
+    see="lesson 04, section 3: h * (1 + scale) + shift, one pair per channel from the embedding",
 )

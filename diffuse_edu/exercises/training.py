@@ -61,6 +61,7 @@ EMA_UPDATE = Checker(
         'The decay warms up too: early on it is small, so the average quickly forgets the random start; later it is capped.',
         "Change each EMA tensor in place (the methods ending in an underscore), keeping a share d of itself and taking the rest from the model's tensor; never touch the model's tensors.",
     ),
+    see="lesson 05, section 1: ema <- d ema + (1 - d) current, in place",
 )
 
 
@@ -146,7 +147,7 @@ TRAINING_STEP = Checker(
     [_step_case(0, None), _step_case(1, 0.05), _step_case(2, 1e3, steps=2), _step_case(3, 0.05, steps=2)],
     hints=("Make x_t from x0 and eps as in lesson 01, ask the model for v at (x_t, t), and compare with the true "
            "v; then the four optimiser calls, in the order an optimiser needs them.",
-           "Read alpha_bar at each image's t as (B, 1, 1, 1) in x0's dtype; the loss per example averages over "
-           "every axis but the batch; backpropagate its batch mean; clip with torch.nn.utils.clip_grad_norm_ "
-           "between backward() and step(), and return the norm it reports."),
+           "Each image has its own t, so alpha_bar is one number per image that must meet images of shape (B, C, H, W). "
+           "Clipping changes the gradients: it can only sit between making them and using them."),
+    see="Ho et al. 2020, Alg. 1 with the v target, in lesson 05, section 2",
 )

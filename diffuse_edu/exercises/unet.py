@@ -82,6 +82,7 @@ MULTI_HEAD_ATTENTION = Checker(
         'Each head sees its own slice of d = C / heads channels; einops.rearrange splits the channel axis into (heads, d) and merges it back.',
         'Inside each head: the similarity of every query with every key, scaled by 1 / sqrt(d), normalised over the keys, then used to average the values.',
     ),
+    see="Vaswani et al. 2017, Eq. 1, in lesson 03, section 3: softmax(q k^T / sqrt(d)) v per head",
 )
 
 
@@ -98,12 +99,13 @@ def randomised(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
 
 
 def _shape_error(fn: Callable, what: str, advice: str) -> torch.Tensor:
-    """Run ``fn``; turn a shape error (the usual symptom of a wrongly wired block) into advice."""
+    """Run ``fn``; turn a shape error (the usual symptom of a wrongly wired block) into advice, with
+    PyTorch's own message whole (its end names the shapes that met)."""
     try:
         return fn()
     except RuntimeError as e:
         if "size" in str(e) or "shape" in str(e) or "channels" in str(e):
-            raise Mismatch(f"{what} failed with a shape error ({str(e).splitlines()[0][:120]}): {advice}") from None
+            raise Mismatch(f"{what} failed with a shape error ({' '.join(str(e).split())}): {advice}") from None
         raise
 
 
@@ -177,27 +179,59 @@ def _res_case(in_ch: int, out_ch: int, emb_dim: int | None, seed: int, dropout: 
     return case
 
 
+def _res_dropout_training(fn: Callable) -> None:
+    """In training mode dropout acts: the same seed must drop the same values as the reference's, which
+    places block.dropout between the second SiLU and the second convolution."""
+    block = randomised(ResBlock(8, 8, 12, groups=4, dropout=0.5), 5).train()
+    g = torch.Generator().manual_seed(6)
+    x, emb = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 12, generator=g)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        want = residual_block(block, x, emb)
+        torch.manual_seed(7)
+        got = fn(block, x.clone(), emb.clone())
+        inner = _res_variant(block.eval(), x, emb, shortcut=False)  # the second conv's output, no dropout yet
+        block.train()
+        torch.manual_seed(7)
+        late = block.dropout(inner) + block.shortcut(x)
+    compare(got, want, what="residual_block in training mode with dropout 0.5 (the same random seed as the reference)",
+            mistakes=[Mistake("dropout belongs between the second SiLU and the second convolution (block.dropout "
+                              "before block.conv2), not after the convolution.", late)])
+
+
 RESIDUAL_BLOCK = Checker(
     "residual_block", residual_block,
-    [_res_case(8, 16, 12, 0), _res_case(8, 8, 12, 1), _res_case(8, 16, None, 2), _res_case(16, 8, 12, 3, dropout=0.5)],
+    [_res_case(8, 16, 12, 0), _res_case(8, 8, 12, 1), _res_case(8, 16, None, 2), _res_case(16, 8, 12, 3, dropout=0.5),
+     _res_dropout_training],
     hints=("Two rounds of normalise, activate, convolve; the embedding enters in the second round, and the "
            "input comes back at the end through the shortcut.",
-           "Use the block's own layers (block.norm1, conv1, norm2, scale_shift, dropout, conv2, shortcut); skip the "
-           "modulation when block.scale_shift is None, and modulate right after the second GroupNorm."),
+           "print(block) lists the layers the block owns. In the second round, where can a per-channel scale and "
+           "shift act so that the next normalisation does not undo it?"),
+    see="lesson 03, section 2: two rounds of GroupNorm, SiLU, conv, the embedding in the second, plus the shortcut",
 )
 
 
-def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True):
+def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True,
+                  record: list[str] | None = None):
+    """The forward pass, right or with one typical mistake; with ``record``, the shape at each stage."""
+    note = (lambda text: record.append(text)) if record is not None else (lambda text: None)
     emb = unet.embed(t, cond if use_cond else None)
     h, skips = encode(unet, x, emb, cond)
+    for level, skip in enumerate(skips):
+        note(f"encoder level {level}: {tuple(skip.shape[1:])}, kept for decoder level {level}, then downsampled")
+    note(f"encoder level {len(skips)} (the lowest): {tuple(h.shape[1:])}")
     if middle:
-        h = unet.middle(h, emb, cond)
-    for level in reversed(range(len(unet.decoder))):
+        h = unet.middle(h, emb, cond)  # unet.middle(h, emb, cond): one stage at the lowest resolution
+        note(f"middle: {tuple(h.shape[1:])}")
+    for level in reversed(range(len(unet.decoder))):  # the decoder has one level fewer than the encoder
         h = unet.upsamples[level](h)
+        up = tuple(h.shape[1:])
         if unet.config.skip_connections:
             h = torch.cat([h, skips[level]] if order == "up_skip" else [skips[level], h], dim=1)
         for block in unet.decoder[level]:
             h = block(h, emb, cond)
+        note(f"decoder level {level}: upsampled to {up}" + (f", with its skip {tuple(skips[level].shape[1:])}"
+             if unet.config.skip_connections else "") + f", out of its stages {tuple(h.shape[1:])}")
     return unet.out(h) if out else h
 
 
@@ -213,10 +247,13 @@ def _unet_case(description: str, seed: int, **config) -> Callable:
         what = f"unet_forward on {description}"
         with torch.no_grad():
             want = unet_forward(unet, x, t, cond)
+            walk: list[str] = []
+            _unet_variant(unet, x, t, cond, record=walk)
             got = _shape_error(lambda: fn(unet, x.clone(), t.clone(), cond), what,
                                "encoder level i keeps its output (before downsampling) for decoder level i; the "
                                "decoder runs from the bottom level up, upsampling before it concatenates; with "
-                               "unet.config.skip_connections False nothing is concatenated.")
+                               "unet.config.skip_connections False nothing is concatenated. The shapes (C, H, W) "
+                               "should be: " + "; ".join(walk) + ".")
             mistakes = [
                 Mistake("the skip is concatenated before the upsampled features: torch.cat([upsampled, skip], "
                         "dim=1), in that order (the decoder's first conv expects it).",
@@ -243,8 +280,9 @@ UNET_FORWARD = Checker(
                 "every stage)", 5, context_dim=6)],
     hints=("Go down, keeping what each encoder level produced before it halves the resolution; come back up, "
            "joining each decoder level with the kept map of the same resolution.",
-           "A list works as the skip stack: append at each encoder level but the last; the decoder levels run in "
-           "reversed order, each upsampling first and then concatenating its skip on the channel axis (dim=1)."),
+           "The way up mirrors the way down, so the maps come back in the reverse order they were kept. Two maps "
+           "can only be joined when they have the same height and width: which must come first?"),
+    see="lesson 03, section 5: stem, encoder with its skip stack, middle, decoder, output head",
 )
 
 
@@ -306,4 +344,5 @@ ATTENTION_BLOCK = Checker(
            "project, turn back into a map, and add the input.",
            "block.to_qkv makes all three of q, k and v from the same tokens (split its output into three along the "
            "channels); the attention runs in block.heads heads, and h and w must be given to fold the tokens back."),
+    see="lesson 03, section 4: x + W_out MHA(GroupNorm(x)) over the H * W positions",
 )

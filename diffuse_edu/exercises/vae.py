@@ -64,6 +64,7 @@ REPARAMETERISE = Checker(
            "log(sigma^2), not sigma.",
            "Turn the log-variance into a standard deviation (a square root is a halving in log space) and keep "
            "every operation on the tensors, so that gradients reach mean and logvar."),
+    see="Kingma & Welling 2014, Sec. 2.4, in lesson 10, section 1: mean + exp(logvar / 2) noise",
 )
 
 
@@ -81,6 +82,12 @@ def _kl_mistakes(mean, logvar) -> list[Mistake]:
                 0.5 * terms.sum().expand(mean.shape[0])),
         Mistake("logvar was used as the variance itself; the variance is exp(logvar).",
                 0.5 * (mean.square() + logvar - 1 - logvar.clamp_min(1e-6).log()).flatten(1).sum(1)),
+        Mistake("exp(logvar / 2) is the standard deviation sigma; the KL's term is the variance sigma^2 = exp(logvar).",
+                0.5 * (mean.square() + (0.5 * logvar).exp() - 1 - logvar).flatten(1).sum(1)),
+        Mistake("the mean enters squared: mean^2, not mean.",
+                0.5 * (mean + logvar.exp() - 1 - logvar).flatten(1).sum(1)),
+        Mistake("the log term is log sigma^2 = logvar, not log sigma = logvar / 2.",
+                0.5 * (mean.square() + logvar.exp() - 1 - 0.5 * logvar).flatten(1).sum(1)),
     ]
 
 
@@ -109,4 +116,5 @@ KL_DIAGONAL_GAUSSIAN = Checker(
            "function of that dimension's mean and log-variance only.",
            "Take the one-dimensional KL of N(m, s^2) from N(0, 1) in the lesson's Math section, with s^2 = "
            "exp(logvar) and log s^2 = logvar; then sum it over every axis but the batch."),
+    see="Kingma & Welling 2014, App. B, in lesson 10, section 1: 1/2 sum(mean^2 + exp(logvar) - 1 - logvar)",
 )

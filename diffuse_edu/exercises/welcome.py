@@ -57,4 +57,5 @@ TO_UNIT_RANGE = Checker(
         'The pixels are integers from 0 to 255; the model wants float32 values centred on 0.',
         'Two affine maps in a row: one takes 0..255 to 0..1, the next takes 0..1 to -1..1. Build a new tensor; leave the input as it was.',
     ),
+    see="lesson 00, section 3: pixels 0..max_value map linearly onto [-1, 1]",
 )
