@@ -34,19 +34,26 @@ def classroom(tmp_path):
     _notebook(room / "cy" / "00_welcome.ipynb", "todo")  # a learner with a folder of notebooks
     _notebook(room / "cy" / "01_more.ipynb", "right", "1 / 0")
     _notebook(room / "dee.ipynb", "right", "import time\ntime.sleep(120)")
+    _notebook(room / "eve.ipynb", "right",  # writes outside its folder: another learner's work, the grade table
+              "from pathlib import Path\nPath('../zed.ipynb').write_text('gone')\n"
+              "Path('../grades').mkdir(exist_ok=True)\nPath('../grades/grades.csv').write_text('eve,all passed')")
+    _notebook(room / "fay.ipynb", "right", "chunks = []\nwhile True:\n    chunks.append(bytearray(50_000_000))")
+    (room / "gus.ipynb").write_text('{"cells": [{"cell_type": "code", "source": "x = 1"')  # cut off mid-file
+    _notebook(room / "zed.ipynb", "right")
     (room / "notes.txt").write_text("not a notebook")
     return room
 
 
 def test_learners_are_files_or_folders(classroom):
     found = find_learners(classroom)
-    assert list(found) == ["ada", "bob", "cy", "dee"] and [p.name for p in found["cy"]] == ["00_welcome.ipynb",
-                                                                                             "01_more.ipynb"]
+    assert list(found) == ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "zed"]
+    assert [p.name for p in found["cy"]] == ["00_welcome.ipynb", "01_more.ipynb"]
 
 
 def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, capsys):
     out = tmp_path / "grades"
-    assert cli.main(["grade", str(classroom), "--timeout", "25", "--out", str(out)]) == 0
+    zed_before = (classroom / "zed.ipynb").read_text()
+    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "grades.csv").open()))
     by = {(r["learner"], r["notebook"]): r for r in rows}
     assert by["ada", "ada.ipynb"]["run"] == "completed" and by["ada", "ada.ipynb"]["verdict"] == "passed"
@@ -55,6 +62,12 @@ def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, 
     crashed = by["cy", "01_more.ipynb"]
     assert crashed["run"].startswith("crashed in code cell 3: ZeroDivisionError") and crashed["verdict"] == "passed"
     assert by["dee", "dee.ipynb"]["run"] == "timed out after 25 s" and by["dee", "dee.ipynb"]["verdict"] == ""
+    assert by["eve", "eve.ipynb"]["run"] == "completed"  # its writes landed in its scratch copy ...
+    assert (classroom / "zed.ipynb").read_text() == zed_before and not (classroom / "grades").exists()
+    assert by["zed", "zed.ipynb"]["run"] == "completed" and by["zed", "zed.ipynb"]["verdict"] == "passed"  # ... not here
+    assert by["fay", "fay.ipynb"]["run"] == "out of memory (over 1500 MB)"
+    assert by["gus", "gus.ipynb"]["run"].startswith("not a notebook: not valid JSON")
+    assert by["gus", "gus.ipynb"]["verdict"] == ""  # not "completed, 0/0 exercises passed"
     md = (out / "grades.md").read_text()
     assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
     assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md

@@ -7,6 +7,7 @@ import pytest
 
 from diffuse_edu import config
 from diffuse_edu.course import builder as notebooks
+from diffuse_edu.course import hosted
 
 ROOT = config.PROJECT_ROOT
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -22,10 +23,15 @@ def test_out_of_sync_notices_an_edit(tmp_path):
     sol.mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
     nbformat.write(nb, sol / "00_a.ipynb")
-    assert notebooks.out_of_sync(sol, stu) == ["00_a.ipynb: in solutions/ but not built into notebooks/"]
+    assert notebooks.out_of_sync(sol, stu) == [
+        "00_a.ipynb: in solutions/ but not built into notebooks/",
+        "00_a.ipynb: its first code cell is not the hosted setup cell (run `python -m diffuse_edu build`)"]
+    (sol / "00_a.ipynb").write_text(notebooks.clean_text(sol / "00_a.ipynb"))
     notebooks.build(sol, stu)
     assert notebooks.out_of_sync(sol, stu) == []
-    nb.cells[0].source = "x = 2"
+    nb = nbformat.read(sol / "00_a.ipynb", as_version=4)
+    assert [c.source for c in nb.cells] == [hosted.setup_cell(), "x = 1"]
+    nb.cells[1].source = "x = 2"
     nbformat.write(nb, sol / "00_a.ipynb")
     assert "differs from its solution" in notebooks.out_of_sync(sol, stu)[0]
 

@@ -11,7 +11,8 @@ In a solution notebook the answer to an exercise sits between two marker lines::
 
 The student version keeps everything outside the markers, keeps the ``# HINT:`` lines, and
 replaces the rest of the answer with ``raise NotImplementedError``. Outputs, execution counts and
-all but the kernel metadata are stripped. :func:`out_of_sync` lists student notebooks that differ
+all but the kernel metadata are stripped, and every lesson's first code cell is the hosted-notebook
+setup cell (the same in every lesson). :func:`out_of_sync` lists student notebooks that differ
 from what the build would write (the test suite fails on any).
 """
 
@@ -21,6 +22,8 @@ import re
 from pathlib import Path
 
 import nbformat
+
+from diffuse_edu.course import hosted
 
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
@@ -55,8 +58,10 @@ def strip_solutions(source: str, *, where: str = "cell") -> str:
 
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Strip outputs, execution counts and metadata in place; return the notebook."""
+    """Strip outputs, execution counts and metadata in place, and make the first code cell the
+    hosted-notebook setup cell (:mod:`diffuse_edu.course.hosted`); return the notebook."""
     nb.metadata = nbformat.from_dict(KERNEL_METADATA)
+    nb.cells = hosted.with_setup_cell(nb.cells, nbformat.v4.new_code_cell)
     for cell in nb.cells:
         cell.metadata = nbformat.from_dict({})
         if cell.cell_type == "code":
@@ -98,6 +103,11 @@ def out_of_sync(solutions: Path, notebooks: Path) -> list[str]:
     have = {p.name for p in notebooks.glob("*.ipynb")}
     problems += [f"{n}: in notebooks/ but not in solutions/" for n in sorted(have - wanted)]
     problems += [f"{n}: in solutions/ but not built into notebooks/" for n in sorted(wanted - have)]
+    for name in sorted(wanted):
+        cells = nbformat.read(solutions / name, as_version=4).cells
+        if hosted.first_code_cell(cells) != hosted.setup_cell():
+            problems.append(f"{name}: its first code cell is not the hosted setup cell "
+                            "(run `python -m diffuse_edu build`)")
     for name in sorted(wanted & have):
         if (notebooks / name).read_text() != student_version(solutions / name):
             problems.append(f"{name}: differs from its solution (run `python -m diffuse_edu build`)")

@@ -9,9 +9,11 @@
                                     samples.npz; `run all --out results/` also rewrites the README's
                                     results table
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
-    grade FOLDER [--timeout S] [--out DIR]
-                                    run every learner's notebooks and tabulate the verdicts
+    grade FOLDER [--timeout S] [--memory MB] [--out DIR]
+                                    run every learner's notebooks (each in a scratch copy, with time
+                                    and memory limits) and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
+    export nbgrader DIR             the course as an nbgrader course directory (source/<lesson>/)
     bench [--scale S] [--profile] [--quality] [--out FILE]
                                     training images/s, TFLOP/s and seconds per 10,000 samples
     lessons                         list the lessons
@@ -123,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from diffuse_edu.course.grade import grade
 
-    grade(Path(args.folder), timeout=args.timeout, out=Path(args.out) if args.out else None)
+    grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory, out=Path(args.out) if args.out else None)
     return 0
 
 
@@ -134,6 +136,20 @@ def _workshop(args: argparse.Namespace) -> int:
 
     distributed.init_from_env()  # under torchrun: train on every GPU, rank 0 writes the files
     workshop.prepare(config.Scale(args.scale), retrain=args.retrain)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from diffuse_edu.course import nbgrader
+
+    root = config.PROJECT_ROOT
+    if root is None:
+        print("export works in a checkout of diffuse-edu (pip install -e .).", file=sys.stderr)
+        return 2
+    out = Path(args.folder)
+    written = nbgrader.export(root / "solutions", out)
+    print(f"wrote {len(written)} lessons to {out / 'source'} and {out / 'nbgrader_config.py'}; in {out}: "
+          "`nbgrader generate_assignment LESSON`, release, collect, then `nbgrader autograde LESSON`")
     return 0
 
 
@@ -196,12 +212,18 @@ def parser() -> argparse.ArgumentParser:
     gr.add_argument("folder", help="one .ipynb per learner, or one sub-folder of notebooks per learner")
     gr.add_argument("--timeout", type=_positive(float), default=300.0,
                     help="seconds each notebook may run (default 300)")
+    gr.add_argument("--memory", type=_positive(float), default=4000.0,
+                    help="MB of memory each notebook may hold (default 4000); past it the notebook is stopped")
     gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
     w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
     w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")
     w.set_defaults(func=_workshop)
+    ex = sub.add_parser("export", help="export the course for a grading tool")
+    ex.add_argument("format", choices=["nbgrader"], help="nbgrader: a course directory with source/<lesson>/")
+    ex.add_argument("folder", help="the course directory to write")
+    ex.set_defaults(func=_export)
     sb = sub.add_parser("bench", help="training and sampling speed on this machine")
     sb.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
     sb.add_argument("--train-steps", type=_positive(int), help="training steps timed (default 30 quick, 300 full)")

@@ -1,11 +1,17 @@
 """Grading a classroom: ``python -m diffuse_edu grade FOLDER``.
 
 Every learner notebook in FOLDER (one learner per ``.ipynb`` file, or per sub-folder of notebooks)
-runs headless at quick scale, each in its own process with a time limit, through the same runner
-as ``python -m diffuse_edu run``. The result is a table of each exercise's verdict per learner, with
-the checker's message for failures, written as ``grades.csv`` (one row per exercise) and
-``grades.md`` (one row per notebook). A notebook that crashes or runs out of time is a row that says
-so; it never stops the grader.
+runs headless at quick scale through the same runner as ``python -m diffuse_edu run``, each in its
+own process, with a time limit and a memory limit, in a **scratch copy** of the learner's own files:
+a notebook that writes beside itself, or to ``../``, changes only its copy, never another
+learner's files nor the grade table. The result is a table of each exercise's verdict per learner,
+with the checker's message for failures, written as ``grades.csv`` (one row per exercise) and
+``grades.md`` (one row per notebook). A notebook that crashes, runs out of time or memory, or is not
+a notebook at all is a row that says so; it never stops the grader.
+
+Grading runs the learners' code with the grader's rights. The scratch copy protects the classroom
+folder from a careless notebook, not from a hostile one (an absolute path reaches anywhere):
+grade untrusted submissions inside a container or a virtual machine.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,24 +55,91 @@ def find_learners(folder: Path) -> dict[str, list[Path]]:
     return learners
 
 
-def grade_notebook(learner: str, path: Path, *, timeout: float) -> Graded:
-    """Run one notebook in a child process at quick scale and read what its checkers said."""
-    env = {**os.environ, config.SCALE_ENV: "quick", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+def notebook_problem(path: Path) -> str | None:
+    """Why ``path`` is not a notebook the runner can run (None when it is one)."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return "not a notebook: the file is not text (UTF-8)"
+    except json.JSONDecodeError as e:
+        return f"not a notebook: not valid JSON ({e.msg} at line {e.lineno}); the file may be truncated"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or nb.get("nbformat") != 4:
+        return "not a notebook: valid JSON, but not a Jupyter notebook (nbformat 4, a list of cells)"
+    return None
+
+
+def _resident_mb(pid: int) -> float:
+    """The process's resident memory in MB (Linux /proc; 0 where that is not available)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _address_limit(memory_mb: float):
+    """Where /proc is missing (macOS): a limit on the child's address space, set before it starts."""
+    if Path("/proc/self/status").exists():
+        return None
+
+    def limit() -> None:
+        import resource
+
+        cap = int(memory_mb * 4 * 2**20)  # importing torch reserves several times what it uses
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return limit
+
+
+def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float) -> tuple[str | None, float]:
+    """Run ``args``; kill it past ``timeout`` seconds or ``memory_mb`` of resident memory. Returns
+    (why it was stopped, or None when it ended by itself; seconds)."""
     start = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_address_limit(memory_mb))
+    stopped = None
+    while proc.poll() is None:
+        if time.perf_counter() - start > timeout:
+            stopped = f"timed out after {timeout:.0f} s"
+        elif _resident_mb(proc.pid) > memory_mb:
+            stopped = f"out of memory (over {memory_mb:.0f} MB)"
+        if stopped:
+            proc.kill()
+            break
+        time.sleep(0.1)
+    proc.wait()
+    return stopped, time.perf_counter() - start
+
+
+def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float = 4000.0,
+                   files: Path | None = None) -> Graded:
+    """Run one notebook in a child process at quick scale, in a scratch copy of ``files`` (the
+    learner's folder; default: the notebook alone), and read what its checkers said."""
+    problem = notebook_problem(path)
+    if problem:
+        return Graded(learner, path.name, problem, 0.0)
+    env = {**os.environ, config.SCALE_ENV: "quick", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        try:
-            proc = subprocess.run([sys.executable, "-m", "diffuse_edu", "run", str(path), "--scale", "quick",
-                                   "--out", str(out)], capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return Graded(learner, path.name, f"timed out after {timeout:.0f} s", time.perf_counter() - start)
-        seconds = time.perf_counter() - start
+        scratch, out = Path(tmp) / "work" / learner, Path(tmp) / "results"
+        if files is not None and files.is_dir():
+            shutil.copytree(files, scratch)
+            copy = scratch / path.relative_to(files)
+        else:
+            scratch.mkdir(parents=True)
+            copy = scratch / path.name
+            shutil.copyfile(path, copy)
+        stopped, seconds = run_limited([sys.executable, "-m", "diffuse_edu", "run", str(copy), "--scale", "quick",
+                                        "--out", str(out)], env=env, timeout=timeout, memory_mb=memory_mb)
         metrics = out / "metrics.json"
+        if stopped:
+            return Graded(learner, path.name, stopped, seconds)
         if not metrics.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return Graded(learner, path.name, f"did not run: {tail[0][:200]}", seconds)
+            return Graded(learner, path.name, "did not run (the runner wrote no results)", seconds)
         summary = json.loads(metrics.read_text())
-    run = f"crashed in {summary['error']}" if summary.get("error") else "completed"
+    error = summary.get("error") or ""
+    run = ("out of memory (" + error + ")" if "MemoryError" in error
+           else f"crashed in {error}" if error else "completed")
     details = [{k: v[k] for k in ("name", "status", "message")} for v in summary.get("exercise_details", [])]
     return Graded(learner, path.name, run, seconds, details)
 
@@ -100,7 +174,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")[:160]
 
 
-def grade(folder: Path, *, timeout: float = 300.0, out: Path | None = None) -> list[Graded]:
+def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
+          out: Path | None = None) -> list[Graded]:
     """Grade every learner in ``folder``; write the tables to ``out`` (default ``folder/grades``)."""
     learners = find_learners(folder)
     if not learners:
@@ -110,7 +185,8 @@ def grade(folder: Path, *, timeout: float = 300.0, out: Path | None = None) -> l
     for learner, books in learners.items():
         for path in books:
             print(f"grading {learner}: {path.name} ...", flush=True)
-            rows.append(grade_notebook(learner, path, timeout=timeout))
+            own = folder / learner if (folder / learner).is_dir() else None  # a learner's folder, copied whole
+            rows.append(grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own))
             print(f"  {rows[-1].run}, {sum(e['status'] == 'passed' for e in rows[-1].exercises)}/"
                   f"{len(rows[-1].exercises)} exercises passed ({rows[-1].seconds:.0f} s)", flush=True)
     csv_path, md_path = write_tables(rows, out or folder / "grades")
