@@ -73,8 +73,37 @@ def test_interval_guides_only_inside_and_the_learners_formula_is_used(model):
     conditional = model(x, t, cond)
     torch.testing.assert_close(limited[1], guided[1])  # t = 50: inside
     torch.testing.assert_close(limited[[0, 2]], conditional[[0, 2]], rtol=1e-5, atol=1e-6)  # outside
-    mine = Guided(model, 5.0, NULL, combine=lambda c, u, s: torch.zeros_like(c))(x, t, cond)
+    mine = Guided(model, 5.0, NULL, forward=lambda m, x, t, c, n, s, r, i: torch.zeros_like(x))(x, t, cond)
     assert mine.abs().max() == 0
+
+
+def test_label_dropout_with_drop_labels_draws_what_drop_condition_draws():
+    from diffuse_edu.models.conditioning import drop_condition, drop_labels, label_dropout
+
+    cond = Cond(labels=torch.arange(40) % 10)
+    mine = label_dropout(drop_labels)(cond, NULL, 0.3, generator=torch.Generator().manual_seed(4))
+    theirs = drop_condition(cond, NULL, 0.3, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(mine.labels, theirs.labels) and (mine.labels == 10).any()
+    with pytest.raises(ValueError, match="drop_condition"):
+        label_dropout()(Cond(context=torch.zeros(2, 3, 4)), NULL, 0.3)
+
+
+def test_the_training_loop_runs_the_learners_condition_dropout():
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.models.conditioning import label_dropout
+    from diffuse_edu.training.loop import TrainConfig, train
+
+    seen = []
+
+    def spy(labels, p, null_label, *, generator=None):
+        seen.append((labels.clone(), p, null_label))
+        return labels
+
+    net = UNet(UNetConfig(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=10))
+    images, labels = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
+    train(net, images, DiffusionObjective(SCHEDULE), TrainConfig(steps=3, batch_size=8, cond_dropout=0.2, ema_decay=None),
+          cond=Cond(labels=labels), null_cond=NULL, drop_fn=label_dropout(spy), show_progress=False)
+    assert len(seen) == 3 and all(p == 0.2 and n == 10 and len(lb) == 8 for lb, p, n in seen)
 
 
 def test_rescale_matches_the_conditional_std_and_phi_zero_does_nothing():

@@ -13,7 +13,11 @@ Two remedies: rescaling the guided prediction's standard deviation to the condit
 (Kynkaanniemi et al. 2024).
 
 :class:`Guided` is a model like any other, ``model(x, t, cond)``, so every sampler of lesson 07
-runs it; it evaluates both predictions in one batched forward pass.
+runs it; :func:`guided_forward` evaluates both predictions in one batched forward pass.
+
+The rescale acts on whatever the network predicts (eps for the class-conditional models of lesson
+08, v for lesson 09's text-conditioned one): Lin et al. derived it for v-prediction, where the
+guided output's standard deviation is that of an image-like quantity.
 """
 
 from __future__ import annotations
@@ -44,8 +48,12 @@ def rescale_guidance(guided: Tensor, cond_pred: Tensor, phi: float) -> Tensor:
     return phi * rescaled + (1 - phi) * guided
 
 
-def _pair(cond: object, null: object) -> object:
-    """The batch's conditions followed by as many null conditions (every field concatenated)."""
+def pair_with_null(cond: object, null: object) -> object:
+    """The batch's conditions followed by as many null conditions (every field concatenated).
+
+    ``null`` holds one example's condition (labels (), context (L, D), mask (L,)).
+    Shapes: cond's fields (B, ...) -> (2B, ...).
+    """
     fields = {}
     for name in ("labels", "context", "context_mask"):
         value, empty = getattr(cond, name, None), getattr(null, name, None)
@@ -57,14 +65,39 @@ def _pair(cond: object, null: object) -> object:
     return type(cond)(**fields)
 
 
+def guided_forward(model: Callable, x: Tensor, t: Tensor, cond: object, null: object, scale: float,
+                   rescale: float = 0.0, interval: tuple[float, float] | None = None) -> Tensor:
+    """The guided prediction in one batched forward pass (lesson 08's exercise).
+
+    The batch and a copy of it with the null condition go through ``model`` together (2B
+    examples); the output is split into the conditional and the unconditional halves and
+    combined with :func:`guided_prediction`; with ``rescale`` = phi > 0 the result is rescaled
+    towards the conditional prediction's standard deviation (:func:`rescale_guidance`); with
+    ``interval`` = (t_lo, t_hi) it is used only where t_lo <= t <= t_hi (bounds included), the
+    conditional prediction elsewhere.
+
+    Shapes: x (B, ...), t (B,), cond's fields (B, ...) -> (B, ...).
+    """
+    both = model(torch.cat([x, x]), torch.cat([t, t]), pair_with_null(cond, null))
+    cond_pred, uncond_pred = both.chunk(2)  # (B, ...) each
+    guided = guided_prediction(cond_pred, uncond_pred, scale)
+    if rescale:
+        guided = rescale_guidance(guided, cond_pred, rescale)
+    if interval is not None:
+        lo, hi = interval
+        inside = ((t >= lo) & (t <= hi)).reshape((-1,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1)
+        guided = torch.where(inside, guided, cond_pred)
+    return guided
+
+
 @dataclass(frozen=True, eq=False)
 class Guided:
     """``model`` guided at ``scale``: a callable ``(x, t, cond) -> prediction`` for any sampler.
 
     ``null`` is the condition meaning "none" for one example (e.g. ``Cond(labels=tensor(10))``).
     ``interval`` = (t_lo, t_hi), in the model's time units, guides only there and uses the
-    conditional prediction elsewhere. ``combine`` is the guidance formula (a learner's, once it
-    passed its check).
+    conditional prediction elsewhere. ``forward`` computes the guided prediction, with the
+    signature of :func:`guided_forward` (a learner's, once it passed its check).
     """
 
     model: Callable  # a conditional network trained with condition dropout
@@ -72,7 +105,7 @@ class Guided:
     null: object  # the null condition of one example
     rescale: float = 0.0  # phi of Lin et al. 2024 (0: no rescaling; they suggest 0.7)
     interval: tuple[float, float] | None = None  # guide only for t in [t_lo, t_hi]
-    combine: Callable[[Tensor, Tensor, float], Tensor] = guided_prediction
+    forward: Callable[..., Tensor] = guided_forward
 
     @property
     def predicts(self) -> str | None:
@@ -83,13 +116,4 @@ class Guided:
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         if cond is None:
             raise ValueError("Guided needs the condition to guide towards, e.g. Cond(labels=...).")
-        both = self.model(torch.cat([x, x]), torch.cat([t, t]), _pair(cond, self.null))
-        cond_pred, uncond_pred = both.chunk(2)  # (B, ...) each
-        guided = self.combine(cond_pred, uncond_pred, self.scale)
-        if self.rescale:
-            guided = rescale_guidance(guided, cond_pred, self.rescale)
-        if self.interval is not None:
-            lo, hi = self.interval
-            inside = ((t >= lo) & (t <= hi)).reshape((-1,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1)
-            guided = torch.where(inside, guided, cond_pred)
-        return guided
+        return self.forward(self.model, x, t, cond, self.null, self.scale, self.rescale, self.interval)

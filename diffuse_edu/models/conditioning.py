@@ -6,6 +6,7 @@ condition by replacing the condition with a null one for a share of the examples
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,3 +51,23 @@ def drop_condition(cond: Cond, null: Cond, p: float, *, generator: torch.Generat
         mask = drop.reshape((-1,) + (1,) * (value.ndim - 1))
         fields.append(torch.where(mask, empty.to(value.device, value.dtype), value))
     return Cond(*fields)
+
+
+def drop_labels(labels: Tensor, p: float, null_label: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """A copy of ``labels`` in which each label becomes ``null_label`` with probability ``p``,
+    independently, drawn from ``generator`` (lesson 08's exercise; Ho & Salimans 2022, Alg. 1).
+
+    Shapes: labels (B,) int64 -> (B,) int64.
+    """
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def label_dropout(fn: Callable[..., Tensor] = drop_labels) -> Callable[..., Cond]:
+    """Condition dropout for class labels with ``fn(labels, p, null_label, generator=)`` (a learner's
+    :func:`drop_labels`), in the signature of :func:`drop_condition` that the training loop calls."""
+    def drop(cond: Cond, null: Cond, p: float, *, generator: torch.Generator | None = None) -> Cond:
+        if cond.labels is None or cond.context is not None:
+            raise ValueError("label_dropout drops class labels; for captions use drop_condition.")
+        return Cond(labels=fn(cond.labels, p, int(null.labels), generator=generator))
+    return drop

@@ -229,7 +229,7 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
           trainable: Callable[[str], bool] | None = None, generator: torch.Generator | None = None,
           callback: Callable[[int, float, EMA | None], None] | None = None, callback_every: int = 0,
           desc: str = "training", show_progress: bool = True, step_fn: Callable = train_step,
-          ema_fn: Callable[..., None] = ema_update) -> TrainResult:
+          ema_fn: Callable[..., None] = ema_update, drop_fn: Callable[..., Cond] = drop_condition) -> TrainResult:
     """Train ``model`` on ``data`` (N, ...) with ``objective``, on the data's device, within the budget.
 
     ``data`` may also be :class:`~diffuse_edu.data.canvas.Buckets` (images of several shapes, each
@@ -240,7 +240,8 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
     ``trainable(name)`` picks the parameters to train (default: all); the others are frozen.
     ``callback(step, seconds, ema)`` runs every ``callback_every`` steps (its time is not counted).
     ``step_fn`` (same signature as :func:`train_step`) and ``ema_fn`` (as :func:`ema_update`) are the
-    optimiser step and the EMA update: the library's, or a learner's from lesson 05.
+    optimiser step and the EMA update: the library's, or a learner's from lesson 05; ``drop_fn``
+    (as :func:`~diffuse_edu.models.conditioning.drop_condition`) the condition dropout (lesson 08).
     ``generator`` must live on the data's device. Under torchrun, give every rank the same seed:
     ``config.batch_size`` is the global batch, split between the ranks; rank 0 keeps the EMA,
     snapshots, progress bar and callback.
@@ -262,7 +263,7 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
     try:
         return _train(model, data, objective, config, cond=cond, null_cond=null_cond, trainable=trainable,
                       generator=generator, callback=callback, callback_every=callback_every, desc=desc,
-                      show_progress=show_progress, step_fn=step_fn, ema_fn=ema_fn, share=share)
+                      show_progress=show_progress, step_fn=step_fn, ema_fn=ema_fn, drop_fn=drop_fn, share=share)
     finally:
         model.train(was_training)  # given back in the mode it came in
 
@@ -270,7 +271,7 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
 def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config: TrainConfig, *, cond: Cond | None,
            null_cond: Cond | None, trainable: Callable[[str], bool] | None, generator: torch.Generator | None,
            callback: Callable | None, callback_every: int, desc: str, show_progress: bool, step_fn: Callable,
-           ema_fn: Callable, share: slice) -> TrainResult:
+           ema_fn: Callable, drop_fn: Callable, share: slice) -> TrainResult:
     """The loop of :func:`train`, with the model in training mode."""
     device, world, main = data.device, distributed.world_size(), distributed.is_main()
     step_model, data, params, opt = _setup(model, data, config, trainable)
@@ -290,7 +291,7 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
             idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator, device=device)
             batch_cond = None if cond is None else cond.index(idx)
             if config.cond_dropout:
-                batch_cond = drop_condition(batch_cond, null_cond, config.cond_dropout, generator=generator)
+                batch_cond = drop_fn(batch_cond, null_cond, config.cond_dropout, generator=generator)
             x0 = data[idx]
         t, eps = objective.draw(x0, generator)  # the global batch, the same on every rank
         if world > 1:

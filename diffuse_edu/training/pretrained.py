@@ -54,8 +54,10 @@ def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedu
                 snapshots=result.snapshots, extra=extra, target=recipe.target)
 
 
-def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0) -> dict:
-    """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes."""
+def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0, **train_kwargs) -> dict:
+    """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes.
+
+    ``train_kwargs`` go to :func:`~diffuse_edu.training.loop.train` (a learner's ``drop_fn``, say)."""
     train_set = recipe.data()
     images, schedule, cond, null = train_set.images.to(device), recipe.schedule(), None, None
     if recipe.text is not None:  # the frozen text encoder's features of every caption, once
@@ -66,7 +68,7 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
     torch.manual_seed(seed)  # the initial weights
     result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
                    cond=cond, null_cond=null, generator=torch.Generator(device).manual_seed(seed),
-                   desc=f"training {recipe.name}")
+                   desc=f"training {recipe.name}", **train_kwargs)
     return checkpoint_fields(recipe, result, schedule, images)
 
 
