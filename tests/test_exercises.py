@@ -646,7 +646,6 @@ WRONG_12 = [
 # --- lesson 13 ---------------------------------------------------------------------------------
 from diffuse_edu.exercises.finetune import PRIOR_PRESERVATION_LOSS  # noqa: E402
 from diffuse_edu.exercises.lora import LORA_DELTA, LORA_FORWARD  # noqa: E402
-from diffuse_edu.models.conditioning import Cond  # noqa: E402
 
 
 def _lora_fwd(layer, x, *, scale="ok", base=True, merged_check=True, detach=False):
