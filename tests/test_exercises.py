@@ -369,7 +369,14 @@ WRONG_07 = [
 
 
 # --- lesson 09 -------------------------------------------------------------------------------
-from diffuse_edu.exercises.text import MULTI_HEAD_ATTENTION, TOKENIZE, _variant
+import torch.nn.functional as F  # noqa: E402
+
+from diffuse_edu.exercises.text import (  # noqa: E402
+    CONTRASTIVE_LOSS,
+    CROSS_ATTENTION_BLOCK,
+    TOKENIZE,
+    _cross_variant,
+)
 from diffuse_edu.models.text import BOS, EOS, PAD, UNK, tokenize
 
 
@@ -384,8 +391,16 @@ def _tok(texts, vocab, max_len, *, bos=True, eos=True, cut_eos=False, lower=True
     return ids, {"ok": m, "inverted": ~m, "long": m.long()}[mask]
 
 
-def _attn(**kw):
-    return lambda q, k, v, heads, mask=None: _variant(q, k, v, heads, mask, **kw)
+def _clip_loss(logits, same, *, hard=False, normalise=True, reduction="mean", exclude=False, probs=False):
+    eye = torch.eye(len(logits), dtype=torch.bool)
+    target = eye.float() if hard or exclude else same.float()
+    target = target / target.sum(1, keepdim=True) if normalise else target
+    if exclude:
+        logits, index = logits.masked_fill(same & ~eye, float("-inf")), torch.arange(len(logits))
+        return (F.cross_entropy(logits, index) + F.cross_entropy(logits.T, index)) / 2
+    if probs:
+        return -((target * logits.softmax(1)).sum(1).mean() + (target * logits.T.softmax(1)).sum(1).mean()) / 2
+    return (F.cross_entropy(logits, target, reduction=reduction) + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
 
 
 WRONG_09 = [
@@ -396,25 +411,36 @@ WRONG_09 = [
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, mask="long"), "make it bool"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, unk=False), "must become <unk>"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, lower=False), "the vocabulary is lower-cased"),
-    (MULTI_HEAD_ATTENTION, _attn(split=False), "not split into 2 heads"),
-    (MULTI_HEAD_ATTENTION, _attn(scale="full"), "sqrt(C / heads)"),
-    (MULTI_HEAD_ATTENTION, _attn(scale="none"), "not scaled"),
-    (MULTI_HEAD_ATTENTION, _attn(axis=-2), "runs over the queries"),
-    (MULTI_HEAD_ATTENTION, lambda q, k, v, h, mask=None: _variant(q, k, v, h, None), "mask is ignored"),
-    (MULTI_HEAD_ATTENTION, _attn(masking="inverted"), "mask is inverted"),
-    (MULTI_HEAD_ATTENTION, _attn(masking="inverted_additive"), "mask is inverted"),
-    (MULTI_HEAD_ATTENTION, _attn(masking="zero"), "exp(0) = 1"),
-    (MULTI_HEAD_ATTENTION, _attn(masking="after"), "no longer sum to 1"),
-    (MULTI_HEAD_ATTENTION, lambda q, k, v, h, mask=None: _variant(q.float(), k.float(), v.float(), h, mask),
-     "dtype torch.float32"),
-    (MULTI_HEAD_ATTENTION, lambda q, k, v, h, mask=None: _variant(q.div_((q.shape[-1] // h) ** 0.5), k, v, h, mask,
-                                                                  scale="none"), "in place"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, hard=True), "hard targets"),
+    (CONTRASTIVE_LOSS, lambda lg, same: F.cross_entropy(lg, same.float() / same.float().sum(1, keepdim=True)),
+     "only one direction"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, normalise=False), "must sum to 1"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, reduction="sum"), "summed over the batch"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, exclude=True), "out of the softmax"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, probs=True), "log-probabilities"),
+    (CONTRASTIVE_LOSS, lambda lg, same: 2 * _clip_loss(lg, same), "added, not averaged"),
+    (CONTRASTIVE_LOSS, lambda lg, same: torch.tensor(_clip_loss(lg, same).item()), "through autograd"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, reduction="none"), "the loss is one number"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, use_mask=False), "padding mask was not used"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, invert=True), "mask is inverted"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, residual=False), "residual is missing"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, norm=False), "GroupNorm is missing"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, on_normed=True), "adds the normalised"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, order="vk"), "keys and values are swapped"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, project=False), "to_out is missing"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, heads=1), "one head"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, fold="b (w h) c -> b c h w"),
+     "h and w swapped"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, reshape=True), "not a reshape"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: b.to_out(b.attend(b.to_q(rearrange(b.norm(x), "b c h w -> b (h w) c")),
+                                                                *b.to_kv(rearrange(b.norm(x), "b c h w -> b (h w) c")).chunk(2, -1),
+                                                                b.heads, m)),
+     "the keys and values from the caption"),
 ]
 
 
 
 # --- lessons 03-05: the blocks, the U-Net's forward pass, scale-and-shift, the training step -----
-import torch.nn.functional as F  # noqa: E402
 
 from diffuse_edu.exercises.time_embedding import SCALE_SHIFT  # noqa: E402
 from diffuse_edu.exercises.training import TRAINING_STEP  # noqa: E402

@@ -144,6 +144,47 @@ def test_unet_cross_attention_can_run_a_learners_function_and_be_recorded():
     assert (blocks[0].weights[1, :, :, 2:] == 0).all() and not blocks[0].record
 
 
+def test_a_learners_cross_attention_block_runs_in_the_unet_and_is_still_recorded():
+    from diffuse_edu.models.attention import cross_attention_block, use_cross_attention_block
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=3, channels=(16, 32), attention_levels=(1,), context_dim=8)).eval()
+    for m in net.modules():
+        if isinstance(m, CrossAttention):
+            torch.nn.init.normal_(m.to_out.weight)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 500])
+    cond = Cond(context=torch.randn(2, 4, 8), context_mask=torch.tensor([[True] * 4, [True, True, False, False]]))
+    calls = []
+
+    def mine(block, x, context, mask=None):
+        calls.append(mask is not None)
+        return cross_attention_block(block, x, context, mask)
+
+    with torch.no_grad():
+        before = net(x, t, cond)
+        assert use_cross_attention_block(net, mine) == 2
+        with recorded_cross_attention(net) as blocks:
+            after = net(x, t, cond)
+    assert calls == [True, True] and torch.allclose(before, after)
+    assert [tuple(b.weights.shape) for b in blocks] == [(2, 4, 16, 4), (2, 4, 16, 4)]
+
+
+def test_clip_training_runs_the_loss_it_is_given():
+    from diffuse_edu.training.contrastive import train_clip
+
+    seen = []
+
+    def spy(logits, same):
+        seen.append((logits.shape, same.dtype, bool(same.diagonal().all())))
+        return contrastive_loss(logits, same)
+
+    model = MiniCLIP(MiniCLIPConfig(VOCAB, text_width=16, image_widths=(8, 16), embed_dim=16))
+    shapes = make_shapes(64, size=16)
+    ids, mask = model.text.tokenize(shapes.captions)
+    train_clip(model, shapes.images, ids, mask, steps=2, batch_size=16, loss_fn=spy)
+    assert seen == [(torch.Size([16, 16]), torch.bool, True)] * 2
+
+
 def test_text_recipe_null_condition_needs_the_encoder():
     from diffuse_edu.training.recipes import TDDPM_QUICK
     with pytest.raises(ValueError, match="empty prompt"):

@@ -1,15 +1,18 @@
-"""Checkers for lesson 09: the tokenizer and multi-head attention with a padding mask."""
+"""Checkers for lesson 09: the tokenizer, the mini-CLIP's contrastive loss and the cross-attention block."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.models.attention import multi_head_attention
+from diffuse_edu.exercises.unet import _shape_error, randomised
+from diffuse_edu.models.attention import CrossAttention, cross_attention_block, multi_head_attention
+from diffuse_edu.models.clip import contrastive_loss
 from diffuse_edu.models.text import BOS, EOS, PAD, UNK, build_vocab, tokenize, words
 
 _VOCAB = build_vocab(["a big red circle left of a small blue square at the top"])
@@ -83,90 +86,187 @@ TOKENIZE = Checker(
 )
 
 
-def _variant(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None, *, split: bool = True,
-             scale: str = "head", masking: str = "inf", axis: int = -1) -> Tensor:
-    """Attention computed right or in one of the typical wrong ways."""
-    h = heads if split else 1
-    q, k, v = (rearrange(z, "b l (h d) -> b h l d", h=h) for z in (q, k, v))
-    width = {"head": q.shape[-1], "full": q.shape[-1] * h, "none": 1}[scale]
-    scores = q @ k.transpose(-1, -2) / width ** 0.5  # (B, h, Lq, Lk)
-    keep = None if mask is None else mask[:, None, None, :]
-    if keep is not None and masking == "inf":
-        scores = scores.masked_fill(~keep, float("-inf"))
-    elif keep is not None and masking == "inverted":
-        scores = scores.masked_fill(keep, float("-inf"))
-    elif keep is not None and masking == "inverted_additive":
-        scores = scores - 1e9 * keep
-    elif keep is not None and masking == "zero":
-        scores = scores * keep
-    weights = scores.softmax(axis)
-    if keep is not None and masking == "after":
-        weights = weights * keep
-    return rearrange(weights @ v, "b h l d -> b l (h d)")
+
+# ----------------------------------------------------------------------------- the contrastive loss
+def _logits(seed: int, b: int = 6) -> Tensor:
+    return torch.randn(b, b, generator=torch.Generator().manual_seed(seed)) * 3
 
 
-def _attention_inputs(seed: int, lq: int, lk: int, c: int, dtype: torch.dtype = torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(3, n, c, generator=g, dtype=dtype) for n in (lq, lk, lk))
-    mask = torch.arange(lk).expand(3, lk) < torch.tensor([[lk], [lk - 2], [2]])  # (3, Lk): padding at the end
-    v = v + 50 * (~mask)[..., None].to(dtype)  # padded values stand out if they leak through
-    return q, k, v, mask
+def _same(groups: list[int]) -> Tensor:
+    """(B, B) bool: True where two examples' captions are identical (equal group numbers)."""
+    g = torch.tensor(groups)
+    return g[:, None] == g[None, :]
 
 
-def _attention_case(seed: int, heads: int, lq: int, lk: int, masked: bool,
-                    dtype: torch.dtype = torch.float32) -> Callable[[Callable], None]:
+def _soft(same: Tensor) -> Tensor:
+    return same.float() / same.float().sum(1, keepdim=True)
+
+
+def _contrastive_mistakes(logits: Tensor, same: Tensor) -> list[Mistake]:
+    eye = torch.eye(len(logits), dtype=torch.bool)
+    target = _soft(same)
+    one_way = F.cross_entropy(logits, target)
+    other_way = F.cross_entropy(logits.T, target)
+    excluded, index = logits.masked_fill(same & ~eye, float("-inf")), torch.arange(len(logits))
+    return [
+        Mistake("the pairs whose captions are identical were treated as wrong matches (hard targets on the "
+                "diagonal); spread each row's target over every caption identical to its own.",
+                (F.cross_entropy(logits, eye.float()) + F.cross_entropy(logits.T, eye.float())) / 2),
+        Mistake("only one direction: the loss averages image-to-text (rows) and text-to-image (columns).", one_way),
+        Mistake("only one direction: the loss averages image-to-text (rows) and text-to-image (columns).", other_way),
+        Mistake("each row's target must sum to 1: divide the True entries of `same` by their number in the row.",
+                (F.cross_entropy(logits, same.float()) + F.cross_entropy(logits.T, same.float())) / 2),
+        Mistake("the loss is summed over the batch; average it over the examples.",
+                (F.cross_entropy(logits, target, reduction="sum") + F.cross_entropy(logits.T, target, reduction="sum")) / 2),
+        Mistake("you took the duplicates out of the softmax and kept hard targets; count them as matches "
+                "instead (soft targets), so that identical captions are not pushed apart or ignored.",
+                (F.cross_entropy(excluded, index) + F.cross_entropy(excluded.T, index)) / 2),
+        Mistake("the cross-entropy needs log-probabilities: you used the probabilities themselves.",
+                -((target * logits.softmax(1)).sum(1).mean() + (target * logits.T.softmax(1)).sum(1).mean()) / 2),
+        Mistake("the two directions were added, not averaged.", one_way + other_way),
+    ]
+
+
+def _contrastive_case(seed: int, groups: list[int], why: str) -> Callable[[Callable], None]:
     def case(fn: Callable) -> None:
-        q, k, v, mask = _attention_inputs(seed, lq, lk, 8, dtype)
-        mask = mask if masked else None
-        what = (f"multi_head_attention(q {tuple(q.shape)}, k and v {tuple(k.shape)}, heads={heads}, "
-                f"mask={'(3, %d) with padding' % lk if masked else None}{', float64' if dtype == torch.float64 else ''})")
-        args = (q, k, v, heads, mask)
-        mistakes = [
-            Mistake("the scores are divided by sqrt(C) of all heads; divide by sqrt(d) = sqrt(C / heads), "
-                    "the width of one head.", _variant(*args, scale="full")),
-            Mistake("the scores are not scaled: divide q k^T by sqrt(d).", _variant(*args, scale="none")),
-            Mistake("the softmax runs over the queries; each query's weights over the keys must sum to 1.",
-                    _variant(*args, axis=-2)),
-        ]
-        if heads > 1:
-            mistakes.insert(0, Mistake(f"the channels were not split into {heads} heads: one softmax over "
-                                       "all C channels is one head.", _variant(*args, split=False)))
-        if masked:
-            mistakes = [
-                Mistake("the mask is ignored: padded keys (whose values here are about 50) get weight.",
-                        _variant(q, k, v, heads, None)),
-                Mistake("the mask is inverted: True marks the keys to attend to.",
-                        _variant(*args, masking="inverted_additive")),
-                Mistake("multiplying the scores by the mask makes them 0, not impossible: exp(0) = 1 still "
-                        "gives padding weight. Set them to -inf before the softmax.", _variant(*args, masking="zero")),
-                Mistake("zeroing the weights after the softmax leaves rows that no longer sum to 1: mask the "
-                        "scores (with -inf) before the softmax instead.", _variant(*args, masking="after")),
-            ] + mistakes
-        got = fn(q.clone(), k.clone(), v.clone(), heads, None if mask is None else mask.clone())
-        if masked and isinstance(got, Tensor) and got.shape == q.shape and torch.isnan(got).any():
-            if torch.equal(torch.isnan(got), torch.isnan(_variant(*args, masking="inverted"))):
-                raise Mismatch(f"{what} returned NaN where a caption has no padding: the mask is inverted "
-                               "(True marks the keys to attend to), so every key of that row got -inf.")
-        compare(got, multi_head_attention(*args), what=what, mistakes=mistakes)
+        logits, same = _logits(seed, len(groups)), _same(groups)
+        got = fn(logits.clone(), same.clone())
+        what = f"contrastive_loss on a batch of {len(groups)} ({why})"
+        if isinstance(got, Tensor) and got.ndim != 0:
+            raise Mismatch(f"{what} returned shape {tuple(got.shape)}; the loss is one number (average over the "
+                           "batch and the two directions).")
+        compare(got, contrastive_loss(logits, same), what=what, mistakes=_contrastive_mistakes(logits, same))
     return case
 
 
-def _inputs_unchanged(fn: Callable) -> None:
-    q, k, v, mask = _attention_inputs(5, 4, 6, 8)
-    before = [z.clone() for z in (q, k, v, mask)]
-    fn(q, k, v, 2, mask)
-    if not all(torch.equal(a, b) for a, b in zip((q, k, v, mask), before)):
-        raise Mismatch("multi_head_attention changed its inputs in place (e.g. masked_fill_ on k or v); "
-                       "the block still needs them: build new tensors.")
+def _contrastive_gradient(fn: Callable) -> None:
+    logits = _logits(9).requires_grad_()
+    loss = fn(logits, _same([0, 1, 2, 0, 3, 4]))
+    if not isinstance(loss, Tensor) or loss.grad_fn is None:
+        raise Mismatch("the loss does not depend on the logits through autograd (was it built with .item(), "
+                       "numpy or torch.tensor(...)?): the encoders could not learn from it.")
 
 
-MULTI_HEAD_ATTENTION = Checker(
-    "multi_head_attention", multi_head_attention,
-    [_attention_case(0, 1, 4, 4, False), _attention_case(1, 2, 5, 7, False), _attention_case(2, 2, 5, 7, True),
-     _attention_case(3, 4, 16, 6, True), _attention_case(4, 2, 3, 5, True, torch.float64), _inputs_unchanged],
-    hints=("Work per head (each head owns a slice of d = C / heads channels), and make sure a padded key "
-           "ends up with exactly zero weight.",
-           "Mask the logits before the softmax, with a value the softmax turns into an exact 0; the mask "
-           "marks keys, so it broadcasts over the heads and the queries. Build new tensors: never edit q, k or v."),
-    see="lesson 09, section 4: lesson 03's attention with the padding mask's keys set to -inf before the softmax",
+def _contrastive_unchanged(fn: Callable) -> None:
+    logits, same = _logits(4), _same([0, 0, 1, 2, 2, 2])
+    before = (logits.clone(), same.clone())
+    fn(logits, same)
+    if not (torch.equal(logits, before[0]) and torch.equal(same, before[1])):
+        raise Mismatch("contrastive_loss changed its inputs in place (a masked_fill_ or div_?): build new tensors.")
+
+
+CONTRASTIVE_LOSS = Checker(
+    "contrastive_loss", contrastive_loss,
+    [_contrastive_case(0, [0, 1, 2, 3, 4, 5], "every caption different"),
+     _contrastive_case(1, [0, 1, 0, 2, 1, 0], "three captions repeat"),
+     _contrastive_case(2, [3, 3, 3, 3], "all four captions identical"), _contrastive_gradient,
+     _contrastive_unchanged],
+    hints=(
+        "Row i of the logits scores image i against every caption of the batch; column j scores caption j "
+        "against every image. Each is a classification whose right answers are the captions (images) "
+        "identical to its own.",
+        "A cross-entropy accepts a target distribution per row. Build it from `same` so that it sums to one, "
+        "and do the same for the transposed logits.",
+    ),
+    see="Radford et al. 2021, Fig. 3, in lesson 09, section 3: soft targets spread over identical captions",
+)
+
+
+# ----------------------------------------------------------------------------- the cross-attention block
+def _cross_variant(block: CrossAttention, x, context, mask, *, residual=True, norm=True, heads=None,
+                   order="kv", on_normed=False, project=True, use_mask=True, fold="b (h w) c -> b c h w",
+                   reshape=False, invert=False):
+    b, c, h, w = x.shape
+    xn = block.norm(x) if norm else x
+    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c")
+    q = block.to_q(tokens)
+    k, v = block.to_kv(context).chunk(2, dim=-1)
+    if order == "vk":
+        k, v = v, k
+    m = (~mask if invert else mask) if use_mask else None
+    out = multi_head_attention(q, k, v, heads or block.heads, m)
+    out = block.to_out(out) if project else out
+    out = out.reshape(b, c, h, w) if reshape else rearrange(out, fold, h=h, w=w)
+    return (xn if on_normed else x) + out if residual else out
+
+
+def _cross_inputs(seed: int, shape=(3, 5), fresh: bool = False):
+    block = CrossAttention(16, 12, 4, 4)
+    if not fresh:
+        randomised(block, seed)
+    block.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, *shape, generator=g)
+    context = torch.randn(2, 6, 12, generator=g)
+    mask = torch.arange(6).expand(2, 6) < torch.tensor([[4], [6]])  # row 0: two padded tokens
+    context = context + 5 * (~mask)[..., None].float()  # padded tokens stand out if they leak through
+    return block, x, context, mask
+
+
+def _cross_case(seed: int, shape=(3, 5), fresh: bool = False, masked: bool = True) -> Callable[[Callable], None]:
+    def case(fn: Callable) -> None:
+        block, x, context, mask = _cross_inputs(seed, shape, fresh)
+        mask = mask if masked else None
+        what = (f"cross_attention_block on a {shape[0]}x{shape[1]} map, 6 caption tokens"
+                + (" (row 0 padded after 4)" if masked else ", no mask") + (", a fresh block" if fresh else ""))
+        with torch.no_grad():
+            want = cross_attention_block(block, x, context, mask)
+            got = _shape_error(lambda: fn(block, x.clone(), context.clone(), None if mask is None else mask.clone()),
+                               what, "the queries come from the image's H * W positions (C = 16 channels, "
+                               "block.to_q), the keys and values from the caption's tokens (D = 12 channels, "
+                               "block.to_kv makes both).")
+            if masked and isinstance(got, Tensor) and got.shape == x.shape and torch.isnan(got).any():
+                raise Mismatch(f"{what} returned NaN for the caption without padding: the mask is inverted (True "
+                               "marks the real tokens, the ones to attend to), so all its tokens were excluded.")
+            args = (block, x, context, mask)
+            mistakes = [] if fresh else [
+                Mistake("the residual is missing: return x + the projected attention output.",
+                        _cross_variant(*args, residual=False)),
+                Mistake("the GroupNorm is missing: the queries come from block.norm(x).",
+                        _cross_variant(*args, norm=False)),
+                Mistake("the residual adds the normalised map; add the block's input x itself.",
+                        _cross_variant(*args, on_normed=True)),
+                Mistake("keys and values are swapped: block.to_kv's output splits as (k, v) in that order.",
+                        _cross_variant(*args, order="vk")),
+                Mistake("the output projection block.to_out is missing.", _cross_variant(*args, project=False)),
+                Mistake("all channels form one head: pass block.heads to the attention.",
+                        _cross_variant(*args, heads=1)),
+                Mistake("the tokens were folded back with h and w swapped: rearrange(out, 'b (h w) c -> b c h w', "
+                        "h=h, w=w) undoes the flattening.", _cross_variant(*args, fold="b (w h) c -> b c h w")),
+                Mistake("reshape mixes channels and positions: (B, C, H, W) -> (B, H*W, C) needs the channel axis "
+                        "moved last (rearrange or permute), not a reshape.", _cross_variant(*args, reshape=True)),
+            ]
+            if masked and not fresh:
+                mistakes.insert(0, Mistake("the padding mask was not used: padded caption tokens (here made to "
+                                           "stand out) get attention. Pass mask to block.attend.",
+                                           _cross_variant(*args, use_mask=False)))
+                mistakes.insert(1, Mistake("the mask is inverted: True marks the real tokens, the ones to attend to "
+                                           "(pass mask itself, not ~mask).", _cross_variant(*args, invert=True)))
+        compare(got, want, what=what, mistakes=mistakes,
+                otherwise="a fresh block must return x unchanged (its output projection starts at zero)"
+                if fresh else None)
+    return case
+
+
+def _cross_unchanged(fn: Callable) -> None:
+    block, x, context, mask = _cross_inputs(7)
+    before = [z.clone() for z in (x, context, mask)]
+    with torch.no_grad():
+        fn(block, x, context, mask)
+    if not all(torch.equal(a, b) for a, b in zip((x, context, mask), before)):
+        raise Mismatch("cross_attention_block changed its inputs in place; x, the caption and its mask are "
+                       "used again by the next block: build new tensors.")
+
+
+CROSS_ATTENTION_BLOCK = Checker(
+    "cross_attention_block", cross_attention_block,
+    [_cross_case(0), _cross_case(1, (4, 4)), _cross_case(2, masked=False), _cross_case(3, (2, 6), fresh=True),
+     _cross_unchanged],
+    hints=(
+        "Lesson 03's attention block with one change: the positions of the map ask (queries), the caption's "
+        "tokens answer (keys and values). Padding must not answer.",
+        "Two linear layers make the three: one for the map's tokens, one (with twice the width) for the "
+        "caption's. block.attend takes the mask as its last argument; fold back with h and w, then add the input.",
+    ),
+    see="lesson 09, section 5: x + W_out MHA(q = W_q GroupNorm(x), k, v = W_kv context, padding masked)",
 )

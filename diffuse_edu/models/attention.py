@@ -76,18 +76,33 @@ class SelfAttention(nn.Module):
         return self.forward_fn(self, x)
 
 
+def cross_attention_block(block: CrossAttention, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+    """A cross-attention block's forward pass (lesson 09's exercise): x + W_out MHA(q, k, v), the
+    queries from the H * W positions of GroupNorm(x), the keys and values from the context tokens
+    (``block.to_kv`` makes both), padded tokens (``mask`` False) excluded, ``block.attend`` in
+    ``block.heads`` heads. Shapes: x (B, C, H, W), context (B, L, D), mask (B, L) bool -> (B, C, H, W).
+    """
+    _, _, h, w = x.shape
+    q = block.to_q(rearrange(block.norm(x), "b c h w -> b (h w) c"))  # (B, HW, C)
+    k, v = block.to_kv(context).chunk(2, dim=-1)  # (B, L, C) each
+    out = block.to_out(block.attend(q, k, v, block.heads, mask))  # (B, HW, C)
+    return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+
+
 class CrossAttention(nn.Module):
     """x + W_out MHA(q = GroupNorm(x), k = v = context). Shapes: x (B, C, H, W), context (B, L, D).
 
-    ``attend`` is the attention function it runs (a learner's, once it passed lesson 09's check:
-    :func:`use_attention`); with ``record`` set, the last call's weights are kept in ``weights``
-    (B, heads, H * W, L) (:func:`recorded_cross_attention`).
+    ``forward_fn(block, x, context, mask)`` computes the forward pass (:func:`cross_attention_block`,
+    or a learner's: :func:`use_cross_attention_block`) and ``attend`` the attention inside it; with
+    ``record`` set, the last call's weights are kept in ``weights`` (B, heads, H * W, L)
+    (:func:`recorded_cross_attention`).
     """
 
     def __init__(self, channels: int, context_dim: int, heads: int, groups: int):
         super().__init__()
         self.heads = heads
         self.attend: Callable[..., Tensor] = multi_head_attention
+        self.forward_fn: Callable[..., Tensor] = cross_attention_block
         self.record, self.weights = False, None
         self.norm = nn.GroupNorm(groups, channels)
         self.to_q = nn.Linear(channels, channels)
@@ -97,13 +112,19 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.to_out.bias)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        _, _, h, w = x.shape
-        q = self.to_q(rearrange(self.norm(x), "b c h w -> b (h w) c"))  # (B, HW, C)
-        k, v = self.to_kv(context).chunk(2, dim=-1)  # (B, L, C) each
-        out = self.to_out(self.attend(q, k, v, self.heads, mask))
-        if self.record:
-            self.weights = attention_weights(q, k, self.heads, mask).detach()
-        return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
+        if self.record:  # the weights to look at, from the block's own layers
+            q = self.to_q(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+            self.weights = attention_weights(q, self.to_kv(context).chunk(2, dim=-1)[0], self.heads, mask).detach()
+        return self.forward_fn(self, x, context, mask)
+
+
+def use_cross_attention_block(model: nn.Module, forward_fn: Callable[..., Tensor]) -> int:
+    """Make every cross-attention block of ``model`` compute its forward pass with
+    ``forward_fn(block, x, context, mask)`` (a learner's, lesson 09); returns how many blocks."""
+    blocks = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in blocks:
+        m.forward_fn = forward_fn
+    return len(blocks)
 
 
 def use_attention(model: nn.Module, attend: Callable[..., Tensor]) -> int:

@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import pickle
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -119,11 +121,17 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedu
         "train_config": _plain_config(train_config) if train_config is not None else {},
         "extra": extra or {}, "snapshots": snapshots or [], "target": target,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = _temporary(path, path.suffix)
     torch.save(payload, tmp)
     tmp.replace(path)
     _save_portable(path, payload)
     return path
+
+
+def _temporary(path: Path, suffix: str) -> Path:
+    """A name to write ``path`` (with ``suffix``) under before moving it into place: one per process
+    and thread, so that two notebooks saving the same model at once never write into one file."""
+    return path.with_suffix(f"{suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 PORTABLE_FORMAT = "diffuse_edu.portable/1"
@@ -150,7 +158,7 @@ def _save_portable(path: Path, payload: dict) -> None:
                 schedule=payload["schedule"]["name"] if payload["schedule"] else None)
     for suffix, write in ((".safetensors", lambda f: save_file({k: v.contiguous() for k, v in weights.items()}, f)),
                           (".json", lambda f: Path(f).write_text(json.dumps(meta, indent=1, default=_jsonable)))):
-        tmp = path.with_suffix(suffix + ".tmp")
+        tmp = _temporary(path, suffix)
         write(str(tmp))
         tmp.replace(path.with_suffix(suffix))
 

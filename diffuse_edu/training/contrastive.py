@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -13,11 +14,14 @@ from diffuse_edu.progress import progress
 
 def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, steps: int,
                seconds: float | None = None, batch_size: int = 128, lr: float = 2e-3,
-               generator: torch.Generator | None = None) -> list[float]:
+               generator: torch.Generator | None = None,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] = contrastive_loss) -> list[float]:
     """AdamW with a one-cycle learning rate on the contrastive loss; returns each step's loss.
 
     Stops after ``steps`` or ``seconds``, whichever comes first. Pairs with identical captions
-    count as matches. Shapes: images (N, C, S, S), ids and mask (N, L) on one device.
+    count as matches: ``loss_fn(logits, same)`` (the library's :func:`contrastive_loss`, or a
+    learner's) gets the (B, B) logits and which pairs of the batch share a caption.
+    Shapes: images (N, C, S, S), ids and mask (N, L) on one device.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -26,7 +30,7 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
     for _ in progress(range(steps), desc="mini-CLIP"):
         idx = torch.randint(0, len(images), (batch_size,), generator=generator, device=images.device)
         same = (ids[idx, None, :] == ids[None, idx, :]).all(-1)  # (B, B) identical captions
-        loss = contrastive_loss(model(images[idx], ids[idx], mask[idx]), same)
+        loss = loss_fn(model(images[idx], ids[idx], mask[idx]), same)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

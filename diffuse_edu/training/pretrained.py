@@ -11,6 +11,7 @@ every file lives where :func:`cached_path` says. The recipes themselves are data
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, make_shapes
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.evaluation.features import train_classifier
 from diffuse_edu.models.classifier import Classifier, ClassifierConfig
-from diffuse_edu.models.clip import MiniCLIP
+from diffuse_edu.models.clip import MiniCLIP, contrastive_loss
 from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.unet import UNet
 from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
@@ -54,19 +55,28 @@ def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedu
                 snapshots=result.snapshots, extra=extra, target=recipe.target)
 
 
-def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0, **train_kwargs) -> dict:
+def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0,
+                 text_encoder: torch.nn.Module | None = None,
+                 prepare: Callable[[torch.nn.Module], object] | None = None, **train_kwargs) -> dict:
     """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes.
 
-    ``train_kwargs`` go to :func:`~diffuse_edu.training.loop.train` (a learner's ``drop_fn``, say)."""
+    A text-conditioned recipe reads its captions through ``text_encoder`` (default: the cached
+    mini-CLIP's). ``prepare(network)`` runs on the fresh network before training (lesson 09 puts
+    the learner's cross-attention block in); ``train_kwargs`` go to
+    :func:`~diffuse_edu.training.loop.train` (a learner's ``drop_fn``, say).
+    """
     train_set = recipe.data()
     images, schedule, cond, null = train_set.images.to(device), recipe.schedule(), None, None
     if recipe.text is not None:  # the frozen text encoder's features of every caption, once
-        encoder = pretrained_clip(recipe.text, device=device).text
+        encoder = text_encoder if text_encoder is not None else pretrained_clip(recipe.text, device=device).text
         cond, null = encoder.condition(train_set.captions), recipe.null_cond(encoder)
     elif recipe.conditional:
         cond, null = Cond(labels=train_set.labels.to(device)), recipe.null_cond()
     torch.manual_seed(seed)  # the initial weights
-    result = train(UNet(recipe.model).to(device), images, recipe.objective(schedule), recipe.train,
+    network = UNet(recipe.model).to(device)
+    if prepare is not None:
+        prepare(network)
+    result = train(network, images, recipe.objective(schedule), recipe.train,
                    cond=cond, null_cond=null, generator=torch.Generator(device).manual_seed(seed),
                    desc=f"training {recipe.name}", **train_kwargs)
     return checkpoint_fields(recipe, result, schedule, images)
@@ -106,19 +116,25 @@ def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cp
     return load_or_train(path, Classifier, config, stamp, fit).build(device=device)
 
 
+def train_clip_recipe(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0,
+                      loss_fn: Callable[..., torch.Tensor] = contrastive_loss) -> dict:
+    """Train lesson 09's miniature CLIP for ``recipe`` with ``loss_fn`` (the library's contrastive
+    loss, or a learner's); return what :func:`save_checkpoint` takes."""
+    train_set = recipe.data()
+    torch.manual_seed(seed)
+    model = MiniCLIP(recipe.model).to(device)
+    ids, mask = model.text.tokenize(train_set.captions)
+    losses = train_clip(model, train_set.images.to(device), ids, mask, steps=recipe.steps,
+                        seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
+                        generator=torch.Generator(device).manual_seed(seed), loss_fn=loss_fn)
+    return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1], losses=losses,
+                                                       stamp=recipe.stamp()))
+
+
 def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
     """Lesson 09's miniature CLIP for ``recipe``, trained once and cached (eval mode)."""
-    def fit() -> dict:
-        train_set = recipe.data()
-        torch.manual_seed(seed)
-        model = MiniCLIP(recipe.model).to(device)
-        ids, mask = model.text.tokenize(train_set.captions)
-        losses = train_clip(model, train_set.images.to(device), ids, mask, steps=recipe.steps,
-                            seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
-                            generator=torch.Generator(device).manual_seed(seed))
-        return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1]))
-
-    return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(), fit).build(device=device)
+    return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(),
+                         lambda: train_clip_recipe(recipe, device=device, seed=seed)).build(device=device)
 
 
 def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: int = 200,
