@@ -544,7 +544,15 @@ WRONG_03_05 = [
 
 
 # --- lesson 10: the reparameterisation trick and the KL -----------------------------------------
-from diffuse_edu.exercises.vae import KL_DIAGONAL_GAUSSIAN, REPARAMETERISE  # noqa: E402
+from diffuse_edu.exercises.vae import (  # noqa: E402
+    DECODE_LATENTS,
+    ENCODE_LATENTS,
+    KL_DIAGONAL_GAUSSIAN,
+    REPARAMETERISE,
+    VAE_LOSS,
+    _vae_variant,
+)
+from diffuse_edu.models.vae import reparameterise  # noqa: E402
 
 
 def _kl(mean, logvar, *, reduce="sum", half=True, minus_one=True):
@@ -564,6 +572,31 @@ WRONG_10 = [
     (KL_DIAGONAL_GAUSSIAN, lambda m, lv: _kl(m, lv, minus_one=False), "-1 is missing"),
     (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - lv).sum(), "one number for the whole"),
     (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 + lv).flatten(1).sum(1), "sign of logvar"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, recon="mean"), "averaged over the pixels"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, sample=False), "you decoded the mean"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, weight="recon"), "multiplies the reconstruction"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, weight="none"), "kl_weight was ignored"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, recon="half"), "variance 1"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, recon="abs"), "Laplace"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, sign=-1.0), "subtracted"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w).mean(), "returned one number"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, torch.randn_like(n), w), "same noise gave different"),
+    (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w).detach(), "no gradient"),
+    (ENCODE_LATENTS, lambda v, x, s: v.encode(x)[0].detach(), "not scaled"),
+    (ENCODE_LATENTS, lambda v, x, s: (v.encode(x)[0] / s).detach(), "you divided by scale"),
+    (ENCODE_LATENTS, lambda v, x, s: (s * v.encode(x)[1]).detach(), "log-variances"),
+    (ENCODE_LATENTS, lambda v, x, s: (v.encode(s * x)[0]).detach(), "you scaled the images"),
+    (ENCODE_LATENTS, lambda v, x, s: s * v.encode(x)[0], "carry gradients"),
+    (ENCODE_LATENTS, lambda v, x, s: tuple(s * m.detach() for m in v.encode(x)), "returned a tuple"),
+    (ENCODE_LATENTS, lambda v, x, s: (s * reparameterise(*v.encode(x), torch.randn(v.encode(x)[0].shape))).detach(),
+     "different latents"),
+    (ENCODE_LATENTS, lambda v, x, s: (s * v.encode(x.add_(0.1))[0]).detach(), "in place"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z).detach(), "not unscaled"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z * s).detach(), "you multiplied by scale"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z.clamp(-1, 1) / s).detach(), "clipped to [-1, 1]"),
+    (DECODE_LATENTS, lambda v, z, s: (v.decode(z) / s).detach(), "then divided the images"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z / s), "carry gradients"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z.div_(s)).detach(), "in place"),
 ]
 
 
@@ -900,9 +933,9 @@ def test_tokenize_names_the_mask_and_splitting_conventions(how, message):
 
 
 @pytest.mark.parametrize("kl, message", [
-    (lambda m, lv: 0.5 * (m.square() + (0.5 * lv).exp() - 1 - lv).flatten(1).sum(1), "is the standard deviation sigma"),
+    (lambda m, lv: 0.5 * (m.square() + (0.5 * lv).exp() - 1 - lv).flatten(1).sum(1), "is the standard deviation; the KL"),
     (lambda m, lv: 0.5 * (m + lv.exp() - 1 - lv).flatten(1).sum(1), "the mean enters squared"),
-    (lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - 0.5 * lv).flatten(1).sum(1), "not log sigma = logvar / 2"),
+    (lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - 0.5 * lv).flatten(1).sum(1), "not the log of the standard deviation"),
     (lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - lv).flatten(1).sum(1) * 1.37,
      "matches none of the usual mistakes: compare your code with Kingma & Welling 2014, App. B"),
 ])

@@ -51,7 +51,7 @@ def test_reparameterised_samples_have_the_posteriors_moments():
 def test_the_training_loop_trains_a_vae_and_latents_rescale_to_unit_variance():
     images = data.load_digits("train").images[:512]
     vae = VAE(VAEConfig(channels=(16, 32), latent_channels=2))
-    objective = VAEObjective(latent_shape=(2, 8, 8), beta=0.1)
+    objective = VAEObjective(latent_shape=(2, 8, 8), kl_weight=0.1)
     torch.manual_seed(0)
     result = train(vae, images, objective, TrainConfig(steps=60, batch_size=64, lr=2e-3, warmup_steps=5, ema_decay=None),
                    generator=torch.Generator().manual_seed(0), show_progress=False)
@@ -77,10 +77,28 @@ def test_a_learners_pieces_run_inside_the_vae_and_its_objective():
     vae = VAE(VAEConfig(channels=(8, 8), latent_channels=2, groups=4))
     vae.reparameterise_fn = my_reparameterise
     x = torch.rand(3, 1, 8, 8) * 2 - 1
-    objective = VAEObjective((2, 4, 4), beta=1.0)
+    objective = VAEObjective((2, 4, 4), kl_weight=1.0)
     t, eps = objective.draw(x, torch.Generator().manual_seed(0))
     plain, _ = objective(vae, x, t=t, eps=eps)
-    doubled, _ = VAEObjective((2, 4, 4), beta=1.0, kl_fn=my_kl)(vae, x, t=t, eps=eps)
+    doubled, _ = VAEObjective((2, 4, 4), kl_weight=1.0, kl_fn=my_kl)(vae, x, t=t, eps=eps)
     assert calls == ["reparameterise", "reparameterise", "kl"]
     mean, logvar = vae.encode(x)
     assert torch.allclose(doubled - plain, kl_diagonal_gaussian(mean, logvar), atol=1e-4)
+
+
+def test_vae_loss_is_the_objective_and_a_learners_loss_is_used():
+    from diffuse_edu.models.vae import decode_latents, encode_latents, vae_loss
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(in_channels=1, channels=(8, 8), latent_channels=2, groups=4))
+    x, noise = torch.rand(3, 1, 8, 8) * 2 - 1, torch.randn(3, 2, 4, 4)
+    library, _ = VAEObjective((2, 4, 4), kl_weight=0.3)(vae, x, t=torch.zeros(3), eps=noise)
+    torch.testing.assert_close(vae_loss(vae, x, noise, 0.3), library)
+    seen = []
+    mine, _ = VAEObjective((2, 4, 4), 0.3, loss_fn=lambda v, xx, n, w: seen.append(w) or vae_loss(v, xx, n, w))(
+        vae, x, t=torch.zeros(3), eps=noise)
+    assert seen == [0.3] and torch.equal(mine, library)
+    z = encode_latents(vae, x, 0.5)
+    assert not z.requires_grad
+    torch.testing.assert_close(z, 0.5 * vae.encode(x)[0].detach())
+    torch.testing.assert_close(decode_latents(vae, z, 0.5), vae.decode(vae.encode(x)[0]).detach())

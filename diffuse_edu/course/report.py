@@ -78,3 +78,34 @@ def difference_verdict(smaller: object, larger: object, *, z: float = 2.0) -> tu
     if diff < -z * se and diff < 0:
         return "does not hold", diff, se
     return "inconclusive (within the spread)", diff, se
+
+
+def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[str, float, float]:
+    """Does "``after`` exceeds ``before``" hold, run by run? Each argument holds one measurement per
+    training seed, in the same seed order: the verdict uses the per-seed differences (their mean
+    and its standard error), so that what varies from seed to seed for both arms cancels.
+
+    Returns (verdict, mean difference, its standard error), the verdict as in :func:`difference_verdict`.
+    """
+    diff = torch.as_tensor(after, dtype=torch.float64).flatten() - torch.as_tensor(before, dtype=torch.float64).flatten()
+    if diff.numel() < 2:
+        raise ValueError("paired_verdict needs at least two seeds: one run gives no spread.")
+    mean, se = diff.mean().item(), (diff.std() / diff.numel() ** 0.5).item()
+    if mean > z * se and mean > 0:
+        return "holds", mean, se
+    if mean < -z * se and mean < 0:
+        return "does not hold", mean, se
+    return "inconclusive (within the spread)", mean, se
+
+
+def similarity_verdict(difference: float, se: float, margin: float, *, z: float = 2.0) -> str:
+    """A difference (positive: the second arm is better) and its standard error, judged against an
+    equivalence margin: "better" or "worse" beyond ``z`` standard errors, "similar" when the whole
+    interval difference +- z se lies inside +- ``margin``, else "inconclusive (within the spread)"."""
+    if difference > z * se and difference > 0:
+        return "better"
+    if difference < -z * se and difference < 0:
+        return "worse"
+    if abs(difference) + z * se < margin:
+        return "similar"
+    return "inconclusive (within the spread)"

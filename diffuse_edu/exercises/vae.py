@@ -1,4 +1,5 @@
-"""Checkers for lesson 10: the reparameterisation trick and the KL of a diagonal Gaussian."""
+"""Checkers for lesson 10: the reparameterisation trick, the KL of a diagonal Gaussian, the VAE's loss and
+the latent pipeline (encode and scale; unscale and decode)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from collections.abc import Callable
 import torch
 
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.models.vae import kl_diagonal_gaussian, reparameterise
+from diffuse_edu.models.vae import (
+    VAE,
+    VAEConfig,
+    decode_latents,
+    encode_latents,
+    kl_diagonal_gaussian,
+    reparameterise,
+    vae_loss,
+)
 
 
 def _moments(seed: int, shape=(3, 2, 4, 5), dtype=torch.float32):
@@ -60,8 +69,8 @@ def _reparam_zero_noise(fn: Callable) -> None:
 REPARAMETERISE = Checker(
     "reparameterise", reparameterise,
     [_reparam_case(0), _reparam_case(1, torch.float64), _reparam_zero_noise, _reparam_gradient],
-    hints=("A sample of N(mean, sigma^2) is the mean plus sigma times standard noise; the encoder gives you "
-           "log(sigma^2), not sigma.",
+    hints=("A sample of N(mean, std^2) is the mean plus std times standard noise; the encoder gives you "
+           "log(std^2), not std.",
            "Turn the log-variance into a standard deviation (a square root is a halving in log space) and keep "
            "every operation on the tensors, so that gradients reach mean and logvar."),
     see="Kingma & Welling 2014, Sec. 2.4, in lesson 10, section 1: mean + exp(logvar / 2) noise",
@@ -82,11 +91,11 @@ def _kl_mistakes(mean, logvar) -> list[Mistake]:
                 0.5 * terms.sum().expand(mean.shape[0])),
         Mistake("logvar was used as the variance itself; the variance is exp(logvar).",
                 0.5 * (mean.square() + logvar - 1 - logvar.clamp_min(1e-6).log()).flatten(1).sum(1)),
-        Mistake("exp(logvar / 2) is the standard deviation sigma; the KL's term is the variance sigma^2 = exp(logvar).",
+        Mistake("exp(logvar / 2) is the standard deviation; the KL's term is the variance exp(logvar).",
                 0.5 * (mean.square() + (0.5 * logvar).exp() - 1 - logvar).flatten(1).sum(1)),
         Mistake("the mean enters squared: mean^2, not mean.",
                 0.5 * (mean + logvar.exp() - 1 - logvar).flatten(1).sum(1)),
-        Mistake("the log term is log sigma^2 = logvar, not log sigma = logvar / 2.",
+        Mistake("the log term is the log-variance logvar, not the log of the standard deviation (logvar / 2).",
                 0.5 * (mean.square() + logvar.exp() - 1 - 0.5 * logvar).flatten(1).sum(1)),
     ]
 
@@ -114,7 +123,200 @@ KL_DIAGONAL_GAUSSIAN = Checker(
     [_kl_case(0), _kl_case(1, (4, 8)), _kl_case(2, (2, 4, 2, 2), torch.float64), _kl_prior],
     hints=("Each latent dimension is an independent Gaussian, so the KL is a sum of one-dimensional KLs, each a "
            "function of that dimension's mean and log-variance only.",
-           "Take the one-dimensional KL of N(m, s^2) from N(0, 1) in the lesson's Math section, with s^2 = "
-           "exp(logvar) and log s^2 = logvar; then sum it over every axis but the batch."),
+           "Take the one-dimensional KL of N(m, v) from N(0, 1) in the lesson's Math section, with the variance "
+           "v = exp(logvar) and log v = logvar; then sum it over every axis but the batch."),
     see="Kingma & Welling 2014, App. B, in lesson 10, section 1: 1/2 sum(mean^2 + exp(logvar) - 1 - logvar)",
+)
+
+
+# ----------------------------------------------------------------------------- the VAE's loss
+def _vae(seed: int) -> VAE:
+    torch.manual_seed(seed)
+    vae = VAE(VAEConfig(in_channels=1, channels=(8, 8), latent_channels=2, groups=4)).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return vae
+
+
+def _vae_batch(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    return x, torch.randn(3, 2, 4, 4, generator=g)
+
+
+def _vae_variant(vae, x, noise, w, *, recon="sum", sample=True, weight="kl", sign=1.0):
+    mean, logvar = vae.encode(x)
+    z = reparameterise(mean, logvar, noise) if sample else mean
+    err = vae.decode(z) - x
+    r = {"sum": err.square().flatten(1).sum(1), "mean": err.square().flatten(1).mean(1),
+         "half": 0.5 * err.square().flatten(1).sum(1), "abs": err.abs().flatten(1).sum(1)}[recon]
+    kl = kl_diagonal_gaussian(mean, logvar)
+    if weight == "recon":
+        return w * r + sign * kl
+    return r + sign * (w if weight == "kl" else 1.0) * kl
+
+
+def _vae_case(seed: int, w: float) -> Callable:
+    def case(fn: Callable) -> None:
+        vae, (x, noise) = _vae(seed), _vae_batch(seed)
+        what = f"vae_loss on 3 images of 8x8, kl_weight = {w}"
+        with torch.no_grad():
+            got = fn(vae, x.clone(), noise.clone(), w)
+            if isinstance(got, torch.Tensor) and got.ndim == 0:
+                raise Mismatch(f"{what} returned one number; return the loss of each image, shape (3,) (the loop "
+                               "records it per example and averages it itself).")
+            args = (vae, x, noise, w)
+            mistakes = [
+                Mistake("the squared error is averaged over the pixels; sum it: the summed squared error is the "
+                        "negative log-likelihood of a Gaussian decoder of variance 1/2, which makes kl_weight = 1 "
+                        "the negative ELBO.", _vae_variant(*args, recon="mean")),
+                Mistake("you decoded the mean; decode a sample z = reparameterise(mean, logvar, noise), with the "
+                        "noise you are given (the ELBO is an expectation over q(z | x)).",
+                        _vae_variant(*args, sample=False)),
+                Mistake("kl_weight multiplies the reconstruction; it weighs the KL.",
+                        _vae_variant(*args, weight="recon")),
+                Mistake("kl_weight was ignored: the KL is multiplied by it.", _vae_variant(*args, weight="none")),
+                Mistake("half the squared error is the decoder of variance 1; this course's loss is the summed "
+                        "squared error (variance 1/2), without the 1/2.", _vae_variant(*args, recon="half")),
+                Mistake("absolute errors are a Laplace decoder's; the loss uses squared errors.",
+                        _vae_variant(*args, recon="abs")),
+                Mistake("the KL is subtracted; the negative ELBO adds it.", _vae_variant(*args, sign=-1.0)),
+            ]
+        compare(got, vae_loss(vae, x, noise, w), what=what, mistakes=mistakes)
+    return case
+
+
+def _vae_noise_used(fn: Callable) -> None:
+    vae, (x, noise) = _vae(5), _vae_batch(5)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = fn(vae, x, noise, 0.5)
+        torch.manual_seed(2)
+        b = fn(vae, x, noise, 0.5)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b):
+        raise Mismatch("two calls with the same noise gave different losses: draw z from the noise you are "
+                       "given (reparameterise(mean, logvar, noise)), not from fresh random numbers.")
+
+
+def _vae_gradient(fn: Callable) -> None:
+    vae, (x, noise) = _vae(6), _vae_batch(6)
+    loss = fn(vae, x, noise, 0.1)
+    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
+        raise Mismatch("the loss carries no gradient to the VAE's weights (was it computed under torch.no_grad(), "
+                       "or with .item()?): the loop could not train the VAE.")
+    loss.sum().backward()
+    if vae.encoder[0].weight.grad is None or vae.encoder[0].weight.grad.abs().sum() == 0:
+        raise Mismatch("the encoder gets no gradient: build z from the encoder's mean and logvar.")
+
+
+VAE_LOSS = Checker(
+    "vae_loss", vae_loss,
+    [_vae_noise_used, _vae_case(0, 1.0), _vae_case(1, 0.01), _vae_gradient],
+    hints=(
+        "Three steps, all in one pass: the posterior's moments from the encoder, a latent drawn from them with the "
+        "noise you are given, and a reconstruction of the image from that latent. The loss compares and regularises.",
+        "Per image: how far the reconstruction is from the image (squared, every pixel counted), plus the weighted "
+        "KL of the moments. Your reparameterise and kl_diagonal_gaussian are in the notebook.",
+    ),
+    see="lesson 10, section 2: ||x - decode(z)||^2 summed over pixels + lambda KL, z = reparameterise(mean, logvar, noise)",
+)
+
+
+# ----------------------------------------------------------------------------- the latent pipeline
+def _pipeline_inputs(seed: int):
+    vae = _vae(seed)
+    x, _ = _vae_batch(seed)
+    z = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(seed + 7)) * 2
+    return vae, x, z
+
+
+def _encode_case(seed: int, scale: float) -> Callable:
+    def case(fn: Callable) -> None:
+        vae, x, _ = _pipeline_inputs(seed)
+        what = f"encode_latents(vae, 3 images, scale={scale})"
+        with torch.no_grad():
+            mean, logvar = vae.encode(x)
+        torch.manual_seed(0)
+        got = fn(vae, x.clone(), scale)
+        if isinstance(got, tuple):
+            raise Mismatch(f"{what} returned a tuple; return one tensor, the scaled posterior means.")
+        if isinstance(got, torch.Tensor) and got.requires_grad:
+            raise Mismatch(f"{what} returned latents that carry gradients to the VAE; the VAE is frozen by now: "
+                           "encode under torch.no_grad() (or detach).")
+        mistakes = [
+            Mistake("the latents are not scaled: multiply the means by scale (unit standard deviation).", mean),
+            Mistake("you divided by scale; the latents are multiplied by it on the way in (divided on the way out).",
+                    mean / scale),
+            Mistake("you returned the log-variances; the latents are the means.", scale * logvar),
+            Mistake("the scale multiplies the latent, after the encoder: you scaled the images.",
+                    vae.encode(scale * x)[0].detach()),
+        ]
+        compare(got, encode_latents(vae, x, scale), what=what, mistakes=mistakes)
+    return case
+
+
+def _encode_deterministic(fn: Callable) -> None:
+    vae, x, _ = _pipeline_inputs(3)
+    torch.manual_seed(1)
+    a = fn(vae, x, 0.7)
+    torch.manual_seed(2)
+    b = fn(vae, x, 0.7)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b):
+        raise Mismatch("encoding the same images twice gave different latents: use the posterior means, not "
+                       "samples of q(z | x) (the diffusion model learns the distribution of the means).")
+
+
+def _decode_case(seed: int, scale: float) -> Callable:
+    def case(fn: Callable) -> None:
+        vae, _, z = _pipeline_inputs(seed)
+        what = f"decode_latents(vae, latents of shape {tuple(z.shape)}, scale={scale})"
+        got = fn(vae, z.clone(), scale)
+        if isinstance(got, torch.Tensor) and got.requires_grad:
+            raise Mismatch(f"{what} returned images that carry gradients: decode under torch.no_grad().")
+        with torch.no_grad():
+            mistakes = [
+                Mistake("the latents were not unscaled: divide them by scale before decoding.", vae.decode(z)),
+                Mistake("you multiplied by scale; undo the scaling: divide by it.", vae.decode(z * scale)),
+                Mistake("the latents were clipped to [-1, 1] like pixels; latents have no such range.",
+                        vae.decode(z.clamp(-1, 1) / scale)),
+                Mistake("the latents were clipped to [-1, 1] like pixels; latents have no such range.",
+                        vae.decode((z / scale).clamp(-1, 1))),
+                Mistake("you decoded the latents and then divided the images by scale; unscale the latents first.",
+                        vae.decode(z) / scale),
+            ]
+            compare(got, decode_latents(vae, z, scale), what=what, mistakes=mistakes)
+    return case
+
+
+def _unchanged(fn: Callable, *, encode: bool) -> None:
+    vae, x, z = _pipeline_inputs(4)
+    arg = x if encode else z
+    before = arg.clone()
+    fn(vae, arg, 0.5)
+    if not torch.equal(arg, before):
+        raise Mismatch(f"{'encode' if encode else 'decode'}_latents changed its input in place (mul_ or div_?): "
+                       "the sampler's output and the data set are used again; build new tensors.")
+
+
+ENCODE_LATENTS = Checker(
+    "encode_latents", encode_latents,
+    [lambda fn: _unchanged(fn, encode=True), _encode_deterministic, _encode_case(0, 0.7), _encode_case(1, 2.5)],
+    hints=(
+        "The diffusion model trains on one fixed latent per image, with unit standard deviation.",
+        "vae.encode gives two tensors; one of them is the latent. The scale factor was measured so that "
+        "multiplying by it gives standard deviation 1. Nothing here needs gradients.",
+    ),
+    see="lesson 10, section 4: latents = scale * mean of q(z | x), no gradients",
+)
+
+DECODE_LATENTS = Checker(
+    "decode_latents", decode_latents,
+    [_decode_case(0, 0.7), _decode_case(1, 2.5), lambda fn: _unchanged(fn, encode=False)],
+    hints=(
+        "What the sampler returns lives in the scaled latent space; the decoder was trained on unscaled latents.",
+        "Undo what encode_latents did to the latents, then let the decoder make the image. Latents are not "
+        "pixels: nothing clips them.",
+    ),
+    see="lesson 10, section 4: images = decode(latents / scale)",
 )

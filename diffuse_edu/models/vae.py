@@ -4,12 +4,14 @@ Kingma & Welling (2014): an encoder maps an image x to a diagonal Gaussian q(z |
 exp(logvar)) over a smaller latent z; a decoder maps z back to an image. Training maximises the
 evidence lower bound, i.e. minimises, per image,
 
-    loss = reconstruction error(x, decode(z)) + beta * KL(q(z | x) || N(0, I)),  z = mean + std * eps,
+    loss = ||x - decode(z)||^2 + lambda * KL(q(z | x) || N(0, I)),  z = mean + std * eps,
 
 where sampling z through ``reparameterise`` keeps the path from the loss to the encoder
 differentiable (their Sec. 2.4) and the KL of two Gaussians has a closed form (their App. B):
-KL = 1/2 sum(mean^2 + exp(logvar) - 1 - logvar) nats. beta trades the two terms (Higgins et al.
-2017); latent diffusion uses a small one, so the latents stay informative (Rombach et al. 2022,
+KL = 1/2 sum(mean^2 + exp(logvar) - 1 - logvar) nats. The summed squared error is the negative
+log-likelihood of a Gaussian decoder of variance 1/2 (up to a constant), so lambda = 1 gives the
+negative ELBO; the KL weight lambda trades the two terms (the beta of Higgins et al. 2017, renamed
+here: beta is the noise schedule's); latent diffusion uses a small one, so the latents stay informative (Rombach et al. 2022,
 Sec. 3.1), and rescales the latents to unit variance before diffusing them (their App. G, Stable
 Diffusion's 0.18215).
 
@@ -121,18 +123,34 @@ class VAE(nn.Module):
         return self.decode(self.reparameterise_fn(mean, logvar, noise)), mean, logvar
 
 
+def vae_loss(vae: VAE, x: Tensor, noise: Tensor, kl_weight: float = 1.0) -> Tensor:
+    """The VAE's training loss per example (lesson 10's exercise): encode, draw z with ``noise``
+    through the VAE's reparameterisation, decode, and add the squared error summed over pixels to
+    ``kl_weight`` times the KL.
+
+    The summed squared error is the negative log-likelihood of a Gaussian decoder of variance 1/2,
+    -log N(x; x_hat, I/2) = ||x - x_hat||^2 + const, so with kl_weight = 1 the loss is the negative
+    ELBO (up to that constant). Shapes: x (B, C, H, W), noise like the latents -> (B,).
+    """
+    mean, logvar = vae.encode(x)
+    x_hat = vae.decode(vae.reparameterise_fn(mean, logvar, noise))
+    recon = (x_hat.float() - x.float()).square().flatten(1).sum(1)
+    return recon + kl_weight * kl_diagonal_gaussian(mean.float(), logvar.float())
+
+
 @dataclass(frozen=True, eq=False)
 class VAEObjective:
-    """The negative ELBO per example as an objective of the course's training loop.
+    """The VAE's loss as an objective of the course's training loop.
 
-    Reconstruction: the squared error summed over pixels (a Gaussian decoder with unit variance, up
-    to constants), plus ``beta`` times the KL in nats. ``draw`` gives the loop the latent noise; the
-    "noise level" it records is 0 for every example (a VAE has none).
+    ``loss_fn(vae, x, noise, kl_weight) -> (B,)`` is :func:`vae_loss` (with ``kl_fn`` as its KL) or a
+    learner's. ``draw`` gives the loop the latent noise; the "noise level" it records is 0 for
+    every example (a VAE has none).
     """
 
     latent_shape: tuple[int, int, int]  # (C, H, W) of z for the training images
-    beta: float = 1.0
+    kl_weight: float = 1.0  # lambda: 1 is the negative ELBO of a decoder of variance 1/2
     kl_fn: Callable[[Tensor, Tensor], Tensor] = kl_diagonal_gaussian  # a learner's, lesson 10
+    loss_fn: Callable[..., Tensor] | None = None  # a learner's vae_loss, lesson 10
     t_max = 1.0
 
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -145,9 +163,32 @@ class VAEObjective:
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if t is None or eps is None:
             t, eps = self.draw(x0, generator)
-        x_hat, mean, logvar = model(x0, eps)
+        if self.loss_fn is not None:
+            return self.loss_fn(model, x0, eps, self.kl_weight), t
+        mean, logvar = model.encode(x0)
+        x_hat = model.decode(model.reparameterise_fn(mean, logvar, eps))
         recon = F.mse_loss(x_hat.float(), x0.float(), reduction="none").flatten(1).sum(1)
-        return recon + self.beta * self.kl_fn(mean.float(), logvar.float()), t
+        return recon + self.kl_weight * self.kl_fn(mean.float(), logvar.float()), t
+
+
+def encode_latents(vae: VAE, images: Tensor, scale: float) -> Tensor:
+    """Images -> the latents a diffusion model trains on (lesson 10's exercise): the posterior
+    means of q(z | x), times ``scale`` (unit standard deviation). No gradients.
+
+    Shapes: (N, C, H, W) -> (N, latent_channels, H / factor, W / factor).
+    """
+    with torch.no_grad():
+        return scale * vae.encode(images)[0]
+
+
+def decode_latents(vae: VAE, latents: Tensor, scale: float) -> Tensor:
+    """Latents a diffusion model sampled -> images (lesson 10's exercise): divide by ``scale``
+    (undo the scaling) and decode; no clipping of the latents (they have no [-1, 1] range).
+
+    Shapes: (N, latent_channels, h, w) -> (N, C, h * factor, w * factor).
+    """
+    with torch.no_grad():
+        return vae.decode(latents / scale)
 
 
 @torch.no_grad()

@@ -1,0 +1,25 @@
+"""The verdict helpers every lesson's captions are composed with."""
+
+import pytest
+
+from diffuse_edu.course.report import difference_verdict, paired_verdict, similarity_verdict
+
+
+def test_paired_verdict_uses_the_per_seed_differences():
+    # each seed moves both arms alike: unpaired the spread swamps the gain, paired it does not
+    before, after = [0.2, 0.5, 0.8], [0.25, 0.56, 0.84]
+    assert difference_verdict(before, after)[0].startswith("inconclusive")
+    verdict, diff, se = paired_verdict(before, after)
+    assert verdict == "holds" and diff == pytest.approx(0.05) and se < 0.01
+    assert paired_verdict(after, before)[0] == "does not hold"
+    assert paired_verdict([1, 2, 3], [1.1, 1.9, 3.0])[0].startswith("inconclusive")
+    with pytest.raises(ValueError, match="two seeds"):
+        paired_verdict([1.0], [2.0])
+
+
+@pytest.mark.parametrize("difference, se, margin, expected", [
+    (0.20, 0.03, 0.10, "better"), (-0.20, 0.03, 0.10, "worse"), (0.01, 0.02, 0.10, "similar"),
+    (0.05, 0.04, 0.10, "inconclusive (within the spread)"),
+])
+def test_similarity_needs_the_whole_interval_inside_the_margin(difference, se, margin, expected):
+    assert similarity_verdict(difference, se, margin) == expected
