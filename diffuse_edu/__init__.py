@@ -25,13 +25,16 @@ lesson                modules
 06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
                       ``evaluation.probes``
 07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``
-08 guidance           ``diffusion.guidance``, ``training.recipes`` (class-conditional models)
-09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip``, ``models.attention``
-                      (cross-attention), ``training.contrastive``, ``evaluation.adherence``
-10 latent diffusion   ``models.vae`` (``reparameterise``, ``kl_diagonal_gaussian``, ``VAE``,
-                      ``VAEObjective``, ``latent_scale``), ``evaluation.probes``
-11 editing            ``diffusion.editing``, ``diffusion.samplers`` (``invert_ddim``),
-                      ``evaluation.probes`` (``seam_jump``)
+08 guidance           ``models.conditioning`` (``drop_labels``), ``diffusion.guidance``
+                      (``guided_forward``), ``training.recipes`` (class-conditional models)
+09 text conditioning  ``data.captioned``, ``models.text``, ``models.clip`` (``contrastive_loss``),
+                      ``models.attention`` (``cross_attention_block``), ``training.contrastive``,
+                      ``evaluation.adherence``
+10 latent diffusion   ``models.vae`` (``reparameterise``, ``kl_diagonal_gaussian``, ``vae_loss``,
+                      ``encode_latents``, ``decode_latents``, ``VAE``, ``VAEObjective``,
+                      ``latent_scale``), ``evaluation.probes``, ``course.report`` (``paired_verdict``)
+11 editing            ``diffusion.editing`` (``repaint_step``), ``diffusion.samplers``
+                      (``ddim_inversion``), ``evaluation.probes`` (``seam_jump``)
 12 beyond the U-Net   ``models.dit`` (``patchify``, ``dit_block``), ``diffusion.objectives``
                       (``flow_matching_loss``, ``FlowMatching``), ``diffusion.samplers``
                       (``sample_flow_euler``), ``diffusion.schedules`` (``shift_snr``),

@@ -7,6 +7,7 @@ from diffuse_edu.diffusion.editing import inpaint, sdedit
 from diffuse_edu.diffusion.forward_process import q_forward, q_sample
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.evaluation.probes import seam_jump
+from diffuse_edu.models.unet import UNet, UNetConfig
 
 SCHEDULE = cosine_schedule(1000)
 
@@ -92,3 +93,29 @@ def test_seam_jump_sees_a_pasted_border():
     assert seam_jump(pasted, mask).item() == pytest.approx(seam_jump(smooth, mask).item() + 1.0)
     with pytest.raises(ValueError, match="no border"):
         seam_jump(smooth, torch.ones(1, 1, 8, 8))
+
+
+def test_inpaint_runs_a_learners_repaint_step_and_ddim_inversion_is_invert_ddim():
+    from diffuse_edu.diffusion.editing import repaint_step
+    from diffuse_edu.diffusion.samplers import ddim_inversion, invert_ddim
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(), groups=4)).eval()
+    schedule = cosine_schedule(100)
+    known = torch.rand(2, 1, 8, 8) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4, :] = 1
+    calls = []
+
+    def mine(*args, **kw):
+        calls.append(args[2:4])
+        return repaint_step(*args, **kw)
+
+    a = inpaint(net, known, mask, schedule, steps=5, resample=3, generator=torch.Generator().manual_seed(1),
+                repaint=mine)
+    b = inpaint(net, known, mask, schedule, steps=5, resample=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and len(calls) == 5 and calls[-1][1] == 0
+    from diffuse_edu.diffusion.denoisers import as_denoiser
+    with torch.no_grad():
+        torch.testing.assert_close(ddim_inversion(as_denoiser(net, schedule), known, schedule, 10, 80),
+                                   invert_ddim(net, known, schedule, steps=10, t_max=80))

@@ -304,7 +304,14 @@ def _root(a, *, how):
     raise ValueError(how)
 
 
+def _ema_rebinding(ema, cur, k, decay):
+    d = min(decay, (1 + k) / (10 + k))
+    for i in range(len(ema)):
+        ema[i] = d * ema[i] + (1 - d) * cur[i]  # right values, but new tensors: the model's own never move
+
+
 WRONG_05_06 = [
+    (EMA_UPDATE, _ema_rebinding, "put new tensors into the list"),
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, swap=True), "weights are swapped"),
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, warm=False), "there is no warm-up"),
     (EMA_UPDATE, lambda e, c, k, d: _ema(e, c, k, d, cap=False), "warm-up never ends"),
@@ -600,25 +607,44 @@ WRONG_10 = [
 ]
 
 
-# --- lesson 11: the replacement step -----------------------------------------------------------
-from diffuse_edu.exercises.editing import REPLACE_KNOWN  # noqa: E402
+# --- lesson 11: RePaint's step and DDIM inversion ------------------------------------------------
+from diffuse_edu.exercises.editing import (  # noqa: E402
+    DDIM_INVERSION,
+    REPAINT_STEP,
+    _inversion_variant,
+    _repaint_variant,
+)
 
 
-def _replace(x, known, mask, t, schedule, noise, *, noised=True, inverted=False, exact_end=True, in_place=False):
-    known_t = q_sample(known, t, schedule, noise) if noised and (t > 0 or not exact_end) else known
-    if not exact_end and t == 0:
-        known_t = q_sample(known, 1, schedule, noise)
-    m = 1 - mask if inverted else mask
-    if in_place:
-        return x.mul_(1 - m).add_(m * known_t)
-    return m * known_t + (1 - m) * x
+def _repaint(**kw):
+    return lambda d, x, t, tp, k, m, s, r, noise, cond=None: _repaint_variant(d, x, t, tp, k, m, s, r, noise, cond, **kw)
+
+
+def _fresh_noise(d, x, t, tp, k, m, s, r, noise, cond=None):
+    return _repaint_variant(d, x, t, tp, k, m, s, r, lambda: torch.randn(x.shape), cond)
+
+
+def _inversion(**kw):
+    return lambda d, x0, s, n, tm, cond=None: _inversion_variant(d, x0, s, n, tm, cond, **kw)
 
 
 WRONG_11 = [
-    (REPLACE_KNOWN, lambda *a: _replace(*a, noised=False), "pasted in clean"),
-    (REPLACE_KNOWN, lambda *a: _replace(*a, inverted=True), "mask is inverted"),
-    (REPLACE_KNOWN, lambda *a: _replace(*a, exact_end=False), "without noise"),
-    (REPLACE_KNOWN, lambda *a: _replace(*a, in_place=True), "in place"),
+    (REPAINT_STEP, _repaint(last_once=False), "the last step runs once"),
+    (REPAINT_STEP, _repaint(jump="none"), "each try started from the same x_t"),
+    (REPAINT_STEP, _repaint(jump="from x0"), "as if x_{t_prev} were a clean image"),
+    (REPAINT_STEP, _repaint(jump_last=True), "after a last jump back"),
+    (REPAINT_STEP, _repaint(replace=False), "known region was not put back"),
+    (REPAINT_STEP, _repaint(replace_first=True), "before the step"),
+    (REPAINT_STEP, _repaint(extra=1), "tries instead of"),
+    (REPAINT_STEP, _repaint(eta=0.0), "ancestral"),
+    (REPAINT_STEP, _fresh_noise, "never called noise()"),
+    (DDIM_INVERSION, _inversion(order="down"), "that is sampling"),
+    (DDIM_INVERSION, _inversion(skip_first=True), "first step (from t = 0) is missing"),
+    (DDIM_INVERSION, _inversion(label="end"), "at the step's end"),
+    (DDIM_INVERSION, _inversion(at_zero="x0"), "use x_0 itself as x0_hat"),
+    (DDIM_INVERSION, _inversion(at_zero="t0"), "evaluated the network at t = 0"),
+    (DDIM_INVERSION, _inversion(eta=1.0), "deterministic DDIM"),
+    (DDIM_INVERSION, lambda d, x0, s, n, tm, cond=None: [_inversion_variant(d, x0, s, n, tm, cond)], "returned a list"),
 ]
 
 

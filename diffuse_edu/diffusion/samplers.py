@@ -118,20 +118,32 @@ def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
 
 
 @torch.no_grad()
-def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
-                t_max: int | None = None, cond: object = None, step: Callable | None = None) -> Tensor:
-    """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
-    Nichol 2021, App. F): each step uses the estimates at the current, less noisy step (at t = 0,
-    where the network was never trained, x_0 itself and the noise the network sees at t = 1).
-    ``step`` is :func:`ddim_step` or a learner's (lesson 11)."""
-    schedule = _needs_schedule(schedule, "invert_ddim")
-    denoiser, step = as_denoiser(model, schedule), step or ddim_step
+def ddim_inversion(denoiser: Denoiser, x0: Tensor, schedule: NoiseSchedule, steps: int, t_max: int,
+                   cond: object = None, *, step: Callable | None = None) -> Tensor:
+    """Deterministic DDIM run backwards, x_0 -> x_{t_max}, on ``steps`` steps of the grid of
+    :func:`timesteps` taken in rising order (lesson 11's exercise). Each step uses the estimates at
+    its start, the less noisy end, which is the only one known; at t = 0, where the network was
+    never trained, x0_hat is x_0 itself and the noise estimate is the network's at t = 1.
+    ``step`` is :func:`ddim_step` or a learner's (lesson 07). Shapes: x0 (B, ...) -> like x0.
+    """
+    step = step or ddim_step
     ts = timesteps(schedule, steps, t_max=t_max)[::-1]  # 0 .. t_max
     x = x0
     for t, t_next in zip(ts[:-1], ts[1:]):
         pred = denoiser.at_step(x, max(t, 1), cond, schedule=schedule)
         x = step(x, x if t == 0 else pred.x0, pred.eps, t, t_next, schedule)
     return x
+
+
+@torch.no_grad()
+def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
+                t_max: int | None = None, cond: object = None, step: Callable | None = None) -> Tensor:
+    """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
+    Nichol 2021, App. F) with any model: :func:`ddim_inversion` on its denoiser.
+    ``step`` is :func:`ddim_step` or a learner's."""
+    schedule = _needs_schedule(schedule, "invert_ddim")
+    return ddim_inversion(as_denoiser(model, schedule), x0, schedule, steps, schedule.T if t_max is None else t_max,
+                          cond, step=step)
 
 
 # ----------------------------------------------------------------------------- sigma space

@@ -1,64 +1,231 @@
-"""Checker for lesson 11: the replacement step of inpainting."""
+"""Checkers for lesson 11: RePaint's step (its inner loop) and DDIM inversion, both built on the
+learner's DDIM step of lesson 07."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from diffuse_edu.diffusion.editing import replace_known
-from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.editing import repaint_step, replace_known
+from diffuse_edu.diffusion.forward_process import q_forward, q_sample
+from diffuse_edu.diffusion.samplers import ddim_inversion, ddim_step, timesteps
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
 
 _SCHEDULE = cosine_schedule(1000)
 
 
-def _case_data(seed: int, dtype=torch.float32):
+@dataclass
+class _Estimates:
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+
+class _StandIn:
+    """A stand-in denoiser: smooth, consistent estimates (x_t = sqrt(ab) x0_hat + sqrt(1 - ab) eps_hat)
+    from x_t and t, recording the step of every call. At t = 0 its noise estimate is infinite, as a
+    real model's is meaningless there."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def at_step(self, x: torch.Tensor, t: int, cond: object = None, *, schedule=None) -> _Estimates:
+        self.calls.append(int(t))
+        ab = _SCHEDULE.alpha_bar[int(t)].item()
+        x0 = torch.tanh(0.7 * x + 0.3 * torch.sin(torch.arange(x.shape[-1], dtype=x.dtype)) + 1e-4 * t)
+        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5 if ab < 1 else torch.full_like(x, float("inf"))
+        return _Estimates(x0, eps)
+
+
+class _Noise:
+    """noise() for the checks: the same tensor at every call, so that the order of the draws does
+    not matter, only whether noise() is used."""
+
+    def __init__(self, like: torch.Tensor, seed: int) -> None:
+        self.value = torch.randn(like.shape, generator=torch.Generator().manual_seed(seed))
+        self.calls = 0
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        return self.value.clone()
+
+
+def _repaint_data(seed: int):
     g = torch.Generator().manual_seed(seed)
-    x_prev, known, noise = (torch.randn(2, 1, 4, 6, generator=g).to(dtype) for _ in range(3))
-    mask = torch.zeros(1, 1, 4, 6, dtype=dtype)
+    x_t, known = torch.randn(2, 1, 4, 6, generator=g), torch.rand(2, 1, 4, 6, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, 4, 6)
     mask[..., :2, :] = 1  # the top half is known
-    return x_prev, known, mask, noise
+    return x_t, known, mask
 
 
-def _case(t_prev: int, seed: int, dtype=torch.float32) -> Callable:
+def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, cond=None, *, last_once=True,
+                     jump="forward", jump_last=False, replace=True, replace_first=False, eta=1.0, extra=0):
+    tries = (resample if t_prev > 0 or not last_once else 1) + extra
+    for r in range(tries):
+        if replace_first:
+            x_t = replace_known(x_t, known, mask, t, schedule, noise())
+        pred = d.at_step(x_t, t, cond, schedule=schedule)
+        x_prev = ddim_step(x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None)
+        if replace and not replace_first:
+            x_prev = replace_known(x_prev, known, mask, t_prev, schedule, noise())
+        if r < tries - 1 or jump_last:
+            if jump == "forward":
+                x_t = q_forward(x_prev, t_prev, t, schedule, noise())
+            elif jump == "from x0":
+                x_t = q_sample(x_prev, t, schedule, noise())
+        if jump_last and r == tries - 1:
+            return x_t
+    return x_prev
+
+
+def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
     def case(fn: Callable) -> None:
-        x_prev, known, mask, noise = _case_data(seed, dtype)
-        want = replace_known(x_prev, known, mask, t_prev, _SCHEDULE, noise)
-        noised = q_sample(known, max(t_prev, 0), _SCHEDULE, noise)
+        x_t, known, mask = _repaint_data(seed)
+        args = (x_t, t, t_prev, known, mask, _SCHEDULE, resample)
+        what = f"repaint_step from t = {t} to t_prev = {t_prev} with resample = {resample}"
+        stand_in, noise = _StandIn(), _Noise(x_t, seed)
+        got = fn(stand_in, x_t.clone(), t, t_prev, known.clone(), mask, _SCHEDULE, resample, noise)
+        tries = resample if t_prev > 0 else 1
+        if t_prev == 0 and len(stand_in.calls) > 1:
+            raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; the last step runs once: "
+                           "at t_prev = 0 there is nothing to jump back to, and a repeat would denoise the finished "
+                           "image as if it were still noisy (Lugmayr et al. 2022, Alg. 1).")
+        if noise.calls == 0:
+            raise Mismatch(f"{what} never called noise(): draw every random number with noise(), so that runs "
+                           "can be repeated (the step's noise, the known image's noise and the jump's noise).")
+
+        def wrong(**kw):
+            return _repaint_variant(_StandIn(), *args, _Noise(x_t, seed), **kw)
+
         mistakes = [
-            Mistake("the known region was pasted in clean: at t_prev > 0 it must carry the same noise level as "
-                    "x_prev, q_sample(known, t_prev, schedule, noise).", mask * known + (1 - mask) * x_prev),
-            Mistake("the mask is inverted: 1 marks the known pixels, which come from `known`.",
-                    (1 - mask) * noised + mask * x_prev),
-            Mistake("the generated region was replaced too: keep x_prev where the mask is 0.", noised.expand_as(x_prev)),
+            Mistake("each try started from the same x_t: between tries, jump back from the try's x_{t_prev} to t "
+                    "with q(x_t | x_{t_prev}), so the next try starts from the previous one's result.",
+                    wrong(jump="none")),
+            Mistake("you jumped back with q(x_t | x_0), as if x_{t_prev} were a clean image; the way back from "
+                    "t_prev to t is q(x_t | x_{t_prev}): sqrt(ab_t / ab_prev) x + sqrt(1 - ab_t / ab_prev) noise.",
+                    wrong(jump="from x0")),
+            Mistake("you returned x_t after a last jump back; return the last try's x_{t_prev}.",
+                    wrong(jump_last=True)),
+            Mistake("the known region was not put back: after each step, replace it with the known image at "
+                    "t_prev (replace_known).", wrong(replace=False)),
+            Mistake("the known region was put back before the step, at t; put it back after the step, at t_prev, "
+                    "so that the step's result keeps it.", wrong(replace_first=True)),
+            Mistake(f"{resample + 1} tries instead of {resample}: the loop runs resample times.", wrong(extra=1)),
+            Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its noise.", wrong(eta=0.0)),
         ]
-        if t_prev == 0:
-            mistakes.append(Mistake("at t_prev = 0 the known image goes back in without noise, so that the "
-                                    "result keeps it exactly.", mask * q_sample(known, 1, _SCHEDULE, noise)
-                                    + (1 - mask) * x_prev))
-        before = x_prev.clone()
-        got = fn(x_prev, known.clone(), mask.clone(), t_prev, _SCHEDULE, noise.clone())
-        if not torch.equal(x_prev, before):
-            raise Mismatch("replace_known changed the caller's x_prev in place; return a new tensor.")
-        compare(got, want, what=f"replace_known at t_prev = {t_prev} ({dtype})", mistakes=mistakes)
+        compare(got, repaint_step(_StandIn(), *args, _Noise(x_t, seed)), what=what, mistakes=mistakes)
+        if len(stand_in.calls) != tries:
+            raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; one evaluation per try, "
+                           f"{tries} tries here.")
     return case
 
 
-def _exact(fn: Callable) -> None:
-    x_prev, known, mask, noise = _case_data(5)
-    got = fn(x_prev, known, mask, 0, _SCHEDULE, noise)
-    if isinstance(got, torch.Tensor) and got.shape == known.shape and not torch.equal(got[..., :2, :], known[..., :2, :]):
-        raise Mismatch("at t_prev = 0 the known pixels must come back exactly (bit for bit): select them with "
-                       "the mask rather than mixing with arithmetic that can round.")
+def _repaint_exact_known(fn: Callable) -> None:
+    x_t, known, mask = _repaint_data(8)
+    got = fn(_StandIn(), x_t, 20, 0, known, mask, _SCHEDULE, 4, _Noise(x_t, 8))
+    if isinstance(got, torch.Tensor) and got.shape == known.shape and not torch.equal(got * mask, known * mask):
+        raise Mismatch("after the last step (t_prev = 0) the known region must be the known image exactly.")
 
 
-REPLACE_KNOWN = Checker(
-    "replace_known", replace_known, [_case(500, 0), _case(37, 1, torch.float64), _case(0, 2), _exact],
-    hints=("Where the mask is 1 the sample should look like the known image would at this step of the reverse "
-           "process; where it is 0, leave the model's sample alone.",
-           "Noise the known image to t_prev with the noise you are given (lesson 01), except at t_prev = 0; then "
-           "pick, pixel by pixel, that or x_prev according to the mask (torch.where keeps values exact)."),
-    see="lesson 11, section 2: the known region noised to t_prev, the known image itself at t_prev = 0",
+def _repaint_unchanged(fn: Callable) -> None:
+    x_t, known, mask = _repaint_data(9)
+    before = (x_t.clone(), known.clone())
+    fn(_StandIn(), x_t, 400, 300, known, mask, _SCHEDULE, 3, _Noise(x_t, 9))
+    if not (torch.equal(x_t, before[0]) and torch.equal(known, before[1])):
+        raise Mismatch("repaint_step changed x_t or the known image in place; the loop still needs them: build "
+                       "new tensors.")
+
+
+REPAINT_STEP = Checker(
+    "repaint_step", repaint_step,
+    [_repaint_case(600, 560, 3, 0), _repaint_case(300, 200, 2, 1), _repaint_case(40, 0, 5, 2), _repaint_case(900, 850, 1, 3),
+     _repaint_exact_known, _repaint_unchanged],
+    hints=(
+        "A try is: estimates at x_t, a step down to t_prev, the known region put back. Between tries the result "
+        "has to go back up to t, noisier, so that the next try can redo the step from there.",
+        "Going up from t_prev to t is the forward process over the steps in between, started from x_{t_prev} (not "
+        "from a clean image). Count the tries, and think about what 'going back up' means when t_prev = 0.",
+    ),
+    see="Lugmayr et al. 2022, Alg. 1, in lesson 11, section 3",
+)
+
+
+def _inversion_variant(d, x0, schedule, steps, t_max, cond=None, *, order="up", at_zero="t1", skip_first=False,
+                       label="start", eta=0.0):
+    ts = timesteps(schedule, steps, t_max=t_max)
+    ts = ts[::-1] if order == "up" else ts
+    pairs = list(zip(ts[:-1], ts[1:]))[1 if skip_first else 0:]
+    x = x0
+    for t, t_next in pairs:
+        at = {"start": t, "end": t_next}[label]
+        at = max(at, 1) if at_zero in ("t1", "x0") else at
+        pred = d.at_step(x, at, cond, schedule=schedule)
+        x0_hat = x if (t == 0 and at_zero == "t1") else pred.x0
+        x = ddim_step(x, x0_hat, pred.eps, t, t_next, schedule, eta=eta,
+                      noise=torch.randn(x.shape) if eta else None)
+    return x
+
+
+def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
+    def case(fn: Callable) -> None:
+        x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        args = (x0, _SCHEDULE, steps, t_max)
+        what = f"ddim_inversion of 2 images in {steps} steps to t_max = {t_max}"
+        stand_in = _StandIn()
+        got = fn(stand_in, x0.clone(), _SCHEDULE, steps, t_max)
+        if 0 in stand_in.calls:
+            raise Mismatch(f"{what} evaluated the network at t = 0, where it was never trained (its noise estimate is "
+                           "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = 1.")
+        if isinstance(got, (list, tuple)):
+            raise Mismatch(f"{what} returned a {type(got).__name__}; return the final x_{{t_max}} alone.")
+        mistakes = [
+            Mistake("the steps ran downwards, from t_max to 0: that is sampling. Inversion climbs: take the grid "
+                    "in rising order, from 0 to t_max.", _inversion_variant(_StandIn(), *args, order="down")),
+            Mistake("the first step (from t = 0) is missing: the climb starts at x_0 itself.",
+                    _inversion_variant(_StandIn(), *args, skip_first=True)),
+            Mistake("the estimates were asked at the step's end, t_next; only x_t is known, so ask them at t, the "
+                    "step's start (the less noisy end).", _inversion_variant(_StandIn(), *args, label="end")),
+            Mistake("at t = 0 use x_0 itself as x0_hat (the network's estimate there is at t = 1, one step off).",
+                    _inversion_variant(_StandIn(), *args, at_zero="x0")),
+        ]
+        compare(got, ddim_inversion(_StandIn(), x0, _SCHEDULE, steps, t_max), what=what, mistakes=mistakes)
+    return case
+
+
+def _inversion_deterministic(fn: Callable) -> None:
+    x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    try:
+        torch.manual_seed(1)
+        a = fn(_StandIn(), x0, _SCHEDULE, 5, 500)
+        torch.manual_seed(2)
+        b = fn(_StandIn(), x0, _SCHEDULE, 5, 500)
+    except ZeroDivisionError as e:
+        raise Mismatch(f"ddim_inversion divided by zero ({e}): usually a step with eta > 0, whose noise has no "
+                       "meaning on the way up from t = 0. Inversion is deterministic DDIM: eta = 0, no noise.") from None
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b):
+        raise Mismatch("two inversions of the same images differ: inversion is deterministic DDIM (eta = 0, no "
+                       "noise), so that the latent it finds regenerates the image.")
+
+
+def _inversion_unchanged(fn: Callable) -> None:
+    x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    before = x0.clone()
+    fn(_StandIn(), x0, _SCHEDULE, 4, 400)
+    if not torch.equal(x0, before):
+        raise Mismatch("ddim_inversion changed the images in place: build new tensors.")
+
+
+DDIM_INVERSION = Checker(
+    "ddim_inversion", ddim_inversion,
+    [_inversion_deterministic, _inversion_case(4, 400, 0), _inversion_case(10, 900, 1), _inversion_case(1, 300, 2),
+     _inversion_unchanged],
+    hints=(
+        "Sampling walks the grid from t_max down to 0; inversion walks the same grid up. At each step only the "
+        "less noisy end is known, so the estimates come from there.",
+        "timesteps(schedule, steps, t_max=t_max) lists the grid from t_max to 0: reverse it. Your ddim_step moves "
+        "to any other step, also a noisier one. Mind t = 0, where the network was never trained.",
+    ),
+    see="Song et al. 2021, Sec. 4.3, in lesson 11, section 4: DDIM with t and t_prev swapped, estimates at the start",
 )

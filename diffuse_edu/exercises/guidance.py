@@ -163,9 +163,9 @@ GUIDED_FORWARD = Checker(
 )
 
 
-def _draw(fn: Callable, labels: torch.Tensor, p: float, seed: int | None):
+def _draw(fn: Callable, labels: torch.Tensor, p_null: float, seed: int | None):
     g = None if seed is None else torch.Generator().manual_seed(seed)
-    return fn(labels.clone(), p, NULL, generator=g)
+    return fn(labels.clone(), p_null, NULL, generator=g)
 
 
 def _drop_values(fn: Callable) -> None:
@@ -186,13 +186,13 @@ def _drop_values(fn: Callable) -> None:
                        "as it is or replaced by null_label.")
     share, se = changed.float().mean().item(), (p * (1 - p) / len(labels)) ** 0.5
     if share == 0:
-        raise Mismatch("no label was dropped at p = 0.15.")
+        raise Mismatch("no label was dropped at p_null = 0.15.")
     if abs(share - (1 - p)) < 5 * se:
-        raise Mismatch(f"{share:.1%} of the labels were dropped at p = {p}: you dropped where the uniform number "
-                       "is above p, which drops a share 1 - p.")
+        raise Mismatch(f"{share:.1%} of the labels were dropped at p_null = {p}: you dropped where the uniform "
+                       "number is above p_null, which drops a share 1 - p_null.")
     if abs(share - p) > 5 * se:
-        raise Mismatch(f"{share:.1%} of the labels were dropped at p = {p}; expected about {p:.0%} (each label "
-                       "independently with probability p).")
+        raise Mismatch(f"{share:.1%} of the labels were dropped at p_null = {p}; expected about {p:.0%} (each label "
+                       "independently with probability p_null).")
 
 
 def _drop_independent(fn: Callable) -> None:
@@ -200,8 +200,8 @@ def _drop_independent(fn: Callable) -> None:
     drops = torch.stack([_draw(fn, labels, 0.5, seed) != labels for seed in range(20)])  # (20, 64)
     per_call = drops.float().mean(1)
     if not drops.any():
-        raise Mismatch("no label was dropped in 20 calls at p = 0.5: replace each label by null_label with "
-                       "probability p.")
+        raise Mismatch("no label was dropped in 20 calls at p_null = 0.5: replace each label by null_label "
+                       "with probability p_null.")
     if ((per_call == 0) | (per_call == 1)).all():
         raise Mismatch("each call dropped either every label or none: draw one number per example, not one "
                        "for the whole batch.")
@@ -221,7 +221,7 @@ def _drop_reproducible(fn: Callable) -> None:
                        "generator=generator (torch.rand(..., generator=generator)) so that training is "
                        "reproducible.")
     if _draw(fn, labels, 0.0, 3).ne(labels).any():
-        raise Mismatch("at p = 0 no label may be dropped.")
+        raise Mismatch("at p_null = 0 no label may be dropped.")
 
 
 def _drop_unchanged(fn: Callable) -> None:
@@ -236,8 +236,8 @@ def _drop_unchanged(fn: Callable) -> None:
 DROP_LABELS = Checker(
     "drop_labels", drop_labels, [_drop_independent, _drop_values, _drop_reproducible, _drop_unchanged],
     hints=(
-        "Each example flips its own biased coin: heads (probability p) and its label becomes the null label.",
-        "One uniform number per example, from the generator you are given; compare it with p, and pick "
+        "Each example flips its own biased coin: heads (probability p_null) and its label becomes the null label.",
+        "One uniform number per example, from the generator you are given; compare it with p_null, and pick "
         "between the null label and the label with that boolean.",
     ),
     see="Ho & Salimans 2022, Alg. 1, in lesson 08, section 1",

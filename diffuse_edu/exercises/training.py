@@ -28,14 +28,19 @@ def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[s
         "always_warm": [((1 + updates) / (10 + updates)) * e + (1 - (1 + updates) / (10 + updates)) * c
                         for e, c in zip(e0, c0)],
     }
-    result = fn(ema, cur, updates, decay)  # the caller's own lists: the update must land in them
+    held = list(ema)  # the tensor objects the caller holds: the EMA model's own parameters
+    result = fn(ema, cur, updates, decay)  # the update must land in these very tensors
     if any(not torch.equal(c, c0_) for c, c0_ in zip(cur, c0)):
         raise Mismatch("ema_update changed the model's own weights; only the EMA copies may change.")
-    if all(torch.equal(e, e0_) for e, e0_ in zip(ema, e0)):
+    if any(e is not h for e, h in zip(ema, held)) and all(torch.equal(h, e0_) for h, e0_ in zip(held, e0)):
+        raise Mismatch("ema_update put new tensors into the list (ema[i] = ...) and left the EMA model's own "
+                       "tensors unchanged: the list is only a way to reach them, so the EMA model never moves. "
+                       "Change each tensor in place (ema[i].mul_(...).add_(...), or copy_).")
+    if all(torch.equal(h, e0_) for h, e0_ in zip(held, e0)):
         raise Mismatch("ema_update left the caller's EMA tensors unchanged" + (
             " and returned new ones: the training loop keeps its own tensors, so change them in place "
             "(methods ending in an underscore, such as mul_ and add_)." if result is not None else "."))
-    got = torch.cat([e.flatten() for e in ema])
+    got = torch.cat([h.flatten() for h in held])
     return got, {k: torch.cat([v.flatten() for v in vs]) for k, vs in variants.items()} | {
         "want": torch.cat([w.flatten() for w in want])}
 

@@ -53,18 +53,18 @@ def drop_condition(cond: Cond, null: Cond, p: float, *, generator: torch.Generat
     return Cond(*fields)
 
 
-def drop_labels(labels: Tensor, p: float, null_label: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """A copy of ``labels`` in which each label becomes ``null_label`` with probability ``p``,
+def drop_labels(labels: Tensor, p_null: float, null_label: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """A copy of ``labels`` in which each label becomes ``null_label`` with probability ``p_null``,
     independently, drawn from ``generator`` (lesson 08's exercise; Ho & Salimans 2022, Alg. 1).
 
     Shapes: labels (B,) int64 -> (B,) int64.
     """
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < p_null
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
 def label_dropout(fn: Callable[..., Tensor] = drop_labels) -> Callable[..., Cond]:
-    """Condition dropout for class labels with ``fn(labels, p, null_label, generator=)`` (a learner's
+    """Condition dropout for class labels with ``fn(labels, p_null, null_label, generator=)`` (a learner's
     :func:`drop_labels`), in the signature of :func:`drop_condition` that the training loop calls."""
     def drop(cond: Cond, null: Cond, p: float, *, generator: torch.Generator | None = None) -> Cond:
         if cond.labels is None or cond.context is not None:
