@@ -169,6 +169,7 @@ class Mistake:
 
     message: str
     answer: Tensor
+    atol: float | None = None  # a looser tolerance, for mistakes whose round-off differs from the answer's
 
 
 def compare(
@@ -210,7 +211,7 @@ def compare(
         return
     for mistake in mistakes:
         if mistake.answer.shape == w.shape and torch.allclose(
-                g, mistake.answer.detach().double(), rtol=rtol, atol=atol):
+                g, mistake.answer.detach().double(), rtol=rtol, atol=mistake.atol or atol):
             raise Mismatch(f"{what}: {mistake.message}")
     if otherwise:
         raise Mismatch(f"{what}: {otherwise}")
@@ -218,6 +219,26 @@ def compare(
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
     raise Mismatch(f"{what} {UNNAMED} {err.max():.3g} (at index {idx}: got "
                    f"{g[idx]:.4g}, expected {w[idx]:.4g}).")
+
+
+def run_naming_crashes(call: Callable[[], object], what: str,
+                       crashes: Sequence[tuple[Callable[[], object], str]]) -> object:
+    """``call()``; if it raises, and one of the typical wrong answers in ``crashes`` (each a call that
+    reproduces a mistake, and its message) raises the very same error, a :class:`Mismatch` naming that
+    mistake. Any other error propagates unchanged, for the usual handling."""
+    try:
+        return call()
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        text = " ".join(str(error).split())
+        for wrong, message in crashes:
+            try:
+                wrong()
+            except type(error) as e:
+                if " ".join(str(e).split()) == text:
+                    raise Mismatch(f"{what}: {message}") from None
+            except Exception:  # noqa: BLE001 - a different failure: not this mistake
+                continue
+        raise
 
 
 def require_passed(name: str) -> None:

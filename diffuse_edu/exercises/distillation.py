@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.distillation import distillation_target
 from diffuse_edu.diffusion.objectives import per_example_mse
-from diffuse_edu.diffusion.prediction import Target, x0_to_v
+from diffuse_edu.diffusion.prediction import Target, x0_to_eps, x0_to_v
 from diffuse_edu.diffusion.samplers import ddim_step
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
@@ -44,6 +44,12 @@ def _target_mistakes(teacher: Denoiser, x: Tensor, t: int, m: int, n: int) -> li
         Mistake("that is where the teacher's two steps land (x at t_next); the target is the x0 the student's one "
                 "DDIM step from x_t needs to land there: solve the step's formula for x0.", x_next),
         *inverted,
+        Mistake("that is the teacher's estimate at t_mid; the target is the x0 that takes one step from x_t to where "
+                "the two steps land.", p2.x0),
+        Mistake("alpha is sqrt(alpha_bar) (and sigma sqrt(1 - alpha_bar)); yours used alpha_bar itself.",
+                (x_next - (s_n / s_t) * x) / (a_n**2 - (s_n / s_t) * a_t**2)),
+        Mistake("a sign is flipped: x0 = (x_next - ratio x_t) / (alpha_next - ratio alpha_t), ratio = sigma_next / "
+                "sigma_t.", (x_next + (s_n / s_t) * x) / (a_n + (s_n / s_t) * a_t)),
     ]
 
 
@@ -133,6 +139,12 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
         mistakes = [
             Mistake("the student predicts v, so compare its output with the v that implies the target x0 "
                     "(x0_to_v), not with the x0 itself.", per_example_mse(out, target_x0).detach()),
+            Mistake("the student was told t_next; it sees x_t, so tell it t.",
+                    per_example_mse(copy.deepcopy(student)(x_t, torch.full((4,), n)), x0_to_v(x_t, target_x0, ab)).detach()),
+            Mistake("the v target is read at t, where x_t is: x0_to_v(x_t, target, alpha_bar_t), not alpha_bar_t_next.",
+                    per_example_mse(out, x0_to_v(x_t, target_x0, ab_n)).detach()),
+            Mistake("the student predicts v, not eps: compare with the v that implies the target x0.",
+                    per_example_mse(out, x0_to_eps(x_t, target_x0, ab)).detach()),
             Mistake("x_t must be the data noised to t (the step's start), not to t_next.",
                     per_example_mse(copy.deepcopy(student)(x_wrong, torch.full((4,), t)),
                                     x0_to_v(x_wrong, distillation_target(teacher, x_wrong, t, m, n, _SCHEDULE), ab))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from einops import rearrange
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, run_naming_crashes
 from diffuse_edu.models.dit import DiTBlock, dit_block, patchify, unpatchify
 
 
@@ -32,14 +32,34 @@ def _patch_mistakes(x: torch.Tensor, p: int) -> list[Mistake]:
         Mistake("each token must be one p x p block of neighbouring pixels; yours gathers pixels that lie "
                 "H / p apart (the grid and the patch are swapped in the split).",
                 rearrange(x, "b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)", p1=p, p2=p)),
+        Mistake("the tokens run along axis 1 and their features along axis 2: (B, N, p*p*C), not (B, p*p*C, N).",
+                rearrange(x, "b c (h p1) (w p2) -> b (p1 p2 c) (h w)", p1=p, p2=p)),
+        Mistake("you patchified the transposed image: rows and columns are swapped everywhere (the grid in column "
+                "order, each patch read column by column).",
+                rearrange(x, "b c (h p1) (w p2) -> b (w h) (p2 p1 c)", p1=p, p2=p)),
     ]
+
+
+def _patch_shape(got: object, x: torch.Tensor, p: int) -> None:
+    """Named shape mistakes: the channels kept apart, or the token and feature axes swapped."""
+    if not isinstance(got, torch.Tensor):
+        return
+    b, c, h, w = x.shape
+    n, d = (h // p) * (w // p), p * p * c
+    if got.shape == (b, d, n) and d != n:
+        raise Mismatch(f"patchify returned {tuple(got.shape)}: the tokens run along axis 1 and their features "
+                       f"along axis 2, (B, N, p*p*C) = {(b, n, d)}.")
+    if got.ndim == 4:
+        raise Mismatch(f"patchify returned a 4-D tensor {tuple(got.shape)}: a token holds its patch in every "
+                       f"channel, so the channels go inside the features, (B, N, p*p*C) = {(b, n, d)}.")
 
 
 def _patchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
     def case(fn: Callable) -> None:
         x = _image(c, h, w, seed)
-        compare(fn(x.clone(), p), patchify(x, p), mistakes=_patch_mistakes(x, p),
-                what=f"patchify of images {tuple(x.shape)} with p = {p}")
+        got = fn(x.clone(), p)
+        _patch_shape(got, x, p)
+        compare(got, patchify(x, p), mistakes=_patch_mistakes(x, p), what=f"patchify of images {tuple(x.shape)} with p = {p}")
     return case
 
 
@@ -57,7 +77,7 @@ def _patchify_refuses_a_bad_size(fn: Callable) -> None:
 
 PATCHIFY = Checker(
     "patchify", patchify,
-    [_patchify_case(1, 4, 4, 2, 0), _patchify_case(3, 4, 6, 2, 1), _patchify_case(2, 8, 8, 4, 2),
+    [_patchify_case(2, 4, 4, 2, 0), _patchify_case(3, 4, 6, 2, 1), _patchify_case(2, 8, 8, 4, 2),
      _patchify_refuses_a_bad_size],
     hints=("Picture the image as a grid of H/p x W/p blocks; each block becomes one row of the output. Which "
            "axes of the image belong to the grid, and which to the inside of a block?",
@@ -71,8 +91,13 @@ def _unpatchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
     def case(fn: Callable) -> None:
         x = _image(c, h, w, seed)
         tokens = patchify(x, p)
-        got = fn(tokens.clone(), p, h, w)
         sizes = dict(h=h // p, w=w // p, p1=p, p2=p)
+        crashes = [(lambda: rearrange(tokens, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=h, w=w, p1=p, p2=p),
+                    "h and w are the image's size in pixels; the grid of patches is h // p by w // p.")]
+        got = run_naming_crashes(lambda: fn(tokens.clone(), p, h, w), f"unpatchify for x of shape {tuple(x.shape)}", crashes)
+        if isinstance(got, torch.Tensor) and h != w and got.shape == (2, c, w, h):
+            raise Mismatch(f"unpatchify returned {tuple(got.shape)}: height and width are swapped; the image is "
+                           f"{(2, c, h, w)}.")
 
         def back(pattern: str) -> torch.Tensor:
             return rearrange(tokens, pattern, **sizes)
@@ -87,6 +112,9 @@ def _unpatchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
                     back("b (h w) (p2 p1 c) -> b c (h p1) (w p2)")),
             Mistake("each token is one p x p block of neighbouring pixels; yours spreads it over pixels H / p "
                     "apart (the grid and the patch are swapped).", back("b (h w) (p1 p2 c) -> b c (p1 h) (p2 w)")),
+            Mistake("rows and columns are swapped everywhere (the grid read in column order, each patch column by "
+                    "column): the inverse of patchify reads them as patchify wrote them.",
+                    back("b (w h) (p2 p1 c) -> b c (h p1) (w p2)")),
         ]
         compare(got, x, mistakes=mistakes, what=f"unpatchify(patchify(x)) for x of shape {tuple(x.shape)}, p = {p}")
     return case
@@ -117,7 +145,8 @@ def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[M
     sa, ca, ga, sm, cm, gm = block.modulation(c).chunk(6, dim=1)
     attn, mlp, n1, n2 = block.attention, block.mlp, block.norm1, block.norm2
 
-    def run(*, gate=True, one=True, swap=False, reuse=False, residual=True, norm_after=False, parallel=False):
+    def run(*, gate=True, one=True, swap=False, reuse=False, residual=True, norm_after=False, parallel=False,
+            gate_one=False, residual_normed=False):
         def mod(h, s, k):
             if swap:
                 s, k = k, s
@@ -125,11 +154,13 @@ def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[M
 
         def branch(h, norm, s, k):
             return norm(mod(h, s, k)) if norm_after else mod(norm(h), s, k)
+        def g(v):
+            return (1 + v[:, None]) if gate_one else v[:, None] if gate else 1
         a = attn(branch(x, n1, sa, ca))
-        y = (x if residual else 0) + (ga[:, None] if gate else 1) * a
+        y = (n1(x) if residual_normed else x if residual else 0) + g(ga) * a
         mlp_in = x if parallel else y
         s2, k2, g2 = (sa, ca, ga) if reuse else (sm, cm, gm)
-        return (y if residual else 0) + (g2[:, None] if gate else 1) * mlp(branch(mlp_in, n2, s2, k2))
+        return (n2(y) if residual_normed else y if residual else 0) + g(g2) * mlp(branch(mlp_in, n2, s2, k2))
     return [
         Mistake("each branch must be multiplied by its gate before it is added (adaLN-Zero starts the gates at "
                 "0: that is what makes a fresh block the identity).", run(gate=False)),
@@ -141,6 +172,9 @@ def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[M
                 "attention branch's.", run(reuse=True)),
         Mistake("each branch is added to x (a residual connection): x + gate * branch.", run(residual=False)),
         Mistake("normalise first, then modulate: LayerNorm(x) * (1 + scale) + shift.", run(norm_after=True)),
+        Mistake("the gate multiplies the branch as it is, g * branch, not (1 + g) * branch: adaLN-Zero starts the "
+                "gates at 0 so that a fresh block is the identity.", run(gate_one=True)),
+        Mistake("the residual adds the block's input x, not LayerNorm(x).", run(residual_normed=True)),
         Mistake("the MLP branch reads x after the attention branch has been added to it (the branches run one "
                 "after the other, not side by side).", run(parallel=True)),
     ]
@@ -153,7 +187,10 @@ def _block_case(seed: int, tokens: int) -> Callable:
         x, c = torch.randn(2, tokens, 16, generator=g), torch.randn(2, 16, generator=g)
         with torch.no_grad():
             want = dit_block(block, x, c)
-            got = fn(block, x.clone(), c.clone())
+            sa, ca, ga = block.modulation(c).chunk(6, dim=1)[:3]
+            crashes = [(lambda: block.norm1(x) * (1 + ca) + sa, "the modulation vectors are per example, (B, D): give "
+                        "each a token axis, v[:, None], so it broadcasts over the tokens.")]
+            got = run_naming_crashes(lambda: fn(block, x.clone(), c.clone()), "dit_block", crashes)
             compare(got, want, mistakes=_block_mistakes(block, x, c),
                     what=f"dit_block on {tokens} tokens of width 16 with random modulation weights",
                     otherwise="does not match the block of the lesson's section 1 (Peebles & Xie 2023, Fig. 3): "

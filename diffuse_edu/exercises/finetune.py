@@ -61,6 +61,12 @@ def _value_case(weight: float, seed: int) -> Callable:
             Mistake("the prior term is missing: add weight times the loss on the class images.", s_loss),
             Mistake("the subject's loss is missing: the prior term is added to it, not used instead of it.",
                     weight * p_loss),
+            Mistake("the two terms are added, not averaged: subject loss + weight * prior loss.",
+                    (s_loss + weight * p_loss) / 2),
+            Mistake("the subject's loss counts fully; weight scales the prior term only (not (1 - weight) and weight).",
+                    (1 - weight) * s_loss + weight * p_loss),
+            Mistake("the prior images carry prior_label (3 here), not label 0.",
+                    s_loss + weight * _objective(_Model(), pool[:4], cond=Cond(labels=torch.zeros(4, dtype=torch.long)))[0]),
         ]
         model = _Model()
         got = fn(model, _objective, subject.clone(), cond, pool.clone(), 3, weight, torch.Generator().manual_seed(1))
@@ -92,7 +98,7 @@ def _draws_with_the_generator(fn: Callable) -> None:
 
 PRIOR_PRESERVATION_LOSS = Checker(
     "prior_preservation_loss", prior_preservation_loss,
-    [_value_case(1.0, 0), _value_case(0.5, 1), _draws_with_the_generator],
+    [_value_case(0.5, 1), _value_case(1.0, 0), _draws_with_the_generator],
     hints=("Each step sees two kinds of examples: the subject, with its new label, and images of its class the model "
            "drew before fine-tuning, with the class's label. Both are ordinary denoising examples.",
            "Draw as many class images as there are subject images, at random with the generator, and let the "

@@ -37,7 +37,8 @@ class _Velocity:
 
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         self.calls.append(float(t.reshape(-1)[0]))
-        return torch.tanh(0.7 * x * self.w + (t.reshape(-1, 1, 1, 1) / SCALE) * self.u)
+        t = t.reshape(-1, 1, 1, 1)
+        return torch.tanh(0.7 * x * self.w + (t / SCALE) * self.u + 0.3 * torch.sin(t / 50))
 
 
 def _loss_case(seed: int) -> Callable:
@@ -59,6 +60,12 @@ def _loss_case(seed: int) -> Callable:
                     per_example_mse(net(x_tau, tau * SCALE), eps)),
             Mistake("average over each example's pixels, not sum: the loss per example is a mean.",
                     (net(x_tau, tau * SCALE) - (eps - x0)).square().flatten(1).sum(1)),
+            Mistake("the network was told 1 - tau: time runs from the data (tau = 0) to the noise (tau = 1), and the "
+                    "network sees t = tau * 1000.", per_example_mse(net(x_tau, (1 - tau) * SCALE), eps - x0)),
+            Mistake("the target is the velocity eps - x0, not the data x0.", per_example_mse(net(x_tau, tau * SCALE), x0)),
+            Mistake("the flow's path is a straight line, x_tau = (1 - tau) x0 + tau eps, with no square roots (those "
+                    "are the diffusion schedule's weights).",
+                    per_example_mse(net((1 - tau_).sqrt() * x0 + tau_.sqrt() * eps, tau * SCALE), eps - x0)),
         ]
         got = fn(net, x0.clone(), tau.clone(), eps.clone())
         if isinstance(got, Tensor) and got.ndim == 0:
@@ -90,12 +97,14 @@ FLOW_MATCHING_LOSS = Checker(
 
 
 def _sampler_mistakes(net: _Velocity, x: Tensor, steps: int) -> list[Mistake]:
-    def run(*, times=None, sign=1.0, at_next=False, scale=SCALE):
+    def run(*, times=None, sign=1.0, at_next=False, scale=SCALE, rounded=False, clip=False):
         ts, z = times or flow_times(steps), x.clone()
         for tau, tau_next in zip(ts[:-1], ts[1:]):
             at = tau_next if at_next else tau
-            v = net(z, torch.full((z.shape[0],), at * scale))
+            t = torch.full((z.shape[0],), at * scale)
+            v = net(z, t.round() if rounded else t)
             z = z + sign * (tau_next - tau) * v
+            z = z.clamp(-1, 1) if clip else z
         return z
     return [
         Mistake("sampling starts at tau = 1 (the noise, where x is) and walks to tau = 0 (the data); yours walks "
@@ -104,6 +113,9 @@ def _sampler_mistakes(net: _Velocity, x: Tensor, steps: int) -> list[Mistake]:
                 run(sign=-1.0)),
         Mistake("Euler evaluates the velocity at the start of each step, at tau, not at tau_next.", run(at_next=True)),
         Mistake("the network must see t = tau * 1000, not tau itself.", run(scale=1.0)),
+        Mistake("t was rounded to a whole step; the network takes t = tau * 1000 as it is, a float.", run(rounded=True)),
+        Mistake("x was clipped to [-1, 1] along the way: only the finished sample is an image; x_tau is not.",
+                run(clip=True)),
     ]
 
 
@@ -114,7 +126,14 @@ def _sampler_case(steps: int, seed: int) -> Callable:
         want = flow_euler(reference, x, steps)
         net = _Velocity(seed)
         mistakes = _sampler_mistakes(_Velocity(seed), x, steps)  # its own network: the counts stay the learner's
+        torch.manual_seed(seed)
         got = fn(net, x.clone(), steps)
+        net.calls.clear()
+        torch.manual_seed(seed + 1)
+        again = fn(net, x.clone(), steps)
+        if isinstance(got, Tensor) and isinstance(again, Tensor) and not torch.allclose(got, again):
+            raise Mismatch("two runs from the same x gave different samples: start from the x you are given (it is "
+                           "the noise at tau = 1), and draw nothing else: Euler is deterministic.")
         if len(net.calls) != steps:
             raise Mismatch(f"flow_euler with steps = {steps} called the network {len(net.calls)} times; Euler "
                            f"takes exactly {steps} steps, one network evaluation each, from tau = 1 to tau = 0.")

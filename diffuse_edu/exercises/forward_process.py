@@ -47,6 +47,11 @@ def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
                 at(schedule.alpha_bar, t + 1).sqrt() * x0 + (1 - at(schedule.alpha_bar, t + 1)).sqrt() * eps),
         Mistake("x0 is not scaled: the signal must shrink by sqrt(alpha_bar_t) as noise grows.",
                 x0 + (1 - ab).sqrt() * eps),
+        Mistake("the noise is not scaled: multiply eps by sqrt(1 - alpha_bar_t).", ab.sqrt() * x0 + eps),
+        Mistake("the noise's weight is sqrt(1 - alpha_bar_t), not 1 - sqrt(alpha_bar_t): the squares of the two "
+                "weights add up to 1, so x_t keeps unit variance.", ab.sqrt() * x0 + (1 - ab.sqrt()) * eps),
+        Mistake("that is x0 + sigma_t eps (Karras et al.'s form, lesson 07), which is x_t / sqrt(alpha_bar_t): "
+                "multiply it by sqrt(alpha_bar_t).", x0 + ((1 - ab) / ab).sqrt() * eps),
     ]
 
 

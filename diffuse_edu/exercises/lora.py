@@ -39,6 +39,10 @@ def _forward_mistakes(layer, x) -> list[Mistake]:
         Mistake("the low-rank path must be scaled by alpha / r (layer.scale).", base + low),
         Mistake("the frozen base layer's output is missing: LoRA adds a change to what the base computes.",
                 layer.scale * low),
+        Mistake("the scale applies to the low-rank path only, not to the base layer's output too.",
+                layer.scale * (base + low)),
+        Mistake("the low-rank path is added, not subtracted.", base - layer.scale * low),
+        Mistake("LoRA adds its change to the base output; it does not multiply it.", base * (1 + layer.scale * low)),
     ]
 
 
@@ -117,7 +121,14 @@ def _delta_mistakes(layer) -> list[Mistake]:
         full = torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a)
     else:
         full = b @ a
-    return [
+    base = layer.base.weight.detach()
+    extra = [Mistake("the change alone: lora_delta returns (alpha / r) B A, not the base weight plus it.",
+                     base + layer.scale * full),
+             Mistake("the sign is flipped: the change is + (alpha / r) B A.", -layer.scale * full)]
+    if isinstance(layer, LoRAConv2d):
+        extra.append(Mistake("the kernel's positions are transposed: A's kernel keeps its (k_h, k_w) order, "
+                             "'or,rikl->oikl'.", layer.scale * full.transpose(-1, -2)))
+    return extra + [
         Mistake("the change is scaled by alpha / r (layer.scale).", full),
         Mistake("the change is scaled by alpha / r, not by alpha alone.", layer.alpha * full),
         Mistake("the scale is alpha / r, not r / alpha.", layer.rank / layer.alpha * full),

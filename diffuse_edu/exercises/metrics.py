@@ -27,6 +27,11 @@ def _mistakes(a: torch.Tensor) -> list[Mistake]:
                 (vecs.T * root_vals) @ vecs),
         Mistake("that is the inverse square root (1 / sqrt(l)); take sqrt(l).",
                 (vecs * vals.clamp_min(1e-12).rsqrt()) @ vecs.T),
+        Mistake("that is the Cholesky factor L (L L^T = A, lower triangular); the square root is the symmetric "
+                "R with R @ R = A.", torch.linalg.cholesky(a + 1e-12 * torch.eye(len(a), dtype=a.dtype))),
+        Mistake("the eigenvalues were squared; take their square roots.", (vecs * vals.square()) @ vecs.T),
+        Mistake("that is diag(sqrt(l)) in the eigenvectors' basis: rotate it back, V diag(sqrt(l)) V^T.",
+                torch.diag(root_vals)),
     ]
 
 

@@ -44,6 +44,13 @@ def _loss_values(fn: Callable) -> None:
                 torch.mean((m(x_prev, t) - eps) ** 2)),
         Mistake("the model's prediction was compared with x_t; the target is eps.",
                 torch.mean((m(x_t, t) - x_t) ** 2)),
+        Mistake("the model was told t - 1; tell it the step its input was noised to, t.",
+                torch.mean((m(x_t, t - 1) - eps) ** 2)),
+        Mistake("the target is eps itself, not the scaled noise sqrt(1 - alpha_bar_t) eps that x_t contains.",
+                torch.mean((m(x_t, t) - (1 - s.alpha_bar[t].float())[:, None].sqrt() * eps) ** 2)),
+        Mistake("the squared error is averaged over each point's dimensions but summed over the batch; take the "
+                "mean over both, so the loss does not grow with the batch size.",
+                ((m(x_t, t) - eps) ** 2).mean(1).sum()),
     ]
     want = eps_loss(m, x0, t, eps, s)
     got = fn(m, x0.clone(), t.clone(), eps.clone(), s)
@@ -88,7 +95,20 @@ def _step_mistakes(x_t, eps_hat, t, s, noise) -> list[Mistake]:
                 mean + beta.sqrt() * noise),
         Mistake("the noise was scaled by the variance; scale it by the standard deviation sigma_t.",
                 mean + post * noise),
+        Mistake("t is off by one: betas[t] and alpha_bar[t] belong to step t (index t, not t - 1).",
+                _off_by_one(x_t, eps_hat, t, s, noise)),
+        Mistake("the mean is not rescaled: divide (x_t - coefficient * eps_hat) by sqrt(alpha_t).",
+                x_t - beta / (1 - ab).sqrt() * eps_hat + post.sqrt() * noise),
+        Mistake("you divided by sqrt(alpha_bar_{t-1}); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t), one "
+                "step's share.", (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab_prev.sqrt() + post.sqrt() * noise),
     ]
+
+
+def _off_by_one(x_t, eps_hat, t, s, noise):
+    u = (t - 1).clamp(min=1)
+    beta, ab = s.betas[u].float()[:, None], s.alpha_bar[u].float()[:, None]
+    post = beta * (1 - s.alpha_bar[u - 1].float()[:, None]) / (1 - ab)
+    return (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise
 
 
 def _step_values(fn: Callable) -> None:

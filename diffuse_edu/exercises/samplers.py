@@ -52,6 +52,12 @@ def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mist
         Mistake("that is the step of a variance of (1 - ab_prev) eta^2: sigma_t(eta) is the posterior's "
                 "standard deviation times eta, eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev).",
                 out(x0, eta * (1 - abp) ** 0.5, max(1 - abp - eta**2 * (1 - abp), 0) ** 0.5)),
+        Mistake("alpha_bar was read at t, where the step starts, instead of at t_prev, where it lands: that "
+                "rebuilds x_t itself.", ab**0.5 * x0 + max(1 - ab - sigma**2, 0) ** 0.5 * e + sigma * n),
+        *([Mistake("the fresh noise is added unscaled: it enters as sigma * noise.", out(x0, 1.0, coef)),
+           Mistake("sigma is eta times the posterior's standard deviation, not eta squared times it.",
+                   out(x0, eta**2 * sigma / eta, max(1 - abp - (eta * sigma) ** 2, 0) ** 0.5))]
+          if 0 < eta < 1 else []),
     ]
 
 
@@ -140,7 +146,14 @@ def _heun_mistakes(x, s, sn) -> list[Mistake]:
                 xe + (sn - s) * (d + dn) / 2),
         Mistake("the second slope must be evaluated at sigma_next (the Euler estimate's noise level).",
                 x + (sn - s) * (d + (xe - _denoise(xe, s)) / s) / 2),
+        Mistake("the step runs the wrong way: it is (sigma_next - sigma) * slope with the slope (x - D(x, sigma)) / "
+                "sigma, so x moves towards D as sigma falls.",
+                x + (s - sn) * (d + (x + (s - sn) * d - _denoise(x + (s - sn) * d, sn)) / sn) / 2),
+        Mistake("the second slope was taken at x; take it at the Euler estimate, where the first step landed.",
+                x + (sn - s) * (d + (x - _denoise(x, sn)) / sn) / 2),
+        Mistake("the two slopes were added, not averaged: (d + d_next) / 2.", x + (sn - s) * (d + dn)),
     ]
+
 
 
 def _heun(s: float, sn: float) -> Callable:

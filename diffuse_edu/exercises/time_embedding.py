@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, run_naming_crashes
 from diffuse_edu.models.time_embedding import ScaleShift, scale_shift, sinusoidal_embedding
 
 
@@ -16,6 +16,8 @@ def _variants(t: torch.Tensor, dim: int) -> list[Mistake]:
     i = torch.arange(half)
     tf = t.float()[:, None]
     f = torch.exp(-math.log(10_000.0) * i / half)
+    f_1000 = torch.exp(-math.log(1_000.0) * i / half)
+    f_from_1 = torch.exp(-math.log(10_000.0) * (i + 1) / half)
     sin, cos = torch.sin(tf * f), torch.cos(tf * f)
     interleaved = torch.stack([sin, cos], dim=-1).reshape(t.shape[0], 2 * half)
     f_dim = torch.exp(-math.log(10_000.0) * i / dim)
@@ -31,6 +33,12 @@ def _variants(t: torch.Tensor, dim: int) -> list[Mistake]:
                 torch.cat([torch.sin(tf * f_inv), torch.cos(tf * f_inv)], 1)),
         Mistake("t was divided by T or scaled: use the raw step t in the angles t * w_i.",
                 torch.cat([torch.sin(tf / 1000 * f), torch.cos(tf / 1000 * f)], 1)),
+        Mistake("the base is 10,000 (max_period, Vaswani et al. 2017), not 1,000.",
+                torch.cat([torch.sin(tf * f_1000), torch.cos(tf * f_1000)], 1)),
+        Mistake("the angles are t * w_i radians: no factor 2 pi.",
+                torch.cat([torch.sin(2 * math.pi * tf * f), torch.cos(2 * math.pi * tf * f)], 1), atol=1e-2),
+        Mistake("the first frequency must be 1 (i runs from 0 to dim/2 - 1, not from 1).",
+                torch.cat([torch.sin(tf * f_from_1), torch.cos(tf * f_from_1)], 1)),
     ]
 
 
@@ -80,8 +88,19 @@ def _modulated(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor, kind: str)
     else:
         scale, shift = out.chunk(2, dim=1)
     scale, shift = scale[:, :, None, None], shift[:, :, None, None]
-    return {"double_silu": h * (1 + scale) + shift, "no_one": h * scale + shift, "swapped": h * (1 + shift) + scale, "interleaved": h * (1 + scale) + shift,
-            "shift_first": (h + shift) * (1 + scale), "scale_only": h * (1 + scale)}[kind]
+    return {"double_silu": h * (1 + scale) + shift, "no_one": h * scale + shift, "swapped": h * (1 + shift) + scale,
+            "interleaved": h * (1 + scale) + shift, "shift_first": (h + shift) * (1 + scale),
+            "scale_only": h * (1 + scale), "activated": torch.nn.functional.silu(h * (1 + scale) + shift)}[kind]
+
+
+def _unprojected(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    scale, shift = emb.chunk(2, dim=1)
+    return h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+def _batch_split(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    scale, shift = block.proj(emb).chunk(2, dim=0)
+    return h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
 def _scale_shift_case(seed: int, fresh: bool = False) -> Callable:
@@ -98,8 +117,12 @@ def _scale_shift_case(seed: int, fresh: bool = False) -> Callable:
         with torch.no_grad():
             want = scale_shift(block, h, emb)
             h_before = h.clone()
+            crashes = [(lambda: _unprojected(block, h, emb), "the embedding goes through block.proj first (emb_dim -> "
+                        "2C): its raw features are not the scale and the shift."),
+                       (lambda: _batch_split(block, h, emb), "the projection's output was split along the batch; split "
+                        "it along the channels, chunk(2, dim=1).")]
             try:
-                got = fn(block, h, emb.clone())  # the caller's own h: it must come back untouched
+                got = run_naming_crashes(lambda: fn(block, h, emb.clone()), what, crashes)  # the caller's own h
             except RuntimeError as e:
                 if "size" in str(e):
                     raise Mismatch(f"{what} failed with a shape error ({str(e).splitlines()[0][:100]}): scale and "
@@ -114,7 +137,9 @@ def _scale_shift_case(seed: int, fresh: bool = False) -> Callable:
                                     "chunk(2, dim=1), not into interleaved pairs.",
                      "shift_first": "the shift is added before scaling: scale h first, then add the shift.",
                      "scale_only": "the shift is missing: h * (1 + scale) + shift.",
-                     "double_silu": "SiLU ran on the embedding twice: block.proj already starts with a SiLU."}
+                     "double_silu": "SiLU ran on the embedding twice: block.proj already starts with a SiLU.",
+                     "activated": "an activation was applied to the result; scale_shift returns h * (1 + scale) + "
+                                  "shift as it is (the residual block applies SiLU next)."}
             mistakes = [] if fresh else [Mistake(m, _modulated(block, h, emb, k)) for k, m in kinds.items()]
         if not torch.equal(h, h_before):
             raise Mismatch("scale_shift changed the caller's h in place (mul_ or add_ on h); the residual block "

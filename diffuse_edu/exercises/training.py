@@ -22,7 +22,11 @@ def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[s
     want = [e.clone() for e in ema]
     ema_update(want, [c.clone() for c in cur], updates, decay)
     warm = min(decay, (1 + updates) / (10 + updates))
+    shifted = min(decay, (2 + updates) / (11 + updates))
     variants = {
+        "shifted": [shifted * e + (1 - shifted) * c for e, c in zip(e0, c0)],
+        "copied": [c.clone() for c in c0],
+        "decayed": [warm * e for e in e0],
         "swapped": [warm * c + (1 - warm) * e for e, c in zip(e0, c0)],
         "no_warmup": [decay * e + (1 - decay) * c for e, c in zip(e0, c0)],
         "always_warm": [((1 + updates) / (10 + updates)) * e + (1 - (1 + updates) / (10 + updates)) * c
@@ -54,6 +58,10 @@ def _case(updates: int, decay: float):
             Mistake("there is no warm-up: use d = min(decay, (1 + k) / (10 + k)) after k updates.",
                     v["no_warmup"]),
             Mistake("the warm-up never ends: d must be capped at the final decay.", v["always_warm"]),
+            Mistake("the warm-up is one update ahead: k is the number of updates made so far, "
+                    "d = min(decay, (1 + k) / (10 + k)) with k = updates.", v["shifted"]),
+            Mistake("the EMA copied the model's weights (d = 0): it keeps a share d of itself.", v["copied"]),
+            Mistake("the model's share (1 - d) * current is missing: the EMA only decays.", v["decayed"]),
         ]
         compare(got, v["want"], mistakes=mistakes,
                 what=f"ema_update after {updates} updates with decay {decay}")
@@ -87,12 +95,15 @@ class _TinyDenoiser(nn.Module):
 _STEP_SCHEDULE = cosine_schedule(1000)
 
 
-def _losses(model, x0, t, eps, target: str, *, variance_weights: bool = False) -> torch.Tensor:
+def _losses(model, x0, t, eps, target: str, *, variance_weights: bool = False, time: str = "t",
+            reduce: str = "mean") -> torch.Tensor:
     ab = _STEP_SCHEDULE.alpha_bar[t].float().reshape(-1, 1, 1, 1)
     a, s = (ab, 1 - ab) if variance_weights else (ab.sqrt(), (1 - ab).sqrt())
     x_t = a * x0 + s * eps
     goal = {"v": a * eps - s * x0, "eps": eps, "x0": x0, "v_swapped": s * eps - a * x0}[target]
-    return (model(x_t, t) - goal).square().flatten(1).mean(1)
+    told = {"t": t, "t/T": t / _STEP_SCHEDULE.T, "t-1": t - 1}[time]
+    err = (model(x_t, told) - goal).square().flatten(1)
+    return err.mean(1) if reduce == "mean" else err.sum(1)
 
 
 def _step_case(seed: int, grad_clip: float | None, steps: int = 1) -> Callable:
@@ -113,6 +124,14 @@ def _step_case(seed: int, grad_clip: float | None, steps: int = 1) -> Callable:
                     ("the loss compares with x0; the target is v = sqrt(ab) eps - sqrt(1 - ab) x0.", "x0", False),
                     ("v has its weights swapped: v = sqrt(ab) eps - sqrt(1 - ab) x0.", "v_swapped", False),
                     ("x_t (and v) use alpha_bar and 1 - alpha_bar as weights; take their square roots.", "v", True))]
+                mistakes += [
+                    Mistake("the model was told t / T; it takes the integer step t itself.",
+                            _losses(mine, x0, t, eps, "v", time="t/T")),
+                    Mistake("the model was told t - 1; tell it the step x_t was noised to, t.",
+                            _losses(mine, x0, t, eps, "v", time="t-1")),
+                    Mistake("the per-example loss sums the squared errors over the pixels; average them (the mean "
+                            "over every axis but the batch).", _losses(mine, x0, t, eps, "v", reduce="sum")),
+                ]
             want_loss, want_norm = training_step(ref, opt_ref, x0, t, eps, _STEP_SCHEDULE, grad_clip)
             out = fn(mine, opt_mine, x0.clone(), t.clone(), eps.clone(), _STEP_SCHEDULE, grad_clip)
             if not (isinstance(out, tuple) and len(out) == 2):

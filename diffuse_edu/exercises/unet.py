@@ -9,19 +9,19 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, run_naming_crashes
 from diffuse_edu.models.attention import SelfAttention, attention_block, multi_head_attention
 from diffuse_edu.models.conditioning import Cond
-from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, encode, residual_block, unet_forward
+from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, residual_block, unet_forward
 
 
-def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d"):
+def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d", average="v", scores="qk"):
     """Attention written out, with switches for the usual mistakes."""
     q, k, v = (rearrange(z, split, h=heads) for z in (q, k, v))
-    logits = q @ k.transpose(-1, -2)
+    logits = {"qk": q @ k.transpose(-1, -2), "qq": q @ q.transpose(-1, -2), "kq": k @ q.transpose(-1, -2)}[scores]
     if scale:
         logits = logits / q.shape[-1] ** 0.5
-    out = logits.softmax(dim=dim) @ v
+    out = logits.softmax(dim=dim) @ (v if average == "v" else k)
     return rearrange(out, "b h l d -> b l (h d)")
 
 
@@ -50,7 +50,14 @@ def _mistakes(q, k, v, heads) -> list[Mistake]:
                            @ rearrange(k, "b l (h d) -> b h l d", h=heads).transpose(-1, -2)
                            / (c // heads) ** 0.5).exp()
                           @ rearrange(v, "b l (h d) -> b h l d", h=heads), "b h l d -> b l (h d)")),
-    ]
+        Mistake("the weights averaged the keys; they average the values: softmax(q k^T / sqrt(d)) v.",
+                _explicit(q, k, v, heads, average="k")),
+    ] + ([] if q.shape[1] != k.shape[1] else [
+        Mistake("the scores compare the queries with themselves (q q^T); compare them with the keys, q k^T.",
+                _explicit(q, k, v, heads, scores="qq")),
+        Mistake("the score matrix is transposed (k q^T): row i must hold query i's similarity with every key.",
+                _explicit(q, k, v, heads, scores="kq")),
+    ])
 
 
 def _self_attention(fn: Callable) -> None:
@@ -110,22 +117,26 @@ def _shape_error(fn: Callable, what: str, advice: str) -> torch.Tensor:
 
 
 def _res_variant(block: ResBlock, x, emb, *, act_first=False, modulate_first=False, modulate_after_act=False,
-                 shortcut=True, second_act=True, first_act=True, modulate=True) -> torch.Tensor:
+                 shortcut=True, second_act=True, first_act=True, modulate=True, norm2=True, reuse_norm1=False,
+                 shortcut_early=False) -> torch.Tensor:
     silu = torch.nn.functional.silu
     if act_first:
         h = block.conv1(block.norm1(silu(x)))
     else:
         h = block.conv1(silu(block.norm1(x)) if first_act else block.norm1(x))
     mod = (lambda z: block.scale_shift(z, emb)) if block.scale_shift is not None and modulate else (lambda z: z)
+    second_norm = block.norm1 if reuse_norm1 else block.norm2 if norm2 else (lambda z: z)
     if modulate_first:
-        h = block.norm2(mod(h))
+        h = second_norm(mod(h))
     else:
-        h = block.norm2(h)
+        h = second_norm(h)
         if not modulate_after_act:
             h = mod(h)
     h = silu(h) if second_act else h
     if modulate_after_act:
         h = mod(h)
+    if shortcut_early:
+        return block.conv2(block.dropout(h + block.shortcut(x)))
     h = block.conv2(block.dropout(h))
     return h + block.shortcut(x) if shortcut else h
 
@@ -147,7 +158,22 @@ def _res_mistakes(block: ResBlock, x, emb) -> list[Mistake]:
                     _res_variant(block, x, emb, first_act=False)),
             Mistake("the embedding is never used: block.scale_shift(h, emb) modulates the features after the "
                     "second GroupNorm.", _res_variant(block, x, emb, modulate=False)),
-        ]
+            Mistake("the second GroupNorm (block.norm2) is missing: each round starts by normalising.",
+                    _res_variant(block, x, emb, norm2=False)),
+            Mistake("the shortcut was added before the second conv; add it to the block's output, after conv2.",
+                    _res_variant(block, x, emb, shortcut_early=True)),
+        ] + ([] if block.conv1.out_channels != block.conv1.in_channels else [
+            Mistake("the second round used block.norm1 again; it has its own GroupNorm, block.norm2.",
+                    _res_variant(block, x, emb, reuse_norm1=True)),
+        ])
+
+
+def _res_crashes(fn: Callable, block: ResBlock, x, emb) -> list:
+    """Mistakes that crash when the channel counts differ, with the message that names each."""
+    return [
+        (lambda: _res_variant(block, x, emb, reuse_norm1=True),
+         "the second round used block.norm1 again; it has its own GroupNorm, block.norm2 (with the output's channels)."),
+    ]
 
 
 def _res_case(in_ch: int, out_ch: int, emb_dim: int | None, seed: int, dropout: float = 0.0) -> Callable:
@@ -162,7 +188,9 @@ def _res_case(in_ch: int, out_ch: int, emb_dim: int | None, seed: int, dropout: 
         with torch.no_grad():
             want = residual_block(block, x, emb)
             try:
-                got = _shape_error(lambda: fn(block, x.clone(), None if emb is None else emb.clone()), what,
+                got = _shape_error(lambda: run_naming_crashes(
+                    lambda: fn(block, x.clone(), None if emb is None else emb.clone()), what,
+                    _res_crashes(fn, block, x, emb)), what,
                                    "x has C_in channels and the block's output C_out; x reaches the sum through "
                                    "block.shortcut, and the layers are block.norm1, conv1, norm2, conv2 in order.")
             except TypeError as e:
@@ -212,27 +240,67 @@ RESIDUAL_BLOCK = Checker(
 
 
 def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True,
+                  enc_emb=True, dec_emb=True, stem=True, skip_after_down=False, fifo=False, up_after_cat=False,
                   record: list[str] | None = None):
     """The forward pass, right or with one typical mistake; with ``record``, the shape at each stage."""
     note = (lambda text: record.append(text)) if record is not None else (lambda text: None)
     emb = unet.embed(t, cond if use_cond else None)
-    h, skips = encode(unet, x, emb, cond)
-    for level, skip in enumerate(skips):
-        note(f"encoder level {level}: {tuple(skip.shape[1:])}, kept for decoder level {level}, then downsampled")
+    h, skips = unet.stem(x) if stem else x, []
+    for level, blocks in enumerate(unet.encoder):
+        for block in blocks:
+            h = block(h, emb if enc_emb else None, cond)
+        if level < len(unet.downsamples):
+            if not skip_after_down:
+                skips.append(h)
+            h = unet.downsamples[level](h)
+            if skip_after_down:
+                skips.append(h)
+            note(f"encoder level {level}: {tuple(skips[-1].shape[1:])}, kept for decoder level {level}, then downsampled")
     note(f"encoder level {len(skips)} (the lowest): {tuple(h.shape[1:])}")
     if middle:
         h = unet.middle(h, emb, cond)  # unet.middle(h, emb, cond): one stage at the lowest resolution
         note(f"middle: {tuple(h.shape[1:])}")
     for level in reversed(range(len(unet.decoder))):  # the decoder has one level fewer than the encoder
-        h = unet.upsamples[level](h)
+        skip = skips.pop(0) if fifo else skips.pop()
+        if not up_after_cat:
+            h = unet.upsamples[level](h)
         up = tuple(h.shape[1:])
         if unet.config.skip_connections:
-            h = torch.cat([h, skips[level]] if order == "up_skip" else [skips[level], h], dim=1)
+            h = torch.cat([h, skip] if order == "up_skip" else [skip, h], dim=1)
+        if up_after_cat:
+            h = unet.upsamples[level](h)
         for block in unet.decoder[level]:
-            h = block(h, emb, cond)
-        note(f"decoder level {level}: upsampled to {up}" + (f", with its skip {tuple(skips[level].shape[1:])}"
+            h = block(h, emb if dec_emb else None, cond)
+        note(f"decoder level {level}: upsampled to {up}" + (f", with its skip {tuple(skip.shape[1:])}"
              if unet.config.skip_connections else "") + f", out of its stages {tuple(h.shape[1:])}")
     return unet.out(h) if out else h
+
+
+#: Mistakes that crash with a shape error: named when the learner's error is the same one.
+_UNET_CRASHES = (
+    (dict(skip_after_down=True), "each level keeps its output on the skip stack before downsampling it, not after: "
+                                 "the skip must have the resolution the decoder upsamples to."),
+    (dict(fifo=True), "the skips were taken from the bottom of the stack (the first kept): the decoder climbs back "
+                      "up, so it needs the last one kept first (skips.pop())."),
+    (dict(up_after_cat=True), "the decoder concatenates before upsampling; upsample first, so that the features "
+                              "and the skip have the same resolution."),
+    (dict(stem=False), "the stem (unet.stem, a conv from the image's channels to the first level's) is missing."),
+    (dict(dec_emb=False), "a stage ran without the embedding (emb = None): every stage of the encoder, the middle "
+                          "and the decoder gets emb, block(h, emb, cond)."),
+)
+
+
+def _named_crash(unet, x, t, cond, what: str, error: Exception) -> Mismatch | None:
+    """A Mismatch naming the mistake when one of the typical wrong forward passes fails with the
+    learner's very error; None when none does."""
+    text = " ".join(str(error).split())
+    for flags, message in _UNET_CRASHES:
+        try:
+            _unet_variant(unet, x, t, cond, **flags)
+        except (RuntimeError, TypeError) as e:
+            if type(e) is type(error) and " ".join(str(e).split()) == text:
+                return Mismatch(f"{what}: {message}")
+    return None
 
 
 def _unet_case(description: str, seed: int, **config) -> Callable:
@@ -249,11 +317,20 @@ def _unet_case(description: str, seed: int, **config) -> Callable:
             want = unet_forward(unet, x, t, cond)
             walk: list[str] = []
             _unet_variant(unet, x, t, cond, record=walk)
-            got = _shape_error(lambda: fn(unet, x.clone(), t.clone(), cond), what,
-                               "encoder level i keeps its output (before downsampling) for decoder level i; the "
-                               "decoder runs from the bottom level up, upsampling before it concatenates; with "
-                               "unet.config.skip_connections False nothing is concatenated. The shapes (C, H, W) "
-                               "should be: " + "; ".join(walk) + ".")
+            try:
+                got = fn(unet, x.clone(), t.clone(), cond)
+            except (RuntimeError, TypeError) as e:
+                named = _named_crash(unet, x, t, cond, what, e)
+                if named is not None:
+                    raise named from None
+
+                def crash(error=e):
+                    raise error
+                got = _shape_error(crash, what,
+                                   "encoder level i keeps its output (before downsampling) for decoder level i; the "
+                                   "decoder runs from the bottom level up, upsampling before it concatenates; with "
+                                   "unet.config.skip_connections False nothing is concatenated. The shapes (C, H, W) "
+                                   "should be: " + "; ".join(walk) + ".")
             mistakes = [
                 Mistake("the skip is concatenated before the upsampled features: torch.cat([upsampled, skip], "
                         "dim=1), in that order (the decoder's first conv expects it).",
@@ -287,14 +364,16 @@ UNET_FORWARD = Checker(
 
 
 def _attn_variant(block: SelfAttention, x, *, residual=True, norm=True, heads=None, order="qkv", on_normed=False,
-                  project=True, fold="b (h w) c -> b c h w", reshape=False):
+                  project=True, fold="b (h w) c -> b c h w", reshape=False, pass_heads=True, flatten=True):
     b, c, h, w = x.shape
     xn = block.norm(x) if norm else x
-    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c")
+    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c") if flatten else xn
     q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
     if order == "kqv":
         q, k = k, q
-    out = multi_head_attention(q, k, v, heads or block.heads)
+    elif order == "qvk":
+        k, v = v, k
+    out = multi_head_attention(q, k, v, heads or block.heads) if pass_heads else multi_head_attention(q, k, v)
     out = block.to_out(out) if project else out
     out = out.reshape(b, c, h, w) if reshape else rearrange(out, fold, h=h, w=w)
     return (xn if on_normed else x) + out if residual else out
@@ -311,7 +390,12 @@ def _attn_case(seed: int, heads: int, shape: tuple[int, int], fresh: bool = Fals
                 + (", a freshly built block (to_out is zero)" if fresh else ""))
         with torch.no_grad():
             want = attention_block(block, x)
-            got = _shape_error(lambda: fn(block, x.clone()), what,
+            crashes = [(lambda: _attn_variant(block, x, pass_heads=False),
+                        "block.attend needs the number of heads: block.attend(q, k, v, block.heads)."),
+                       (lambda: _attn_variant(block, x, flatten=False),
+                        "block.to_qkv was applied to the map itself; it acts on tokens, the H * W positions with C "
+                        "channels each: rearrange(normed, 'b c h w -> b (h w) c') first.")]
+            got = _shape_error(lambda: run_naming_crashes(lambda: fn(block, x.clone()), what, crashes), what,
                                "tokens are the H * W positions with C channels each: rearrange the normalised map "
                                "'b c h w -> b (h w) c', and back with h and w given.")
             mistakes = [] if fresh else [
@@ -330,6 +414,8 @@ def _attn_case(seed: int, heads: int, shape: tuple[int, int], fresh: bool = Fals
                         "h=h, w=w) undoes the flattening.", _attn_variant(block, x, fold="b (w h) c -> b c h w")),
                 Mistake("reshape mixes channels and positions: (B, C, H, W) -> (B, H*W, C) needs the channel axis "
                         "moved last (rearrange or permute), not a reshape.", _attn_variant(block, x, reshape=True)),
+                Mistake("keys and values are swapped: to_qkv's output splits as (q, k, v) in that order.",
+                        _attn_variant(block, x, order="qvk")),
             ]
         compare(got, want, what=what, mistakes=mistakes,
                 otherwise="a fresh block must return x unchanged (its output projection starts at zero)"

@@ -40,9 +40,14 @@ def _reparam_case(seed: int, dtype=torch.float32) -> Callable:
                     mean + (2 * logvar).exp() * noise),
             Mistake("the mean is missing: z = mean + std * noise.", (0.5 * logvar).exp() * noise),
             Mistake("that is the mean alone: the sample needs the scaled noise added.", mean),
+            Mistake("the scaled noise is subtracted: z = mean + std * noise, with the noise you are given.",
+                    mean - (0.5 * logvar).exp() * noise),
         ]
-        compare(fn(mean.clone(), logvar.clone(), noise.clone()), reparameterise(mean, logvar, noise), what=what,
-                mistakes=mistakes)
+        got = fn(mean.clone(), logvar.clone(), noise.clone())
+        if isinstance(got, torch.Tensor) and got.shape == mean.shape and torch.isnan(got).any() and (logvar < 0).any():
+            raise Mismatch(f"{what} returned NaN: logvar is a log, so it is negative for variances below 1, and "
+                           "sqrt(logvar) is NaN there. The standard deviation is exp(logvar / 2).")
+        compare(got, reparameterise(mean, logvar, noise), what=what, mistakes=mistakes)
     return case
 
 
@@ -66,9 +71,20 @@ def _reparam_zero_noise(fn: Callable) -> None:
             otherwise="with zero noise the sample must be the mean itself.")
 
 
+def _reparam_uses_noise(fn: Callable) -> None:
+    mean, logvar, noise = _moments(9)
+    torch.manual_seed(1)
+    a = fn(mean, logvar, noise)
+    torch.manual_seed(2)
+    b = fn(mean, logvar, noise)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b, equal_nan=True):
+        raise Mismatch("two calls with the same noise gave different samples: use the noise you are given, not "
+                       "fresh random numbers (the caller seeds it, so that training repeats).")
+
+
 REPARAMETERISE = Checker(
     "reparameterise", reparameterise,
-    [_reparam_case(0), _reparam_case(1, torch.float64), _reparam_zero_noise, _reparam_gradient],
+    [_reparam_uses_noise, _reparam_case(0), _reparam_case(1, torch.float64), _reparam_zero_noise, _reparam_gradient],
     hints=("A sample of N(mean, std^2) is the mean plus std times standard noise; the encoder gives you "
            "log(std^2), not std.",
            "Turn the log-variance into a standard deviation (a square root is a halving in log space) and keep "
@@ -272,6 +288,8 @@ def _decode_case(seed: int, scale: float) -> Callable:
         vae, _, z = _pipeline_inputs(seed)
         what = f"decode_latents(vae, latents of shape {tuple(z.shape)}, scale={scale})"
         got = fn(vae, z.clone(), scale)
+        if isinstance(got, tuple):
+            raise Mismatch(f"{what} returned a tuple; return the decoded images alone, one tensor.")
         if isinstance(got, torch.Tensor) and got.requires_grad:
             raise Mismatch(f"{what} returned images that carry gradients: decode under torch.no_grad().")
         with torch.no_grad():

@@ -29,6 +29,11 @@ def _values(fn: Callable) -> None:
                 xf / 255 - 0.5),
         Mistake("the sign is flipped: black (0) must map to -1 and white (255) to +1.",
                 1 - xf / 255 * 2),
+        Mistake("values lie in [0, 2]: after dividing by 127.5, subtract 1.", xf / 127.5),
+        Mistake("you used floor division (//), which keeps whole numbers only: divide with /, so the values stay "
+                "continuous.", torch.div(xf, 127.5, rounding_mode="floor") - 1),
+        Mistake("you standardised the batch (zero mean, unit std); the course maps pixels by a fixed rule, so that "
+                "a pixel value means the same in every batch: 0 -> -1, 255 -> +1.", (xf - xf.mean()) / xf.std()),
     ]
     got = fn(x.clone())
     if isinstance(got, torch.Tensor) and got.dtype == torch.uint8:
