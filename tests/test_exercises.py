@@ -647,6 +647,8 @@ WRONG_11 = [
     (REPAINT_STEP, _repaint(extra=1), "tries instead of"),
     (REPAINT_STEP, _repaint(eta=0.0), "ancestral"),
     (REPAINT_STEP, _fresh_noise, "never called noise()"),
+    (REPAINT_STEP, _repaint(paste="clean"), "pasted in clean"),
+    (REPAINT_STEP, _repaint(paste="inverted"), "mask is inverted"),
     (DDIM_INVERSION, _inversion(order="down"), "that is sampling"),
     (DDIM_INVERSION, _inversion(skip_first=True), "first step (from t = 0) is missing"),
     (DDIM_INVERSION, _inversion(label="end"), "at the step's end"),

@@ -60,8 +60,17 @@ def _repaint_data(seed: int):
     return x_t, known, mask
 
 
+def _replace(x, known, mask, t_prev, schedule, noise, how):
+    if how == "clean":
+        return torch.where(mask.bool(), known, x)
+    if how == "inverted":
+        return replace_known(x, known, 1 - mask, t_prev, schedule, noise)
+    return replace_known(x, known, mask, t_prev, schedule, noise)
+
+
 def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, cond=None, *, last_once=True,
-                     jump="forward", jump_last=False, replace=True, replace_first=False, eta=1.0, extra=0):
+                     jump="forward", jump_last=False, replace=True, replace_first=False, eta=1.0, extra=0,
+                     paste="noised"):
     tries = (resample if t_prev > 0 or not last_once else 1) + extra
     for r in range(tries):
         if replace_first:
@@ -69,7 +78,7 @@ def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, 
         pred = d.at_step(x_t, t, cond, schedule=schedule)
         x_prev = ddim_step(x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None)
         if replace and not replace_first:
-            x_prev = replace_known(x_prev, known, mask, t_prev, schedule, noise())
+            x_prev = _replace(x_prev, known, mask, t_prev, schedule, noise(), paste)
         if r < tries - 1 or jump_last:
             if jump == "forward":
                 x_t = q_forward(x_prev, t_prev, t, schedule, noise())
@@ -108,10 +117,15 @@ def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
                     wrong(jump="from x0")),
             Mistake("you returned x_t after a last jump back; return the last try's x_{t_prev}.",
                     wrong(jump_last=True)),
-            Mistake("the known region was not put back: after each step, replace it with the known image at "
-                    "t_prev (replace_known).", wrong(replace=False)),
+            Mistake("the known region was not put back: after each step, replace it with the known image noised to "
+                    "t_prev.", wrong(replace=False)),
             Mistake("the known region was put back before the step, at t; put it back after the step, at t_prev, "
                     "so that the step's result keeps it.", wrong(replace_first=True)),
+            Mistake("the known image was pasted in clean at t_prev > 0: noise it to t_prev first (q_sample with "
+                    "noise()), so that both regions carry the same noise level; only at t_prev = 0 does it go back "
+                    "as it is.", wrong(paste="clean")),
+            Mistake("the mask is inverted: 1 marks the known pixels, which come from the known image.",
+                    wrong(paste="inverted")),
             Mistake(f"{resample + 1} tries instead of {resample}: the loop runs resample times.", wrong(extra=1)),
             Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its noise.", wrong(eta=0.0)),
         ]
