@@ -1,5 +1,6 @@
 """The headless runner, the command line and the environment check."""
 
+import base64
 import json
 
 import nbformat
@@ -192,3 +193,47 @@ def test_run_all_runs_every_lesson_and_a_failure_does_not_stop_the_rest(tmp_path
     assert set(done) == {"00_fine", "01_broken", "02_fine"}
     assert done["01_broken"]["error"].startswith("code cell 1: ZeroDivisionError") and done["02_fine"]["error"] is None
     assert "2 of 3 lessons ran; failed: 01_broken" in capsys.readouterr().out
+
+
+def test_run_writes_the_executed_notebook_with_printed_text_figures_and_errors(tmp_path):
+    out = tmp_path / "out"
+    path = _notebook(tmp_path, "print('hello')", LESSON, "print('last'); 1 / 0")
+    with pytest.raises(runner.LessonError):
+        runner.run_notebook(path, scale="quick", out=out, quiet=True)
+    executed = nbformat.read(out / "07_demo.ipynb", as_version=4)
+    first, second, third = (c for c in executed.cells if c.cell_type == "code")
+    assert first.outputs[0]["text"] == "hello\n" and first.execution_count == 1
+    assert second.outputs[0]["output_type"] == "display_data"
+    png = base64.b64decode(second.outputs[0]["data"]["image/png"])
+    assert png[:4] == b"\x89PNG" and png == (out / "01_a_line.png").read_bytes()
+    assert third.outputs[0]["text"] == "last\n" and third.outputs[1]["output_type"] == "error"
+    nbformat.validate(executed)
+
+
+def test_a_large_executed_notebook_embeds_its_figures_smaller(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "NOTEBOOK_LIMIT", 1000)
+    out = tmp_path / "out"
+    runner.run_notebook(_notebook(tmp_path, LESSON), scale="quick", out=out, quiet=True)
+    embedded = base64.b64decode(nbformat.read(out / "07_demo.ipynb", as_version=4).cells[0].outputs[0]["data"]["image/png"])
+    assert 0 < len(embedded) < (out / "01_a_line.png").stat().st_size
+
+
+def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, capsys):
+    lessons = tmp_path / "solutions"
+    lessons.mkdir()
+    for name in ("00_a", "01_b"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
+    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    out = tmp_path / "out"
+    runner.run_all(scale="quick", out=out)
+    assert json.loads((out / "00_a" / "metrics.json").read_text())["stamp"] == runner.stamp(lessons / "00_a.ipynb")
+    capsys.readouterr()
+    nb = nbformat.read(lessons / "01_b.ipynb", as_version=4)
+    nb.cells[0].source = "x = 2"  # the lesson changed: its results are out of date
+    nbformat.write(nb, lessons / "01_b.ipynb")
+    runner.run_all(scale="quick", out=out)
+    said = capsys.readouterr().out
+    assert "00_a: results in" in said and "are current" in said and "== 01_b\n" in said
+    assert not runner.is_current(lessons / "00_a.ipynb", out / "00_a", "full")  # another scale is not current
+    runner.run_all(scale="quick", out=out, force=True)
+    assert "are current" not in capsys.readouterr().out

@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{path.stem}")
     summary = run_notebook(path, scale=args.scale, out=out)
     print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
-    print(f"wrote {out}/metrics.json and {len(summary['figures'])} figure(s)")
+    print(f"wrote {out}/metrics.json, {out / path.name} (the executed notebook) and {len(summary['figures'])} "
+          "figure(s)")
     return 0
 
 
@@ -91,7 +92,7 @@ def _run_all(args: argparse.Namespace) -> int:
     from diffuse_edu.course.runner import lessons_dir, run_all
 
     out = Path(args.out or "runs")
-    summaries = run_all(scale=args.scale, out=out)
+    summaries = run_all(scale=args.scale, out=out, force=args.force)
     failed = [name for name, s in summaries.items() if s.get("error")]
     root = config.PROJECT_ROOT
     if root is not None and out.resolve() == (root / "results").resolve():
@@ -204,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("lesson", help="lesson number (01), notebook path, or all")
     r.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
     r.add_argument("--out", help="output folder (default runs/<lesson>)")
+    r.add_argument("--force", action="store_true",
+                   help="with all: run every lesson, also those whose results in --out are current")
     r.set_defaults(func=_run)
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")

@@ -4,15 +4,23 @@ The runner executes the code cells of a solution notebook as plain Python (so it
 GPU server with no Jupyter installed), saves each figure the lesson shows as a PNG, and writes::
 
     OUT/metrics.json   the numbers the lesson reported (diffuse_edu.report.metric), the scale,
-                       device, seconds, versions, the command and the exercise verdicts
+                       device, seconds, versions, the command, the exercise verdicts and a stamp
+                       (the lesson's source and the library's, hashed)
     OUT/NN_<title>.png every figure, in order
+    OUT/<lesson>.ipynb the executed notebook: every cell with its printed output and its figures
+                       embedded, readable on a code host (figures downscaled past 5 MB in all)
     OUT/samples.npz    generated images as uint8 (lessons that generate images)
+
+``run all`` skips a lesson whose OUT/metrics.json has the same stamp and scale and no error, so a
+long full-scale run can resume across jobs; ``force`` runs it again.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -81,7 +89,7 @@ class _FigureSaver:
     """Replaces plt.show: saves every open figure to OUT as NN_<title>.png, then closes it."""
 
     def __init__(self, out: Path):
-        self.out, self.paths = out, []
+        self.out, self.paths = out, []  # every figure saved, in order (the cells' outputs take them from here)
 
     def __call__(self, *args, **kwargs) -> None:
         import matplotlib.pyplot as plt
@@ -121,6 +129,50 @@ def device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def stamp(path: Path) -> dict[str, str]:
+    """What a lesson's results depend on: its notebook's cells and the library's source, hashed, and
+    the library's version. Results with the same stamp (and scale) are current."""
+    from diffuse_edu import __version__
+
+    lesson = hashlib.sha256()
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        lesson.update(cell.get("cell_type", "").encode() + b"\0" + text.encode() + b"\0")
+    library = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted(package.rglob("*.py")):
+        library.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+    return {"lesson": lesson.hexdigest()[:16], "library": library.hexdigest()[:16], "version": __version__}
+
+
+def is_current(path: Path, out: Path, scale: str) -> bool:
+    """Whether ``out`` holds a finished run of ``path`` at ``scale`` with today's stamp."""
+    try:
+        done = json.loads((out / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (done.get("stamp") == stamp(path) and not done.get("error")
+            and scale in (done.get("requested_scale"), done.get("scale")))
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the cell's record and, unless quiet, to the real stdout."""
+
+    def __init__(self, echo: io.TextIOBase | None):
+        self.echo, self.buffer_ = echo, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.buffer_.write(text)
+        if self.echo is not None:
+            self.echo.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.echo is not None:
+            self.echo.flush()
+
+
 def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> dict:
     """Execute a notebook's code cells headless at ``scale``, writing results to ``out``.
 
@@ -141,22 +193,27 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     shown, plt.show = plt.show, saver
     namespace = {"__name__": "__main__", "display": print}
     start, cwd = time.perf_counter(), Path.cwd()
-    error = None
+    error, outputs = None, {}  # outputs: code cell number -> (printed text, figure file names, error)
     try:
         cells = code_cells(path)
         os.chdir(path.parent)
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
-            for i, source in enumerate(cells, start=1):
-                try:
+        for i, source in enumerate(cells, start=1):
+            tee, shown_before = _Tee(None if quiet else sys.stdout), len(saver.paths)
+            try:
+                with contextlib.redirect_stdout(tee):
                     exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
-                except Exception as e:
-                    error = f"code cell {i}: {type(e).__name__}: {e}"
-                    raise LessonError(f"{path.name} failed in {error}") from e
+                    saver()  # figures the cell left open belong to it
+            except Exception as e:
+                error = f"code cell {i}: {type(e).__name__}: {e}"
+                outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
+                raise LessonError(f"{path.name} failed in {error}") from e
+            outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], None)
     finally:
         os.chdir(cwd)
         plt.show = shown
         saver()  # figures left open at the end
         summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error)
+        write_executed(path, out, outputs)
         config.set_scale(None)
         if env_before is None:
             os.environ.pop(config.SCALE_ENV, None)
@@ -165,10 +222,69 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     return summary
 
 
-def run_all(*, scale: str, out: Path) -> dict[str, dict]:
-    """Every lesson in order, each into ``out/<lesson>``; a failing lesson does not stop the rest."""
+#: Past this size an executed notebook's figures are embedded at half their resolution.
+NOTEBOOK_LIMIT = 5 * 1024 * 1024
+
+
+def write_executed(path: Path, out: Path, outputs: dict[int, tuple[str, list[str], str | None]]) -> Path:
+    """``out/<lesson>.ipynb``: the notebook with each code cell's printed text and figures (read back
+    from ``out``) as its outputs, the cells not run left empty. Past :data:`NOTEBOOK_LIMIT` the
+    figures are embedded at half resolution."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+
+    def build(shrink: bool) -> str:
+        number = 0
+        for cell in nb["cells"]:
+            if cell.get("cell_type") != "code":
+                continue
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            if not text.strip():
+                cell.update(outputs=[], execution_count=None)
+                continue
+            number += 1
+            printed, figures, failed = outputs.get(number, ("", [], None))
+            cell_outputs: list[dict] = []
+            if printed:
+                cell_outputs.append({"output_type": "stream", "name": "stdout", "text": printed})
+            for name in figures:
+                cell_outputs.append({"output_type": "display_data", "metadata": {},
+                                     "data": {"image/png": _png(out / name, shrink), "text/plain": [name]}})
+            if failed:
+                cell_outputs.append({"output_type": "error", "ename": failed.split(":")[1].strip(),
+                                     "evalue": failed, "traceback": [failed]})
+            cell.update(outputs=cell_outputs, execution_count=number if number in outputs else None)
+        return json.dumps(nb, indent=1) + "\n"
+
+    text = build(shrink=False)
+    if len(text.encode()) > NOTEBOOK_LIMIT:
+        text = build(shrink=True)
+    target = out / path.name
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def _png(file: Path, shrink: bool) -> str:
+    """A PNG file as base64, optionally at half its width and height."""
+    if not shrink:
+        return base64.b64encode(file.read_bytes()).decode()
+    import matplotlib.pyplot as plt
+
+    image = plt.imread(file)[::2, ::2]
+    buffer = io.BytesIO()
+    plt.imsave(buffer, image, format="png")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def run_all(*, scale: str, out: Path, force: bool = False) -> dict[str, dict]:
+    """Every lesson in order, each into ``out/<lesson>``; a failing lesson does not stop the rest.
+    A lesson whose results there are current (:func:`is_current`) is skipped unless ``force``."""
     summaries = {}
     for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
+        if not force and is_current(path, out / path.stem, scale):
+            print(f"== {path.stem}: results in {out / path.stem} are current (same lesson, same library): skipped",
+                  flush=True)
+            summaries[path.stem] = json.loads((out / path.stem / "metrics.json").read_text())
+            continue
         print(f"== {path.stem}", flush=True)
         try:
             summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem)
@@ -194,6 +310,7 @@ def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: l
         "exercise_details": [dataclasses.asdict(v) for v in exercises.VERDICTS],
         "figures": figures,
         "error": error,
+        "stamp": stamp(path),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report.SAMPLES:
