@@ -152,12 +152,11 @@ def test_doctor_warns_about_full_scale_on_cpu(monkeypatch):
 
 def test_readme_results_table_is_what_the_results_folder_says():
     from diffuse_edu.course import results
-    from diffuse_edu.course.runner import lessons_dir
 
     root = config.PROJECT_ROOT
-    lessons = [p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb"))]
-    table = results.results_table(lessons, root / "results")
-    assert f"{results.BEGIN}\n{table}\n{results.END}" in (root / "README.md").read_text()
+    table = results.current_table(root)
+    assert f"{results.BEGIN}\n{table}\n{results.END}" in (root / "README.md").read_text(), (
+        "README.md's results table is out of date: run `python -m diffuse_edu build`")
 
 
 def test_results_table_rows_and_readme_update(tmp_path):
@@ -168,11 +167,17 @@ def test_results_table_rows_and_readme_update(tmp_path):
     (tmp_path / "results" / "05_training").mkdir(parents=True)
     (tmp_path / "results" / "05_training" / "metrics.json").write_text(json.dumps(dict(
         scale="full", device="cuda: NVIDIA H100", finished="2026-11-26 20:00:00 UTC", seconds=321.0,
-        command="python -m diffuse_edu run all --scale full --out results/", error=None)))
+        command="python -m diffuse_edu run all --scale full --out results/", error=None,
+        stamp=dict(lesson="abc"), metrics={"claim/a_b": "holds", "claims/c": {"x": "holds", "y": "inconclusive (within)",
+                                                                           "n": 3, "flag": False}})))
     (tmp_path / "results" / "06_fid").mkdir()
     (tmp_path / "results" / "06_fid" / "metrics.json").write_text(json.dumps(dict(scale="quick")))
     table = results.results_table(["05_training", "06_fid", "07_samplers"], tmp_path / "results")
-    assert "| 05_training | [recorded](results/05_training/metrics.json) | cuda: NVIDIA H100 |" in table
+    assert ("| 05_training | [recorded](results/05_training/metrics.json) | cuda: NVIDIA H100 | "
+            "2026-11-26 20:00:00 UTC | 5.3 | a b: holds<br>c: 1 holds, 1 inconclusive |") in table
+    assert "(an earlier version" not in table
+    newer = results.results_table(["05_training"], tmp_path / "results", {"05_training": "def"})
+    assert "metrics.json) (an earlier version of the lesson) |" in newer
     assert "| 06_fid | not yet run |" in table and "| 07_samplers | not yet run |" in table  # quick never counts
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{results.BEGIN}\nold\n{results.END}\noutro\n")

@@ -3,7 +3,8 @@
     doctor                          check the environment and say what to do about problems
     data list | fetch NAME | stage FOLDER
                                     show, download or stage data sets for offline use
-    build [--check]                 build notebooks/ from solutions/ (or only check they agree)
+    build [--check]                 build notebooks/ from solutions/ and the README's results table
+                                    (or only check that they agree)
     run LESSON|all [--scale S] [--out DIR]
                                     run a lesson (or every lesson) headless: figures, metrics.json,
                                     samples.npz; `run all --out results/` also rewrites the README's
@@ -61,7 +62,12 @@ def _build(args: argparse.Namespace) -> int:
     if root is None:
         print("build works in a checkout of diffuse-edu (pip install -e .).")
         return 2
+    from diffuse_edu.course import results
+
     problems = builder.out_of_sync(root / "solutions", root / "notebooks")
+    table = f"{results.BEGIN}\n{results.current_table(root)}\n{results.END}"
+    if table not in (root / "README.md").read_text():
+        problems.append("README.md: the results table is not what results/ and today's lessons say")
     if args.check:
         print("\n".join(problems) or "notebooks/ matches solutions/.")
         return 1 if problems else 0
@@ -69,6 +75,7 @@ def _build(args: argparse.Namespace) -> int:
         path.write_text(builder.clean_text(path))
     for path in builder.build(root / "solutions", root / "notebooks"):
         print(f"wrote {path.relative_to(root)}")
+    _update_results_table(root / "results")
     return 0
 
 
@@ -83,22 +90,29 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
     print(f"wrote {out}/metrics.json, {out / path.name} (the executed notebook) and {len(summary['figures'])} "
           "figure(s)")
+    _update_results_table(out.parent)
     return 0
+
+
+def _update_results_table(folder: Path) -> None:
+    """When ``folder`` is the project's results/, rewrite the README's table from it."""
+    from diffuse_edu.course import results
+
+    root = config.PROJECT_ROOT
+    if root is None or folder.resolve() != (root / "results").resolve():
+        return
+    changed = results.update_readme(root / "README.md", results.current_table(root))
+    print("README.md results table " + ("updated" if changed else "already current"))
 
 
 def _run_all(args: argparse.Namespace) -> int:
     """Every lesson headless; with --out pointing at the project's results/, the README's table too."""
-    from diffuse_edu.course import results
-    from diffuse_edu.course.runner import lessons_dir, run_all
+    from diffuse_edu.course.runner import run_all
 
     out = Path(args.out or "runs")
     summaries = run_all(scale=args.scale, out=out, force=args.force)
     failed = [name for name, s in summaries.items() if s.get("error")]
-    root = config.PROJECT_ROOT
-    if root is not None and out.resolve() == (root / "results").resolve():
-        lessons = [p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb"))]
-        changed = results.update_readme(root / "README.md", results.results_table(lessons, root / "results"))
-        print("README.md results table " + ("updated" if changed else "already current"))
+    _update_results_table(out)
     print(f"{len(summaries) - len(failed)} of {len(summaries)} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
