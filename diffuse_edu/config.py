@@ -19,7 +19,9 @@ side by side::
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,6 +60,38 @@ class ScaleError(CourseError, ValueError):
 
 _scale_override: Scale | None = None
 _data_dir_override: Path | None = None
+
+
+class OutOfMemory(CourseError, RuntimeError):
+    """The accelerator ran out of memory; the message says how much it has and what to lower."""
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(doing: str, lower: str) -> Iterator[None]:
+    """Turn an accelerator's out-of-memory error raised inside the block into :class:`OutOfMemory`,
+    whose message says what ran out while ``doing`` what, and the fixes: ``lower`` (the knob of
+    this call, such as ``"the batch size: TrainConfig(batch_size=...)"``), freeing what the kernel
+    still holds, another process on the GPU, quick scale. Other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, OutOfMemory) or not (isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)):
+            raise
+        held = ""
+        if torch.cuda.is_available():
+            device = torch.cuda.current_device()
+            total = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+            held = (f" ({torch.cuda.get_device_name(device)}: {total:.0f} GiB in all, "
+                    f"{torch.cuda.memory_allocated(device) / 2 ** 30:.1f} GiB held by this process's tensors)")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        mps = "MPS" in first
+        raise OutOfMemory(
+            f"The GPU ran out of memory while {doing}{held}: {first}\n"
+            f"What to do: lower {lower}; free what this kernel no longer needs (`del model` for models "
+            f"of earlier sections, then `torch.{'mps' if mps else 'cuda'}.empty_cache()`), or restart the "
+            "kernel; check " + ("that no other notebook's kernel holds the GPU" if mps else
+                                "with `nvidia-smi` that no other process (another notebook's kernel) holds the GPU")
+            + f"; or run the lesson at quick scale ({SCALE_ENV}=quick).") from e
 
 
 def _parse_scale(value: str | Scale) -> Scale:

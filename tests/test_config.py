@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from diffuse_edu import config
 from diffuse_edu.config import Scale, by_scale, get_scale, set_scale
@@ -74,3 +75,60 @@ def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected)
     assert config.accelerator() == expected and config.default_device().type == expected
     assert get_scale() is (Scale.QUICK if expected == "cpu" else Scale.FULL)
     assert by_scale(n=(1, 2)).n == (1 if expected == "cpu" else 2)
+
+
+class _Hungry(torch.nn.Module):
+    """A network whose forward pass runs out of accelerator memory, as a too-large batch would."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def forward(self, x, t, cond=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.19 GiB total capacity)"),
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)"),
+])
+def test_out_of_memory_while_sampling_or_training_names_what_to_lower(error):
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.diffusion.samplers import generate, sample_ddim
+    from diffuse_edu.diffusion.schedules import cosine_schedule
+    from diffuse_edu.evaluation.features import extract
+    from diffuse_edu.training.loop import TrainConfig, train
+
+    schedule = cosine_schedule(100)
+    with pytest.raises(config.OutOfMemory) as caught:
+        sample_ddim(_Hungry(error), torch.randn(4, 1, 8, 8), schedule, steps=5)
+    said = str(caught.value)
+    assert said.startswith("The GPU ran out of memory while sampling")
+    assert "lower the number of images sampled at once" in said and "x.split(256)" in said
+    assert str(error).splitlines()[0] in said and "DIFFUSE_EDU_SCALE=quick" in said
+    mps = "MPS" in str(error)
+    assert ("torch.mps.empty_cache()" in said) == mps and ("nvidia-smi" in said) == (not mps)
+    assert isinstance(caught.value, config.CourseError) and caught.value.__cause__ is error
+
+    with pytest.raises(config.OutOfMemory, match="while sampling"):  # said once, not wrapped twice
+        generate(sample_ddim, _Hungry(error), schedule, 4, (1, 8, 8), batch_size=2, steps=5)
+
+    with pytest.raises(config.OutOfMemory, match=r"(?s)while training: .*lower the batch size \(now 4\)"):
+        train(_Hungry(error), torch.randn(16, 1, 8, 8), DiffusionObjective(schedule),
+              TrainConfig(steps=2, batch_size=4, compile=False), show_progress=False)
+
+    classifier = _Hungry(error)
+    classifier.features = lambda x: classifier(x, None)
+    with pytest.raises(config.OutOfMemory, match=r"(?s)running the classifier.*lower batch_size="):
+        extract(classifier, torch.randn(4, 1, 8, 8))
+
+
+def test_other_errors_pass_through_the_out_of_memory_explainer():
+    with pytest.raises(ValueError, match="not memory"):
+        with config.explain_out_of_memory("sampling", "the batch"):
+            raise ValueError("not memory")
+    with pytest.raises(RuntimeError, match="shape mismatch") as caught:
+        with config.explain_out_of_memory("sampling", "the batch"):
+            raise RuntimeError("shape mismatch")
+    assert not isinstance(caught.value, config.OutOfMemory)

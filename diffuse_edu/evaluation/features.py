@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffuse_edu.config import explain_out_of_memory
 from diffuse_edu.models.classifier import Classifier, ClassifierConfig
 from diffuse_edu.progress import progress
 
@@ -49,6 +50,11 @@ def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = 
     return model.eval()
 
 
+#: On an accelerator out of memory, the feature functions say what to lower.
+_features = explain_out_of_memory("running the classifier", "batch_size= of this call (images per batch)")
+
+
+@_features
 @torch.no_grad()
 def accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
     """Share of images whose predicted class is the label."""
@@ -56,6 +62,7 @@ def accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int 
     return (preds == labels).float().mean().item()
 
 
+@_features
 @torch.no_grad()
 def confidence(model: Classifier, images: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """The classifier's largest softmax probability per image and the class it belongs to; lessons
@@ -65,6 +72,7 @@ def confidence(model: Classifier, images: Tensor, batch_size: int = 1024) -> tup
     return values, classes
 
 
+@_features
 @torch.no_grad()
 def extract(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:
     """Features of many images, batch by batch, as float64. Shapes: (N, C, H, W) -> (N, D)."""

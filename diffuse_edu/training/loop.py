@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from diffuse_edu.config import explain_out_of_memory
 from diffuse_edu.data.canvas import Buckets
 from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.diffusion.objectives import DiffusionObjective
@@ -261,9 +262,11 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
     if isinstance(target, Target):
         model.predicts = target.value  # samplers and checkpoints read the output as this
     try:
-        return _train(model, data, objective, config, cond=cond, null_cond=null_cond, trainable=trainable,
-                      generator=generator, callback=callback, callback_every=callback_every, desc=desc,
-                      show_progress=show_progress, step_fn=step_fn, ema_fn=ema_fn, drop_fn=drop_fn, share=share)
+        with explain_out_of_memory("training", f"the batch size (now {config.batch_size}): "
+                                   "TrainConfig(batch_size=...), or recipe.train"):
+            return _train(model, data, objective, config, cond=cond, null_cond=null_cond, trainable=trainable,
+                          generator=generator, callback=callback, callback_every=callback_every, desc=desc,
+                          show_progress=show_progress, step_fn=step_fn, ema_fn=ema_fn, drop_fn=drop_fn, share=share)
     finally:
         model.train(was_training)  # given back in the mode it came in
 
