@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -66,32 +67,68 @@ class OutOfMemory(CourseError, RuntimeError):
     """The accelerator ran out of memory; the message says how much it has and what to lower."""
 
 
-@contextlib.contextmanager
-def explain_out_of_memory(doing: str, lower: str) -> Iterator[None]:
-    """Turn an accelerator's out-of-memory error raised inside the block into :class:`OutOfMemory`,
-    whose message says what ran out while ``doing`` what, and the fixes: ``lower`` (the knob of
-    this call, such as ``"the batch size: TrainConfig(batch_size=...)"``), freeing what the kernel
-    still holds, another process on the GPU, quick scale. Other errors pass unchanged."""
-    try:
-        yield
-    except RuntimeError as e:
-        if isinstance(e, OutOfMemory) or not (isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)):
-            raise
-        held = ""
-        if torch.cuda.is_available():
-            device = torch.cuda.current_device()
-            total = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
-            held = (f" ({torch.cuda.get_device_name(device)}: {total:.0f} GiB in all, "
-                    f"{torch.cuda.memory_allocated(device) / 2 ** 30:.1f} GiB held by this process's tensors)")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        mps = "MPS" in first
-        raise OutOfMemory(
-            f"The GPU ran out of memory while {doing}{held}: {first}\n"
+def out_of_memory_message(error: BaseException, doing: str, lower: str) -> str | None:
+    """What to tell about ``error`` when it is an accelerator's out-of-memory error raised while
+    ``doing`` something (None for any other error, and for one already explained): what ran out,
+    and the fixes: ``lower`` (the knob of that call), freeing what the kernel still holds, another
+    process on the GPU, quick scale."""
+    if isinstance(error, OutOfMemory) or not isinstance(error, RuntimeError):
+        return None
+    if not (isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error)):
+        return None
+    held = ""
+    if torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+        held = (f" ({torch.cuda.get_device_name(device)}: {total:.0f} GiB in all, "
+                f"{torch.cuda.memory_allocated(device) / 2 ** 30:.1f} GiB held by this process's tensors)")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    mps = "MPS" in first
+    return (f"The GPU ran out of memory while {doing}{held}: {first}\n"
             f"What to do: lower {lower}; free what this kernel no longer needs (`del model` for models "
             f"of earlier sections, then `torch.{'mps' if mps else 'cuda'}.empty_cache()`), or restart the "
             "kernel; check " + ("that no other notebook's kernel holds the GPU" if mps else
                                 "with `nvidia-smi` that no other process (another notebook's kernel) holds the GPU")
-            + f"; or run the lesson at quick scale ({SCALE_ENV}=quick).") from e
+            + f"; or run the lesson at quick scale ({SCALE_ENV}=quick).")
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(doing: str, lower: str) -> Iterator[None]:
+    """Turn an accelerator's out-of-memory error raised inside the block into :class:`OutOfMemory`
+    with :func:`out_of_memory_message`'s text (``lower``: the knob of this call, such as
+    ``"the batch size: TrainConfig(batch_size=...)"``). Other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        said = out_of_memory_message(e, doing, lower)
+        if said is None:
+            raise
+        raise OutOfMemory(said) from e
+
+
+#: The knob named for an out-of-memory error in a lesson's cell (samplers are plain math and do
+#: not explain their own: the notebook and the headless runner do it for them).
+CELL_MEMORY_KNOB = ("the images this cell trains on or samples at once: its batch_size=, or pass the noise "
+                    "in chunks (x.split(256))")
+
+
+def explain_out_of_memory_in_notebooks() -> None:
+    """In a Jupyter kernel, add :func:`out_of_memory_message`'s text under the traceback of any cell
+    that runs out of accelerator memory. Outside IPython, or where another custom handler is set,
+    nothing changes."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is None or (shell.custom_exceptions and not getattr(shell, "_diffuse_edu_memory", False)):
+        return
+
+    def handler(self, etype, value, tb, tb_offset=None):  # IPython shows nothing itself for these
+        self.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        said = out_of_memory_message(value, "running this cell", CELL_MEMORY_KNOB)
+        if said:
+            print(said, file=sys.stderr)
+
+    shell.set_custom_exc((RuntimeError,), handler)
+    shell._diffuse_edu_memory = True
 
 
 def _parse_scale(value: str | Scale) -> Scale:

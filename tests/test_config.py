@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -89,39 +91,69 @@ class _Hungry(torch.nn.Module):
         raise self.error
 
 
-@pytest.mark.parametrize("error", [
+_ERRORS = [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.19 GiB total capacity)"),
     RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)"),
-])
-def test_out_of_memory_while_sampling_or_training_names_what_to_lower(error):
+]
+
+
+@pytest.mark.parametrize("error", _ERRORS)
+def test_out_of_memory_while_training_or_extracting_features_names_what_to_lower(error):
     from diffuse_edu.diffusion.objectives import DiffusionObjective
-    from diffuse_edu.diffusion.samplers import generate, sample_ddim
     from diffuse_edu.diffusion.schedules import cosine_schedule
     from diffuse_edu.evaluation.features import extract
     from diffuse_edu.training.loop import TrainConfig, train
 
-    schedule = cosine_schedule(100)
     with pytest.raises(config.OutOfMemory) as caught:
-        sample_ddim(_Hungry(error), torch.randn(4, 1, 8, 8), schedule, steps=5)
+        train(_Hungry(error), torch.randn(16, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
+              TrainConfig(steps=2, batch_size=4, compile=False), show_progress=False)
     said = str(caught.value)
-    assert said.startswith("The GPU ran out of memory while sampling")
-    assert "lower the number of images sampled at once" in said and "x.split(256)" in said
+    assert said.startswith("The GPU ran out of memory while training: ")
+    assert "lower the batch size (now 4): TrainConfig(batch_size=...)" in said
     assert str(error).splitlines()[0] in said and "DIFFUSE_EDU_SCALE=quick" in said
     mps = "MPS" in str(error)
     assert ("torch.mps.empty_cache()" in said) == mps and ("nvidia-smi" in said) == (not mps)
     assert isinstance(caught.value, config.CourseError) and caught.value.__cause__ is error
 
-    with pytest.raises(config.OutOfMemory, match="while sampling"):  # said once, not wrapped twice
-        generate(sample_ddim, _Hungry(error), schedule, 4, (1, 8, 8), batch_size=2, steps=5)
-
-    with pytest.raises(config.OutOfMemory, match=r"(?s)while training: .*lower the batch size \(now 4\)"):
-        train(_Hungry(error), torch.randn(16, 1, 8, 8), DiffusionObjective(schedule),
-              TrainConfig(steps=2, batch_size=4, compile=False), show_progress=False)
-
     classifier = _Hungry(error)
     classifier.features = lambda x: classifier(x, None)
     with pytest.raises(config.OutOfMemory, match=r"(?s)running the classifier.*lower batch_size="):
         extract(classifier, torch.randn(4, 1, 8, 8))
+
+
+@pytest.mark.parametrize("error", _ERRORS)
+def test_out_of_memory_in_a_notebook_cell_or_a_headless_lesson_names_what_to_lower(error, tmp_path, capsys):
+    """The samplers are plain math (they import only torch): the kernel and the runner explain for them."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from diffuse_edu.course.runner import LessonError, run_notebook
+    from diffuse_edu.diffusion.samplers import sample_ddim
+    from diffuse_edu.diffusion.schedules import cosine_schedule
+
+    with pytest.raises(type(error)):  # unchanged where it is raised
+        sample_ddim(_Hungry(error), torch.randn(4, 1, 8, 8), cosine_schedule(100), steps=5)
+
+    shell = InteractiveShell.instance()
+    try:
+        config.explain_out_of_memory_in_notebooks()
+        shell.user_ns["error"] = error
+        assert shell.run_cell("raise error").error_in_exec is error
+        shown = capsys.readouterr()
+        assert str(error) in shown.out  # the traceback as ever, then what to do
+        assert "The GPU ran out of memory while running this cell" in shown.err
+        assert "lower the images this cell trains on or samples at once" in shown.err
+        shell.run_cell("raise RuntimeError('shape mismatch')")
+        shown = capsys.readouterr()
+        assert "shape mismatch" in shown.out and "ran out of memory" not in shown.out + shown.err
+    finally:
+        InteractiveShell.clear_instance()
+
+    lesson = tmp_path / "99_memory.ipynb"
+    lesson.write_text(json.dumps({"cells": [
+        {"cell_type": "code", "source": f"raise RuntimeError({str(error)!r})", "metadata": {}, "outputs": [],
+         "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    with pytest.raises(LessonError, match="(?s)while running code cell 1.*samples at once"):
+        run_notebook(lesson, scale="quick", out=tmp_path / "out", quiet=True)
 
 
 def test_other_errors_pass_through_the_out_of_memory_explainer():

@@ -200,7 +200,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
         for i, source in enumerate(cells, start=1):
             tee, shown_before = _Tee(None if quiet else sys.stdout), len(saver.paths)
             try:
-                with contextlib.redirect_stdout(tee):
+                with contextlib.redirect_stdout(tee), config.explain_out_of_memory(f"running code cell {i}",
+                                                                                   config.CELL_MEMORY_KNOB):
                     exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
                     saver()  # figures the cell left open belong to it
             except Exception as e:

@@ -25,7 +25,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffuse_edu.config import explain_out_of_memory
 from diffuse_edu.diffusion.denoisers import Denoiser, as_denoiser
 from diffuse_edu.diffusion.forward_process import posterior_variance
 from diffuse_edu.diffusion.prediction import Target
@@ -34,12 +33,6 @@ from diffuse_edu.diffusion.schedules import NoiseSchedule
 #: Where a sigma grid starts when the schedule's own sigma_T is infinite (zero terminal SNR): x is
 #: then x0 + 1e4 eps, pure noise to float32's precision, and the model is asked at t ~ T.
 ZERO_SNR_SIGMA_MAX = 1e4
-
-
-#: On an accelerator out of memory, every sampler says what to lower (see config.explain_out_of_memory).
-_sampling = explain_out_of_memory(
-    "sampling", "the number of images sampled at once: pass the noise in chunks (x.split(256)) or call "
-    "generate(..., batch_size=...)")
 
 
 def _needs_schedule(schedule: NoiseSchedule | None, sampler: str) -> NoiseSchedule:
@@ -89,7 +82,6 @@ def ddim_move(denoiser: Denoiser, x: Tensor, t: int, t_prev: int, schedule: Nois
     return step(x, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise)
 
 
-@_sampling
 @torch.no_grad()
 def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None,
@@ -111,7 +103,6 @@ def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     return x
 
 
-@_sampling
 @torch.no_grad()
 def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int | None = None,
                 generator: torch.Generator | None = None, callback: Callable | None = None,
@@ -144,7 +135,6 @@ def ddim_inversion(denoiser: Denoiser, x0: Tensor, schedule: NoiseSchedule, step
     return x
 
 
-@_sampling
 @torch.no_grad()
 def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
                 t_max: int | None = None, cond: object = None, step: Callable | None = None) -> Tensor:
@@ -212,7 +202,6 @@ def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigma
     return as_denoiser(model, schedule, clip=clip), sig, x * (1 + sig[0] ** 2) ** 0.5
 
 
-@_sampling
 @torch.no_grad()
 def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                  sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
@@ -226,7 +215,6 @@ def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: 
     return x
 
 
-@_sampling
 @torch.no_grad()
 def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                 sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
@@ -245,7 +233,6 @@ def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     return x
 
 
-@_sampling
 @torch.no_grad()
 def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                     sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
@@ -293,7 +280,6 @@ def flow_times(steps: int, *, shift: float = 1.0) -> list[float]:
     return (shift * tau / (1 + (shift - 1) * tau)).tolist()
 
 
-@_sampling
 @torch.no_grad()
 def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None = None, *, steps: int,
                       generator: torch.Generator | None = None, callback: Callable | None = None,
@@ -321,7 +307,6 @@ def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None
 
 
 # ----------------------------------------------------------------------------- many samples, noise
-@_sampling
 @torch.no_grad()
 def generate(sampler: Callable, model: Callable, schedule: NoiseSchedule, n: int, shape: tuple[int, ...], *,
              batch_size: int = 1000, generator: torch.Generator | None = None,
