@@ -2,6 +2,7 @@
 
 import base64
 import json
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -242,3 +243,56 @@ def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, 
     assert not runner.is_current(lessons / "00_a.ipynb", out / "00_a", "full")  # another scale is not current
     runner.run_all(scale="quick", out=out, force=True)
     assert "are current" not in capsys.readouterr().out
+
+
+def test_run_all_within_a_budget_starts_no_lesson_that_will_not_fit_and_resumes(tmp_path, monkeypatch, capsys):
+    lessons = tmp_path / "solutions"
+    lessons.mkdir()
+    for name in ("00_a", "01_b", "02_c"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
+    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    out = tmp_path / "out"
+    (out / "01_b").mkdir(parents=True)  # an earlier, interrupted attempt at 01_b that took 500 s
+    (out / "01_b" / "metrics.json").write_text(json.dumps(dict(seconds=500.0, scale="quick", requested_scale="quick",
+                                                                error="code cell 3: KeyboardInterrupt")))
+    done = runner.run_all(scale="quick", out=out, budget=100)
+    said = capsys.readouterr().out
+    assert list(done) == ["00_a"]  # 01_b would not fit in what is left; 02_c waits for it (in order)
+    assert "01_b: not started" in said and "its last run here took 500 s" in said and "Run the same command again" in said
+    assert not (out / "02_c").exists()
+    done = runner.run_all(scale="quick", out=out, budget=1000)  # the next job goes on from there
+    said = capsys.readouterr().out
+    assert list(done) == ["00_a", "01_b", "02_c"] and "00_a: results in" in said and "== 01_b\n" in said
+    assert all(not s.get("error") for s in done.values())
+
+
+def test_a_relative_out_folder_is_where_the_caller_stands_not_where_the_lesson_runs(tmp_path, monkeypatch):
+    """`run all --out results/` from the project root: the lesson runs in solutions/, its files go to results/."""
+    lessons, caller = tmp_path / "solutions", tmp_path / "root"
+    lessons.mkdir()
+    caller.mkdir()
+    path = _notebook(lessons, LESSON)
+    monkeypatch.chdir(caller)
+    summary = runner.run_notebook(path, scale="quick", out=Path("results") / "07_demo", quiet=True)
+    assert summary["error"] is None and summary["figures"]
+    for name in ["metrics.json", "07_demo.ipynb", *summary["figures"]]:
+        assert (caller / "results" / "07_demo" / name).is_file(), name
+    assert not (lessons / "results").exists()
+
+
+def test_cli_run_all_says_what_ran_what_was_current_and_what_is_left(tmp_path, monkeypatch, capsys):
+    from diffuse_edu.course import cli
+
+    lessons = tmp_path / "solutions"
+    lessons.mkdir()
+    for name in ("00_a", "01_b"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
+    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    out = str(tmp_path / "out")
+    assert cli.main(["run", "all", "--scale", "quick", "--out", out, "--budget", "600"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("2 of 2 lessons ran")
+    assert cli.main(["run", "all", "--scale", "quick", "--out", out, "--budget", "600"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("0 of 0 lessons ran; 2 already current (skipped)")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "all", "--out", out, "--budget", "0"])
+    assert "--budget" in capsys.readouterr().err

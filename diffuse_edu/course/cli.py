@@ -5,7 +5,7 @@
                                     show, download or stage data sets for offline use
     build [--check]                 build notebooks/ from solutions/ and the README's results table
                                     (or only check that they agree)
-    run LESSON|all [--scale S] [--out DIR]
+    run LESSON|all [--scale S] [--out DIR] [--force] [--budget SECONDS]
                                     run a lesson (or every lesson) headless: figures, metrics.json,
                                     samples.npz; `run all --out results/` also rewrites the README's
                                     results table
@@ -107,13 +107,18 @@ def _update_results_table(folder: Path) -> None:
 
 def _run_all(args: argparse.Namespace) -> int:
     """Every lesson headless; with --out pointing at the project's results/, the README's table too."""
-    from diffuse_edu.course.runner import run_all
+    from diffuse_edu.course.runner import lessons_dir, run_all
 
     out = Path(args.out or "runs")
-    summaries = run_all(scale=args.scale, out=out, force=args.force)
+    summaries = run_all(scale=args.scale, out=out, force=args.force, budget=args.budget)
     failed = [name for name, s in summaries.items() if s.get("error")]
     _update_results_table(out)
-    print(f"{len(summaries) - len(failed)} of {len(summaries)} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    left = len(list(lessons_dir().glob("[0-9]*.ipynb"))) - len(summaries)
+    current = sum(1 for s in summaries.values() if s.get("skipped") == "current")
+    ran = len(summaries) - current
+    print(f"{ran - len(failed)} of {ran} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; {current} already current (skipped)" if current else "")
+          + (f"; {left} not started within the budget (run the same command again)" if left else ""))
     return 1 if failed else 0
 
 
@@ -221,6 +226,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default runs/<lesson>)")
     r.add_argument("--force", action="store_true",
                    help="with all: run every lesson, also those whose results in --out are current")
+    r.add_argument("--budget", type=_positive(float), default=None, metavar="SECONDS",
+                   help="with all: start no lesson past this many seconds, nor one whose last run in --out "
+                        "took longer than what is left; run again to resume")
     r.set_defaults(func=_run)
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")

@@ -183,6 +183,7 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = Path(out).resolve()  # the lesson runs in its own folder: a relative out would move with it
     out.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get(config.SCALE_ENV)
     os.environ[config.SCALE_ENV] = scale  # subprocesses the lesson starts see it too
@@ -276,23 +277,48 @@ def _png(file: Path, shrink: bool) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def run_all(*, scale: str, out: Path, force: bool = False) -> dict[str, dict]:
+def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None = None) -> dict[str, dict]:
     """Every lesson in order, each into ``out/<lesson>``; a failing lesson does not stop the rest.
-    A lesson whose results there are current (:func:`is_current`) is skipped unless ``force``."""
-    summaries = {}
+    A lesson whose results there are current (:func:`is_current`) is skipped unless ``force`` (its
+    summary, read back, says ``"skipped": "current"``).
+
+    With ``budget`` (seconds), no lesson starts once the budget is spent, nor one whose last run in
+    ``out`` took longer than what is left: the run stops there (later lessons load what earlier
+    ones cache), and the same call resumes it in the next job."""
+    summaries, start = {}, time.perf_counter()
     for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
+        done = out / path.stem / "metrics.json"
         if not force and is_current(path, out / path.stem, scale):
             print(f"== {path.stem}: results in {out / path.stem} are current (same lesson, same library): skipped",
                   flush=True)
-            summaries[path.stem] = json.loads((out / path.stem / "metrics.json").read_text())
+            summaries[path.stem] = {**json.loads(done.read_text()), "skipped": "current"}
             continue
+        if budget is not None:
+            left = budget - (time.perf_counter() - start)
+            last = _last_seconds(done, scale)
+            if left <= 0 or (last is not None and last > left):
+                took = f"; its last run here took {last:.0f} s" if last is not None else ""
+                print(f"== {path.stem}: not started, {max(left, 0):.0f} s left of the {budget:.0f} s budget{took}. "
+                      "Run the same command again to go on from here.", flush=True)
+                break
         print(f"== {path.stem}", flush=True)
         try:
             summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem)
         except LessonError as e:
             print(f"!! {e}")
-            summaries[path.stem] = json.loads((out / path.stem / "metrics.json").read_text())
+            summaries[path.stem] = json.loads(done.read_text())
     return summaries
+
+
+def _last_seconds(metrics: Path, scale: str) -> float | None:
+    """How long the run recorded in ``metrics`` took, when it ran at ``scale`` (else None)."""
+    try:
+        done = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    seconds = done.get("seconds")
+    same_scale = scale in (done.get("requested_scale"), done.get("scale"))
+    return float(seconds) if same_scale and isinstance(seconds, (int, float)) else None
 
 
 def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: list[str],
