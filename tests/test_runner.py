@@ -224,12 +224,18 @@ def test_a_large_executed_notebook_embeds_its_figures_smaller(tmp_path, monkeypa
     assert 0 < len(embedded) < (out / "01_a_line.png").stat().st_size
 
 
-def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, capsys):
+def _course(tmp_path, monkeypatch, *names):
+    """A course of one-cell lessons ``names`` that the runner takes for the real one."""
     lessons = tmp_path / "solutions"
     lessons.mkdir()
-    for name in ("00_a", "01_b"):
+    for name in names:
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
     monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    return lessons
+
+
+def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, capsys):
+    lessons = _course(tmp_path, monkeypatch, "00_a", "01_b")
     out = tmp_path / "out"
     runner.run_all(scale="quick", out=out)
     assert json.loads((out / "00_a" / "metrics.json").read_text())["stamp"] == runner.stamp(lessons / "00_a.ipynb")
@@ -246,11 +252,7 @@ def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, 
 
 
 def test_run_all_within_a_budget_starts_no_lesson_that_will_not_fit_and_resumes(tmp_path, monkeypatch, capsys):
-    lessons = tmp_path / "solutions"
-    lessons.mkdir()
-    for name in ("00_a", "01_b", "02_c"):
-        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
-    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    _course(tmp_path, monkeypatch, "00_a", "01_b", "02_c")
     out = tmp_path / "out"
     (out / "01_b").mkdir(parents=True)  # an earlier, interrupted attempt at 01_b that took 500 s
     (out / "01_b" / "metrics.json").write_text(json.dumps(dict(seconds=500.0, scale="quick", requested_scale="quick",
@@ -283,11 +285,7 @@ def test_a_relative_out_folder_is_where_the_caller_stands_not_where_the_lesson_r
 def test_cli_run_all_says_what_ran_what_was_current_and_what_is_left(tmp_path, monkeypatch, capsys):
     from diffuse_edu.course import cli
 
-    lessons = tmp_path / "solutions"
-    lessons.mkdir()
-    for name in ("00_a", "01_b"):
-        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
-    monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
+    _course(tmp_path, monkeypatch, "00_a", "01_b")
     out = str(tmp_path / "out")
     assert cli.main(["run", "all", "--scale", "quick", "--out", out, "--budget", "600"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("2 of 2 lessons ran")
