@@ -71,14 +71,15 @@ def kaggle_url(lesson: str, version: str = __version__) -> str:
 def with_setup_cell(cells: list, make_cell) -> list:
     """``cells`` with the setup cell first among the code cells (replacing an older one)."""
     source = setup_cell()
-    rest = [c for c in cells if not (c["cell_type"] == "code" and _text(c).startswith(MARK))]
+    rest = [c for c in cells if not (c["cell_type"] == "code" and cell_text(c).startswith(MARK))]
     first_code = next((i for i, c in enumerate(rest) if c["cell_type"] == "code"), len(rest))
     return rest[:first_code] + [make_cell(source)] + rest[first_code:]
 
 
 def first_code_cell(cells: list) -> str | None:
-    return next((_text(c) for c in cells if c["cell_type"] == "code"), None)
+    return next((cell_text(c) for c in cells if c["cell_type"] == "code"), None)
 
 
-def _text(cell) -> str:
+def cell_text(cell: dict) -> str:
+    """A notebook cell's source as one string (nbformat stores it as a string or a list of lines)."""
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from diffuse_edu.course.builder import BEGIN, KERNEL_METADATA
+from diffuse_edu.course.hosted import cell_text
 
 SCHEMA = 3
 CHECK = re.compile(r"^(\w+) = check\((\w+), (\w+)\)\s*$")
@@ -64,7 +65,7 @@ def nbgrader_notebook(solution: Path) -> dict:
     nb = json.loads(solution.read_text(encoding="utf-8"))
     cells = []
     for i, cell in enumerate(nb["cells"], start=1):
-        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        source = cell_text(cell)
         if cell["cell_type"] == "code" and any(BEGIN.match(line) for line in source.splitlines()):
             cells += exercise_cells(source, i)
         else:

@@ -41,9 +41,10 @@ def claim_summary(metrics: dict) -> str:
     its verdict, or the count of each verdict where its parts differ; joined with ``<br>``."""
     lines = []
     for key, value in metrics.items():
-        if not re.match(r"claims?[_/]", key):
+        prefix = re.match(r"claims?[_/]", key)
+        if prefix is None:
             continue
-        name = re.sub(r"^claims?[_/]", "", key).replace("_", " ")
+        name = key[prefix.end():].replace("_", " ")
         words = _leaves(value)
         if not words:
             continue

@@ -34,6 +34,7 @@ import numpy as np
 
 from diffuse_edu import config, exercises
 from diffuse_edu.course import report
+from diffuse_edu.course.hosted import cell_text
 
 
 class LessonError(config.CourseError, RuntimeError):
@@ -76,8 +77,7 @@ def code_cells(path: Path) -> list[str]:
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise LessonError(f"{path} is not a Jupyter notebook (nbformat 4 JSON): {err}. "
                           f"Restore it with `git checkout -- {path}`.") from err
-    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-               for c in cells if c.get("cell_type") == "code"]
+    sources = [cell_text(c) for c in cells if c.get("cell_type") == "code"]
     return [s for s in sources if s.strip()]
 
 
@@ -137,7 +137,7 @@ def stamp(path: Path) -> dict[str, str]:
     lesson = hashlib.sha256()
     nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb.get("cells", []):
-        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        text = cell_text(cell)
         lesson.update(cell.get("cell_type", "").encode() + b"\0" + text.encode() + b"\0")
     library = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
@@ -146,14 +146,19 @@ def stamp(path: Path) -> dict[str, str]:
     return {"lesson": lesson.hexdigest()[:16], "library": library.hexdigest()[:16], "version": __version__}
 
 
-def is_current(path: Path, out: Path, scale: str) -> bool:
-    """Whether ``out`` holds a finished run of ``path`` at ``scale`` with today's stamp."""
+def _recorded(out: Path, scale: str) -> dict | None:
+    """The run recorded in ``out/metrics.json`` when it ran at ``scale`` (None if none can be read)."""
     try:
         done = json.loads((out / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return (done.get("stamp") == stamp(path) and not done.get("error")
-            and scale in (done.get("requested_scale"), done.get("scale")))
+        return None
+    return done if scale in (done.get("requested_scale"), done.get("scale")) else None
+
+
+def is_current(path: Path, out: Path, scale: str) -> bool:
+    """Whether ``out`` holds a finished run of ``path`` at ``scale`` with today's stamp."""
+    done = _recorded(out, scale)
+    return done is not None and done.get("stamp") == stamp(path) and not done.get("error")
 
 
 class _Tee(io.TextIOBase):
@@ -239,8 +244,7 @@ def write_executed(path: Path, out: Path, outputs: dict[int, tuple[str, list[str
         for cell in nb["cells"]:
             if cell.get("cell_type") != "code":
                 continue
-            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            if not text.strip():
+            if not cell_text(cell).strip():
                 cell.update(outputs=[], execution_count=None)
                 continue
             number += 1
@@ -295,7 +299,8 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
             continue
         if budget is not None:
             left = budget - (time.perf_counter() - start)
-            last = _last_seconds(done, scale)
+            seconds = (_recorded(out / path.stem, scale) or {}).get("seconds")
+            last = float(seconds) if isinstance(seconds, (int, float)) else None
             if left <= 0 or (last is not None and last > left):
                 took = f"; its last run here took {last:.0f} s" if last is not None else ""
                 print(f"== {path.stem}: not started, {max(left, 0):.0f} s left of the {budget:.0f} s budget{took}. "
@@ -308,17 +313,6 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
             print(f"!! {e}")
             summaries[path.stem] = json.loads(done.read_text())
     return summaries
-
-
-def _last_seconds(metrics: Path, scale: str) -> float | None:
-    """How long the run recorded in ``metrics`` took, when it ran at ``scale`` (else None)."""
-    try:
-        done = json.loads(metrics.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    seconds = done.get("seconds")
-    same_scale = scale in (done.get("requested_scale"), done.get("scale"))
-    return float(seconds) if same_scale and isinstance(seconds, (int, float)) else None
 
 
 def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: list[str],
