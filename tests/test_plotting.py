@@ -27,6 +27,17 @@ def test_image_grid_rejects_wrong_shapes():
         plotting.image_grid(torch.zeros(3, 4, 4))
 
 
+def test_image_grid_names_each_row_at_its_centre():
+    ax = plotting.image_grid(torch.zeros(6, 1, 4, 4), nrow=3, row_labels=["teacher", "student"])
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["teacher", "student"]
+    rows_px = 2 * (4 + 1) + 1  # two rows of 4 pixels with a 1-pixel border
+    assert list(ax.get_yticks()) == pytest.approx([rows_px / 4, 3 * rows_px / 4])
+    with pytest.raises(ValueError, match="3 row labels for 2 rows"):
+        plotting.image_grid(torch.zeros(6, 1, 4, 4), nrow=3, row_labels=["a", "b", "c"])
+    plt.close("all")
+
+
 def test_plot_schedules_draws_every_schedule_with_labels():
     schedules = [linear_schedule(100), cosine_schedule(100), rescale_zero_terminal_snr(linear_schedule(100))]
     fig, axes = plotting.plot_schedules(schedules)

@@ -36,10 +36,16 @@ def make_grid(images: Tensor, nrow: int | None = None, *, pad: int = 1) -> Tenso
 
 def image_grid(
     images: Tensor, nrow: int | None = None, *, ax: Axes | None = None, title: str = "",
+    row_labels: Sequence[str] = (),
 ) -> Axes:
-    """Draw images in [-1, 1] (N, C, H, W) as one grid on ``ax`` (a new figure if None)."""
+    """Draw images in [-1, 1] (N, C, H, W) as one grid on ``ax`` (a new figure if None); ``row_labels``
+    names each row of the grid at its left."""
     if images.ndim != 4:
         raise ValueError(f"image_grid needs images of shape (N, C, H, W), got {tuple(images.shape)}.")
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / nrow)
+    if row_labels and len(row_labels) != rows:
+        raise ValueError(f"image_grid got {len(row_labels)} row labels for {rows} rows of {nrow} images.")
     grid = (make_grid(images.detach().float().cpu().clamp(-1, 1), nrow) + 1) / 2  # (C, H, W)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
@@ -48,7 +54,13 @@ def image_grid(
     else:
         ax.imshow(rearrange(grid, "c h w -> h w c").numpy(), interpolation="nearest")
     ax.set_title(title)
-    ax.set_axis_off()
+    if row_labels:
+        ax.set_xticks([])
+        ax.set_yticks([(i + 0.5) * grid.shape[1] / rows for i in range(rows)], list(row_labels))
+        ax.tick_params(length=0)
+        ax.spines[:].set_visible(False)
+    else:
+        ax.set_axis_off()
     return ax
 
 
