@@ -43,3 +43,34 @@ def test_kernels_are_sorted_by_what_they_do():
     assert kernel_kind("pytorch_flash::flash_fwd_kernel") == "attention"
     assert kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "matrix products"
     assert kernel_kind("void at::native::elementwise_kernel<128, 4>") == "other"
+
+
+def test_the_objective_compiled_in_is_measured_beside_the_model_compiled_alone(tmp_path, capsys, monkeypatch):
+    """With compilation on, bench also times training with the objective compiled around the model
+    (the next lever on a GPU); a failure of that arm is a row, not a dead benchmark."""
+    import torch
+
+    from diffuse_edu.course import bench
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real(fn, backend="aot_eager"))  # fast on a CPU
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--scale", "quick", "--train-steps", "2", "--samplers", "none", "--compile",
+                     "--train-batch", "16", "--out", str(out)]) == 0
+    assert "with the objective compiled in (x" in capsys.readouterr().out
+    arm = json.loads(out.read_text())["training_compile_loss"]
+    assert arm["compile_loss"] is True and arm["batch_size"] == 16 and arm["speedup_over_model_only"] > 0
+
+    plain = bench.bench_training
+
+    def failing(*args, compile_loss=False, **kwargs):
+        if compile_loss:
+            raise RuntimeError("inductor could not lower this graph")
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_training", failing)
+    assert cli.main(["bench", "--scale", "quick", "--train-steps", "2", "--samplers", "none", "--compile",
+                     "--train-batch", "16", "--out", str(out)]) == 0
+    assert "objective compiled in: failed (RuntimeError: inductor could not lower" in capsys.readouterr().out
+    assert json.loads(out.read_text())["training_compile_loss"] == {
+        "error": "RuntimeError: inductor could not lower this graph"}

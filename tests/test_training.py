@@ -102,6 +102,41 @@ def test_under_ddp_cuda_graphs_give_way_to_plain_compilation(capsys):
     assert compile_mode("max-autotune-no-cudagraphs", ddp=True) == "max-autotune-no-cudagraphs"
 
 
+def test_compile_loss_puts_the_objective_in_the_compiled_graph_and_trains_the_same(monkeypatch):
+    """compile_loss compiles objective(model, ...) as one function, not the model alone, and the run
+    follows the uncompiled one (torch.compile stood in by its tracing backend, fast on a CPU)."""
+    from diffuse_edu.diffusion.prediction import Target
+    from diffuse_edu.models.conditioning import Cond
+
+    compiled, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(fn) or real(fn, backend="aot_eager"))
+    images, labels = _digits(64), torch.arange(64) % 10
+    objective = DiffusionObjective(cosine_schedule(100), Target.V)
+    config = TrainConfig(steps=4, batch_size=8, ema_decay=0.9, warmup_steps=0, cond_dropout=0.25, channels_last=False)
+
+    def run(**how):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig(channels=(8, 16), attention_levels=(), groups=4, num_classes=10))
+        return train(model, images, objective, TrainConfig(**{**config.__dict__, **how}), cond=Cond(labels=labels),
+                     null_cond=Cond(labels=torch.tensor(10)), generator=torch.Generator().manual_seed(1),
+                     show_progress=False)
+
+    plain = run()
+    from torch._dynamo.utils import counters
+    counters.clear()
+    fused = run(compile=True, compile_loss=True)
+    assert not counters["graph_break"], f"the compiled loss breaks its graph: {dict(counters['graph_break'])}"
+    assert len(compiled) == 1 and not isinstance(compiled[0], torch.nn.Module)  # the loss, not the model
+    assert fused.losses == pytest.approx(plain.losses, rel=1e-4)
+    for a, b in zip(fused.ema.parameters(), plain.ema.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert fused.model.predicts == "v"
+    run(compile=True)
+    assert len(compiled) == 2 and isinstance(compiled[1], torch.nn.Module)  # without compile_loss: the model
+    run(compile_loss=True)  # compile_loss needs compile: nothing compiled
+    assert len(compiled) == 2
+
+
 def _digits(n=256):
     return data.load_digits().images[:n, :, ::2, ::2].contiguous()  # 8x8 for speed
 

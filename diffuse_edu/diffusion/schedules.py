@@ -54,6 +54,8 @@ class NoiseSchedule:
             raise ValueError("betas[0] must be 0: t = 0 is the clean data x_0.")
         if not bool(((self.betas[1:] > 0) & (self.betas[1:] <= 1)).all()):
             raise ValueError("betas[1:] must lie in (0, 1].")
+        for table in ("alphas", "alpha_bar", "snr", "log_snr", "sigma"):  # computed now, not on first use:
+            getattr(self, table)  # first use inside torch.compile would break the graph (3.11's cached_property locks)
 
     @property
     def T(self) -> int:
@@ -94,14 +96,15 @@ class NoiseSchedule:
         """``values[t]`` shaped to broadcast against ``like`` and cast to its dtype and device.
 
         ``t`` out of 0..T raises a clear error when it is a Python int or a CPU tensor; a tensor
-        on an accelerator is not checked, since checking would wait for the device.
+        on an accelerator is not checked, since checking would wait for the device, nor is one
+        inside a compiled graph (reading its values would break the graph in two).
         Shapes: values (T + 1,), t () or (B,), like (B, ...) -> (B, 1, ..., 1) or ().
         """
         table = self.on(values, like)
         if isinstance(t, Tensor):
             if t.dtype.is_floating_point:
                 raise TypeError(f"t must be an integer time step in 0..{self.T}, got dtype {t.dtype}.")
-            if t.device.type == "cpu":
+            if t.device.type == "cpu" and not torch.compiler.is_compiling():
                 self._check_range(int(t.min()), int(t.max()))
             v = table[t.to(like.device)]
         else:

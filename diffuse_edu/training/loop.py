@@ -59,6 +59,9 @@ class TrainConfig:
     channels_last: bool = True  # channels_last memory layout on CUDA and on CPUs with oneDNN (~10% faster)
     compile: bool | str = False  # torch.compile the model for the training steps; a string is the mode
     # ("reduce-overhead": its kernels replayed as CUDA graphs, one launch per step instead of hundreds)
+    compile_loss: bool = False  # with compile: compile the objective around the model, so that noising,
+    # the target and the loss (and their gradients) fuse into the compiled graph instead of running as
+    # separate elementwise kernels (one process only; not yet measured on a GPU: see `bench`)
     loss_buckets: int = 10  # ranges of noise levels in which the training loss is recorded
     snapshots: int = 0  # EMA snapshots kept at evenly spaced points of the budget
 
@@ -200,9 +203,41 @@ def _setup(model: nn.Module, data: Tensor | Buckets, config: TrainConfig,
     net = model
     if distributed.active():  # gradients averaged over the ranks; the weights start as rank 0's
         net = nn.parallel.DistributedDataParallel(model, device_ids=[data.device.index] if cuda else None)
-    if config.compile:
+    if config.compile and not _loss_compiled(config):
         net = torch.compile(net, mode=compile_mode(config.compile, ddp=distributed.active()))
     return net, data, params, opt
+
+
+def _loss_compiled(config: TrainConfig) -> bool:
+    """Does this run compile the objective with the model inside (``compile_loss``)?"""
+    return bool(config.compile) and config.compile_loss and not distributed.active()
+
+
+class CompiledLoss:
+    """An objective compiled together with the model it trains: ``objective(model, x0, ...)`` as one
+    graph, so that mixing x0 with the noise, the target and the squared error fuse with the network's
+    own kernels, forward and backward. Everything else (``draw``, ``target``, ``t_max``...) is the
+    objective's. The noise levels and noise are drawn outside the graph (random draws stay eager).
+    """
+
+    def __init__(self, objective: Callable, model: nn.Module, mode: str | None):
+        self.objective = objective
+        self._loss = torch.compile(lambda x0, t, eps, cond: objective(model, x0, cond=cond, t=t, eps=eps)[0],
+                                   mode=mode)
+
+    def __getattr__(self, name: str):
+        if name == "objective":  # not set yet (a copy being built): no endless lookup
+            raise AttributeError(name)
+        return getattr(self.objective, name)
+
+    def __call__(self, model: Callable, x0: Tensor, *, cond: Cond | None = None,
+                 generator: torch.Generator | None = None, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(loss per example (B,), t (B,)), as the objective's; ``model`` is the one compiled in."""
+        if t is None or eps is None:
+            t_drawn, eps_drawn = self.objective.draw(x0, generator)
+            t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        return self._loss(x0, t, eps, cond), t
 
 
 #: torch.compile modes that replay the step as CUDA graphs.
@@ -278,6 +313,8 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
     """The loop of :func:`train`, with the model in training mode."""
     device, world, main = data.device, distributed.world_size(), distributed.is_main()
     step_model, data, params, opt = _setup(model, data, config, trainable)
+    if _loss_compiled(config):
+        objective = CompiledLoss(objective, step_model, compile_mode(config.compile, ddp=False))
     bf16 = config.bf16 and bf16_supported(device)
     graphs = device.type == "cuda" and bool(config.compile)  # any compiled mode may replay CUDA graphs: mark steps
     ema = EMA(model, config.ema_decay, trainable=trainable, update_fn=ema_fn) if config.ema_decay is not None and main else None
