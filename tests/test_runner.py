@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import nbformat
@@ -266,6 +267,52 @@ def test_run_all_within_a_budget_starts_no_lesson_that_will_not_fit_and_resumes(
     said = capsys.readouterr().out
     assert list(done) == ["00_a", "01_b", "02_c"] and "00_a: results in" in said and "== 01_b\n" in said
     assert all(not s.get("error") for s in done.values())
+
+
+def test_a_lesson_still_running_at_the_end_of_the_budget_is_stopped_recorded_and_then_passed_over(
+        tmp_path, monkeypatch, capsys):
+    """A GPU job must end with its results written: a lesson that outlives the budget is stopped in
+    its cell (even one that catches every Exception), recorded as unfinished with what it printed,
+    and the next jobs go on with the lessons after it."""
+    from diffuse_edu.course import cli
+
+    lessons = _course(tmp_path, monkeypatch, "00_a", "01_slow", "02_c")
+    nb = nbformat.read(lessons / "01_slow.ipynb", as_version=4)
+    nb.cells = [nbformat.v4.new_code_cell("print('training...')\nimport time\nwhile True:\n    try:\n"
+                                          "        time.sleep(0.05)\n    except Exception:\n        pass")]
+    nbformat.write(nb, lessons / "01_slow.ipynb")
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    done = runner.run_all(scale="quick", out=out, budget=2.0)
+    assert time.perf_counter() - started < 30  # stopped at the budget, not left to run
+    record = json.loads((out / "01_slow" / "metrics.json").read_text())
+    assert record["unfinished"] and 1.0 < record["seconds"] < 25 and "stopped at the time limit" in record["error"]
+    executed = nbformat.read(out / "01_slow" / "01_slow.ipynb", as_version=4)
+    assert "training..." in "".join(o.get("text", "") for o in executed.cells[0].outputs)
+    assert list(done) == ["00_a", "01_slow"] and not (out / "02_c").exists()
+    capsys.readouterr()
+
+    again = 1.5 * record["seconds"]  # less than twice what it ran: passed over
+    done = runner.run_all(scale="quick", out=out, budget=again)
+    said = capsys.readouterr().out
+    assert "01_slow: passed over" in said and "run 01 --scale quick" in said
+    assert done["01_slow"]["skipped"] == "too long" and not done["02_c"].get("error")
+    assert runner.is_current(lessons / "02_c.ipynb", out / "02_c", "quick")
+
+    monkeypatch.setattr(cli, "_update_results_table", lambda out: None)
+    assert cli.main(["run", "all", "--scale", "quick", "--out", str(out), "--budget", str(again)]) == 0
+    assert "passed over as too long for this budget: 01_slow" in capsys.readouterr().out
+
+
+def test_a_lesson_stopped_unfinished_reads_so_in_the_results_table(tmp_path):
+    from diffuse_edu.course import results
+
+    (tmp_path / "12_x").mkdir()
+    (tmp_path / "12_x" / "metrics.json").write_text(json.dumps(dict(
+        scale="full", seconds=420.0, unfinished=True, device="cuda: H100", metrics={},
+        error="code cell 9: stopped at the time limit after 420 s, before the lesson finished")))
+    row = results.results_table(["12_x"], tmp_path).splitlines()[-1]
+    assert "did not finish: code cell 9: stopped at the time limit" in row and "more than 7.0" in row
 
 
 def test_a_relative_out_folder_is_where_the_caller_stands_not_where_the_lesson_runs(tmp_path, monkeypatch):

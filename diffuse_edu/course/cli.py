@@ -111,15 +111,19 @@ def _run_all(args: argparse.Namespace) -> int:
 
     out = Path(args.out or "runs")
     summaries = run_all(scale=args.scale, out=out, force=args.force, budget=args.budget)
-    failed = [name for name, s in summaries.items() if s.get("error")]
     _update_results_table(out)
     left = len(list(lessons_dir().glob("[0-9]*.ipynb"))) - len(summaries)
     current = sum(1 for s in summaries.values() if s.get("skipped") == "current")
-    ran = len(summaries) - current
-    print(f"{ran - len(failed)} of {ran} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else "")
+    too_long = [name for name, s in summaries.items() if s.get("skipped") == "too long"]
+    stopped = [name for name, s in summaries.items() if s.get("unfinished") and not s.get("skipped")]
+    failed = [name for name, s in summaries.items() if s.get("error") and not s.get("skipped") and name not in stopped]
+    ran = len(summaries) - current - len(too_long)
+    print(f"{ran - len(failed) - len(stopped)} of {ran} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; stopped unfinished at the budget: {', '.join(stopped)}" if stopped else "")
           + (f"; {current} already current (skipped)" if current else "")
+          + (f"; passed over as too long for this budget: {', '.join(too_long)}" if too_long else "")
           + (f"; {left} not started within the budget (run the same command again)" if left else ""))
-    return 1 if failed else 0
+    return 1 if failed or stopped else 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -228,7 +232,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with all: run every lesson, also those whose results in --out are current")
     r.add_argument("--budget", type=_positive(float), default=None, metavar="SECONDS",
                    help="with all: start no lesson past this many seconds, nor one whose last run in --out "
-                        "took longer than what is left; run again to resume")
+                        "took longer than what is left; a lesson still running at the end is stopped and "
+                        "recorded as unfinished (later runs pass over it); run again to resume")
     r.set_defaults(func=_run)
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")

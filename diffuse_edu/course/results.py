@@ -67,10 +67,12 @@ def results_table(lessons: list[str], folder: Path, lesson_hashes: dict[str, str
         if run is None or run.get("scale") != "full":
             rows.append(f"| {lesson} | not yet run | | | | | |")
             continue
-        status = f"failed in {run['error']}" if run.get("error") else f"[recorded]({folder.name}/{lesson}/metrics.json)"
+        status = (f"did not finish: {run['error']}" if run.get("unfinished") else f"failed in {run['error']}"
+                  if run.get("error") else f"[recorded]({folder.name}/{lesson}/metrics.json)")
         if lesson_hashes is not None and (run.get("stamp") or {}).get("lesson") != lesson_hashes.get(lesson):
             status += " (an earlier version of the lesson)"
         minutes = f"{run['seconds'] / 60:.1f}" if isinstance(run.get("seconds"), (int, float)) else ""
+        minutes = f"more than {minutes}" if run.get("unfinished") and minutes else minutes
         rows.append(f"| {lesson} | {status} | {run.get('device', '')} | {run.get('finished', '')} | "
                     f"{minutes} | {claim_summary(run.get('metrics', {}))} | `{run.get('command') or ''}` |")
     return "\n".join(rows)

@@ -12,7 +12,9 @@ GPU server with no Jupyter installed), saves each figure the lesson shows as a P
     OUT/samples.npz    generated images as uint8 (lessons that generate images)
 
 ``run all`` skips a lesson whose OUT/metrics.json has the same stamp and scale and no error, so a
-long full-scale run can resume across jobs; ``force`` runs it again.
+long full-scale run can resume across jobs; ``force`` runs it again. With a budget, a lesson still
+running when the budget ends is stopped there and recorded as unfinished (with how long it ran),
+so that a GPU job of limited time always ends with its results written.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +43,31 @@ from diffuse_edu.course.hosted import cell_text
 
 class LessonError(config.CourseError, RuntimeError):
     """A lesson cannot run, or a cell of it raised; the message names the cell and the error."""
+
+
+class OutOfBudget(BaseException):
+    """Raised inside a lesson's cell when the run passes its time limit (a BaseException, so that no
+    ``except Exception`` in a lesson or in the library swallows it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise :class:`OutOfBudget` in this thread once ``seconds`` have passed (a POSIX timer; where
+    there is none, or off the main thread, no limit)."""
+    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise OutOfBudget
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class LessonNotFound(config.CourseError, FileNotFoundError):
@@ -178,10 +207,12 @@ class _Tee(io.TextIOBase):
             self.echo.flush()
 
 
-def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> dict:
+def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time_limit: float | None = None) -> dict:
     """Execute a notebook's code cells headless at ``scale``, writing results to ``out``.
 
-    With ``quiet`` the lesson's printed output is swallowed (the verdicts are in the result).
+    With ``quiet`` the lesson's printed output is swallowed (the verdicts are in the result). With
+    ``time_limit`` (seconds) a lesson still running then is stopped: its results are written with
+    ``"unfinished": true`` and the error says where it stopped (:class:`LessonError` is raised).
     """
     import matplotlib
 
@@ -200,26 +231,34 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False) -> d
     namespace = {"__name__": "__main__", "display": print}
     start, cwd = time.perf_counter(), Path.cwd()
     error, outputs = None, {}  # outputs: code cell number -> (printed text, figure file names, error)
+    unfinished, i, tee, shown_before = False, 0, _Tee(None), 0
     try:
         cells = code_cells(path)
         os.chdir(path.parent)
-        for i, source in enumerate(cells, start=1):
-            tee, shown_before = _Tee(None if quiet else sys.stdout), len(saver.paths)
-            try:
-                with contextlib.redirect_stdout(tee), config.explain_out_of_memory(f"running code cell {i}",
-                                                                                   config.CELL_MEMORY_KNOB):
-                    exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
-                    saver()  # figures the cell left open belong to it
-            except Exception as e:
-                error = f"code cell {i}: {type(e).__name__}: {e}"
-                outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
-                raise LessonError(f"{path.name} failed in {error}") from e
-            outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], None)
+        with _time_limit(time_limit):
+            for i, source in enumerate(cells, start=1):
+                tee, shown_before = _Tee(None if quiet else sys.stdout), len(saver.paths)
+                try:
+                    with contextlib.redirect_stdout(tee), config.explain_out_of_memory(f"running code cell {i}",
+                                                                                       config.CELL_MEMORY_KNOB):
+                        exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
+                        saver()  # figures the cell left open belong to it
+                except Exception as e:
+                    error = f"code cell {i}: {type(e).__name__}: {e}"
+                    outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
+                    raise LessonError(f"{path.name} failed in {error}") from e
+                outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], None)
+    except OutOfBudget:
+        unfinished = True
+        error = (f"code cell {i}: stopped at the time limit after {time.perf_counter() - start:.0f} s, before the "
+                 "lesson finished (run it alone, on a machine held longer)")
+        outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
+        raise LessonError(f"{path.name}: {error}") from None
     finally:
         os.chdir(cwd)
         plt.show = shown
         saver()  # figures left open at the end
-        summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error)
+        summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error, unfinished)
         write_executed(path, out, outputs)
         config.set_scale(None)
         if env_before is None:
@@ -288,7 +327,10 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
 
     With ``budget`` (seconds), no lesson starts once the budget is spent, nor one whose last run in
     ``out`` took longer than what is left: the run stops there (later lessons load what earlier
-    ones cache), and the same call resumes it in the next job."""
+    ones cache), and the same call resumes it in the next job. A lesson still running when the
+    budget ends is stopped and recorded as unfinished; later calls pass over it (summary
+    ``"skipped": "too long"``) and go on with the next lessons, unless at least twice the time it
+    ran is left."""
     summaries, start = {}, time.perf_counter()
     for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
         done = out / path.stem / "metrics.json"
@@ -297,18 +339,26 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
                   flush=True)
             summaries[path.stem] = {**json.loads(done.read_text()), "skipped": "current"}
             continue
-        if budget is not None:
-            left = budget - (time.perf_counter() - start)
-            seconds = (_recorded(out / path.stem, scale) or {}).get("seconds")
+        left = None if budget is None else budget - (time.perf_counter() - start)
+        if left is not None:
+            last_run = _recorded(out / path.stem, scale) or {}
+            seconds = last_run.get("seconds")
             last = float(seconds) if isinstance(seconds, (int, float)) else None
-            if left <= 0 or (last is not None and last > left):
+            stopped = bool(last_run.get("unfinished")) and last_run.get("stamp") == stamp(path)
+            if left > 0 and stopped and last is not None and 2 * last > left:
+                print(f"== {path.stem}: passed over: its last run was stopped unfinished after {last:.0f} s, and "
+                      f"{left:.0f} s are left. Run it alone on a machine held longer: python -m diffuse_edu run "
+                      f"{path.stem[:2]} --scale {scale} --out {out / path.stem}", flush=True)
+                summaries[path.stem] = {**last_run, "skipped": "too long"}
+                continue
+            if left <= 0 or (last is not None and last > left and not stopped):
                 took = f"; its last run here took {last:.0f} s" if last is not None else ""
                 print(f"== {path.stem}: not started, {max(left, 0):.0f} s left of the {budget:.0f} s budget{took}. "
                       "Run the same command again to go on from here.", flush=True)
                 break
         print(f"== {path.stem}", flush=True)
         try:
-            summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem)
+            summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem, time_limit=left)
         except LessonError as e:
             print(f"!! {e}")
             summaries[path.stem] = json.loads(done.read_text())
@@ -316,7 +366,7 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
 
 
 def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: list[str],
-                   error: str | None) -> dict:
+                   error: str | None, unfinished: bool = False) -> dict:
     summary = {
         "lesson": path.stem,
         "scale": config.get_scale().value,
@@ -331,6 +381,7 @@ def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: l
         "exercise_details": [dataclasses.asdict(v) for v in exercises.VERDICTS],
         "figures": figures,
         "error": error,
+        "unfinished": unfinished,  # stopped at the time limit: ``seconds`` is how long it ran, not what it needs
         "stamp": stamp(path),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -7,7 +7,9 @@
 #   back here:   tar -xzf <files_at>/results.tgz   (results/ and the README's table), then commit
 #
 # The first argument is the budget in seconds: no lesson starts past it, nor one whose last run took
-# longer than what is left (`run all --budget`); lessons whose results are current are skipped, so
+# longer than what is left (`run all --budget`), and a lesson still running when it ends is stopped
+# and recorded as unfinished, so the job always gets to pack its results (a lesson too long for one
+# job is passed over by the next ones); lessons whose results are current are skipped, so
 # the same call in the next job goes on from there. GPU_TESTS=1 runs tests/test_gpu.py first.
 # What this job wrote comes back as $OUT/results.tgz (its files only, within the 16 MiB a file may
 # bring back), with the log as $OUT/full_scale.log.
