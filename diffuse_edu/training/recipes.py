@@ -153,8 +153,8 @@ CDDPM_FULL = Recipe(
     model=UNetConfig(in_channels=1, channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,),
                      num_classes=10),
     schedule=functools.partial(cosine_schedule, 1000),
-    train=TrainConfig(steps=None, seconds=200, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
-                      compile=GPU_COMPILE, cond_dropout=0.15),
+    train=TrainConfig(steps=None, seconds=150, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
+                      compile=GPU_COMPILE, cond_dropout=0.15),  # lesson 08 trains two (digits, fashion) in its job
     sample_steps=50,
 )
 CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
@@ -191,8 +191,8 @@ TDDPM_FULL = Recipe(
     model=UNetConfig(in_channels=3, channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2),
                      context_dim=64),
     schedule=functools.partial(cosine_schedule, 1000),
-    train=TrainConfig(steps=None, seconds=300, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
-                      compile=GPU_COMPILE, cond_dropout=0.15),
+    train=TrainConfig(steps=None, seconds=150, batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995,
+                      compile=GPU_COMPILE, cond_dropout=0.15),  # lesson 09 trains two (shapes, digits) in its job
     sample_steps=50, target=Target.V, text=CLIP_FULL,
 )
 TDDPM_FULL_DIGITS = replace(TDDPM_FULL, name="tddpm_captioned_mnist", data=CLIP_FULL_DIGITS.data,
