@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +41,14 @@ class CourseError(Exception):
 
 SCALE_ENV = "DIFFUSE_EDU_SCALE"
 DATA_ENV = "DIFFUSE_EDU_DATA"
+SMOKE_ENV = "DIFFUSE_EDU_SMOKE"  # 1: a smoke run of the full scale on a CPU (diffuse_edu.training.smoke)
+#: by_scale's full values in a smoke run: set by diffuse_edu.training.smoke when it is imported.
+SMOKE_FULL_VALUE: Callable[[str, Any, Any], Any] | None = None
+
+
+def smoke() -> bool:
+    """Is this process a smoke run of the full scale (``$DIFFUSE_EDU_SMOKE=1``)?"""
+    return os.environ.get(SMOKE_ENV) == "1"
 
 #: The project's root when installed from a checkout (editable install), else None.
 _ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +176,11 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise TypeError(f"by_scale: {name} must be a (quick, full) pair, got {pair!r}.")
         picked[name] = pair[0] if chosen is Scale.QUICK else pair[1]
+        if chosen is Scale.FULL and smoke():
+            if SMOKE_FULL_VALUE is None:
+                raise CourseError("A smoke run (DIFFUSE_EDU_SMOKE=1) needs diffuse_edu.training.smoke imported "
+                                  "first; the headless runner does that: python -m diffuse_edu run ...")
+            picked[name] = SMOKE_FULL_VALUE(name, *pair)
     return SimpleNamespace(scale=chosen, **picked)
 
 

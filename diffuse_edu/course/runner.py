@@ -219,6 +219,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if config.smoke():
+        import diffuse_edu.training.smoke  # noqa: F401  (sets by_scale's full values for a smoke run)
     out = Path(out).resolve()  # the lesson runs in its own folder: a relative out would move with it
     out.mkdir(parents=True, exist_ok=True)
     env_before = os.environ.get(config.SCALE_ENV)

@@ -24,7 +24,8 @@ def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...], lay
     up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (len(widths) - 1)
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
                        block_out_channels=widths, layers_per_block=layers_per_block,
-                       down_block_types=tuple(down), up_block_types=tuple(up))
+                       down_block_types=tuple(down), up_block_types=tuple(up),
+                       norm_num_groups=min(32, *widths))  # diffusers' 32 groups, or fewer for narrow widths
 
 
 def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_size: int, lr: float = 1e-4,

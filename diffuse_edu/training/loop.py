@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
-from diffuse_edu.config import explain_out_of_memory
+from diffuse_edu.config import explain_out_of_memory, smoke
 from diffuse_edu.data.canvas import Buckets
 from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.diffusion.objectives import DiffusionObjective
@@ -106,6 +106,14 @@ class TrainResult:
     images_per_second: float  # over ``seconds``
     first_step_seconds: float = 0.0  # the first step alone (compilation, cuDNN set-up)
     snapshots: list[dict] = field(default_factory=list)  # {"step", "seconds", "weights"} (CPU)
+
+
+def smoke_training(config: TrainConfig) -> TrainConfig:
+    """``config`` as a smoke run of the full scale trains (diffuse_edu.training.smoke): 2 steps, or
+    one per snapshot, no time budget, uncompiled. Applying it twice changes nothing more."""
+    steps = max(2, config.snapshots)
+    return replace(config, steps=min(config.steps or steps, steps), seconds=None, compile=False,
+                   warmup_steps=min(config.warmup_steps, 1))
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -291,6 +299,8 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly between {world} ranks.")
     share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
+    if smoke():  # a smoke run of the full scale on a CPU (diffuse_edu.training.smoke): a couple of steps
+        config = smoke_training(config)
     was_training = model.training
     model.train()  # dropout and the like act while training, whatever mode the model came in
     target = getattr(objective, "target", None)

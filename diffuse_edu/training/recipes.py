@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.config import Scale, get_scale
+from diffuse_edu.config import Scale, get_scale, smoke
 from diffuse_edu.data.captioned import (
     DIGIT_CAPTION_WORDS,
     SHAPE_WORDS,
@@ -30,9 +30,11 @@ from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule, cosine_schedule
 from diffuse_edu.models.clip import MiniCLIPConfig
 from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.dit import DiTConfig
 from diffuse_edu.models.text import build_vocab
 from diffuse_edu.models.unet import UNetConfig
-from diffuse_edu.training.loop import TrainConfig
+from diffuse_edu.models.vae import VAEConfig
+from diffuse_edu.training.loop import TrainConfig, smoke_training
 
 
 @dataclass(frozen=True)
@@ -208,4 +210,34 @@ RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK, TDD
 
 def ddpm_recipe(scale: Scale | None = None) -> Recipe:
     """The DDPM recipe for ``scale`` (default: the scale in force)."""
-    return DDPM_QUICK if (scale or get_scale()) is Scale.QUICK else DDPM_FULL
+    if (scale or get_scale()) is Scale.QUICK:
+        return DDPM_QUICK
+    return smoke_recipe(DDPM_FULL) if smoke() else DDPM_FULL
+
+
+def _levels(channels: tuple[int, ...], groups: int) -> tuple[int, ...]:
+    return tuple(min(c, max(groups, 8 * 2**i)) for i, c in enumerate(channels))
+
+
+def narrow_network(config: object) -> object:
+    """A network's configuration as a smoke run of the full scale builds it (diffuse_edu.training.smoke):
+    a U-Net's or a VAE's level i at most 8 * 2**i channels, a DiT at 8 channels a head and 2 blocks,
+    a mini-CLIP's towers at their smallest (its text width, the U-Net's context width, stays);
+    anything else as it is. Applying it twice changes nothing more."""
+    if isinstance(config, (UNetConfig, VAEConfig)):
+        return replace(config, channels=_levels(config.channels, config.groups))
+    if isinstance(config, DiTConfig):
+        return replace(config, width=min(config.width, 8 * config.heads), depth=min(config.depth, 2))
+    if isinstance(config, MiniCLIPConfig):  # its text width stays: it is the U-Net's context width
+        return replace(config, text_layers=1, image_widths=_levels(config.image_widths, 1),
+                       embed_dim=min(config.embed_dim, 16))
+    return config
+
+
+def smoke_recipe(recipe: Recipe | ClipRecipe) -> Recipe | ClipRecipe:
+    """``recipe`` as a smoke run of the full scale trains it: its network narrowed, its training a
+    couple of steps (its text encoder's recipe too)."""
+    if isinstance(recipe, ClipRecipe):
+        return replace(recipe, model=narrow_network(recipe.model), steps=2, seconds=None)
+    return replace(recipe, model=narrow_network(recipe.model), train=smoke_training(recipe.train),
+                   text=None if recipe.text is None else smoke_recipe(recipe.text))

@@ -1,0 +1,64 @@
+"""A smoke run of the full scale on a CPU: does every lesson get through its full-scale code?
+
+``DIFFUSE_EDU_SMOKE=1 python -m diffuse_edu run all --scale full --out /tmp/smoke`` runs each lesson
+at full scale as a GPU would (the full data sets, the full-scale branches of the code, the full
+configurations' structure), with three things made small so that a CPU gets through in minutes:
+
+* networks narrowed: a U-Net's or a VAE's level ``i`` to at most ``8 * 2**i`` channels, a DiT to 8
+  channels per head and 2 blocks, a mini-CLIP's image tower to its smallest;
+* every training run stopped after 2 steps (more where it keeps snapshots), a recipe's time
+  budget dropped;
+* a hyperparameter that counts things (samples, sampler steps, prompts: :data:`COUNTS`) takes its
+  quick value where that is smaller.
+
+A GPU job is short (see ``results/README.md``): a lesson that fails at full scale wastes one. This
+finds such failures (a width that does not split into heads, a name only the full branch uses)
+before a GPU is lent. Its numbers mean nothing: never keep them in ``results/``, and give it a data
+folder of its own (``DIFFUSE_EDU_DATA``) so that its narrowed checkpoints stay out of the cache.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from diffuse_edu import config
+from diffuse_edu.training.loop import TrainConfig, smoke_training
+from diffuse_edu.training.recipes import ClipRecipe, Recipe, narrow_network, smoke_recipe
+
+
+def active() -> bool:
+    """Is this process a smoke run (``$DIFFUSE_EDU_SMOKE`` set to 1)?"""
+    return config.smoke()
+
+
+def narrow(value: Any) -> Any:
+    """``value`` made small for a smoke run, if it is a network's configuration, a training
+    configuration or a recipe, or a tuple of them (anything else as it is). Narrowing twice changes
+    nothing more."""
+    if isinstance(value, TrainConfig):
+        return smoke_training(value)
+    if isinstance(value, (Recipe, ClipRecipe)):
+        return smoke_recipe(value)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(narrow(v) for v in value)
+    return narrow_network(value)
+
+
+#: Names of the hyperparameters that count things (samples, steps, images...): in a smoke run these
+#: take their quick values where those are smaller. Sizes and the like keep their full values.
+COUNTS = re.compile(r"samples|steps|prompts|images|batch|^per_|^n_")
+
+
+def full_value(name: str, quick: Any, full: Any) -> Any:
+    """The value ``by_scale`` gives hyperparameter ``name`` at full scale in a smoke run: a count
+    (:data:`COUNTS`) takes the quick value where that is smaller; a configuration is narrowed; the
+    rest is the full value."""
+    number = (int, float)
+    if (COUNTS.search(name) and isinstance(quick, number) and isinstance(full, number)
+            and not isinstance(quick, bool) and not isinstance(full, bool) and quick < full):
+        return quick
+    return narrow(full)
+
+
+config.SMOKE_FULL_VALUE = full_value  # by_scale asks this hook (config imports nothing of the package)

@@ -1,0 +1,60 @@
+"""The smoke run of the full scale (diffuse_edu.training.smoke): small networks, a couple of
+training steps and quick counts, with the full scale's code paths and configurations' structure."""
+
+import pytest
+import torch
+
+from diffuse_edu import config
+from diffuse_edu.models.dit import DiTConfig
+from diffuse_edu.models.unet import UNetConfig
+from diffuse_edu.models.vae import VAEConfig
+from diffuse_edu.training import recipes, smoke
+from diffuse_edu.training.loop import TrainConfig, train
+
+
+@pytest.fixture
+def smoking(monkeypatch):
+    monkeypatch.setenv(config.SMOKE_ENV, "1")
+
+
+def test_networks_are_narrowed_once_and_keep_their_structure():
+    unet = UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,), num_classes=10)
+    small = smoke.narrow(unet)
+    assert small.channels == (8, 16, 32) and small.blocks_per_level == 2 and small.attention_levels == (2,)
+    assert small.num_classes == 10 and smoke.narrow(small) == small  # twice changes nothing more
+    dit = smoke.narrow(DiTConfig(width=384, depth=8, heads=6, patch=2))
+    assert (dit.width, dit.depth, dit.heads, dit.patch) == (48, 2, 6, 2)
+    assert smoke.narrow(VAEConfig(channels=(64, 128, 128), latent_channels=4)).channels == (8, 16, 32)
+    recipe = smoke.narrow(recipes.TDDPM_FULL)
+    assert recipe.model.channels == (8, 16, 32) and recipe.model.context_dim == recipes.TDDPM_FULL.model.context_dim
+    assert recipe.train.steps == 2 and recipe.train.seconds is None and not recipe.train.compile
+    assert recipe.text.steps == 2 and recipe.text.model.text_width == recipe.model.context_dim  # they must meet
+
+
+def test_by_scale_gives_quick_counts_and_narrow_configurations_at_full_scale(smoking):
+    hp = config.by_scale("full", samples=(160, 5000), steps=(20, 50), seeds=(3, 3), digits=(False, True),
+                         size=(16, 32), lr=(3e-4, 1e-3),
+                         unet=(UNetConfig(channels=(16, 32)), UNetConfig(channels=(64, 128, 256))),
+                         train=(TrainConfig(steps=90), TrainConfig(steps=2000, snapshots=4)))
+    assert (hp.samples, hp.steps, hp.seeds, hp.digits) == (160, 20, 3, True)
+    assert (hp.size, hp.lr) == (32, 1e-3)  # not counts: the full values, smaller quick ones or not
+    assert hp.unet.channels == (8, 16, 32) and hp.train.steps == 4  # one step per snapshot
+
+
+def test_a_smoke_run_needs_its_module_and_stays_off_otherwise(monkeypatch):
+    assert config.by_scale("full", samples=(160, 5000)).samples == 5000  # no smoke run: the full value
+    monkeypatch.setenv(config.SMOKE_ENV, "1")
+    monkeypatch.setattr(config, "SMOKE_FULL_VALUE", None)
+    with pytest.raises(config.CourseError, match="needs diffuse_edu.training.smoke imported"):
+        config.by_scale("full", samples=(160, 5000))
+
+
+def test_training_in_a_smoke_run_stops_after_a_couple_of_steps(smoking):
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.diffusion.schedules import cosine_schedule
+    from diffuse_edu.models.unet import UNet
+
+    result = train(UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=())), torch.rand(16, 1, 8, 8),
+                   DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=None, seconds=300, batch_size=4),
+                   show_progress=False)
+    assert result.steps == 2
