@@ -38,7 +38,7 @@ def test_by_scale_gives_quick_counts_and_narrow_configurations_at_full_scale(smo
                          train=(TrainConfig(steps=90), TrainConfig(steps=2000, snapshots=4)))
     assert (hp.samples, hp.steps, hp.seeds, hp.digits) == (160, 20, 3, True)
     assert (hp.size, hp.lr) == (32, 1e-3)  # not counts: the full values, smaller quick ones or not
-    assert hp.unet.channels == (8, 16, 32) and hp.train.steps == 4  # one step per snapshot
+    assert hp.unet.channels == (8, 16, 32) and hp.train.steps == 90  # the quick count of steps
 
 
 def test_a_smoke_run_needs_its_module_and_stays_off_otherwise(monkeypatch):
@@ -57,4 +57,6 @@ def test_training_in_a_smoke_run_stops_after_a_couple_of_steps(smoking):
     result = train(UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=())), torch.rand(16, 1, 8, 8),
                    DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=None, seconds=300, batch_size=4),
                    show_progress=False)
-    assert result.steps == 2
+    assert result.steps == 2  # a time budget: two steps
+    assert smoke.narrow(TrainConfig(steps=5000, snapshots=4)).steps == 4  # many steps: one per snapshot
+    assert smoke.narrow(TrainConfig(steps=1500)).steps == 1500  # a lesson's own count: its curves count on it

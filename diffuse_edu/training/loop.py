@@ -109,8 +109,12 @@ class TrainResult:
 
 
 def smoke_training(config: TrainConfig) -> TrainConfig:
-    """``config`` as a smoke run of the full scale trains (diffuse_edu.training.smoke): 2 steps, or
-    one per snapshot, no time budget, uncompiled. Applying it twice changes nothing more."""
+    """``config`` as a smoke run of the full scale trains (diffuse_edu.training.smoke): uncompiled; a
+    run with a time budget or more than 2,000 steps stops after 2 steps (or one per snapshot), while
+    a few steps a lesson counts on (its callbacks, its loss curves) stay. Applying it twice changes
+    nothing more."""
+    if config.seconds is None and config.steps is not None and config.steps <= 2_000:
+        return replace(config, compile=False)
     steps = max(2, config.snapshots)
     return replace(config, steps=min(config.steps or steps, steps), seconds=None, compile=False,
                    warmup_steps=min(config.warmup_steps, 1))

@@ -6,8 +6,8 @@ configurations' structure), with three things made small so that a CPU gets thro
 
 * networks narrowed: a U-Net's or a VAE's level ``i`` to at most ``8 * 2**i`` channels, a DiT to 8
   channels per head and 2 blocks, a mini-CLIP's image tower to its smallest;
-* every training run stopped after 2 steps (more where it keeps snapshots), a recipe's time
-  budget dropped;
+* a training run with a time budget or more than 2,000 steps stopped after 2 (one per snapshot
+  where it keeps more), a lesson's own step counts at their quick values;
 * a hyperparameter that counts things (samples, sampler steps, prompts: :data:`COUNTS`) takes its
   quick value where that is smaller.
 
@@ -19,6 +19,7 @@ folder of its own (``DIFFUSE_EDU_DATA``) so that its narrowed checkpoints stay o
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -55,6 +56,8 @@ def full_value(name: str, quick: Any, full: Any) -> Any:
     (:data:`COUNTS`) takes the quick value where that is smaller; a configuration is narrowed; the
     rest is the full value."""
     number = (int, float)
+    if isinstance(quick, TrainConfig) and isinstance(full, TrainConfig) and quick.steps and full.steps:
+        return narrow(dataclasses.replace(full, steps=min(quick.steps, full.steps)))
     if (COUNTS.search(name) and isinstance(quick, number) and isinstance(full, number)
             and not isinstance(quick, bool) and not isinstance(full, bool) and quick < full):
         return quick
