@@ -37,6 +37,15 @@ def per_example_mse(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.to(dtype) - target.to(dtype)).square().flatten(1).mean(1)
 
 
+def given_or_drawn(draw: Callable, x0: Tensor, generator: torch.Generator | None, t: Tensor | None,
+                   eps: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(t, eps): the ones given, the others from ``draw(x0, generator)`` (an objective's ``draw``)."""
+    if t is not None and eps is not None:
+        return t, eps
+    t_drawn, eps_drawn = draw(x0, generator)
+    return (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+
+
 @dataclass(frozen=True, eq=False)
 class DiffusionObjective:
     """Denoising on Ho et al.'s variance-preserving x_t, predicting ``target``."""
@@ -70,9 +79,7 @@ class DiffusionObjective:
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(loss per example (B,), t (B,)); t and eps are drawn unless given."""
-        if t is None or eps is None:
-            t_drawn, eps_drawn = self.draw(x0, generator)
-            t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        t, eps = given_or_drawn(self.draw, x0, generator, t, eps)
         ab = self.alpha_bar(t, x0)
         x_t = mix(x0, eps, ab)
         return per_example_mse(model(x_t, t, cond), target_of(self.target, x0, eps, ab)), t
@@ -131,9 +138,7 @@ class FlowMatching:
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(loss per example (B,), tau (B,)); tau and eps are drawn unless given (``t`` is tau here)."""
-        if t is None or eps is None:
-            tau_drawn, eps_drawn = self.draw(x0, generator)
-            t, eps = (tau_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        t, eps = given_or_drawn(self.draw, x0, generator, t, eps)
         if self.loss is flow_matching_loss:
             return flow_matching_loss(model, x0, t, eps, cond, time_scale=self.time_scale), t
         if cond is not None:

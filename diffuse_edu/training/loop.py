@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from diffuse_edu.config import explain_out_of_memory, smoke
 from diffuse_edu.data.canvas import Buckets
 from diffuse_edu.diffusion.denoisers import bf16_supported
-from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.objectives import DiffusionObjective, given_or_drawn
 from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.evaluation.probes import bucket_edges
@@ -246,9 +246,7 @@ class CompiledLoss:
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(loss per example (B,), t (B,)), as the objective's; ``model`` is the one compiled in."""
-        if t is None or eps is None:
-            t_drawn, eps_drawn = self.objective.draw(x0, generator)
-            t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        t, eps = given_or_drawn(self.objective.draw, x0, generator, t, eps)
         return self._loss(x0, t, eps, cond), t
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.config import Scale, cache_dir, get_scale, smoke
+from diffuse_edu.config import Scale, cache_dir, get_scale
 from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, make_shapes
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.evaluation.features import train_classifier
@@ -28,7 +28,7 @@ from diffuse_edu.models.unet import UNet
 from diffuse_edu.training.checkpoints import Checkpoint, load_or_train
 from diffuse_edu.training.contrastive import train_clip
 from diffuse_edu.training.loop import TrainResult, train
-from diffuse_edu.training.recipes import ClipRecipe, Recipe, ddpm_recipe, smoke_recipe
+from diffuse_edu.training.recipes import ClipRecipe, Recipe, ddpm_recipe, in_force
 
 #: The folder of the cache (under :func:`diffuse_edu.config.cache_dir`) that holds every cached model.
 MODELS = "checkpoints"
@@ -82,14 +82,9 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
     return checkpoint_fields(recipe, result, schedule, images)
 
 
-def _smoke(recipe):
-    """The recipe as a smoke run of the full scale trains it (see training.smoke), else itself."""
-    return smoke_recipe(recipe) if smoke() else recipe
-
-
 def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
     """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
-    recipe = _smoke(recipe or ddpm_recipe())
+    recipe = in_force(recipe or ddpm_recipe())
     return load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
                          lambda: train_recipe(recipe, device=device))
 
@@ -138,7 +133,7 @@ def train_clip_recipe(recipe: ClipRecipe, *, device: torch.device | str = "cpu",
 
 def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
     """Lesson 09's miniature CLIP for ``recipe``, trained once and cached (eval mode)."""
-    recipe = _smoke(recipe)
+    recipe = in_force(recipe)
     return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(),
                          lambda: train_clip_recipe(recipe, device=device, seed=seed)).build(device=device)
 

@@ -212,7 +212,13 @@ def ddpm_recipe(scale: Scale | None = None) -> Recipe:
     """The DDPM recipe for ``scale`` (default: the scale in force)."""
     if (scale or get_scale()) is Scale.QUICK:
         return DDPM_QUICK
-    return smoke_recipe(DDPM_FULL) if smoke() else DDPM_FULL
+    return in_force(DDPM_FULL)
+
+
+def in_force(recipe: Recipe | ClipRecipe) -> Recipe | ClipRecipe:
+    """``recipe`` as this process trains it: itself, or in a smoke run of the full scale
+    (diffuse_edu.training.smoke) :func:`smoke_recipe`'s version."""
+    return smoke_recipe(recipe) if smoke() else recipe
 
 
 def _levels(channels: tuple[int, ...], groups: int) -> tuple[int, ...]:

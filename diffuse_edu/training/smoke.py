@@ -28,11 +28,6 @@ from diffuse_edu.training.loop import TrainConfig, smoke_training
 from diffuse_edu.training.recipes import ClipRecipe, Recipe, narrow_network, smoke_recipe
 
 
-def active() -> bool:
-    """Is this process a smoke run (``$DIFFUSE_EDU_SMOKE`` set to 1)?"""
-    return config.smoke()
-
-
 def narrow(value: Any) -> Any:
     """``value`` made small for a smoke run, if it is a network's configuration, a training
     configuration or a recipe, or a tuple of them (anything else as it is). Narrowing twice changes
