@@ -33,12 +33,13 @@ def test_networks_are_narrowed_once_and_keep_their_structure():
 
 def test_by_scale_gives_quick_counts_and_narrow_configurations_at_full_scale(smoking):
     hp = config.by_scale("full", samples=(160, 5000), steps=(20, 50), seeds=(3, 3), digits=(False, True),
-                         size=(16, 32), lr=(3e-4, 1e-3),
+                         size=(16, 32), lr=(3e-4, 1e-3), channels=((16, 32, 64), (32, 64, 128)),
                          unet=(UNetConfig(channels=(16, 32)), UNetConfig(channels=(64, 128, 256))),
                          train=(TrainConfig(steps=90), TrainConfig(steps=2000, snapshots=4)))
     assert (hp.samples, hp.steps, hp.seeds, hp.digits) == (160, 20, 3, True)
     assert (hp.size, hp.lr) == (32, 1e-3)  # not counts: the full values, smaller quick ones or not
     assert hp.unet.channels == (8, 16, 32) and hp.train.steps == 90  # the quick count of steps
+    assert hp.channels == (8, 16, 32)  # a U-Net's widths given bare (lessons 03 and 04)
 
 
 def test_a_smoke_run_needs_its_module_and_stays_off_otherwise(monkeypatch):

@@ -4,7 +4,8 @@
 at full scale as a GPU would (the full data sets, the full-scale branches of the code, the full
 configurations' structure), with three things made small so that a CPU gets through in minutes:
 
-* networks narrowed: a U-Net's or a VAE's level ``i`` to at most ``8 * 2**i`` channels, a DiT to 8
+* networks narrowed: a U-Net's or a VAE's level ``i`` to at most ``8 * 2**i`` channels (a
+  hyperparameter ``channels`` given as a bare tuple of widths too), a DiT to 8
   channels per head and 2 blocks, a mini-CLIP's image tower to its smallest;
 * a training run with a time budget or more than 2,000 steps stopped after 2 (one per snapshot
   where it keeps more), a lesson's own step counts at their quick values;
@@ -24,6 +25,7 @@ import re
 from typing import Any
 
 from diffuse_edu import config
+from diffuse_edu.models.unet import UNetConfig
 from diffuse_edu.training.loop import TrainConfig, smoke_training
 from diffuse_edu.training.recipes import ClipRecipe, Recipe, narrow_network, smoke_recipe
 
@@ -51,6 +53,8 @@ def full_value(name: str, quick: Any, full: Any) -> Any:
     (:data:`COUNTS`) takes the quick value where that is smaller; a configuration is narrowed; the
     rest is the full value."""
     number = (int, float)
+    if name == "channels" and isinstance(full, tuple) and all(isinstance(c, int) for c in full):
+        return narrow(UNetConfig(channels=full)).channels  # a U-Net's widths, given bare
     if isinstance(quick, TrainConfig) and isinstance(full, TrainConfig) and quick.steps and full.steps:
         return narrow(dataclasses.replace(full, steps=min(quick.steps, full.steps)))
     if (COUNTS.search(name) and isinstance(quick, number) and isinstance(full, number)
