@@ -74,3 +74,34 @@ def test_the_objective_compiled_in_is_measured_beside_the_model_compiled_alone(t
     assert "objective compiled in: failed (RuntimeError: inductor could not lower" in capsys.readouterr().out
     assert json.loads(out.read_text())["training_compile_loss"] == {
         "error": "RuntimeError: inductor could not lower this graph"}
+
+
+def test_the_sampling_levers_are_measured_one_at_a_time_and_a_failure_is_a_row(monkeypatch):
+    """DDIM-50 with the weights in channels_last layout and with batches twice as large, beside the
+    plain row (on a GPU; the function itself runs anywhere); the model sampled is left as it was."""
+    import torch
+
+    from diffuse_edu.course import bench
+    from diffuse_edu.models.unet import UNet
+    from diffuse_edu.training.recipes import ddpm_recipe
+
+    recipe = ddpm_recipe("quick")
+    model = UNet(recipe.model)
+    rows = bench.sampling_levers(model, recipe, torch.device("cpu"), n=4, batch_size=2)
+    assert set(rows) == {"ddim-50 channels_last weights", "ddim-50 batch 4"}
+    assert all(row["nfe"] == 50 and row["finite"] and row["seconds_per_10k"] > 0 for row in rows.values())
+    assert rows["ddim-50 batch 4"]["batch_size"] == 4
+    assert all(p.is_contiguous() for p in model.parameters())  # the arm converts a copy
+
+    plain = bench.bench_sampling
+
+    def out_of_memory(model, recipe, device, *, batch_size, **kwargs):
+        if batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return plain(model, recipe, device, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_sampling", out_of_memory)
+    rows = bench.sampling_levers(model, recipe, torch.device("cpu"), n=4, batch_size=2)
+    assert rows["ddim-50 batch 4"] == {"batch_size": 4, "error": "OutOfMemoryError: CUDA out of memory. "
+                                                                  "Tried to allocate 9.00 GiB"}
+    assert rows["ddim-50 channels_last weights"]["finite"]

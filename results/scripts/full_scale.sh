@@ -11,7 +11,8 @@
 # and recorded as unfinished, so the job always gets to pack its results (a lesson too long for one
 # job is passed over by the next ones); lessons whose results are current are skipped, so
 # the same call in the next job goes on from there. GPU_TESTS=1 runs tests/test_gpu.py first, and
-# BENCH=1 the speed benchmark (results/bench/DATE_bench.json), both within the budget.
+# BENCH=1 the speed benchmark (results/bench/DATE_bench.json, with its training and sampling
+# levers), both within the budget.
 # What this job wrote comes back as $OUT/results.tgz (its files only, within the 16 MiB a file may
 # bring back), with the log as $OUT/full_scale.log.
 set -u
@@ -37,7 +38,7 @@ if [ "${GPU_TESTS:-0}" = 1 ]; then
 fi
 if [ "${BENCH:-0}" = 1 ]; then  # the speed benchmark with its kernel profile, the compile_loss arm included
   echo "== bench"
-  timeout 240 python3 -m diffuse_edu bench --scale "$scale" --profile --out "results/bench/$(date -u +%Y-%m-%d)_bench.json"
+  timeout 300 python3 -m diffuse_edu bench --scale "$scale" --profile --out "results/bench/$(date -u +%Y-%m-%d)_bench.json"
   budget=$(( budget - (SECONDS - start) )); [ "$budget" -lt 1 ] && budget=1
 fi
 python3 -m diffuse_edu run all --scale "$scale" --out results/ --budget "$budget"
