@@ -108,6 +108,26 @@ def test_add_class_keeps_every_class_and_starts_the_new_one_as_its_model():
     assert bigger.config.num_classes == 11 and bigger.predicts == "eps"
     with pytest.raises(ValueError, match="class-conditional"):
         add_class(UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)), like=0)
+    with pytest.raises(ValueError, match="offset is a distance"):
+        add_class(model, like=3, offset=-1.0)
+
+
+def test_add_class_with_an_offset_starts_the_new_label_near_its_class_and_apart_from_it():
+    """A label of its own near the class (DreamBooth's rare word beside the class word): at the asked
+    distance, in units of the mean distance between two classes, in a direction the generator draws."""
+    torch.manual_seed(0)
+    model = UNet(CFG).eval()
+    emb = model.label_emb.weight.detach()
+    spacing = torch.pdist(emb[:10]).mean()
+    bigger = add_class(model, like=3, offset=0.5, generator=torch.Generator().manual_seed(1))
+    new = bigger.label_emb.weight.detach()
+    torch.testing.assert_close((new[10] - emb[3]).norm(), 0.5 * spacing)
+    torch.testing.assert_close(new[:10], emb[:10])
+    torch.testing.assert_close(new[11], emb[10])  # the null label, moved
+    again = add_class(model, like=3, offset=0.5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again.label_emb.weight, bigger.label_emb.weight)  # the generator decides
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 500])
+    torch.testing.assert_close(bigger(x, t, Cond(labels=torch.full((2,), 4))), model(x, t, Cond(labels=torch.full((2,), 4))))
 
 
 def test_prior_preservation_trains_on_subject_and_class_images_through_the_loop():

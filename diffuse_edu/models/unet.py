@@ -254,12 +254,15 @@ def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_bl
     return counts
 
 
-def add_class(unet: UNet, *, like: int) -> UNet:
+def add_class(unet: UNet, *, like: int, offset: float = 0.0, generator: torch.Generator | None = None) -> UNet:
     """A copy of a class-conditional ``unet`` with one more class (lesson 13: a new subject).
 
-    The new label is ``num_classes`` (the old null label's index) and starts with the embedding of
-    class ``like``, as DreamBooth starts a new word from a class word (Ruiz et al. 2023, Sec. 3.2);
-    the null label ("no class") moves to ``num_classes + 1`` with its embedding. Every other weight
+    The new label is ``num_classes`` (the old null label's index). Its embedding starts at class
+    ``like``'s, moved ``offset`` times the mean distance between two classes' embeddings in a random
+    direction (drawn with ``generator``): with ``offset = 0`` the new label is ``like`` exactly; with
+    an offset it is a label of its own near ``like``, as DreamBooth names its subject with a rare word
+    beside the class word (Ruiz et al. 2023, Sec. 3.2), so that fine-tuning can tell the two apart.
+    The null label ("no class") moves to ``num_classes + 1`` with its embedding. Every other weight
     is copied. Shapes: label embedding (n + 1, D) -> (n + 2, D).
     """
     n = unet.config.num_classes
@@ -267,12 +270,19 @@ def add_class(unet: UNet, *, like: int) -> UNet:
         raise ValueError("add_class needs a class-conditional U-Net (UNetConfig.num_classes set).")
     if not 0 <= like < n:
         raise ValueError(f"like must be one of the model's classes 0..{n - 1}, got {like}.")
+    if not offset >= 0:
+        raise ValueError(f"offset is a distance (in units of the spacing between classes), got {offset}.")
     bigger = UNet(replace(unet.config, num_classes=n + 1)).to(next(unet.parameters()).device)
     state = {k: v for k, v in unet.state_dict().items() if k != "label_emb.weight"}
     old = unet.label_emb.weight.detach()
+    new = old[like].clone()
+    if offset:
+        spacing = torch.pdist(old[:n].float()).mean()  # the mean distance between two classes' embeddings
+        direction = torch.randn(old.shape[1], generator=generator).to(old)
+        new += offset * spacing * direction / direction.norm()
     bigger.load_state_dict(state, strict=False)
     with torch.no_grad():
-        bigger.label_emb.weight.copy_(torch.cat([old[:n], old[like:like + 1], old[n:n + 1]]))
+        bigger.label_emb.weight.copy_(torch.cat([old[:n], new[None], old[n:n + 1]]))
     if getattr(unet, "predicts", None) is not None:
         bigger.predicts = unet.predicts
     return bigger.train(unet.training)
