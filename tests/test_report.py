@@ -20,6 +20,10 @@ def test_paired_verdict_uses_the_per_seed_differences():
 @pytest.mark.parametrize("difference, se, margin, expected", [
     (0.20, 0.03, 0.10, "better"), (-0.20, 0.03, 0.10, "worse"), (0.01, 0.02, 0.10, "similar"),
     (0.05, 0.04, 0.10, "inconclusive (within the spread)"),
+    # resolved but smaller than the margin: equivalent by the margin's own definition
+    (-0.05, 0.01, 0.10, "similar"), (0.06, 0.015, 0.10, "similar"),
+    # resolved as a loss, but not shown to exceed the margin: no verdict on "similar"
+    (-0.07, 0.026, 0.10, "inconclusive (within the spread)"),
 ])
-def test_similarity_needs_the_whole_interval_inside_the_margin(difference, se, margin, expected):
+def test_similarity_needs_the_whole_interval_inside_the_margin_and_worse_beyond_it(difference, se, margin, expected):
     assert similarity_verdict(difference, se, margin) == expected

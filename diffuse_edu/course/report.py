@@ -100,12 +100,18 @@ def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[st
 
 def similarity_verdict(difference: float, se: float, margin: float, *, z: float = 2.0) -> str:
     """A difference (positive: the second arm is better) and its standard error, judged against an
-    equivalence margin: "better" or "worse" beyond ``z`` standard errors, "similar" when the whole
-    interval difference +- z se lies inside +- ``margin``, else "inconclusive (within the spread)"."""
-    if difference > z * se and difference > 0:
-        return "better"
-    if difference < -z * se and difference < 0:
-        return "worse"
+    equivalence margin, for claims of the form "similar (or better)":
+
+    - "similar" when the whole interval difference +- z se lies inside +- ``margin`` (also when it
+      excludes zero: a resolved difference smaller than the margin is what "similar" allows);
+    - "better" when the interval lies above zero;
+    - "worse" when it lies below -``margin``: worse by more than the margin, not merely resolved;
+    - else "inconclusive (within the spread)", among them a resolved loss that may be inside the margin.
+    """
     if abs(difference) + z * se < margin:
         return "similar"
+    if difference - z * se > 0:
+        return "better"
+    if difference + z * se < -margin:
+        return "worse"
     return "inconclusive (within the spread)"
