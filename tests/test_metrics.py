@@ -95,3 +95,20 @@ def test_fid_with_spread_is_fid_and_its_spread_shrinks_with_more_samples():
     value, spread = fid_with_spread(small, ref, generator=torch.Generator().manual_seed(1))
     assert value == fid(small, ref) and spread > 0
     assert fid_with_spread(large, ref, generator=torch.Generator().manual_seed(1))[1] < spread / 2
+
+
+def test_a_paired_fid_difference_resolves_what_the_unpaired_spreads_hide():
+    from diffuse_edu.evaluation.fid import fid_with_spread, paired_fid_difference
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(2000, 8, generator=g)
+    a = torch.randn(200, 8, generator=g)  # one draw of samples ...
+    b = a + 0.15  # ... and the same draw, shifted a little: FID(b) > FID(a), shared noise otherwise
+    (fa, sa), (fb, sb) = (fid_with_spread(x, reference, generator=torch.Generator().manual_seed(1)) for x in (a, b))
+    diff, sd = paired_fid_difference(a, b, reference, generator=torch.Generator().manual_seed(1))
+    assert diff == pytest.approx(fb - fa, rel=1e-6)
+    unpaired = (sa**2 + sb**2) ** 0.5
+    assert diff < 2 * unpaired  # the two spreads side by side cannot tell the sets apart ...
+    assert diff > 2 * sd  # ... the paired difference can
+    with pytest.raises(ValueError, match="same noise"):
+        paired_fid_difference(a, b[:100], reference)
