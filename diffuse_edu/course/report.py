@@ -81,9 +81,10 @@ def difference_verdict(smaller: object, larger: object, *, z: float = 2.0) -> tu
 
 
 def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[str, float, float]:
-    """Does "``after`` exceeds ``before``" hold, run by run? Each argument holds one measurement per
-    training seed, in the same seed order: the verdict uses the per-seed differences (their mean
-    and its standard error), so that what varies from seed to seed for both arms cancels.
+    """Does "``after`` exceeds ``before``" hold, pair by pair? Each argument holds one measurement per
+    unit that both arms share, in the same order: a training seed, a noise seed whose starting noise
+    both arms sample from, or an image both arms edit. The verdict uses the per-unit differences
+    (their mean and its standard error), so that what varies from unit to unit for both arms cancels.
 
     Returns (verdict, mean difference, its standard error), the verdict as in :func:`difference_verdict`.
     """
