@@ -15,6 +15,8 @@ def test_paired_verdict_uses_the_per_seed_differences():
     assert paired_verdict([1, 2, 3], [1.1, 1.9, 3.0])[0].startswith("inconclusive")
     with pytest.raises(ValueError, match="two seeds"):
         paired_verdict([1.0], [2.0])
+    with pytest.raises(ValueError, match="same seeds"):  # one value against three would broadcast silently
+        paired_verdict([1.0], [2.0, 3.0, 4.0])
 
 
 @pytest.mark.parametrize("difference, se, margin, expected", [

@@ -88,7 +88,11 @@ def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[st
 
     Returns (verdict, mean difference, its standard error), the verdict as in :func:`difference_verdict`.
     """
-    diff = torch.as_tensor(after, dtype=torch.float64).flatten() - torch.as_tensor(before, dtype=torch.float64).flatten()
+    before_, after_ = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (before, after))
+    if before_.numel() != after_.numel():
+        raise ValueError(f"paired_verdict pairs the arms unit by unit, but got {before_.numel()} and {after_.numel()} "
+                         "measurements: give both arms the same seeds (or images), in the same order.")
+    diff = after_ - before_
     if diff.numel() < 2:
         raise ValueError("paired_verdict needs at least two seeds: one run gives no spread.")
     mean, se = diff.mean().item(), (diff.std() / diff.numel() ** 0.5).item()
