@@ -59,3 +59,14 @@ def test_confidence_is_the_largest_probability_and_its_class():
     with torch.no_grad():
         p = model(images).softmax(1)
     assert torch.allclose(conf, p.max(1).values) and torch.equal(classes, p.argmax(1))
+
+
+def test_recognisable_marks_each_image_the_classifier_is_sure_of():
+    from diffuse_edu.evaluation.features import RECOGNISABLE, confidence, recognisable
+
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig()).eval()
+    images = torch.rand(6, 1, 16, 16) * 2 - 1
+    sure = recognisable(model, images, batch_size=4)
+    assert sure.shape == (6,) and sure.dtype == torch.float32
+    assert torch.equal(sure, (confidence(model, images)[0] >= RECOGNISABLE).float())

@@ -72,6 +72,16 @@ def confidence(model: Classifier, images: Tensor, batch_size: int = 1024) -> tup
     return values, classes
 
 
+RECOGNISABLE = 0.9  # the confidence at which the course calls an image recognisable
+
+
+def recognisable(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:
+    """1.0 for each image the classifier is sure of (confidence at least ``RECOGNISABLE``), else 0.0:
+    a per-image score, so that two arms drawn from the same noise can be compared pair by pair.
+    Shapes: (N, C, H, W) -> (N,)."""
+    return (confidence(model, images, batch_size)[0] >= RECOGNISABLE).float()
+
+
 @_features
 @torch.no_grad()
 def extract(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:

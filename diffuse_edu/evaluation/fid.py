@@ -56,12 +56,16 @@ def fid_with_spread(features: Tensor, reference: Tensor, *, draws: int = 20,
     Shapes: features (N, D), reference (M, D) -> (fid, std).
     """
     ref_stats = mean_and_covariance(reference)
-    value = frechet_distance(*mean_and_covariance(features), *ref_stats)
+    return _with_bootstrap(lambda rows: frechet_distance(*mean_and_covariance(features[rows]), *ref_stats),
+                           features, draws, generator)
+
+
+def _with_bootstrap(statistic: Callable[[Tensor | slice], float], features: Tensor, draws: int,
+                    generator: torch.Generator | None) -> tuple[float, float]:
+    """``statistic`` of all rows, and its standard deviation over ``draws`` resamplings of the rows."""
     n = features.shape[0]
-    boot = [frechet_distance(*mean_and_covariance(features[torch.randint(0, n, (n,), generator=generator)
-                                                            .to(features.device)]), *ref_stats)
-            for _ in range(draws)]
-    return value, torch.tensor(boot, dtype=torch.float64).std().item()
+    boot = [statistic(torch.randint(0, n, (n,), generator=generator).to(features.device)) for _ in range(draws)]
+    return statistic(slice(None)), torch.tensor(boot, dtype=torch.float64).std().item()
 
 
 def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Tensor, *, draws: int = 20,
@@ -82,6 +86,4 @@ def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Ten
         return (frechet_distance(*mean_and_covariance(features_b[rows]), *ref_stats)
                 - frechet_distance(*mean_and_covariance(features_a[rows]), *ref_stats))
 
-    n = features_a.shape[0]
-    boot = [difference(torch.randint(0, n, (n,), generator=generator).to(features_a.device)) for _ in range(draws)]
-    return difference(slice(None)), torch.tensor(boot, dtype=torch.float64).std().item()
+    return _with_bootstrap(difference, features_a, draws, generator)
