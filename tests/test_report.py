@@ -19,6 +19,14 @@ def test_paired_verdict_uses_the_per_seed_differences():
         paired_verdict([1.0], [2.0, 3.0, 4.0])
 
 
+def test_identical_arms_without_spread_do_not_show_an_excess():
+    # both arms measure exactly alike in every seed (e.g. all 8 modes covered): the claim of an excess fails
+    assert paired_verdict([0, 0, 0], [0, 0, 0])[0] == "does not hold"
+    assert difference_verdict([8, 8, 8], [8, 8, 8])[0] == "does not hold"
+    assert paired_verdict([1, 2, 3], [3, 4, 5])[0] == "holds"  # a constant gain: no spread, a clear excess
+    assert difference_verdict([1, 2], [1, 2])[0].startswith("inconclusive")  # equal means, but with spread
+
+
 @pytest.mark.parametrize("difference, se, margin, expected", [
     (0.20, 0.03, 0.10, "better"), (-0.20, 0.03, 0.10, "worse"), (0.01, 0.02, 0.10, "similar"),
     (0.05, 0.04, 0.10, "inconclusive (within the spread)"),

@@ -66,18 +66,24 @@ def difference_verdict(smaller: object, larger: object, *, z: float = 2.0) -> tu
     """Does the claim "``larger`` exceeds ``smaller``" hold over repeated runs (seeds)?
 
     Returns (verdict, difference of the means, its standard error): "holds" when the difference is
-    above ``z`` standard errors, "does not hold" when it is below minus that, else "inconclusive
-    (within the spread)". Each argument is one measurement per run.
+    above ``z`` standard errors, "does not hold" when it is below minus that (or exactly zero with no
+    spread at all), else "inconclusive (within the spread)". Each argument is one measurement per run.
     """
     (ma, sa), (mb, sb) = mean_and_spread(smaller), mean_and_spread(larger)
     na, nb = torch.as_tensor(smaller).numel(), torch.as_tensor(larger).numel()
     se = (sa**2 / na + sb**2 / nb) ** 0.5
     diff = mb - ma
+    return _judge(diff, se, z), diff, se
+
+
+def _judge(diff: float, se: float, z: float) -> str:
+    """The verdict on "the difference is above zero". Every run measuring exactly the same (no difference and
+    no spread, e.g. both arms covering all 8 modes in every seed) shows no excess: "does not hold"."""
     if diff > z * se and diff > 0:
-        return "holds", diff, se
-    if diff < -z * se and diff < 0:
-        return "does not hold", diff, se
-    return "inconclusive (within the spread)", diff, se
+        return "holds"
+    if (diff < -z * se and diff < 0) or (diff == 0 and se == 0):
+        return "does not hold"
+    return "inconclusive (within the spread)"
 
 
 def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[str, float, float]:
@@ -96,11 +102,7 @@ def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[st
     if diff.numel() < 2:
         raise ValueError("paired_verdict needs at least two seeds: one run gives no spread.")
     mean, se = diff.mean().item(), (diff.std() / diff.numel() ** 0.5).item()
-    if mean > z * se and mean > 0:
-        return "holds", mean, se
-    if mean < -z * se and mean < 0:
-        return "does not hold", mean, se
-    return "inconclusive (within the spread)", mean, se
+    return _judge(mean, se, z), mean, se
 
 
 def similarity_verdict(difference: float, se: float, margin: float, *, z: float = 2.0) -> str:
