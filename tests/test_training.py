@@ -9,7 +9,7 @@ from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.models.unet import UNet, UNetConfig
 from diffuse_edu.training.ema import EMA
-from diffuse_edu.training.loop import TrainConfig, learning_rate, train
+from diffuse_edu.training.loop import TrainConfig, adamw, learning_rate, train
 
 SMALL = UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)
 
@@ -323,3 +323,12 @@ def test_fid_runs_a_learners_matrix_square_root():
         return sqrtm_psd(m)
 
     assert fid(a, b, sqrtm=mine) == pytest.approx(fid(a, b)) and len(calls) == 2
+
+
+def test_the_optimiser_is_fused_where_pytorch_has_the_kernel():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    opt = adamw([weight], lr=0.1)
+    assert opt.defaults["fused"] is True  # CPU (and CUDA): one kernel for all parameters
+    weight.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(weight.detach(), torch.full((3,), -0.1), atol=1e-5)  # Adam's first step moves by lr

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from diffuse_edu.models.clip import MiniCLIP, contrastive_loss
 from diffuse_edu.progress import progress
+from diffuse_edu.training.loop import adamw
 
 
 def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, steps: int,
@@ -23,7 +24,7 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
     learner's) gets the (B, B) logits and which pairs of the batch share a caption.
     Shapes: images (N, C, S, S), ids and mask (N, L) on one device.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = adamw(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses, start = [], time.perf_counter()
     model.train()

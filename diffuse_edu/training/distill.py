@@ -21,7 +21,7 @@ from diffuse_edu.diffusion.prediction import x0_to_v
 from diffuse_edu.diffusion.samplers import timesteps
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.progress import progress
-from diffuse_edu.training.loop import TrainConfig, learning_rate
+from diffuse_edu.training.loop import TrainConfig, adamw, learning_rate
 
 
 def distillation_step(student: nn.Module, teacher: Denoiser, optimizer: torch.optim.Optimizer, x0: Tensor, t: int,
@@ -58,8 +58,7 @@ def distill(student: nn.Module, teacher: Denoiser, data: Tensor, schedule: Noise
     grid = timesteps(schedule, 2 * student_steps)  # the teacher's grid, T .. 0: the student takes every other
     device = data.device
     host, gen = torch.Generator().manual_seed(seed), torch.Generator(device).manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
-                            weight_decay=config.weight_decay)
+    opt = adamw([p for p in student.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
     was_training = student.training
     student.train()
     losses = []

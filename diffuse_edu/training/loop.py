@@ -193,6 +193,16 @@ def as_step_fn(step: Callable) -> Callable:
     return step_fn
 
 
+def adamw(params: list[Tensor], **kwargs) -> torch.optim.AdamW:
+    """AdamW with its fused kernel where the parameters live on the CPU or a CUDA GPU: one kernel for all
+    parameters instead of a dozen small ones per tensor. The small quick-scale networks spend much of a
+    step in the optimiser: on 2 CPU cores fused takes 0.3-0.4 ms a step where the default took 1.6-2.4 ms
+    (70 tensors, 2026-12-01). Other devices get PyTorch's default implementation."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
+
+
 def _setup(model: nn.Module, data: Tensor | Buckets, config: TrainConfig,
            trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor | Buckets, list[Tensor], torch.optim.Optimizer]:
     """The model to step (laid out and compiled), the data, the trained parameters, the optimiser."""
@@ -211,7 +221,7 @@ def _setup(model: nn.Module, data: Tensor | Buckets, config: TrainConfig,
             params.append(p)
     if not params:
         raise ValueError("The trainable filter leaves no parameter to train.")
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None)
+    opt = adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     net = model
     if distributed.active():  # gradients averaged over the ranks; the weights start as rank 0's
         net = nn.parallel.DistributedDataParallel(model, device_ids=[data.device.index] if cuda else None)
