@@ -58,3 +58,13 @@ def test_show_adds_the_caption(monkeypatch):
     plotting.show(fig, "What to see.")
     assert any(t.get_text() == "What to see." for t in fig.texts)
     plt.close(fig)
+
+
+def test_captions_read_as_sentences_and_symbols_stay_as_written():
+    from diffuse_edu.course.plotting import as_sentence
+
+    assert as_sentence("the U-Net reaches a lower loss: holds.") == "The U-Net reaches a lower loss: holds."
+    assert as_sentence("at 4 NFE the student wins") == "At 4 NFE the student wins"
+    for kept in ("t = 0: MSE", "v-prediction alone", "x0_hat is off", "adaLN-Zero trains", "eps_theta(x_t)",
+                 "Already a sentence.", "2 seeds", ""):
+        assert as_sentence(kept) == kept

@@ -7,6 +7,7 @@ Every figure in the course goes through :func:`show`, which writes a one-line ca
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -64,9 +65,18 @@ def image_grid(
     return ax
 
 
+def as_sentence(text: str) -> str:
+    """``text`` with its first word capitalised when it is a plain lowercase word.
+
+    Captions composed from verdicts start with a claim ("the U-Net reaches ..."); a symbol stays
+    as written ("t = 0: ...", "v-prediction ...", "x0_hat ...", "adaLN-Zero ...").
+    """
+    return text[:1].upper() + text[1:] if re.match(r"[a-z]{2,}\b(?![_=(])", text) else text
+
+
 def show(fig: Figure, caption: str) -> None:
-    """Put a one-line caption under ``fig`` (what to notice) and display it."""
-    fig.text(0.5, -0.01, caption, ha="center", va="top", wrap=True, fontsize=9, style="italic")
+    """Put a one-line caption under ``fig`` (what to notice), as a sentence, and display it."""
+    fig.text(0.5, -0.01, as_sentence(caption), ha="center", va="top", wrap=True, fontsize=9, style="italic")
     plt.show()
 
 
