@@ -144,8 +144,8 @@ CDDPM_QUICK = Recipe(  # lesson 08: class-conditional, labels dropped for 15% of
     image_shape=(1, 16, 16),
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,), num_classes=10),
     schedule=functools.partial(cosine_schedule, 1000),
-    train=TrainConfig(steps=700, seconds=40, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                      cond_dropout=0.15),
+    train=TrainConfig(steps=700, seconds=80, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.999,
+                      cond_dropout=0.15),  # the steps end it (about 40 s here); the seconds guard a slower machine
     sample_steps=20,
 )
 CDDPM_FULL = Recipe(
@@ -166,7 +166,7 @@ CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
 _SHAPE_VOCAB, _DIGIT_VOCAB = build_vocab([" ".join(SHAPE_WORDS)]), build_vocab([" ".join(DIGIT_CAPTION_WORDS)])
 CLIP_QUICK = ClipRecipe(  # lesson 09: about 6 s on two CPU cores
     name="clip_shapes16", data=functools.partial(make_shapes, 8000, size=16),
-    model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=32, image_widths=(16, 32, 64)), steps=160, seconds=8)
+    model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=32, image_widths=(16, 32, 64)), steps=160, seconds=16)  # the steps end it
 CLIP_FULL = ClipRecipe(
     name="clip_shapes32", data=functools.partial(make_shapes, 60000, size=32),
     model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=64, text_layers=3, image_size=32), steps=3000, seconds=None,
@@ -182,8 +182,8 @@ TDDPM_QUICK = Recipe(  # lesson 09: v-prediction (eps-prediction drew colour noi
     image_shape=(3, 16, 16),
     model=UNetConfig(in_channels=3, channels=(16, 32, 64), attention_levels=(2,), context_dim=32),
     schedule=functools.partial(cosine_schedule, 1000),
-    train=TrainConfig(steps=600, seconds=38, batch_size=64, lr=3e-3, warmup_steps=50, ema_decay=0.995,
-                      cond_dropout=0.15),
+    train=TrainConfig(steps=600, seconds=76, batch_size=64, lr=3e-3, warmup_steps=50, ema_decay=0.995,
+                      cond_dropout=0.15),  # the steps end it (about 40 s here); the seconds guard a slower machine
     sample_steps=20, target=Target.V, text=CLIP_QUICK,
 )
 TDDPM_FULL = Recipe(
