@@ -63,3 +63,13 @@ def test_workers_follow_the_threads_on_a_cpu_and_are_one_on_a_gpu():
         torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="at least 1"):
         run_side_by_side(lambda x: x, [1], device="cpu", workers=-1)
+
+
+def test_prepare_runs_first_in_order_and_may_seed_the_global_generator():
+    def prepare(seed):
+        torch.manual_seed(seed)
+        return torch.randn(2)
+
+    got = run_side_by_side(lambda seed, noise: (seed, noise), [3, 4], device="cpu", prepare=prepare, workers=2)
+    assert [s for s, _ in got] == [3, 4]
+    assert torch.equal(got[0][1], torch.manual_seed(3) and torch.randn(2))

@@ -9,7 +9,8 @@ parallel already.
 
 The results do not depend on how the jobs interleave, provided that each job draws its randomness
 from its own generator (``train(..., generator=...)``) and none from PyTorch's global one: build the
-models (``torch.manual_seed(seed)`` and the constructor) before, not inside, the jobs. A job that
+models (``torch.manual_seed(seed)`` and the constructor) before, not inside, the jobs, which is what
+``prepare`` is for. A job that
 draws from the global generator anyway is caught afterwards (:class:`SharedRandomnessError`). Each
 job runs with one intra-op thread whatever the number of workers, so one worker and two give the
 same numbers.
@@ -41,18 +42,25 @@ def side_by_side_workers(device: torch.device | str, jobs: int) -> int:
     return max(1, min(jobs, torch.get_num_threads()))
 
 
-def run_side_by_side(job: Callable[[Item], Result], items: Iterable[Item], *, device: torch.device | str,
-                     desc: str | None = None, workers: int | None = None) -> list[Result]:
+def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *, device: torch.device | str,
+                     prepare: Callable[[Item], object] | None = None, desc: str | None = None,
+                     workers: int | None = None) -> list[Result]:
     """``[job(item) for item in items]``, several at once on a CPU (one thread each); in order.
 
-    ``workers`` defaults to :func:`side_by_side_workers`. Raises :class:`SharedRandomnessError` when
-    a job drew from the global random generator (whose draws would then depend on timing), and
-    re-raises the first job's exception as it was.
+    With ``prepare``, every ``prepare(item)`` runs first, one after another in the caller's thread,
+    where it may seed the global generator (``torch.manual_seed(seed)`` and a model's constructor),
+    and the jobs are ``job(item, prepared)``. ``workers`` defaults to :func:`side_by_side_workers`.
+    Raises :class:`SharedRandomnessError` when a job drew from the global random generator (whose
+    draws would then depend on timing), and re-raises the first job's exception as it was.
     """
     items = list(items)
     n = workers or side_by_side_workers(device, len(items))
     if n < 1:
         raise ValueError(f"workers must be at least 1, got {n}")
+    if prepare is not None:
+        prepared = [prepare(item) for item in items]
+        return run_side_by_side(lambda pair: job(*pair), list(zip(items, prepared)), device=device, desc=desc,
+                                workers=n)
     before = torch.random.get_rng_state()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
