@@ -10,11 +10,17 @@
   equal share of the cores (one thread each on a 2-core machine): small models gain little from a
   second thread, so two notebooks side by side finish sooner than one after the other.
 * **Times.** At the end, each notebook's time (all its cells), with the conditions it ran under.
+* **Solutions pass their checkers.** A cell of a ``solutions/`` notebook fails when it prints a
+  checker's ``[x]`` or ``[todo]`` verdict: the complete version's own code must pass, or the lesson
+  silently runs the library's instead of the code a learner compares theirs with.
 """
 
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
 
 BUDGET_S = 90  # quick-scale budget per notebook on a 2-core CPU, run alone (see the course's standards)
 #: Notebooks that train models other lessons load (notebooks/ and solutions/ alike), in the order to start them.
@@ -80,3 +86,26 @@ def pytest_terminal_summary(terminalreporter, config):
     for path, seconds in sorted(_notebook_seconds.items(), key=lambda kv: -kv[1]):
         flag = "  OVER BUDGET" if workers == 1 and seconds > BUDGET_S else ""
         terminalreporter.write_line(f"{seconds:7.1f} s  {path}{flag}")
+
+
+#: A checker's verdict that a solution must never print (see ``diffuse_edu.exercises.check``).
+_NOT_PASSED = re.compile(r"^\[(x|todo)\] .*", re.MULTILINE)
+
+
+def unpassed_verdicts(outputs: list) -> list[str]:
+    """The ``[x]`` and ``[todo]`` lines among a cell's printed outputs (nbval's output dicts)."""
+    text = "".join(str(o.get("text", "")) for o in outputs if o.get("output_type") == "stream")
+    return [m.group(0) for m in _NOT_PASSED.finditer(text)]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    path = Path(str(item.path))
+    if call.when != "call" or not report.passed or path.suffix != ".ipynb" or path.parent.name != "solutions":
+        return
+    lines = unpassed_verdicts(getattr(item, "test_outputs", None) or [])
+    if lines:
+        report.outcome = "failed"
+        report.longrepr = ("the solution's own exercise code did not pass its checker:\n" + "\n".join(lines))

@@ -83,7 +83,7 @@ def test_to_unit_range_wrong_answers_are_caught(name):
 
 def test_to_unit_range_in_place_change_is_caught():
     verdict = run_checker(_in_place, TO_UNIT_RANGE)
-    assert verdict.status == "failed" and "changed its input in place" in verdict.message
+    assert verdict.status == "failed" and "changed its argument `x` in place" in verdict.message
 
 
 def test_q_sample_broadcasting_trap_has_its_own_message():
@@ -1265,3 +1265,53 @@ def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():
     assert len(counts) >= 37
     short = {name: n for name, n in counts.items() if n < 7}
     assert not short, f"fewer than 7 named mistakes: {short}"
+
+
+# --- changing an argument in place -----------------------------------------------------------------
+def _every_course_checker():
+    from diffuse_edu.exercises import _every_checker
+
+    return sorted(_every_checker().values(), key=lambda c: c.name)
+
+
+def _then_change_a_tensor_argument(reference, seen: list):
+    """The reference's answer, after which the first tensor argument is changed in place (as `x += ...` in a
+    sampler's loop would): the value returned is right, the caller's tensor is not."""
+    def wrong(*args, **kwargs):
+        out = reference(*args, **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        seen.extend(tensors[:1])
+        if tensors:
+            t = tensors[0]
+            with torch.no_grad():
+                if t.dtype == torch.bool:
+                    t.logical_not_()
+                else:
+                    t.add_(1)
+        return out
+    return wrong
+
+
+@pytest.mark.parametrize("checker", _every_course_checker(), ids=lambda c: c.name)
+def test_an_answer_that_changes_its_inputs_in_place_fails_and_names_the_argument(checker):
+    if checker.changes_inputs:
+        pytest.skip("changing its arguments in place is this exercise's job (its own cases check which ones)")
+    seen = []
+    verdict = run_checker(_then_change_a_tensor_argument(checker.reference, seen), checker)
+    if not seen:
+        pytest.skip(f"{checker.name} takes no tensor argument (strings, or a layer whose weights it reads)")
+    assert verdict.status == "failed" and "in place" in verdict.message, verdict.message
+
+
+def test_flow_euler_with_x_plus_equals_names_x():
+    from diffuse_edu.exercises.flow import FLOW_EULER
+
+    def plus_equals(model, x, steps):
+        taus = torch.linspace(1, 0, steps + 1)
+        for a, b in zip(taus[:-1], taus[1:]):
+            x += (b - a) * model(x, torch.full((x.shape[0],), a.item() * 1000))
+        return x
+
+    verdict = run_checker(plus_equals, FLOW_EULER)
+    assert verdict.status == "failed" and "changed its argument `x` in place" in verdict.message
+    assert "x = x + ..." in verdict.message

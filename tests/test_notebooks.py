@@ -77,3 +77,42 @@ def test_lesson_shape(path):
             assert "# HINT: stuck? hint(" in cell and "check(" in cell, "an exercise points to hint() and has a checker"
     student = notebooks.student_version(path)
     assert "# BEGIN SOLUTION" not in student and "# END SOLUTION" not in student
+
+
+def _root_conftest():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_solution_printing_a_failed_or_unfinished_verdict_is_found():
+    find = _root_conftest().unpassed_verdicts
+    outputs = [{"output_type": "stream", "name": "stdout",
+                "text": "[ok] q_sample passed all 4 checks.\n[x] flow_euler: yours moves the other way.\n"},
+               {"output_type": "stream", "name": "stdout", "text": "[todo] ddim_step is not written yet.\n"},
+               {"output_type": "execute_result", "data": {"text/plain": "'[x] in a value'"}},
+               {"output_type": "stream", "name": "stdout", "text": "a line with [x] inside\n"}]
+    assert find(outputs) == ["[x] flow_euler: yours moves the other way.", "[todo] ddim_step is not written yet."]
+    assert find([{"output_type": "stream", "text": "[ok] all passed\n"}]) == []
+
+
+def test_nbval_fails_a_solution_cell_whose_exercise_did_not_pass(tmp_path):
+    """The hook in the project's conftest.py, run by pytest on a made-up solutions/ notebook."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "solutions"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('[ok] a passed all 2 checks.')"),
+                                         nbformat.v4.new_code_cell("print('[x] b: off by one.')")])
+    nbformat.write(nb, folder / "99_made_up.ipynb")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-o", "addopts=",
+                          "--nbval-lax", "--nbval-kernel-startup-timeout=300", "-q", str(folder / "99_made_up.ipynb")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 failed, 1 passed" in run.stdout and "did not pass its checker" in run.stdout, run.stdout

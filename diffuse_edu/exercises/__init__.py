@@ -22,6 +22,8 @@ function and raises :class:`Mismatch` with a specific message when something is 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ class Checker:
     cases: Sequence[Callable[[Callable], None]]  # each calls fn and raises Mismatch if wrong
     hints: Sequence[str] = ()  # progressive: a first nudge, then a more specific one (never the key line)
     see: str = ""  # where the lesson states what to compute ("Eq. 4, section 1"): named when no known mistake fits
+    changes_inputs: bool = False  # True where changing a tensor argument in place is the job (the EMA update)
 
     def __post_init__(self) -> None:
         CHECKERS[self.name] = self
@@ -99,25 +102,76 @@ def _every_checker() -> dict[str, Checker]:
 
 
 def run_checker(fn: Callable, checker: Checker) -> Verdict:
-    """Run every case of ``checker`` on ``fn`` and return the first failure, if any."""
+    """Run every case of ``checker`` on ``fn`` and return the first failure, if any.
+
+    Unless the checker says changing inputs is the job, a function that changes a tensor it was
+    given in place fails with a message that names the argument, even where the case's values come
+    out right: the lesson's caller goes on using that tensor (the same noise for the next sampler,
+    the batch for the next step)."""
     total = len(checker.cases)
     for i, case in enumerate(checker.cases):
+        changed: list[str] = []
+        guarded = fn if checker.changes_inputs else _watch_in_place(fn, changed)
         try:
-            case(fn)
+            case(guarded)
         except NotImplementedError:
             return Verdict(checker.name, "unfinished",
                            f"{checker.name} is not written yet (it raises NotImplementedError).",
                            i, total)
         except Mismatch as e:
             message = str(e)
-            if checker.see and UNNAMED in message:  # a wrong value that matches no known mistake
+            if changed and "in place" not in message:  # the change explains the wrong value better
+                message = _in_place_message(checker.name, changed)
+            elif checker.see and UNNAMED in message:  # a wrong value that matches no known mistake
                 message += f" It matches none of the usual mistakes: compare your code with {checker.see}."
             return Verdict(checker.name, "failed", message, i, total)
         except Exception as e:  # the learner's code crashed: say where, briefly
             return Verdict(checker.name, "failed",
                            f"{checker.name} raised {type(e).__name__}: {e}{_learner_frame(e)}"
                            f"{_explain(e)}", i, total)
+        if changed:
+            return Verdict(checker.name, "failed", _in_place_message(checker.name, changed), i, total)
     return Verdict(checker.name, "passed", f"{checker.name} passed all {total} checks.", total, total)
+
+
+def _watch_in_place(fn: Callable, changed: list[str]) -> Callable:
+    """``fn``, noting in ``changed`` the name of every tensor argument (or tensor in a list or tuple
+    argument) that a call changed in place."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+
+    @functools.wraps(fn)
+    def watched(*args, **kwargs):
+        try:
+            named = signature.bind(*args, **kwargs).arguments.items() if signature else None
+        except TypeError:
+            named = None
+        if named is None:
+            named = [*((f"number {k + 1}", a) for k, a in enumerate(args)), *kwargs.items()]
+        before = []
+        for name, value in named:
+            items = ([(f"{name}[{k}]", v) for k, v in enumerate(value)] if isinstance(value, (list, tuple))
+                     else [(name, value)])
+            before += [(label, t, t.detach().clone()) for label, t in items if isinstance(t, Tensor)]
+        out = fn(*args, **kwargs)
+        for label, tensor, copy in before:
+            same = (tensor.shape == copy.shape and tensor.dtype == copy.dtype
+                    and torch.equal(torch.nan_to_num(tensor.detach()), torch.nan_to_num(copy)))
+            if not same and label not in changed:
+                changed.append(label)
+        return out
+
+    return watched
+
+
+def _in_place_message(name: str, changed: Sequence[str]) -> str:
+    which = ", ".join(f"`{label}`" for label in changed)
+    return (f"{name} changed its argument {which} in place (a method ending in _, such as add_, an "
+            "x += ..., or an indexed assignment x[...] = ...), yet the lesson goes on using what it "
+            "passed in (the same noise for the next sampler, the same batch): build new tensors "
+            "instead (x = x + ...).")
 
 
 def _explain(e: BaseException) -> str:

@@ -75,6 +75,7 @@ EMA_UPDATE = Checker(
         "Change each EMA tensor in place (the methods ending in an underscore), keeping a share d of itself and taking the rest from the model's tensor; never touch the model's tensors.",
     ),
     see="lesson 05, section 1: ema <- d ema + (1 - d) current, in place",
+    changes_inputs=True,  # its cases check that the EMA tensors change and the model's do not
 )
 
 
