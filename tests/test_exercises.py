@@ -835,13 +835,18 @@ def _dstep(student, teacher, opt, x0, t, m, n, eps, sched, clip=None, *, how="ok
         else:
             target_x0 = _target_ref(teacher, x_t, t, m, n, sched)
     target = target_x0 if how == "x0_space" else x0_to_v(x_t, target_x0, ab)
-    loss = per_example_mse(student(x_t, torch.full((x0.shape[0],), t)), target)
+    seen = x0 if how == "clean_input" else x_t
+    loss = per_example_mse(student(seen, t if how == "int_t" else torch.full((x0.shape[0],), t)), target)
     if how != "no_zero_grad":
         opt.zero_grad(set_to_none=True)
     (loss.sum() if how == "sum" else loss.mean()).backward()
+    if clip is not None and how == "clip_value":
+        torch.nn.utils.clip_grad_value_(student.parameters(), clip)
+    elif clip is not None and how != "no_clip":
+        torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
     if how != "no_step":
         opt.step()
-    return loss.detach()
+    return loss if how == "attached" else loss.detach()
 
 
 WRONG_14 = [
@@ -856,6 +861,11 @@ WRONG_14 = [
     (DISTILLATION_STEP, lambda *a: _dstep(*a, how="no_step"), "call optimizer.step()"),
     (DISTILLATION_STEP, lambda *a: _dstep(*a, how="sum"), "not the sum"),
     (DISTILLATION_STEP, lambda *a: _dstep(*a).mean(), "returned one number"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="clean_input"), "not the clean x0"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="int_t"), "takes the noise level as a tensor"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="no_clip"), "took the unclipped update"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="clip_value"), "clip_grad_value_ clips each entry"),
+    (DISTILLATION_STEP, lambda *a: _dstep(*a, how="attached"), "return loss.detach()"),
 ]
 
 

@@ -180,6 +180,9 @@ def _explain(e: BaseException) -> str:
     if "must match the size of tensor" in text:
         return (". This usually means a per-image value of shape (B,) was multiplied with images "
                 "of shape (B, C, H, W) without reshaping it to (B, 1, 1, 1).")
+    if isinstance(e, AttributeError) and ("'int' object" in text or "'float' object" in text):
+        return (". A network takes the noise level as a tensor with one entry per example, not a Python number: "
+                "torch.full((B,), t, device=x.device).")
     if "expected scalar type" in text or "dtype" in text or ("type" in text and "should be the same" in text):
         return ". Two tensors of different dtypes met: cast one with .to(other.dtype)."
     return ""

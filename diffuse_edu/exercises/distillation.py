@@ -145,6 +145,8 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
                     per_example_mse(out, x0_to_v(x_t, target_x0, ab_n)).detach()),
             Mistake("the student predicts v, not eps: compare with the v that implies the target x0.",
                     per_example_mse(out, x0_to_eps(x_t, target_x0, ab)).detach()),
+            Mistake("the student sees x_t, the data noised to t (where its big step starts), not the clean x0.",
+                    per_example_mse(copy.deepcopy(student)(x0, torch.full((4,), t)), x0_to_v(x_t, target_x0, ab)).detach()),
             Mistake("x_t must be the data noised to t (the step's start), not to t_next.",
                     per_example_mse(copy.deepcopy(student)(x_wrong, torch.full((4,), t)),
                                     x0_to_v(x_wrong, distillation_target(teacher, x_wrong, t, m, n, _SCHEDULE), ab))
@@ -152,6 +154,9 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
         ]
         if isinstance(got, Tensor) and got.ndim == 0:
             raise Mismatch("distillation_step returned one number; return the loss per example, shape (B,), detached.")
+        if isinstance(got, Tensor) and got.requires_grad:
+            raise Mismatch("distillation_step returned the loss with its graph attached: return loss.detach(), or the "
+                           "losses the training loop keeps hold every step's activations in memory.")
         compare(got, want, mistakes=mistakes, what=f"the loss distillation_step returns (t = {t} via {m} to {n})",
                 otherwise="the loss per example does not match: the mean over each example of (student(x_t, t) - "
                           "v_target)^2, with v_target the v that implies the teacher's two-step target.")
@@ -167,8 +172,28 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
     return case
 
 
+def _step_clips(fn: Callable) -> None:
+    """With grad_clip small enough to bind, the update is the clipped one."""
+    student, x0, eps = _step_inputs(3)
+    teacher = Denoiser(_Student(), _SCHEDULE, Target.V)
+    mine, ref, plain = (copy.deepcopy(student) for _ in range(3))
+    for net, clip in ((ref, 0.01), (plain, None)):
+        distillation_step(net, teacher, torch.optim.SGD(net.parameters(), lr=0.1), x0, 600, 500, 400, eps, _SCHEDULE,
+                          grad_clip=clip)
+    fn(mine, teacher, torch.optim.SGD(mine.parameters(), lr=0.1), x0.clone(), 600, 500, 400, eps.clone(), _SCHEDULE,
+       0.01)
+    mine_w, ref_w, plain_w = (torch.cat([p.detach().flatten() for p in net.parameters()]) for net in (mine, ref, plain))
+    if torch.allclose(mine_w, plain_w, atol=1e-6):
+        raise Mismatch("with grad_clip = 0.01 your step took the unclipped update: clip the gradients' total norm "
+                       "(torch.nn.utils.clip_grad_norm_) between backward() and optimizer.step(), unless grad_clip is None.")
+    compare(mine_w, ref_w, what="the student's weights after a step with grad_clip = 0.01",
+            otherwise="the update is not the one clipped to total norm 0.01: clip_grad_norm_ over the student's "
+                      "parameters after backward() and before optimizer.step() (clip_grad_value_ clips each entry "
+                      "instead).")
+
+
 DISTILLATION_STEP = Checker(
-    "distillation_step", distillation_step, [_step_case(1000, 875, 750, 0), _step_case(400, 300, 200, 1)],
+    "distillation_step", distillation_step, [_step_case(1000, 875, 750, 0), _step_case(400, 300, 200, 1), _step_clips],
     hints=("The step is lesson 05's training step with another target: the student sees x_t and learns to predict "
            "what makes its big DDIM step follow the teacher.",
            "Your distillation_target gives the target as an x0; the student speaks v. Convert, compare per example, "
