@@ -768,13 +768,16 @@ def _lora_delta(layer, *, scale="ok", conv_reshape=False):
 def _prior(model, objective, subject, cond, pool, label, weight, generator=None, *, how="ok"):
     b = subject.shape[0]
     idx = torch.randint(0, pool.shape[0], (b,), generator=None if how == "no_generator" else generator)
-    prior = subject if how == "subject_again" else pool[idx]
+    if how == "fixed_seed":
+        idx = torch.randint(0, pool.shape[0], (b,), generator=torch.Generator().manual_seed(0))
+    prior = subject if how == "subject_again" else pool[:b] if how == "first" else pool[idx]
     prior_cond = cond if how == "subject_label" else Cond(labels=torch.full((b,), label))
     s_loss, _ = objective(model, subject, cond=cond, generator=generator)
     p_loss, _ = objective(model, prior, cond=prior_cond, generator=generator)
     return {"ok": s_loss + weight * p_loss, "weight_on_subject": weight * s_loss + p_loss, "mean": (s_loss + weight * p_loss).mean(),
             "no_prior": s_loss, "subject_again": s_loss + weight * p_loss, "subject_label": s_loss + weight * p_loss,
-            "no_generator": s_loss + weight * p_loss}[how]
+            "no_generator": s_loss + weight * p_loss, "first": s_loss + weight * p_loss,
+            "fixed_seed": s_loss + weight * p_loss}[how]
 
 
 WRONG_13 = [
@@ -795,6 +798,10 @@ WRONG_13 = [
     (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="no_prior"), "prior term is missing"),
     (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="mean"), "returned one number"),
     (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="no_generator"), "with the generator passed in"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="first"), "the first images of the pool every time"),
+    (PRIOR_PRESERVATION_LOSS, lambda *a: _prior(*a, how="fixed_seed"), "the same images whatever the generator"),
+    (LORA_FORWARD, lambda l, x: torch.nn.functional.linear(x, l.base.weight, l.base.bias)
+     + l.scale * l.lora_B(l.lora_A(x)), "the same code must serve a convolution"),
 ]
 
 

@@ -96,9 +96,27 @@ def _draws_with_the_generator(fn: Callable) -> None:
                        "with the generator passed in (torch.randint(..., generator=generator)).")
 
 
+def _draws_at_random(fn: Callable) -> None:
+    """Generators of other seeds draw other class images: the pool is sampled, not sliced."""
+    g = torch.Generator().manual_seed(3)
+    subject = torch.randn(3, 1, 3, 3, generator=g)
+    pool = torch.randn(50, 1, 3, 3, generator=g)
+    cond = Cond(labels=torch.full((3,), 10))
+    runs = [fn(_Model(), _objective, subject, cond, pool, 3, 1.0, torch.Generator().manual_seed(s)) for s in (5, 6, 7)]
+    if all(torch.allclose(r, runs[0]) for r in runs[1:]):
+        first = _objective(_Model(), subject, cond=cond)[0] + _objective(_Model(), pool[:3], cond=Cond(
+            labels=torch.full((3,), 3)))[0]
+        which = ("the first images of the pool every time" if torch.allclose(runs[0], first)
+                 else "the same images whatever the generator")
+        raise Mismatch(f"generators of three different seeds gave the same loss: your class images are {which}. Draw "
+                       "them at random from the whole pool, a new draw each call (torch.randint(0, len(prior_pool), "
+                       "(B,), generator=generator)), so that every image the model drew before fine-tuning takes "
+                       "its turn.")
+
+
 PRIOR_PRESERVATION_LOSS = Checker(
     "prior_preservation_loss", prior_preservation_loss,
-    [_value_case(0.5, 1), _value_case(1.0, 0), _draws_with_the_generator],
+    [_value_case(0.5, 1), _value_case(1.0, 0), _draws_with_the_generator, _draws_at_random],
     hints=("Each step sees two kinds of examples: the subject, with its new label, and images of its class the model "
            "drew before fine-tuning, with the class's label. Both are ordinary denoising examples.",
            "Draw as many class images as there are subject images, at random with the generator, and let the "

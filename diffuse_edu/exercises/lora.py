@@ -55,6 +55,10 @@ def _forward_case(make: Callable, shape: tuple[int, ...], seed: int) -> Callable
             try:
                 got = fn(layer, x.clone())
             except RuntimeError as e:
+                if isinstance(layer, LoRAConv2d) and "dimensions" in str(e):
+                    raise Mismatch(f"lora_forward on a LoRAConv2d raised RuntimeError ({e}): the same code must serve "
+                                   "a convolution, whose weight is 4-D; call the layers themselves (layer.base(x), "
+                                   "layer.lora_A(...), layer.lora_B(...)) instead of multiplying by their weights.") from None
                 if "shape" in str(e) or "size" in str(e):
                     raise Mismatch(f"lora_forward raised RuntimeError ({e}). Call A first, on the input: it maps "
                                    "it down to r numbers (or channels); B maps those back up.") from None
@@ -142,6 +146,10 @@ def _delta_case(make: Callable, seed: int) -> Callable:
             try:
                 got = fn(layer)
             except RuntimeError as e:
+                if isinstance(layer, LoRAConv2d) and "dimensions" in str(e):
+                    raise Mismatch(f"lora_forward on a LoRAConv2d raised RuntimeError ({e}): the same code must serve "
+                                   "a convolution, whose weight is 4-D; call the layers themselves (layer.base(x), "
+                                   "layer.lora_A(...), layer.lora_B(...)) instead of multiplying by their weights.") from None
                 if "shape" in str(e) or "size" in str(e):
                     raise Mismatch(f"lora_delta raised RuntimeError ({e}). The change has the base weight's shape, "
                                    "(out, in) for a linear layer: B's weight (out, r) times A's (r, in), in that "
