@@ -1140,6 +1140,11 @@ EXTRA_21 = [
     (DIT_BLOCK, lambda b, x, c: _block_extra(b, x, c, gate_one=True), "not (1 + g) * branch"),
     (DIT_BLOCK, lambda b, x, c: _block_extra(b, x, c, residual_normed=True), "not LayerNorm(x)"),
     (DIT_BLOCK, lambda b, x, c: _block_extra(b, x, c, token_axis=False), "token axis"),
+    (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "attention", one=False),
+     "(1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is (in the attention branch"),
+    (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "attention", gate=False), "its gate before it is added "
+     "(adaLN-Zero starts the gates at 0: that is what makes a fresh block the identity) (in the attention branch"),
+    (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "mlp", residual=False), "(in the MLP branch"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, told="1-tau"), "told 1 - tau"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, target="x0"), "not the data x0"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, sqrt=True), "no square roots"),
@@ -1282,6 +1287,18 @@ def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():
     assert len(counts) >= 37
     short = {name: n for name, n in counts.items() if n < 7}
     assert not short, f"fewer than 7 named mistakes: {short}"
+
+
+def _one_branch_wrong(block, x, c, branch, *, one=True, gate=True, residual=True):
+    """dit_block with a mistake in one branch only (the learner got the other one right)."""
+    sa, ka, ga, sm, km, gm = block.modulation(c)[:, None].chunk(6, dim=-1)
+
+    def step(h, norm, f, s, k, g, wrong):
+        out = f(norm(h) * ((1 + k) if one or not wrong else k) + s)
+        return (h if residual or not wrong else 0) + (g if gate or not wrong else 1) * out
+
+    h = step(x, block.norm1, block.attention, sa, ka, ga, branch == "attention")
+    return step(h, block.norm2, block.mlp, sm, km, gm, branch == "mlp")
 
 
 # --- changing an argument in place -----------------------------------------------------------------

@@ -144,37 +144,50 @@ def _block(seed: int, width: int = 16) -> DiTBlock:
 def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[Mistake]:
     sa, ca, ga, sm, cm, gm = block.modulation(c).chunk(6, dim=1)
     attn, mlp, n1, n2 = block.attention, block.mlp, block.norm1, block.norm2
+    plain = dict(gate=True, one=True, swap=False, residual=True, norm_after=False, gate_one=False,
+                 residual_normed=False)
 
-    def run(*, gate=True, one=True, swap=False, reuse=False, residual=True, norm_after=False, parallel=False,
-            gate_one=False, residual_normed=False):
-        def mod(h, s, k):
-            if swap:
+    def run(*, only: str | None = None, reuse=False, parallel=False, **wrong):
+        """The block with the mistakes ``wrong`` in both branches, or ``only`` in "attention" or "mlp"."""
+        fa = {**plain, **(wrong if only in (None, "attention") else {})}
+        fm = {**plain, **(wrong if only in (None, "mlp") else {})}
+
+        def mod(h, s, k, f):
+            if f["swap"]:
                 s, k = k, s
-            return h * ((1 + k) if one else k)[:, None] + s[:, None]
+            return h * ((1 + k) if f["one"] else k)[:, None] + s[:, None]
 
-        def branch(h, norm, s, k):
-            return norm(mod(h, s, k)) if norm_after else mod(norm(h), s, k)
-        def g(v):
-            return (1 + v[:, None]) if gate_one else v[:, None] if gate else 1
-        a = attn(branch(x, n1, sa, ca))
-        y = (n1(x) if residual_normed else x if residual else 0) + g(ga) * a
+        def branch(h, norm, s, k, f):
+            return norm(mod(h, s, k, f)) if f["norm_after"] else mod(norm(h), s, k, f)
+
+        def g(v, f):
+            return (1 + v[:, None]) if f["gate_one"] else v[:, None] if f["gate"] else 1
+
+        def residual(h, norm, f):
+            return norm(h) if f["residual_normed"] else h if f["residual"] else 0
+
+        y = residual(x, n1, fa) + g(ga, fa) * attn(branch(x, n1, sa, ca, fa))
         mlp_in = x if parallel else y
         s2, k2, g2 = (sa, ca, ga) if reuse else (sm, cm, gm)
-        return (n2(y) if residual_normed else y if residual else 0) + g(g2) * mlp(branch(mlp_in, n2, s2, k2))
-    return [
-        Mistake("each branch must be multiplied by its gate before it is added (adaLN-Zero starts the gates at "
-                "0: that is what makes a fresh block the identity).", run(gate=False)),
-        Mistake("modulate with (1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is.",
-                run(one=False)),
-        Mistake("shift and scale are swapped: the modulation's chunks come in the order shift, scale, gate.",
-                run(swap=True)),
+        return residual(y, n2, fm) + g(g2, fm) * mlp(branch(mlp_in, n2, s2, k2, fm))
+
+    per_branch = [
+        ("each branch must be multiplied by its gate before it is added (adaLN-Zero starts the gates at 0: that is "
+         "what makes a fresh block the identity)", dict(gate=False)),
+        ("modulate with (1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is", dict(one=False)),
+        ("shift and scale are swapped: the modulation's chunks come in the order shift, scale, gate", dict(swap=True)),
+        ("each branch is added to x (a residual connection): x + gate * branch", dict(residual=False)),
+        ("normalise first, then modulate: LayerNorm(x) * (1 + scale) + shift", dict(norm_after=True)),
+        ("the gate multiplies the branch as it is, g * branch, not (1 + g) * branch: adaLN-Zero starts the gates at 0 "
+         "so that a fresh block is the identity", dict(gate_one=True)),
+        ("the residual adds the block's input x, not LayerNorm(x)", dict(residual_normed=True)),
+    ]
+    where = {None: "", "attention": " (in the attention branch; the MLP branch is right)",
+             "mlp": " (in the MLP branch; the attention branch is right)"}
+    return [Mistake(f"{text}{where[only]}.", run(only=only, **flags))
+            for only in (None, "attention", "mlp") for text, flags in per_branch] + [
         Mistake("the MLP branch has its own shift, scale and gate (the last three of the six), not the "
                 "attention branch's.", run(reuse=True)),
-        Mistake("each branch is added to x (a residual connection): x + gate * branch.", run(residual=False)),
-        Mistake("normalise first, then modulate: LayerNorm(x) * (1 + scale) + shift.", run(norm_after=True)),
-        Mistake("the gate multiplies the branch as it is, g * branch, not (1 + g) * branch: adaLN-Zero starts the "
-                "gates at 0 so that a fresh block is the identity.", run(gate_one=True)),
-        Mistake("the residual adds the block's input x, not LayerNorm(x).", run(residual_normed=True)),
         Mistake("the MLP branch reads x after the attention branch has been added to it (the branches run one "
                 "after the other, not side by side).", run(parallel=True)),
     ]
