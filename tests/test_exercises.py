@@ -145,7 +145,7 @@ import math
 
 from einops import rearrange
 
-from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.forward_process import q_forward, q_sample
 from diffuse_edu.exercises.reverse_process import DDPM_STEP, EPS_LOSS
 from diffuse_edu.exercises.time_embedding import SINUSOIDAL_EMBEDDING
 from diffuse_edu.exercises.unet import MULTI_HEAD_ATTENTION
@@ -629,6 +629,23 @@ def _repaint(**kw):
     return lambda d, x, t, tp, k, m, s, r, noise, cond=None: _repaint_variant(d, x, t, tp, k, m, s, r, noise, cond, **kw)
 
 
+def _repaint_written(how):
+    """RePaint's step as a learner writes it, with one mistake."""
+    def step(d, x_t, t, t_prev, known, mask, sched, resample, noise, cond=None):
+        tries = resample if t_prev > 0 else 1
+        tries = max(1, tries - 1) if how == "one_try_less" else tries
+        for r in range(tries):
+            pred = d.at_step(x_t, t, cond, schedule=sched)
+            x_prev = ddim_step(x_t, pred.x0, pred.eps, t, t_prev, sched, eta=1.0, noise=noise())
+            level = t if how == "known_at_t" else t_prev
+            known_prev = known if t_prev == 0 else q_sample(known, level, sched, noise())
+            x_prev = torch.where(mask.bool(), known_prev, x_prev)
+            if r < tries - 1:
+                x_t = q_forward(x_prev, t_prev, t, sched, noise())
+        return x_prev
+    return step
+
+
 def _fresh_noise(d, x, t, tp, k, m, s, r, noise, cond=None):
     return _repaint_variant(d, x, t, tp, k, m, s, r, lambda: torch.randn(x.shape), cond)
 
@@ -649,6 +666,8 @@ WRONG_11 = [
     (REPAINT_STEP, _fresh_noise, "never called noise()"),
     (REPAINT_STEP, _repaint(paste="clean"), "pasted in clean"),
     (REPAINT_STEP, _repaint(paste="inverted"), "mask is inverted"),
+    (REPAINT_STEP, _repaint_written("known_at_t"), "the known image was noised to t, where the step starts"),
+    (REPAINT_STEP, _repaint_written("one_try_less"), "2 tries instead of 3"),
     (DDIM_INVERSION, _inversion(order="down"), "that is sampling"),
     (DDIM_INVERSION, _inversion(skip_first=True), "first step (from t = 0) is missing"),
     (DDIM_INVERSION, _inversion(label="end"), "at the step's end"),

@@ -60,7 +60,9 @@ def _repaint_data(seed: int):
     return x_t, known, mask
 
 
-def _replace(x, known, mask, t_prev, schedule, noise, how):
+def _replace(x, known, mask, t_prev, schedule, noise, how, t=None):
+    if how == "at t":  # the known image noised to the step's start instead of its end
+        return replace_known(x, known, mask, t, schedule, noise)
     if how == "clean":
         return torch.where(mask.bool(), known, x)
     if how == "inverted":
@@ -78,7 +80,7 @@ def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, 
         pred = d.at_step(x_t, t, cond, schedule=schedule)
         x_prev = ddim_step(x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None)
         if replace and not replace_first:
-            x_prev = _replace(x_prev, known, mask, t_prev, schedule, noise(), paste)
+            x_prev = _replace(x_prev, known, mask, t_prev, schedule, noise(), paste, t)
         if r < tries - 1 or jump_last:
             if jump == "forward":
                 x_t = q_forward(x_prev, t_prev, t, schedule, noise())
@@ -127,8 +129,14 @@ def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
             Mistake("the mask is inverted: 1 marks the known pixels, which come from the known image.",
                     wrong(paste="inverted")),
             Mistake(f"{resample + 1} tries instead of {resample}: the loop runs resample times.", wrong(extra=1)),
+            Mistake("the known image was noised to t, where the step starts; x_prev is at t_prev, so noise the known "
+                    "image to t_prev (q_sample(known, t_prev, ...)).", wrong(paste="at t")),
             Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its noise.", wrong(eta=0.0)),
         ]
+        if tries > 1:
+            mistakes.append(Mistake(f"{tries - 1} tries instead of {tries}: the loop runs resample times "
+                                    "(range(resample)), each try but the last followed by a jump back.",
+                                    wrong(extra=-1)))
         compare(got, repaint_step(_StandIn(), *args, _Noise(x_t, seed)), what=what, mistakes=mistakes)
         if len(stand_in.calls) != tries:
             raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; one evaluation per try, "
