@@ -427,6 +427,8 @@ WRONG_09 = [
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, unk=False), "must become <unk>"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, lower=False), "the vocabulary is lower-cased"),
     (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, hard=True), "hard targets"),
+    (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg / 0.07, same), "divided by a temperature (0.07) again"),
+    (CONTRASTIVE_LOSS, lambda lg, same: F.binary_cross_entropy_with_logits(lg, same.float()), "SigLIP's loss"),
     (CONTRASTIVE_LOSS, lambda lg, same: F.cross_entropy(lg, same.float() / same.float().sum(1, keepdim=True)),
      "only one direction"),
     (CONTRASTIVE_LOSS, lambda lg, same: _clip_loss(lg, same, normalise=False), "must sum to 1"),

@@ -124,6 +124,12 @@ def _contrastive_mistakes(logits: Tensor, same: Tensor) -> list[Mistake]:
         Mistake("the cross-entropy needs log-probabilities: you used the probabilities themselves.",
                 -((target * logits.softmax(1)).sum(1).mean() + (target * logits.T.softmax(1)).sum(1).mean()) / 2),
         Mistake("the two directions were added, not averaged.", one_way + other_way),
+        *(Mistake(f"the logits were divided by a temperature ({tau:g}) again; they arrive with the temperature "
+                  "already applied (the mini-CLIP's forward pass scales them), so use them as they are.",
+                  contrastive_loss(logits / tau, same)) for tau in (0.07, 0.1)),
+        Mistake("that is a sigmoid (binary) cross-entropy on each pair on its own (SigLIP's loss); CLIP's loss is a "
+                "softmax cross-entropy over each row and each column, every caption competing with the others.",
+                F.binary_cross_entropy_with_logits(logits, same.float())),
     ]
 
 
