@@ -355,15 +355,18 @@ def _ddim(x, x0, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, rebuild=Fals
     return out + (sig**2 if variance else sig) * noise if sig > 0 else out
 
 
-def _heun(x, s, sn, D, *, correct=True, average=True, from_x=True, at_next=True, guard=True):
+def _heun(x, s, sn, D, *, correct=True, average=True, from_x=True, at_next=True, guard=True, tiny=None,
+          final_sign=1):
     d = (x - D(x, s)) / s
     xe = x + (sn - s) * d
-    if not correct or (guard and sn == 0):
+    if sn == 0 and tiny:  # a tiny sigma where the step ends, instead of skipping the correction
+        sn = tiny
+    elif not correct or (guard and sn == 0):
         return xe
     s2 = sn if at_next else s
     d2 = (xe - D(xe, s2)) / s2
     slope = (d + d2) / 2 if average else d2
-    return (x if from_x else xe) + (sn - s) * slope
+    return (x if from_x else xe) + final_sign * (sn - s) * slope
 
 
 WRONG_07 = [
@@ -376,6 +379,10 @@ WRONG_07 = [
     (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, always_noise=True), "the noise must not be added"),
     (DDIM_STEP, lambda *a, **k: _ddim(*a, **k, no_raise=True), "must raise a ValueError that asks for noise"),
     (HEUN_STEP, lambda *a: _heun(*a, correct=False), "that is Euler's step"),
+    (HEUN_STEP, lambda *a: _heun(*a, tiny=1e-8), "a tiny sigma in its place changes the result"),
+    (HEUN_STEP, lambda *a: _heun(*a, final_sign=-1), "the final update runs the wrong way"),
+    (SQRTM_PSD, lambda a: (lambda v, w: ((w * v.sqrt()) @ torch.linalg.inv(w)))(*torch.linalg.eig(a)),
+     "use torch.linalg.eigh"),
     (HEUN_STEP, lambda *a: _heun(*a, average=False), "only the slope at sigma_next"),
     (HEUN_STEP, lambda *a: _heun(*a, from_x=False), "applied from x"),
     (HEUN_STEP, lambda *a: _heun(*a, at_next=False), "evaluated at sigma_next"),

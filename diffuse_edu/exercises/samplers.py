@@ -152,6 +152,8 @@ def _heun_mistakes(x, s, sn) -> list[Mistake]:
         Mistake("the second slope was taken at x; take it at the Euler estimate, where the first step landed.",
                 x + (sn - s) * (d + (x - _denoise(x, sn)) / sn) / 2),
         Mistake("the two slopes were added, not averaged: (d + d_next) / 2.", x + (sn - s) * (d + dn)),
+        Mistake("the final update runs the wrong way: x moves by (sigma_next - sigma) times the averaged slope, as "
+                "the Euler step did.", x + (s - sn) * (d + dn) / 2),
     ]
 
 
@@ -165,7 +167,10 @@ def _heun(s: float, sn: float) -> Callable:
             raise Mismatch("the last step goes to sigma_next = 0, where the slope (x - D) / sigma is "
                            "undefined: take the Euler step alone there.")
         compare(got, want, what=f"heun_step from sigma = {s} to {sn}",
-                mistakes=_heun_mistakes(x, s, sn) if sn else [])
+                mistakes=_heun_mistakes(x, s, sn) if sn else [],
+                otherwise=None if sn else ("the last step, to sigma_next = 0, is Euler's step alone (Karras et al. "
+                                           "2022, Alg. 1: the correction needs the slope at sigma_next, which divides "
+                                           "by 0 there; a tiny sigma in its place changes the result)."))
     return case
 
 
