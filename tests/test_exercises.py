@@ -598,6 +598,9 @@ WRONG_10 = [
     (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 - lv).sum(), "one number for the whole"),
     (KL_DIAGONAL_GAUSSIAN, lambda m, lv: 0.5 * (m.square() + lv.exp() - 1 + lv).flatten(1).sum(1), "sign of logvar"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, recon="mean"), "averaged over the pixels"),
+    (VAE_LOSS, lambda v, x, n, w: (lambda m, lv: (v.decode(m + (0.5 * lv).exp() * n) - x).square().flatten(1).sum(1)
+                                   + w * 0.5 * (m.square() + lv.exp() - 1 - lv).flatten(1).mean(1))(*v.encode(x)),
+     "the KL was averaged over the latent's numbers"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, sample=False), "you decoded the mean"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, weight="recon"), "multiplies the reconstruction"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w, weight="none"), "kl_weight was ignored"),

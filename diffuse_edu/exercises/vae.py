@@ -161,13 +161,15 @@ def _vae_batch(seed: int):
     return x, torch.randn(3, 2, 4, 4, generator=g)
 
 
-def _vae_variant(vae, x, noise, w, *, recon="sum", sample=True, weight="kl", sign=1.0):
+def _vae_variant(vae, x, noise, w, *, recon="sum", sample=True, weight="kl", sign=1.0, kl_mean=False):
     mean, logvar = vae.encode(x)
     z = reparameterise(mean, logvar, noise) if sample else mean
     err = vae.decode(z) - x
     r = {"sum": err.square().flatten(1).sum(1), "mean": err.square().flatten(1).mean(1),
          "half": 0.5 * err.square().flatten(1).sum(1), "abs": err.abs().flatten(1).sum(1)}[recon]
     kl = kl_diagonal_gaussian(mean, logvar)
+    if kl_mean:  # averaged over the latent's numbers instead of summed
+        kl = kl / mean[0].numel()
     if weight == "recon":
         return w * r + sign * kl
     return r + sign * (w if weight == "kl" else 1.0) * kl
@@ -198,6 +200,9 @@ def _vae_case(seed: int, w: float) -> Callable:
                 Mistake("absolute errors are a Laplace decoder's; the loss uses squared errors.",
                         _vae_variant(*args, recon="abs")),
                 Mistake("the KL is subtracted; the negative ELBO adds it.", _vae_variant(*args, sign=-1.0)),
+                Mistake("the KL was averaged over the latent's numbers; it is a sum over them (the KL of a "
+                        "diagonal Gaussian adds up its dimensions, as the squared error adds up the pixels).",
+                        _vae_variant(*args, kl_mean=True)),
             ]
         compare(got, vae_loss(vae, x, noise, w), what=what, mistakes=mistakes)
     return case
