@@ -229,6 +229,9 @@ def _guided(net, x, t, cond, null, s, rescale=0.0, interval=None, *, passes=1, s
     if rescale:
         dims = tuple(range(1, g.ndim)) if std_dims == "example" else None
         ratio = (c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True)) if dims else c.std() / g.std()
+        if std_dims == "variance":
+            dims = tuple(range(1, g.ndim))
+            ratio = c.var(dim=dims, keepdim=True) / g.var(dim=dims, keepdim=True)
         g = (1 - rescale) * g * ratio + rescale * g if phi_swap else rescale * g * ratio + (1 - rescale) * g
     if interval is not None:
         lo, hi = interval
@@ -259,6 +262,7 @@ def _drop(labels, p, null, generator=None, *, how="right"):
 
 WRONG_08 = [
     (GUIDED_FORWARD, lambda *a: _guided(*a, swap=True), "the two halves are swapped"),
+    (GUIDED_FORWARD, lambda *a: _guided(*a, std_dims="variance"), "that ratio is of variances"),
     (GUIDED_FORWARD, lambda n, x, t, c, nl, s, r=0.0, i=None: _guided(n, x, t, c, nl, s, r, i, factor=1 + s),
      "you used 1 + s"),
     (GUIDED_FORWARD, lambda *a: _guided(*a, null_copy=False), "must carry the null label"),

@@ -96,6 +96,9 @@ def _rescaled(fn: Callable) -> None:
                 "rescaled to the conditional prediction's standard deviation.", g),
         Mistake("the standard deviations were taken over the whole batch; take them per example (over "
                 "every axis but the first).", phi * whole + (1 - phi) * g),
+        Mistake("that ratio is of variances; rescale by the ratio of standard deviations, sigma_cond / sigma_g "
+                "(the square root of the variances' ratio).",
+                phi * g * (c.var(dim=_dims(g), keepdim=True) / g.var(dim=_dims(g), keepdim=True)) + (1 - phi) * g),
         Mistake("phi and 1 - phi are swapped: phi is the weight of the rescaled prediction.",
                 (1 - phi) * per + phi * g),
         Mistake("you rescaled to the unconditional prediction's standard deviation; the target is the "
