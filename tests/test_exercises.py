@@ -177,6 +177,16 @@ def _sin(t, dim, *, order="sin_cos", denom="half", tscale=1.0):
     return torch.nn.functional.pad(torch.cat(parts, 1), (0, dim % 2))
 
 
+def _mha_written(q, k, v, heads, *, by_d=False, merge="(h d)"):
+    """Multi-head attention as a learner writes it, with one mistake."""
+    q, k, v = (rearrange(z, "b l (h d) -> b h l d", h=heads) for z in (q, k, v))
+    d = q.shape[-1]
+    out = (q @ k.transpose(-1, -2) / (d if by_d else d**0.5)).softmax(-1) @ v
+    if merge == "reshape":
+        return out.reshape(out.shape[0], out.shape[2], -1)
+    return rearrange(out, f"b h l d -> b l {merge}")
+
+
 WRONG = [
     (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - x0) ** 2).mean(), "target is the noise eps"),
     (EPS_LOSS, lambda m, x0, t, e, s: ((m(x0, t) - e) ** 2).mean(), "the model was given x0"),
@@ -194,6 +204,11 @@ WRONG = [
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, h, dim=-2), "softmax runs over the queries"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, h, split="b l (d h) -> b h l d"), "heads interleave"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q, k, v, 1), "all channels form one head"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha_written(q, k, v, h, by_d=True), "you divided by d"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha_written(q, k, v, h, merge="(d h)"), "merged back in the wrong order"),
+    (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha_written(q, k, v, h, merge="reshape"), "a plain reshape"),
+    (SINUSOIDAL_EMBEDDING, lambda t, d: (lambda a: torch.nn.functional.pad(torch.cat([a.sin(), a.cos()], 1), (0, d % 2)))(
+        t.float()[:, None] / 10_000.0 ** torch.linspace(0, 1, d // 2)), "divides i by dim / 2 - 1"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _mha(q * h**-0.5, k, v, h), "scaled by sqrt(C)"),
     (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d, order="cos_sin"), "sines and cosines are swapped"),
     (SINUSOIDAL_EMBEDDING, lambda t, d: _sin(t, d, denom="dim"), "exponent divides by dim"),

@@ -22,7 +22,12 @@ def _variants(t: torch.Tensor, dim: int) -> list[Mistake]:
     interleaved = torch.stack([sin, cos], dim=-1).reshape(t.shape[0], 2 * half)
     f_dim = torch.exp(-math.log(10_000.0) * i / dim)
     f_inv = torch.exp(math.log(10_000.0) * i / half)
+    f_to_end = torch.exp(-math.log(10_000.0) * i / max(half - 1, 1))
     return [
+        *([Mistake("the exponent divides i by dim / 2 - 1 (frequencies from 1 all the way to 1/max_period, as "
+                   "torch.linspace(0, 1, ...) gives); the lesson's w_i = max_period ** (-i / (dim / 2)) stops one "
+                   "step short of 1/max_period.", torch.cat([torch.sin(tf * f_to_end), torch.cos(tf * f_to_end)], 1))]
+          if half > 1 else []),
         Mistake("sines and cosines are swapped: the first dim/2 columns are the sines.",
                 torch.cat([cos, sin], 1)),
         Mistake("sines and cosines are interleaved; put all sines first, then all cosines.",

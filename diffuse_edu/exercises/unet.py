@@ -15,14 +15,17 @@ from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.unet import ResBlock, UNet, UNetConfig, residual_block, unet_forward
 
 
-def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d", average="v", scores="qk"):
+def _explicit(q, k, v, heads, *, scale=True, dim=-1, split="b l (h d) -> b h l d", average="v", scores="qk",
+              by_d=False, merge="b h l d -> b l (h d)"):
     """Attention written out, with switches for the usual mistakes."""
     q, k, v = (rearrange(z, split, h=heads) for z in (q, k, v))
     logits = {"qk": q @ k.transpose(-1, -2), "qq": q @ q.transpose(-1, -2), "kq": k @ q.transpose(-1, -2)}[scores]
     if scale:
-        logits = logits / q.shape[-1] ** 0.5
+        logits = logits / (q.shape[-1] if by_d else q.shape[-1] ** 0.5)
     out = logits.softmax(dim=dim) @ (v if average == "v" else k)
-    return rearrange(out, "b h l d -> b l (h d)")
+    if merge == "reshape":  # (B, h, L, d) reshaped as it lies in memory, without moving the heads back
+        return out.reshape(out.shape[0], out.shape[2], -1)
+    return rearrange(out, merge)
 
 
 def _case(heads: int, lq: int, lk: int, seed: int):
@@ -38,6 +41,14 @@ def _mistakes(q, k, v, heads) -> list[Mistake]:
                 _explicit(q, k, v, heads, scale=False)),
         Mistake("you scaled by sqrt(C) (all channels); use sqrt(d) with d = C / heads.",
                 _explicit(q * (heads ** -0.5), k, v, heads)),
+        Mistake("you divided by d; divide q k^T by its square root, sqrt(d) (a sum of d products of unit-variance "
+                "numbers has standard deviation sqrt(d)).", _explicit(q, k, v, heads, by_d=True)),
+        Mistake("the heads were merged back in the wrong order: put the heads outermost again, "
+                "rearrange(out, 'b h l d -> b l (h d)'), the inverse of the split.",
+                _explicit(q, k, v, heads, merge="b h l d -> b l (d h)")),
+        Mistake("a plain reshape of (B, heads, L, d) to (B, L, C) mixes positions and heads (the heads axis comes "
+                "before the positions in memory): move the heads next to d first, "
+                "rearrange(out, 'b h l d -> b l (h d)').", _explicit(q, k, v, heads, merge="reshape")),
         Mistake("the softmax runs over the queries; it must run over the keys (the last axis).",
                 _explicit(q, k, v, heads, dim=-2)),
         Mistake("the heads interleave channels: split C as (heads, d) with heads outermost, "
