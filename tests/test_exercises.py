@@ -189,6 +189,10 @@ def _mha_written(q, k, v, heads, *, by_d=False, merge="(h d)"):
 
 WRONG = [
     (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - x0) ** 2).mean(), "target is the noise eps"),
+    (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - e) ** 2).sum(1).mean(),
+     "summed over each point's 2 coordinates"),
+    (EPS_LOSS, lambda m, x0, t, e, s: (lambda f: ((m(q_sample(x0, t, s, f), t) - f) ** 2).mean())(torch.randn_like(x0)),
+     "draw no random numbers yourself"),
     (EPS_LOSS, lambda m, x0, t, e, s: ((m(x0, t) - e) ** 2).mean(), "the model was given x0"),
     (EPS_LOSS, lambda m, x0, t, e, s: ((m(q_sample(x0, t, s, e), t) - e) ** 2).sum(), "loss is summed"),
     (EPS_LOSS, lambda m, x0, t, e, s: (m(q_sample(x0, t, s, e), t) - e).abs().mean(), "mean absolute error"),

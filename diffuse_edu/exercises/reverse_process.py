@@ -51,11 +51,17 @@ def _loss_values(fn: Callable) -> None:
         Mistake("the squared error is averaged over each point's dimensions but summed over the batch; take the "
                 "mean over both, so the loss does not grow with the batch size.",
                 ((m(x_t, t) - eps) ** 2).mean(1).sum()),
+        Mistake("the squared error is summed over each point's 2 coordinates; take the mean over everything, the "
+                "coordinates as well as the batch.", ((m(x_t, t) - eps) ** 2).sum(1).mean()),
     ]
     want = eps_loss(m, x0, t, eps, s)
     got = fn(m, x0.clone(), t.clone(), eps.clone(), s)
     if isinstance(got, torch.Tensor) and got.ndim != 0:
         raise Mismatch(f"eps_loss returned shape {tuple(got.shape)}; a loss is a scalar (use .mean()).")
+    again = fn(m, x0.clone(), t.clone(), eps.clone(), s)
+    if isinstance(got, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.allclose(got, again):
+        raise Mismatch("two calls with the same x0, t and eps gave different losses: noise x0 with the eps you are "
+                       "given (it is also the target); draw no random numbers yourself.")
     compare(got, want, what="eps_loss(toy model, 6 points, t = [1 .. 100])", mistakes=mistakes)
 
 
