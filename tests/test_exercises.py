@@ -479,6 +479,12 @@ WRONG_09 = [
     (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, fold="b (w h) c -> b c h w"),
      "h and w swapped"),
     (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: _cross_variant(b, x, c, m, reshape=True), "not a reshape"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: x + b.to_out(b.attend(
+        b.to_q(b.norm(x).reshape(x.shape[0], -1, x.shape[1])), *b.to_kv(c).chunk(2, dim=-1), b.heads, m)).transpose(
+        1, 2).reshape(x.shape), "flattened into tokens with a reshape"),
+    (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: x + b.to_out(b.attend(
+        b.to_q(b.norm(x).flatten(2).transpose(1, 2)), *b.to_kv(c).chunk(2, dim=-1), b.heads, m)).reshape(x.shape),
+     "folded back into a map with a reshape"),
     (CROSS_ATTENTION_BLOCK, lambda b, x, c, m: b.to_out(b.attend(b.to_q(rearrange(b.norm(x), "b c h w -> b (h w) c")),
                                                                 *b.to_kv(rearrange(b.norm(x), "b c h w -> b (h w) c")).chunk(2, -1),
                                                                 b.heads, m)),
@@ -575,6 +581,12 @@ WRONG_03_05 = [
     (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, respect_flag=False), "skip_connections False"),
     (UNET_FORWARD, lambda u, x, t, c=None: _fwd(u, x, t, c, cond_to_blocks=False), "text-conditioned"),
     (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, residual=False), "residual is missing"),
+    (ATTENTION_BLOCK, lambda b, x: x + b.to_out(b.attend(*b.to_qkv(b.norm(x).reshape(x.shape[0], -1, x.shape[1]))
+                                                         .chunk(3, dim=-1), b.heads)).transpose(1, 2).reshape(x.shape),
+     "flattened into tokens with a reshape"),
+    (ATTENTION_BLOCK, lambda b, x: x + b.to_out(b.attend(*b.to_qkv(b.norm(x).flatten(2).transpose(1, 2))
+                                                         .chunk(3, dim=-1), b.heads)).reshape(x.shape),
+     "folded back into a map with a reshape"),
     (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, norm=False), "GroupNorm is missing"),
     (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, fold="b (w h) c -> b c h w"), "h and w swapped"),
     (ATTENTION_BLOCK, lambda b, x: _attn_block(b, x, project=False), "to_out is missing"),

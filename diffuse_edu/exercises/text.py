@@ -184,7 +184,7 @@ def _cross_variant(block: CrossAttention, x, context, mask, *, residual=True, no
                    reshape=False, invert=False):
     b, c, h, w = x.shape
     xn = block.norm(x) if norm else x
-    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c")
+    tokens = xn.reshape(b, h * w, c) if reshape in (True, "in") else rearrange(xn, "b c h w -> b (h w) c")
     q = block.to_q(tokens)
     k, v = block.to_kv(context).chunk(2, dim=-1)
     if order == "vk":
@@ -192,7 +192,7 @@ def _cross_variant(block: CrossAttention, x, context, mask, *, residual=True, no
     m = (~mask if invert else mask) if use_mask else None
     out = multi_head_attention(q, k, v, heads or block.heads, m)
     out = block.to_out(out) if project else out
-    out = out.reshape(b, c, h, w) if reshape else rearrange(out, fold, h=h, w=w)
+    out = out.reshape(b, c, h, w) if reshape in (True, "out") else rearrange(out, fold, h=h, w=w)
     return (xn if on_normed else x) + out if residual else out
 
 
@@ -241,6 +241,11 @@ def _cross_case(seed: int, shape=(3, 5), fresh: bool = False, masked: bool = Tru
                         "h=h, w=w) undoes the flattening.", _cross_variant(*args, fold="b (w h) c -> b c h w")),
                 Mistake("reshape mixes channels and positions: (B, C, H, W) -> (B, H*W, C) needs the channel axis "
                         "moved last (rearrange or permute), not a reshape.", _cross_variant(*args, reshape=True)),
+                Mistake("the map was flattened into tokens with a reshape, which mixes channels and positions: move "
+                        "the channel axis last, rearrange(x, 'b c h w -> b (h w) c').", _cross_variant(*args, reshape="in")),
+                Mistake("the tokens were folded back into a map with a reshape, which mixes positions and channels: "
+                        "move the channel axis first again, rearrange(out, 'b (h w) c -> b c h w', h=h, w=w).",
+                        _cross_variant(*args, reshape="out")),
             ]
             if masked and not fresh:
                 mistakes.insert(0, Mistake("the padding mask was not used: padded caption tokens (here made to "

@@ -378,7 +378,7 @@ def _attn_variant(block: SelfAttention, x, *, residual=True, norm=True, heads=No
                   project=True, fold="b (h w) c -> b c h w", reshape=False, pass_heads=True, flatten=True):
     b, c, h, w = x.shape
     xn = block.norm(x) if norm else x
-    tokens = xn.reshape(b, h * w, c) if reshape else rearrange(xn, "b c h w -> b (h w) c") if flatten else xn
+    tokens = xn.reshape(b, h * w, c) if reshape in (True, "in") else rearrange(xn, "b c h w -> b (h w) c") if flatten else xn
     q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
     if order == "kqv":
         q, k = k, q
@@ -386,7 +386,7 @@ def _attn_variant(block: SelfAttention, x, *, residual=True, norm=True, heads=No
         k, v = v, k
     out = multi_head_attention(q, k, v, heads or block.heads) if pass_heads else multi_head_attention(q, k, v)
     out = block.to_out(out) if project else out
-    out = out.reshape(b, c, h, w) if reshape else rearrange(out, fold, h=h, w=w)
+    out = out.reshape(b, c, h, w) if reshape in (True, "out") else rearrange(out, fold, h=h, w=w)
     return (xn if on_normed else x) + out if residual else out
 
 
@@ -425,6 +425,11 @@ def _attn_case(seed: int, heads: int, shape: tuple[int, int], fresh: bool = Fals
                         "h=h, w=w) undoes the flattening.", _attn_variant(block, x, fold="b (w h) c -> b c h w")),
                 Mistake("reshape mixes channels and positions: (B, C, H, W) -> (B, H*W, C) needs the channel axis "
                         "moved last (rearrange or permute), not a reshape.", _attn_variant(block, x, reshape=True)),
+                Mistake("the map was flattened into tokens with a reshape, which mixes channels and positions: move "
+                        "the channel axis last, rearrange(x, 'b c h w -> b (h w) c').", _attn_variant(block, x, reshape="in")),
+                Mistake("the tokens were folded back into a map with a reshape, which mixes positions and channels: "
+                        "move the channel axis first again, rearrange(out, 'b (h w) c -> b c h w', h=h, w=w).",
+                        _attn_variant(block, x, reshape="out")),
                 Mistake("keys and values are swapped: to_qkv's output splits as (q, k, v) in that order.",
                         _attn_variant(block, x, order="qvk")),
             ]
