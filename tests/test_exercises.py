@@ -558,7 +558,8 @@ def _train_step(model, opt, x0, t, eps, schedule, grad_clip, *, target="v", zero
                 detach=True, told="t", per_example="mean"):
     ab = schedule.alpha_bar[t].to(x0.dtype).reshape(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    goal = ab.sqrt() * eps - (1 - ab).sqrt() * x0 if target == "v" else eps
+    goal = {"v": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "-v": (1 - ab).sqrt() * x0 - ab.sqrt() * eps,
+            "eps": eps}[target]
     tt = {"t": t, "t/T": t / schedule.T, "t-1": t - 1}[told]
     loss = getattr((model(x_t, tt) - goal).square().flatten(1), per_example)(1)
     if zero:
@@ -595,6 +596,7 @@ WRONG_03_05 = [
     (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, broadcast=False), "(B, C, 1, 1)"),
     (SCALE_SHIFT, lambda b, h, e: _mod(b, h, e, in_place=True), "in place"),
     (TRAINING_STEP, lambda *a: _train_step(*a, target="eps"), "compares with eps"),
+    (TRAINING_STEP, lambda *a: _train_step(*a, target="-v"), "v has the opposite sign"),
     (TRAINING_STEP, lambda *a: _train_step(*a, zero=False), "not cleared"),
     (TRAINING_STEP, lambda *a: _train_step(*a, clip="never"), "clip the gradient"),
     (TRAINING_STEP, lambda *a: _train_step(*a, reduce="sum"), "not their sum"),

@@ -101,7 +101,8 @@ def _losses(model, x0, t, eps, target: str, *, variance_weights: bool = False, t
     ab = _STEP_SCHEDULE.alpha_bar[t].float().reshape(-1, 1, 1, 1)
     a, s = (ab, 1 - ab) if variance_weights else (ab.sqrt(), (1 - ab).sqrt())
     x_t = a * x0 + s * eps
-    goal = {"v": a * eps - s * x0, "eps": eps, "x0": x0, "v_swapped": s * eps - a * x0}[target]
+    goal = {"v": a * eps - s * x0, "eps": eps, "x0": x0, "v_swapped": s * eps - a * x0,
+            "v_negated": s * x0 - a * eps}[target]
     told = {"t": t, "t/T": t / _STEP_SCHEDULE.T, "t-1": t - 1}[time]
     err = (model(x_t, told) - goal).square().flatten(1)
     return err.mean(1) if reduce == "mean" else err.sum(1)
@@ -124,6 +125,8 @@ def _step_case(seed: int, grad_clip: float | None, steps: int = 1) -> Callable:
                      "eps", False),
                     ("the loss compares with x0; the target is v = sqrt(ab) eps - sqrt(1 - ab) x0.", "x0", False),
                     ("v has its weights swapped: v = sqrt(ab) eps - sqrt(1 - ab) x0.", "v_swapped", False),
+                    ("v has the opposite sign: v = sqrt(ab) eps - sqrt(1 - ab) x0 (eps with a plus, x0 with a minus; "
+                     "the sign decides how the samplers turn v back into x0 and eps).", "v_negated", False),
                     ("x_t (and v) use alpha_bar and 1 - alpha_bar as weights; take their square roots.", "v", True))]
                 mistakes += [
                     Mistake("the model was told t / T; it takes the integer step t itself.",
