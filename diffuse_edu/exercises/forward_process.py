@@ -35,6 +35,10 @@ def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
         Mistake("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots "
                 "(they are variances, the weights are standard deviations).",
                 ab * x0 + (1 - ab) * eps),
+        Mistake("x0's weight is alpha_bar_t, a variance; take its square root, sqrt(alpha_bar_t) (the noise's "
+                "weight is right).", ab * x0 + (1 - ab).sqrt() * eps),
+        Mistake("the noise's weight is 1 - alpha_bar_t, a variance; take its square root, sqrt(1 - alpha_bar_t) "
+                "(x0's weight is right).", ab.sqrt() * x0 + (1 - ab) * eps),
         Mistake("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
                 "sqrt(1 - alpha_bar_t).", (1 - ab).sqrt() * x0 + ab.sqrt() * eps),
         Mistake("you used alpha_t (one step) instead of alpha_bar_t (the product over all steps "

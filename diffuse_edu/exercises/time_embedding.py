@@ -95,7 +95,8 @@ def _modulated(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor, kind: str)
     scale, shift = scale[:, :, None, None], shift[:, :, None, None]
     return {"double_silu": h * (1 + scale) + shift, "no_one": h * scale + shift, "swapped": h * (1 + shift) + scale,
             "interleaved": h * (1 + scale) + shift, "shift_first": (h + shift) * (1 + scale),
-            "scale_only": h * (1 + scale), "activated": torch.nn.functional.silu(h * (1 + scale) + shift)}[kind]
+            "scale_only": h * (1 + scale), "activated": torch.nn.functional.silu(h * (1 + scale) + shift),
+            "shift_only": h + shift}[kind]
 
 
 def _unprojected(block: ScaleShift, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -142,6 +143,8 @@ def _scale_shift_case(seed: int, fresh: bool = False) -> Callable:
                                     "chunk(2, dim=1), not into interleaved pairs.",
                      "shift_first": "the shift is added before scaling: scale h first, then add the shift.",
                      "scale_only": "the shift is missing: h * (1 + scale) + shift.",
+                     "shift_only": "the scale is missing: only the shift was added; scale-and-shift multiplies h by "
+                                   "(1 + scale) too, so that t can also change how strongly each channel speaks.",
                      "double_silu": "SiLU ran on the embedding twice: block.proj already starts with a SiLU.",
                      "activated": "an activation was applied to the result; scale_shift returns h * (1 + scale) + "
                                   "shift as it is (the residual block applies SiLU next)."}
