@@ -425,15 +425,19 @@ from diffuse_edu.exercises.text import (  # noqa: E402
 from diffuse_edu.models.text import BOS, EOS, PAD, UNK, tokenize
 
 
-def _tok(texts, vocab, max_len, *, bos=True, eos=True, cut_eos=False, lower=True, unk=True, mask="ok"):
+def _tok(texts, vocab, max_len, *, bos=True, eos=True, cut_eos=False, lower=True, unk=True, mask="ok", shift=0):
     index = {w: i for i, w in enumerate(vocab)}
     ids = torch.full((len(texts), max_len), PAD)
     for r, text in enumerate(texts):
-        ws = [index.get(w, UNK) if unk else index[w] for w in (text.lower() if lower else text).split()]
+        found = (text.lower() if lower else text).split()
+        if unk == "skip":
+            ws = [index[w] + shift for w in found if w in index]
+        else:
+            ws = [index[w] + shift if w in index else UNK if unk else index[w] for w in found]
         row = ([BOS] if bos else []) + (ws + [EOS] if cut_eos else ws[: max_len - 2] + ([EOS] if eos else []))
         ids[r, : min(len(row), max_len)] = torch.tensor(row[:max_len])
     m = ids != PAD
-    return ids, {"ok": m, "inverted": ~m, "long": m.long()}[mask]
+    return ids, {"ok": m, "inverted": ~m, "long": m.long(), "words only": m & (ids != BOS) & (ids != EOS)}[mask]
 
 
 def _clip_loss(logits, same, *, hard=False, normalise=True, reduction="mean", exclude=False, probs=False):
@@ -450,6 +454,9 @@ def _clip_loss(logits, same, *, hard=False, normalise=True, reduction="mean", ex
 
 WRONG_09 = [
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, bos=False), "<bos> is missing"),
+    (TOKENIZE, lambda t, v, n: _tok(t, v, n, unk="skip"), "a word outside the vocabulary was left out"),
+    (TOKENIZE, lambda t, v, n: _tok(t, v, n, shift=4), "the word ids are shifted by 4"),
+    (TOKENIZE, lambda t, v, n: _tok(t, v, n, mask="words only"), "<bos> and <eos> count as real tokens"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, eos=False), "<eos> is missing"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, cut_eos=True), "lost its <eos>"),
     (TOKENIZE, lambda t, v, n: _tok(t, v, n, mask="inverted"), "mask is inverted"),

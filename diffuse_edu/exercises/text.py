@@ -52,6 +52,12 @@ def _token_case(texts: list[str], max_len: int, why: str) -> Callable[[Callable]
                     "words(text) lower-cases before it splits.", padded([[BOS] + w[: max_len - 2] + [EOS] for w in kept_case])),
             Mistake("punctuation stuck to a word made it unknown: split with words(text), which drops punctuation "
                     "(\"circle,\" -> \"circle\").", padded([[BOS] + w[: max_len - 2] + [EOS] for w in kept_punctuation])),
+            Mistake("a word outside the vocabulary was left out; it becomes <unk> (id UNK = 3), so that the caption "
+                    "keeps its length and the encoder knows a word stood there.",
+                    padded([[BOS] + [i for i in w if i != UNK][: max_len - 2] + [EOS] for w in ids_of])),
+            Mistake("the word ids are shifted by 4: vocab already holds the four special tokens at ids 0 to 3, so a "
+                    "word's id is its index in vocab as it is.",
+                    padded([[BOS] + [i if i == UNK else i + 4 for i in w][: max_len - 2] + [EOS] for w in ids_of])),
         ], otherwise="look at the ids one by one against <bos> word ids <eos> <pad>... "
                      "(unknown words are <unk>; words come from words(text)).")
         if isinstance(mask, Tensor) and mask.dtype != torch.bool:
@@ -60,11 +66,14 @@ def _token_case(texts: list[str], max_len: int, why: str) -> Callable[[Callable]
         no_bos, no_eos = want_mask.clone(), want_mask.clone()
         no_bos[:, 0] = False
         no_eos[want_ids == EOS] = False
+        words_only = no_bos & no_eos
         compare(mask, want_mask, what=f"{what}: mask", mistakes=[
             Mistake("the mask is inverted: True marks the real tokens, False the padding.", ~want_mask),
             Mistake("<bos> counts as a real token: the mask is False on <pad> only.", no_bos),
             Mistake("<eos> counts as a real token (the encoder reads its summary there): the mask is False on "
                     "<pad> only.", no_eos),
+            Mistake("<bos> and <eos> count as real tokens (the encoder reads them, its summary at <eos>): the mask is "
+                    "True on them and the words, False on <pad> only.", words_only),
             Mistake("the mask must be False on the padding: True on <bos>, the words and <eos> only.",
                     torch.ones_like(want_mask))])
     return case
