@@ -1228,6 +1228,15 @@ EXTRA_21 = [
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, told="1-tau"), "told 1 - tau"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, target="x0"), "not the data x0"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, sqrt=True), "no square roots"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, l1=True), "absolute error (L1)"),
+    (PATCHIFY, lambda x, p: x.unfold(2, p, p).unfold(3, p, p).reshape(x.shape[0], -1, x.shape[1] * p * p),
+     "cut right (unfold)"),
+    (UNPATCHIFY, lambda t, p, h, w: t.transpose(1, 2).reshape(t.shape[0], -1, h, w), "swapping the token and feature"),
+    (DROP_LABELS, lambda *a, **k: _drop_fixed_count(*a, **k), "a fixed number, p_null * B"),
+    (REPARAMETERISE, lambda m, lv, n: m * (0.5 * lv).exp() * n, "the mean is multiplied in"),
+    (DECODE_LATENTS, lambda v, z, s: v.decode(z / s).clamp(-1, 1).detach(), "decoded images were clipped"),
+    (TO_UNIT_RANGE, lambda x: x.double() / 127.5 - 1, "convert with .float()"),
+    (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, fresh=True), "draw no random numbers yourself"),
     (FLOW_EULER, lambda *a: _euler_extra(*a, rounded=True), "rounded to a whole step"),
     (FLOW_EULER, lambda *a: _euler_extra(*a, clip=True), "clipped to [-1, 1] along the way"),
     (FLOW_EULER, lambda *a: _euler_extra(*a, fresh=True), "start from the x you are given"),
@@ -1284,11 +1293,13 @@ def _block_extra(b, x, c, *, gate_one=False, residual_normed=False, token_axis=T
     return (b.norm2(y) if residual_normed else y) + gate(gm) * b.mlp(b.norm2(y) * (1 + ax(cm)) + ax(sm))
 
 
-def _flow_loss_extra(model, x0, tau, eps, *, told="tau", target="v", sqrt=False):
+def _flow_loss_extra(model, x0, tau, eps, *, told="tau", target="v", sqrt=False, l1=False, fresh=False):
+    eps = torch.randn_like(eps) if fresh else eps
     tau_ = tau.reshape(-1, 1, 1, 1)
     x_tau = (1 - tau_).sqrt() * x0 + tau_.sqrt() * eps if sqrt else (1 - tau_) * x0 + tau_ * eps
     t = (1 - tau if told == "1-tau" else tau) * 1000
-    return (model(x_tau, t) - (x0 if target == "x0" else eps - x0)).square().flatten(1).mean(1)
+    error = model(x_tau, t) - (x0 if target == "x0" else eps - x0)
+    return (error.abs() if l1 else error.square()).flatten(1).mean(1)
 
 
 def _euler_extra(model, x, steps, *, rounded=False, clip=False, fresh=False):
@@ -1334,6 +1345,13 @@ def _sin_extra(t, dim, *, base=10_000.0, two_pi=False, start=0):
     f = torch.exp(-math.log(base) * (torch.arange(half) + start) / half)
     a = t.float()[:, None] * f * (2 * math.pi if two_pi else 1)
     return torch.nn.functional.pad(torch.cat([torch.sin(a), torch.cos(a)], 1), (0, dim % 2))
+
+
+def _drop_fixed_count(labels, p_null, null, generator=None):
+    """Drops round(p_null * B) labels chosen at random: the right share on average, never a varying count."""
+    out = labels.clone()
+    out[torch.randperm(len(labels), generator=generator)[: int(p_null * len(labels))]] = null
+    return out
 
 
 def _ema_no_model(ema, cur, k, decay):

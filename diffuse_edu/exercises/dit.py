@@ -29,6 +29,10 @@ def _patch_mistakes(x: torch.Tensor, p: int) -> list[Mistake]:
         Mistake("a plain reshape mixes pixels of different patches (a patch's pixels are not next to each "
                 "other in memory): rearrange the image into its p x p blocks.",
                 x.reshape(b, h * w // (p * p), c * p * p)),
+        Mistake("the blocks were cut right (unfold), but the reshape that follows keeps their memory order, "
+                "(channel, grid row, grid column, patch row, patch column), so a token mixes channels and patches: "
+                "permute the grid axes to the front and the channels to the end before reshaping.",
+                x.unfold(2, p, p).unfold(3, p, p).reshape(b, h * w // (p * p), c * p * p)),
         Mistake("each token must be one p x p block of neighbouring pixels; yours gathers pixels that lie "
                 "H / p apart (the grid and the patch are swapped in the split).",
                 rearrange(x, "b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)", p1=p, p2=p)),
@@ -104,6 +108,10 @@ def _unpatchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
         mistakes = [
             Mistake("a plain reshape back does not undo patchify: the pixels of a token belong to one p x p "
                     "block, so rearrange them back into their blocks.", tokens.reshape(2, c, h, w)),
+            Mistake("swapping the token and feature axes and reshaping does not undo patchify: each feature "
+                    "(one pixel of a patch, in one channel) would fill a stretch of the image. Split the features "
+                    "back into (p1 p2 c) and put each patch back in its place on the grid.",
+                    tokens.transpose(1, 2).reshape(2, c, h, w)),
             Mistake("the tokens run in raster order over the grid (along a row of patches first): yours reads "
                     "them as if they ran down the columns.", back("b (w h) (p1 p2 c) -> b c (h p1) (w p2)")),
             Mistake("a token's features run over the patch's rows, then its columns, then the channels (p1 p2 c); "

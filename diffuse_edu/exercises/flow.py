@@ -66,11 +66,20 @@ def _loss_case(seed: int) -> Callable:
             Mistake("the flow's path is a straight line, x_tau = (1 - tau) x0 + tau eps, with no square roots (those "
                     "are the diffusion schedule's weights).",
                     per_example_mse(net((1 - tau_).sqrt() * x0 + tau_.sqrt() * eps, tau * SCALE), eps - x0)),
+            Mistake("that is the absolute error (L1); the loss is the mean *squared* error against the velocity.",
+                    (net(x_tau, tau * SCALE) - (eps - x0)).abs().flatten(1).mean(1)),
         ]
+        torch.manual_seed(seed)
         got = fn(net, x0.clone(), tau.clone(), eps.clone())
         if isinstance(got, Tensor) and got.ndim == 0:
             raise Mismatch("flow_matching_loss returned one number; return the loss per example, shape (B,): "
                            "the mean over each example's pixels (the training loop averages over the batch).")
+        torch.manual_seed(seed + 1)
+        again = fn(net, x0.clone(), tau.clone(), eps.clone())
+        if isinstance(got, Tensor) and isinstance(again, Tensor) and got.shape == again.shape \
+                and not torch.allclose(got, again):
+            raise Mismatch("two calls with the same x0, tau and eps gave different losses: make x_tau from the eps "
+                           "you are given (the target uses it too); draw no random numbers yourself.")
         compare(got, flow_matching_loss(net, x0, tau, eps), mistakes=mistakes,
                 what=f"flow_matching_loss on 3 examples at tau = {[round(v, 2) for v in tau.tolist()]}",
                 otherwise="does not match the lesson's loss (section 3): per example, the mean of "
@@ -90,7 +99,7 @@ FLOW_MATCHING_LOSS = Checker(
     "flow_matching_loss", flow_matching_loss, [_loss_case(0), _loss_case(1), _loss_is_differentiable],
     hints=("Make the point x_tau on the straight line between the data and the noise at time tau, and ask the network "
            "how fast, and in which direction, that point moves as tau grows.",
-           "s is one number per example: give it a shape that broadcasts over the pixels. The loss compares the "
+           "tau is one number per example: give it a shape that broadcasts over the pixels. The loss compares the "
            "network's answer with the line's velocity, per example."),
     see="Liu et al. 2023, Eq. 1, in lesson 12, section 3",
 )

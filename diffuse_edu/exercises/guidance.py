@@ -211,6 +211,12 @@ def _drop_independent(fn: Callable) -> None:
     if (drops == drops[0]).all():
         raise Mismatch("the same examples lost their labels in every call, whatever the generator: which "
                        "examples are dropped must be drawn at random, from the generator.")
+    counts = drops.sum(1)
+    if (counts == counts[0]).all():
+        raise Mismatch(f"every call dropped exactly {int(counts[0])} of 64 labels: a fixed number, p_null * B, "
+                       "chosen at random. Let each example flip its own coin instead, so that the count varies "
+                       "from batch to batch (a fixed count rounds to none in a small batch: p_null = 0.15 with "
+                       "B = 4 drops nothing, ever).")
 
 
 def _drop_reproducible(fn: Callable) -> None:

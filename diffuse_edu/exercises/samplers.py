@@ -188,7 +188,7 @@ HEUN_STEP = Checker(
     "heun_step", heun_step, [_heun(10.0, 5.0), _heun(1.0, 0.4), _heun(0.3, 0.0)],
     hints=("Heun is Euler with a correction: take an Euler step, look at the slope where it lands, and "
            "average the two slopes.",
-           "The slope at noise level s is (x - D(x, s)) / s. At s_next = 0 the second slope is undefined: "
-           "keep the Euler step there."),
+           "The slope at noise level sigma is (x - D(x, sigma)) / sigma. At sigma_next = 0 the second slope is "
+           "undefined: keep the Euler step there."),
     see="Karras et al. 2022, Alg. 1, in lesson 07, section 2",
 )

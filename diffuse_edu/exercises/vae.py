@@ -40,6 +40,8 @@ def _reparam_case(seed: int, dtype=torch.float32) -> Callable:
                     mean + (2 * logvar).exp() * noise),
             Mistake("the mean is missing: z = mean + std * noise.", (0.5 * logvar).exp() * noise),
             Mistake("that is the mean alone: the sample needs the scaled noise added.", mean),
+            Mistake("the mean is multiplied in; it is added: z = mean + std * noise (a sample moves away from the "
+                    "mean by the scaled noise).", mean * (0.5 * logvar).exp() * noise),
             Mistake("the scaled noise is subtracted: z = mean + std * noise, with the noise you are given.",
                     mean - (0.5 * logvar).exp() * noise),
         ]
@@ -307,6 +309,9 @@ def _decode_case(seed: int, scale: float) -> Callable:
                         vae.decode((z / scale).clamp(-1, 1))),
                 Mistake("you decoded the latents and then divided the images by scale; unscale the latents first.",
                         vae.decode(z) / scale),
+                Mistake("the decoded images were clipped to [-1, 1]: return the decoder's output as it is (the "
+                        "lesson clips where it shows or scores images, and clipping here would hide how far the "
+                        "decoder strays).", vae.decode(z / scale).clamp(-1, 1)),
             ]
             compare(got, decode_latents(vae, z, scale), what=what, mistakes=mistakes)
     return case

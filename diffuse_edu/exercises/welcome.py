@@ -23,7 +23,8 @@ def _values(fn: Callable) -> None:
     mistakes = [
         Mistake("values lie in [0, 1]: after dividing by 255, multiply by 2 and subtract 1.",
                 xf / 255),
-        Mistake("divided by 256: the brightest pixel (255) must map to exactly 1.0.",
+        Mistake("divided by 256 (x / 256 * 2 - 1, or (x - 128) / 128, which is the same): the brightest pixel "
+                "(255) must map to exactly 1.0, so the step between pixel values is 2 / 255.",
                 xf / 256 * 2 - 1),
         Mistake("values lie in [-0.5, 0.5]: that is x / 255 - 0.5; scale by 2 as well.",
                 xf / 255 - 0.5),
@@ -39,6 +40,9 @@ def _values(fn: Callable) -> None:
     if isinstance(got, torch.Tensor) and got.dtype == torch.uint8:
         raise Mismatch("to_unit_range returned uint8: convert to float32 before dividing "
                        "(integer arithmetic truncates, and -1 does not exist in uint8).")
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and got.dtype != torch.float32:
+        raise Mismatch(f"to_unit_range returned {got.dtype}; the course's images are float32, the dtype of the "
+                       "models' weights: convert with .float() (not .double() or .half()).")
     compare(got, want, what="to_unit_range(uint8 pixels)", mistakes=mistakes)
 
 
