@@ -134,6 +134,12 @@ def test_compare_reports_type_shape_and_largest_error():
         compare(bad, want, what="f(x)")
 
 
+def test_a_wrong_index_dtype_is_not_called_the_inputs_dtype():
+    with pytest.raises(Mismatch, match="expected torch.int64, the dtype indices") as caught:
+        compare(torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int64), what="tokenize(...)")
+    assert "inputs' dtype" not in str(caught.value)
+
+
 def test_a_crash_is_reported_with_the_error():
     checker = Checker("f", lambda x: x, [lambda fn: fn(1)])
     verdict = run_checker(lambda x: x / 0 if isinstance(x, str) else {}["missing"], checker)

@@ -244,6 +244,11 @@ def compare(
     if got.shape != want.shape:
         raise Mismatch(f"{what} returned shape {tuple(got.shape)}; expected {tuple(want.shape)}.")
     if got.dtype != want.dtype:
+        if want.dtype == torch.int64:
+            raise Mismatch(f"{what} returned dtype {got.dtype}; expected torch.int64, the dtype indices (token "
+                           "ids, labels) have in PyTorch: build it with dtype=torch.long or convert with .long().")
+        if not want.is_floating_point():
+            raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}.")
         raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}, the inputs' dtype. "
                        "Some tensor made or looked up along the way has another dtype (a table, "
                        "torch.tensor(...), torch.arange(...)): cast it with .to(x.dtype).")
