@@ -1172,6 +1172,9 @@ EXTRA_21 = [
      / _col(s.alpha_bar, t - 1, x).sqrt()
      + (_col(s.betas, t, x) * (1 - _col(s.alpha_bar, t - 1, x)) / (1 - _col(s.alpha_bar, t, x))).sqrt() * n,
      "sqrt(alpha_bar_{t-1})"),
+    (DDPM_STEP, lambda x, e, t, s, n: _ddpm_extra(x, e, t, s, n, how="beta alone"), "weighted by beta_t alone"),
+    (DDPM_STEP, lambda x, e, t, s, n: _ddpm_extra(x, e, t, s, n, how="clipped x0"), "clipped x0_hat to [-1, 1]"),
+    (EMA_UPDATE, lambda *a: _ema_loop_rebinding(*a), "binds the loop's name"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _explicit(q, k, v, h, average="k"), "averaged the keys"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _explicit(q, k, v, h, scores="qq"), "with themselves"),
     (MULTI_HEAD_ATTENTION, lambda q, k, v, h: _explicit(q, k, v, h, scores="kq"), "score matrix is transposed"),
@@ -1351,6 +1354,21 @@ def _sin_extra(t, dim, *, base=10_000.0, two_pi=False, start=0):
     f = torch.exp(-math.log(base) * (torch.arange(half) + start) / half)
     a = t.float()[:, None] * f * (2 * math.pi if two_pi else 1)
     return torch.nn.functional.pad(torch.cat([torch.sin(a), torch.cos(a)], 1), (0, dim % 2))
+
+
+def _ddpm_extra(x, e, t, s, n, *, how):
+    beta, ab, ab_prev = _col(s.betas, t, x), _col(s.alpha_bar, t, x), _col(s.alpha_bar, t - 1, x)
+    std = (beta * (1 - ab_prev) / (1 - ab)).sqrt()
+    if how == "beta alone":
+        return (x - beta * e) / (1 - beta).sqrt() + std * n
+    x0 = ((x - (1 - ab).sqrt() * e) / ab.sqrt()).clamp(-1, 1)  # Ho et al.'s code with clip_denoised
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x + std * n
+
+
+def _ema_loop_rebinding(ema, cur, k, decay):
+    d = min(decay, (1 + k) / (10 + k))
+    for e, c in zip(ema, cur):
+        e = d * e + (1 - d) * c  # noqa: PLW2901 - the mistake: rebinds the loop's name, the list keeps the old tensor
 
 
 def _drop_fixed_count(labels, p_null, null, generator=None):

@@ -107,7 +107,18 @@ def _step_mistakes(x_t, eps_hat, t, s, noise) -> list[Mistake]:
                 x_t - beta / (1 - ab).sqrt() * eps_hat + post.sqrt() * noise),
         Mistake("you divided by sqrt(alpha_bar_{t-1}); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t), one "
                 "step's share.", (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab_prev.sqrt() + post.sqrt() * noise),
+        Mistake("eps_hat is weighted by beta_t alone; its coefficient is beta_t / sqrt(1 - alpha_bar_t) (eps_hat is "
+                "unit noise, and x_t holds it scaled by sqrt(1 - alpha_bar_t)).",
+                (x_t - beta * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
+        Mistake("you clipped x0_hat to [-1, 1] and took the posterior mean from it: that is the clipped variant of "
+                "Ho et al.'s code (the library's samplers offer it as clip=...); this exercise asks for Eq. 11 as it "
+                "stands, without clipping.", _clipped_posterior_mean(x_t, eps_hat, beta, ab, ab_prev) + post.sqrt() * noise),
     ]
+
+
+def _clipped_posterior_mean(x_t, eps_hat, beta, ab, ab_prev):
+    x0 = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
+    return ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x_t
 
 
 def _off_by_one(x_t, eps_hat, t, s, noise):

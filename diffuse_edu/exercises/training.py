@@ -43,7 +43,10 @@ def _run(fn: Callable, updates: int, decay: float) -> tuple[torch.Tensor, dict[s
     if all(torch.equal(h, e0_) for h, e0_ in zip(held, e0)):
         raise Mismatch("ema_update left the caller's EMA tensors unchanged" + (
             " and returned new ones: the training loop keeps its own tensors, so change them in place "
-            "(methods ending in an underscore, such as mul_ and add_)." if result is not None else "."))
+            "(methods ending in an underscore, such as mul_ and add_)." if result is not None else
+            ": a line such as e = d * e + ... inside the loop makes a new tensor and binds the loop's name to it, "
+            "leaving the tensor in the list as it was. Change each tensor in place (e.mul_(...).add_(...), "
+            "e.lerp_(...) or e.copy_(...))."))
     got = torch.cat([h.flatten() for h in held])
     return got, {k: torch.cat([v.flatten() for v in vs]) for k, vs in variants.items()} | {
         "want": torch.cat([w.flatten() for w in want])}
@@ -55,7 +58,8 @@ def _case(updates: int, decay: float):
         mistakes = [
             Mistake("the weights are swapped: the EMA keeps d of itself and takes 1 - d of the model.",
                     v["swapped"]),
-            Mistake("there is no warm-up: use d = min(decay, (1 + k) / (10 + k)) after k updates.",
+            Mistake("there is no warm-up: use d = min(decay, (1 + k) / (10 + k)) after k updates (with max, or "
+                    "with decay alone, d is the final decay from the first update on).",
                     v["no_warmup"]),
             Mistake("the warm-up never ends: d must be capped at the final decay.", v["always_warm"]),
             Mistake("the warm-up is one update ahead: k is the number of updates made so far, "
