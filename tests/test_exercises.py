@@ -738,6 +738,9 @@ WRONG_11 = [
     (DDIM_INVERSION, _inversion(at_zero="t0"), "evaluated the network at t = 0"),
     (DDIM_INVERSION, _inversion(eta=1.0), "deterministic DDIM"),
     (DDIM_INVERSION, lambda d, x0, s, n, tm, cond=None: [_inversion_variant(d, x0, s, n, tm, cond)], "returned a list"),
+    (DDIM_INVERSION, lambda d, x0, s, n, tm, cond=None: _inversion_variant(d, x0, s, n, tm, None),
+     "did not pass cond to the denoiser"),
+    (DDIM_INVERSION, lambda d, x0, s, n, tm, cond=None: _one_jump(d, x0, s, tm), "a single jump from x_0"),
 ]
 
 
@@ -1238,6 +1241,7 @@ EXTRA_21 = [
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, target="x0"), "not the data x0"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, sqrt=True), "no square roots"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, l1=True), "absolute error (L1)"),
+    (DISTILLATION_TARGET, lambda *a: _target_ref(*a).clamp(-1, 1), "target was clipped to [-1, 1]"),
     (PATCHIFY, lambda x, p: x.unfold(2, p, p).unfold(3, p, p).reshape(x.shape[0], -1, x.shape[1] * p * p),
      "cut right (unfold)"),
     (UNPATCHIFY, lambda t, p, h, w: t.transpose(1, 2).reshape(t.shape[0], -1, h, w), "swapping the token and feature"),
@@ -1369,6 +1373,11 @@ def _ema_loop_rebinding(ema, cur, k, decay):
     d = min(decay, (1 + k) / (10 + k))
     for e, c in zip(ema, cur):
         e = d * e + (1 - d) * c  # noqa: PLW2901 - the mistake: rebinds the loop's name, the list keeps the old tensor
+
+
+def _one_jump(d, x0, s, t_max):
+    ab = s.alpha_bar[t_max].item()
+    return ab**0.5 * x0 + (1 - ab) ** 0.5 * d.at_step(x0, 1).eps
 
 
 def _drop_fixed_count(labels, p_null, null, generator=None):

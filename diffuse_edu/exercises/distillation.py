@@ -20,10 +20,10 @@ from diffuse_edu.training.distill import distillation_step
 _SCHEDULE = cosine_schedule(1000)
 
 
-def _teacher() -> Denoiser:
-    """An x0-model with a known, t-dependent answer, wrapped as a denoiser."""
+def _teacher(gain: float = 1.0) -> Denoiser:
+    """An x0-model with a known, t-dependent answer, wrapped as a denoiser (``gain`` > 1: answers past [-1, 1])."""
     def net(x: Tensor, t: Tensor, cond: object = None) -> Tensor:
-        return torch.tanh(0.8 * x) * (1 - t.reshape(-1, 1, 1, 1).float() / 2000)
+        return gain * torch.tanh(0.8 * x) * (1 - t.reshape(-1, 1, 1, 1).float() / 2000)
     return Denoiser(net, _SCHEDULE, Target.X0)
 
 
@@ -50,6 +50,10 @@ def _target_mistakes(teacher: Denoiser, x: Tensor, t: int, m: int, n: int) -> li
                 (x_next - (s_n / s_t) * x) / (a_n**2 - (s_n / s_t) * a_t**2)),
         Mistake("a sign is flipped: x0 = (x_next - ratio x_t) / (alpha_next - ratio alpha_t), ratio = sigma_next / "
                 "sigma_t.", (x_next + (s_n / s_t) * x) / (a_n + (s_n / s_t) * a_t)),
+        Mistake("the target was clipped to [-1, 1]: it is not an image to show but the x0 that makes the student's "
+                "one step land where the teacher's two land, and clipping it moves that landing point (Salimans & "
+                "Ho clip nothing here).",
+                ((x_next - (s_n / s_t) * x) / (a_n - (s_n / s_t) * a_t)).clamp(-1, 1)),
     ]
 
 
@@ -58,9 +62,9 @@ def _eps_at(x: Tensor, x0: Tensor, t: int) -> Tensor:
     return (x - ab**0.5 * x0) / (1 - ab) ** 0.5
 
 
-def _target_case(t: int, m: int, n: int, seed: int) -> Callable:
+def _target_case(t: int, m: int, n: int, seed: int, gain: float = 1.0) -> Callable:
     def case(fn: Callable) -> None:
-        teacher = _teacher()
+        teacher = _teacher(gain)
         x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
         want = distillation_target(teacher, x, t, m, n, _SCHEDULE)
         got = fn(teacher, x.clone(), t, m, n, _SCHEDULE)
@@ -87,7 +91,8 @@ def _target_lands(fn: Callable) -> None:
 
 DISTILLATION_TARGET = Checker(
     "distillation_target", distillation_target,
-    [_target_case(800, 700, 600, 0), _target_case(500, 375, 250, 1), _target_case(250, 125, 0, 2), _target_lands],
+    [_target_case(800, 700, 600, 0), _target_case(500, 375, 250, 1), _target_case(250, 125, 0, 2),
+     _target_case(600, 450, 300, 3, gain=1.6), _target_lands],
     hints=("Let the teacher take its two small steps first, exactly as a sampler would. Then ask: which x0, fed to "
            "one big step from the same x_t, ends at the same place?",
            "A deterministic DDIM step's result is alpha_next x0 + sigma_next (x_t - alpha_t x0) / sigma_t: linear in "

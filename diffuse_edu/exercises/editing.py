@@ -202,6 +202,15 @@ def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
                            "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = 1.")
         if isinstance(got, (list, tuple)):
             raise Mismatch(f"{what} returned a {type(got).__name__}; return the final x_{{t_max}} alone.")
+        rising = timesteps(_SCHEDULE, steps, t_max=t_max)[::-1]
+        if steps > 1 and stand_in.calls == rising[1:]:
+            raise Mismatch(f"{what} asked the network at the step's end every time (t_next = {rising[1:]}) with "
+                           "the x of the step's start: only x_t is known, so ask at t, the step's start (t = 1 for the first "
+                           "step, from t = 0).")
+        if len(stand_in.calls) not in (steps, steps - 1):  # steps - 1: the first step left out, named below
+            raise Mismatch(f"{what} asked the network {len(stand_in.calls)} time(s); the climb takes {steps} DDIM "
+                           "steps, each with the estimates at its own start (one call per step): a single jump "
+                           "from x_0 with one noise estimate is not DDIM's path.")
         mistakes = [
             Mistake("the steps ran downwards, from t_max to 0: that is sampling. Inversion climbs: take the grid "
                     "in rising order, from 0 to t_max.", _inversion_variant(_StandIn(), *args, order="down")),
@@ -231,6 +240,29 @@ def _inversion_deterministic(fn: Callable) -> None:
                        "noise), so that the latent it finds regenerates the image.")
 
 
+class _Conditional(_StandIn):
+    """A stand-in that records the condition of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conds: list[object] = []
+
+    def at_step(self, x: torch.Tensor, t: int, cond: object = None, *, schedule=None) -> _Estimates:
+        self.conds.append(cond)
+        return super().at_step(x, t, cond, schedule=schedule)
+
+
+def _inversion_passes_cond(fn: Callable) -> None:
+    x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    cond = torch.tensor([3, 7])
+    stand_in = _Conditional()
+    fn(stand_in, x0, _SCHEDULE, 3, 300, cond)
+    if not stand_in.conds or any(c is not cond for c in stand_in.conds):
+        raise Mismatch("ddim_inversion did not pass cond to the denoiser (denoiser.at_step(x, t, cond)): the "
+                       "latent must be found by the same conditional model that will regenerate the image, or "
+                       "the two paths differ.")
+
+
 def _inversion_unchanged(fn: Callable) -> None:
     x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(6)) * 2 - 1
     before = x0.clone()
@@ -242,7 +274,7 @@ def _inversion_unchanged(fn: Callable) -> None:
 DDIM_INVERSION = Checker(
     "ddim_inversion", ddim_inversion,
     [_inversion_deterministic, _inversion_case(4, 400, 0), _inversion_case(10, 900, 1), _inversion_case(1, 300, 2),
-     _inversion_unchanged],
+     _inversion_unchanged, _inversion_passes_cond],
     hints=(
         "Sampling walks the grid from t_max down to 0; inversion walks the same grid up. At each step only the "
         "less noisy end is known, so the estimates come from there.",
