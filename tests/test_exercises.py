@@ -1242,6 +1242,10 @@ EXTRA_21 = [
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, sqrt=True), "no square roots"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, l1=True), "absolute error (L1)"),
     (DISTILLATION_TARGET, lambda *a: _target_ref(*a).clamp(-1, 1), "target was clipped to [-1, 1]"),
+    (LORA_DELTA, lambda l: _lora_delta_extra(l, how="channels last"), "input channels last"),
+    (LORA_DELTA, lambda l: _lora_delta_extra(l, how="centre"), "only the kernel's centre"),
+    (LORA_DELTA, lambda l: _lora_delta_extra(l, how="merges"), "changed the layer's base weight"),
+    (LORA_DELTA, lambda l: l.scale * l.lora_B.weight @ l.lora_A.weight, "lora_delta on a LoRAConv2d raised"),
     (PATCHIFY, lambda x, p: x.unfold(2, p, p).unfold(3, p, p).reshape(x.shape[0], -1, x.shape[1] * p * p),
      "cut right (unfold)"),
     (UNPATCHIFY, lambda t, p, h, w: t.transpose(1, 2).reshape(t.shape[0], -1, h, w), "swapping the token and feature"),
@@ -1378,6 +1382,22 @@ def _ema_loop_rebinding(ema, cur, k, decay):
 def _one_jump(d, x0, s, t_max):
     ab = s.alpha_bar[t_max].item()
     return ab**0.5 * x0 + (1 - ab) ** 0.5 * d.at_step(x0, 1).eps
+
+
+def _lora_delta_extra(layer, *, how):
+    delta = _lora_delta(layer)
+    if how == "merges":
+        layer.base.weight.add_(delta)  # right values, but the layer is merged behind merge()'s back
+        return delta
+    if layer.lora_A.weight.ndim == 2:
+        return delta
+    a, b = layer.lora_A.weight, layer.lora_B.weight
+    (o, r), (_, i, k, _) = b.shape[:2], a.shape
+    if how == "channels last":
+        return layer.scale * (b.reshape(o, r) @ a.permute(0, 2, 3, 1).reshape(r, -1)).reshape(o, i, k, k)
+    centre = torch.zeros_like(delta)
+    centre[..., k // 2, k // 2] = delta[..., k // 2, k // 2]
+    return centre
 
 
 def _drop_fixed_count(labels, p_null, null, generator=None):

@@ -130,8 +130,18 @@ def _delta_mistakes(layer) -> list[Mistake]:
                      base + layer.scale * full),
              Mistake("the sign is flipped: the change is + (alpha / r) B A.", -layer.scale * full)]
     if isinstance(layer, LoRAConv2d):
-        extra.append(Mistake("the kernel's positions are transposed: A's kernel keeps its (k_h, k_w) order, "
-                             "'or,rikl->oikl'.", layer.scale * full.transpose(-1, -2)))
+        o, r = b.shape[:2]
+        _, i, k, _ = a.shape
+        centre = torch.zeros_like(full)
+        centre[..., k // 2, k // 2] = full[..., k // 2, k // 2]
+        extra += [Mistake("the kernel's positions are transposed: A's kernel keeps its (k_h, k_w) order, "
+                          "'or,rikl->oikl'.", layer.scale * full.transpose(-1, -2)),
+                  Mistake("A's kernel was flattened with its input channels last, (k, k, in), and the product "
+                          "reshaped as (in, k, k): flatten A in the order it is stored (A.flatten(1) or "
+                          "A.reshape(r, -1)) so that the reshape puts every number back in its place.",
+                          layer.scale * (b.reshape(o, r) @ a.permute(0, 2, 3, 1).reshape(r, -1)).reshape(o, i, k, k)),
+                  Mistake("only the kernel's centre was mixed: A is a full k x k kernel, and B mixes A's r channels "
+                          "at every kernel position.", layer.scale * centre)]
     return extra + [
         Mistake("the change is scaled by alpha / r (layer.scale).", full),
         Mistake("the change is scaled by alpha / r, not by alpha alone.", layer.alpha * full),
@@ -139,25 +149,35 @@ def _delta_mistakes(layer) -> list[Mistake]:
     ]
 
 
+_CONV_SHAPES = ("For a convolution B's weight is (out, r, 1, 1) and A's (r, in, k, k): the 1 x 1 kernel B is an "
+                "(out, r) matrix that mixes A's r kernels, so multiply that matrix with A flattened to (r, in k k) "
+                "and give the result the base weight's shape (out, in, k, k).")
+
+
 def _delta_case(make: Callable, seed: int) -> Callable:
     def case(fn: Callable) -> None:
         layer = make(seed)
+        weight = layer.base.weight.detach().clone()
         with torch.no_grad():
             try:
                 got = fn(layer)
             except RuntimeError as e:
-                if isinstance(layer, LoRAConv2d) and "dimensions" in str(e):
-                    raise Mismatch(f"lora_forward on a LoRAConv2d raised RuntimeError ({e}): the same code must serve "
-                                   "a convolution, whose weight is 4-D; call the layers themselves (layer.base(x), "
-                                   "layer.lora_A(...), layer.lora_B(...)) instead of multiplying by their weights.") from None
+                if isinstance(layer, LoRAConv2d):
+                    raise Mismatch(f"lora_delta on a LoRAConv2d raised RuntimeError ({e}). {_CONV_SHAPES}") from None
                 if "shape" in str(e) or "size" in str(e):
                     raise Mismatch(f"lora_delta raised RuntimeError ({e}). The change has the base weight's shape, "
                                    "(out, in) for a linear layer: B's weight (out, r) times A's (r, in), in that "
                                    "order.") from None
                 raise
+            if isinstance(layer, LoRAConv2d) and isinstance(got, torch.Tensor) and got.shape != layer.base.weight.shape:
+                raise Mismatch(f"lora_delta on a LoRAConv2d returned shape {tuple(got.shape)}; the base weight's is "
+                               f"{tuple(layer.base.weight.shape)}. {_CONV_SHAPES}")
             if isinstance(got, torch.Tensor) and got.ndim == 2 and got.shape == layer.base.weight.shape[::-1] != layer.base.weight.shape:
                 raise Mismatch(f"lora_delta returned shape {tuple(got.shape)}, the base weight's transposed: the change "
                                "has the base weight's shape (out, in), B's weight (out, r) times A's (r, in), in that order.")
+            if not torch.equal(layer.base.weight, weight):
+                raise Mismatch("lora_delta changed the layer's base weight (it merged the change itself): return the "
+                               "change alone and leave the layer as it was; merge() adds it, unmerge() takes it away.")
             compare(got, lora_delta(layer), mistakes=_delta_mistakes(layer),
                     what=f"lora_delta of a {type(layer).__name__} (rank {layer.rank}, alpha {layer.alpha:g}), "
                          f"base weight {tuple(layer.base.weight.shape)}")
