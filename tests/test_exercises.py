@@ -1242,6 +1242,8 @@ EXTRA_21 = [
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, sqrt=True), "no square roots"),
     (FLOW_MATCHING_LOSS, lambda *a: _flow_loss_extra(*a, l1=True), "absolute error (L1)"),
     (DISTILLATION_TARGET, lambda *a: _target_ref(*a).clamp(-1, 1), "target was clipped to [-1, 1]"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block_extra(b, x, interleaved=True), "every third channel"),
+    (ATTENTION_BLOCK, lambda b, x: _attn_block_extra(b, x, interleaved=False), "tokens themselves served"),
     (LORA_DELTA, lambda l: _lora_delta_extra(l, how="channels last"), "input channels last"),
     (LORA_DELTA, lambda l: _lora_delta_extra(l, how="centre"), "only the kernel's centre"),
     (LORA_DELTA, lambda l: _lora_delta_extra(l, how="merges"), "changed the layer's base weight"),
@@ -1398,6 +1400,16 @@ def _lora_delta_extra(layer, *, how):
     centre = torch.zeros_like(delta)
     centre[..., k // 2, k // 2] = delta[..., k // 2, k // 2]
     return centre
+
+
+def _attn_block_extra(block, x, *, interleaved):
+    b, c, h, w = x.shape
+    tokens = rearrange(block.norm(x), "b c h w -> b (h w) c")
+    if interleaved:
+        q, k, v = block.to_qkv(tokens).reshape(b, h * w, c, 3).unbind(-1)
+    else:
+        q = k = v = tokens
+    return x + rearrange(block.to_out(block.attend(q, k, v, block.heads)), "b (h w) c -> b c h w", h=h, w=w)
 
 
 def _drop_fixed_count(labels, p_null, null, generator=None):

@@ -375,11 +375,17 @@ UNET_FORWARD = Checker(
 
 
 def _attn_variant(block: SelfAttention, x, *, residual=True, norm=True, heads=None, order="qkv", on_normed=False,
-                  project=True, fold="b (h w) c -> b c h w", reshape=False, pass_heads=True, flatten=True):
+                  project=True, fold="b (h w) c -> b c h w", reshape=False, pass_heads=True, flatten=True,
+                  split="chunk"):
     b, c, h, w = x.shape
     xn = block.norm(x) if norm else x
     tokens = xn.reshape(b, h * w, c) if reshape in (True, "in") else rearrange(xn, "b c h w -> b (h w) c") if flatten else xn
-    q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
+    if split == "none":  # the tokens themselves as q, k and v
+        q = k = v = tokens
+    elif split == "interleaved":  # (..., 3C) read as (..., C, 3)
+        q, k, v = block.to_qkv(tokens).reshape(*tokens.shape[:-1], c, 3).unbind(-1)
+    else:
+        q, k, v = block.to_qkv(tokens).chunk(3, dim=-1)
     if order == "kqv":
         q, k = k, q
     elif order == "qvk":
@@ -432,6 +438,12 @@ def _attn_case(seed: int, heads: int, shape: tuple[int, int], fresh: bool = Fals
                         _attn_variant(block, x, reshape="out")),
                 Mistake("keys and values are swapped: to_qkv's output splits as (q, k, v) in that order.",
                         _attn_variant(block, x, order="qvk")),
+                Mistake("to_qkv's output was split by taking every third channel (a reshape to (..., C, 3)); it is "
+                        "three blocks of C channels side by side, q then k then v: split it into three along the "
+                        "channels (chunk).", _attn_variant(block, x, split="interleaved")),
+                Mistake("the tokens themselves served as queries, keys and values: make all three with block.to_qkv "
+                        "(its learned projections are what let a position ask for something other than itself).",
+                        _attn_variant(block, x, split="none")),
             ]
         compare(got, want, what=what, mistakes=mistakes,
                 otherwise="a fresh block must return x unchanged (its output projection starts at zero)"
