@@ -48,6 +48,15 @@ def test_run_writes_metrics_figures_and_samples(tmp_path):
     assert summary["lesson"] == "07_demo"
 
 
+def test_a_rerun_leaves_no_figure_or_samples_of_the_run_before(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("05_the_model_after_37_s.png", "samples.npz", "notes.txt", "my_plot.png"):
+        (out / name).write_bytes(b"old")
+    runner.run_notebook(_notebook(tmp_path, "x = 1"), scale="quick", out=out, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == ["07_demo.ipynb", "metrics.json", "my_plot.png", "notes.txt"]
+
+
 def test_a_failing_cell_is_named(tmp_path):
     path = _notebook(tmp_path, "x = 1", "raise KeyError('boom')")
     with pytest.raises(runner.LessonError, match="code cell 2: KeyError"):

@@ -114,6 +114,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60] or "figure"
 
 
+_FIGURE_NAME = re.compile(r"\d\d_[a-z0-9_]+\.png")
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove what an earlier run wrote to ``out`` under names this run may not write again: its
+    figures (their names carry their titles, which can hold measured numbers) and its samples, so
+    that the folder never mixes two runs. Other files are left alone."""
+    for path in out.iterdir():
+        if (_FIGURE_NAME.fullmatch(path.name) or path.name == "samples.npz") and path.is_file():
+            path.unlink()
+
+
 class _FigureSaver:
     """Replaces plt.show: saves every open figure to OUT as NN_<title>.png, then closes it."""
 
@@ -223,6 +235,7 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
         import diffuse_edu.training.smoke  # noqa: F401  (sets by_scale's full values for a smoke run)
     out = Path(out).resolve()  # the lesson runs in its own folder: a relative out would move with it
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(out)
     env_before = os.environ.get(config.SCALE_ENV)
     os.environ[config.SCALE_ENV] = scale  # subprocesses the lesson starts see it too
     config.set_scale(scale)
