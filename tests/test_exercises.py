@@ -1024,8 +1024,11 @@ def test_hints_are_progressive_and_never_the_answer(capsys):
     first, second, third = shown
     assert first.startswith("Hint 1 of 2") and second.startswith("Hint 2 of 2") and third == second
     assert "h * (1 + scale) + shift" not in first + second  # the key line stays out of the hints
-    with pytest.raises(KeyError, match="the course's exercises are: .*residual_block"):
+    with pytest.raises(KeyError, match="The course's exercises are: .*residual_block") as caught:
         hint("no_such_exercise")
+    assert "did you mean" not in str(caught.value)
+    with pytest.raises(KeyError, match="did you mean 'flow_matching_loss'"):
+        hint("flow_loss")
     assert "scale_shift" in REGISTERED
 
 

@@ -22,6 +22,7 @@ function and raises :class:`Mismatch` with a specific message when something is 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import traceback
@@ -77,8 +78,10 @@ def hint(name: str) -> None:
     """
     checker = CHECKERS.get(name) or _every_checker().get(name)
     if checker is None:
+        close = difflib.get_close_matches(str(name), _every_checker(), n=1, cutoff=0.5)
         known = ", ".join(sorted(_every_checker()))
-        raise KeyError(f"No exercise called {name!r}; the course's exercises are: {known}.")
+        raise KeyError(f"No exercise called {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                       + f" The course's exercises are: {known}.")
     if not checker.hints:
         text = f"{name} has no hints: its docstring and the lesson's text say what to compute."
     else:
