@@ -140,6 +140,17 @@ def test_a_wrong_index_dtype_is_not_called_the_inputs_dtype():
     assert "inputs' dtype" not in str(caught.value)
 
 
+def test_a_changed_def_line_is_named():
+    def q_sample(x0, t, eps):  # the schedule parameter dropped
+        return x0
+    verdict = run_checker(q_sample, Q_SAMPLE)
+    assert verdict.status == "failed" and "keep that line as it was" in verdict.message, verdict.message
+
+    def inner_crash(x0, t, schedule, eps):
+        return (lambda a: a)(x0, t)  # a TypeError of another function: no advice about the def line
+    assert "def line" not in run_checker(inner_crash, Q_SAMPLE).message
+
+
 def test_a_crash_is_reported_with_the_error():
     checker = Checker("f", lambda x: x, [lambda fn: fn(1)])
     verdict = run_checker(lambda x: x / 0 if isinstance(x, str) else {}["missing"], checker)

@@ -131,7 +131,7 @@ def run_checker(fn: Callable, checker: Checker) -> Verdict:
         except Exception as e:  # the learner's code crashed: say where, briefly
             return Verdict(checker.name, "failed",
                            f"{checker.name} raised {type(e).__name__}: {e}{_learner_frame(e)}"
-                           f"{_explain(e)}", i, total)
+                           f"{_explain(e) or _signature_advice(e, fn, checker)}", i, total)
         if changed:
             return Verdict(checker.name, "failed", _in_place_message(checker.name, changed), i, total)
     return Verdict(checker.name, "passed", f"{checker.name} passed all {total} checks.", total, total)
@@ -189,6 +189,18 @@ def _explain(e: BaseException) -> str:
     if "expected scalar type" in text or "dtype" in text or ("type" in text and "should be the same" in text):
         return ". Two tensors of different dtypes met: cast one with .to(other.dtype)."
     return ""
+
+
+def _signature_advice(e: BaseException, fn: Callable, checker: Checker) -> str:
+    """Where the learner's function could not even be called as the checker calls it (its parameters
+    were changed): say to keep the exercise cell's ``def`` line."""
+    text = str(e)
+    own = {getattr(fn, "__name__", checker.name), getattr(fn, "__qualname__", checker.name)}
+    if not (isinstance(e, TypeError) and any(text.startswith(f"{name}()") for name in own)
+            and any(k in text for k in ("positional argument", "keyword argument", "required"))):
+        return ""
+    return (". The checker calls it the way the exercise cell's def line says: keep that line as it was (every "
+            "parameter, in that order, keyword-only ones after the *, even those your version does not use).")
 
 
 def _learner_frame(e: BaseException) -> str:

@@ -208,9 +208,9 @@ def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
                            "the x of the step's start: only x_t is known, so ask at t, the step's start (t = 1 for the first "
                            "step, from t = 0).")
         if len(stand_in.calls) not in (steps, steps - 1):  # steps - 1: the first step left out, named below
+            jump = " a single jump from x_0 with one noise estimate is not DDIM's path." if len(stand_in.calls) == 1 else ""
             raise Mismatch(f"{what} asked the network {len(stand_in.calls)} time(s); the climb takes {steps} DDIM "
-                           "steps, each with the estimates at its own start (one call per step): a single jump "
-                           "from x_0 with one noise estimate is not DDIM's path.")
+                           f"steps, each with the estimates at its own start (one call per step).{jump}")
         mistakes = [
             Mistake("the steps ran downwards, from t_max to 0: that is sampling. Inversion climbs: take the grid "
                     "in rising order, from 0 to t_max.", _inversion_variant(_StandIn(), *args, order="down")),
