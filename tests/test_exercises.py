@@ -147,7 +147,7 @@ def test_a_changed_def_line_is_named():
     assert verdict.status == "failed" and "keep that line as it was" in verdict.message, verdict.message
 
     def inner_crash(x0, t, schedule, eps):
-        return (lambda a: a)(x0, t)  # a TypeError of another function: no advice about the def line
+        return (lambda a: a)(x0, t)  # a TypeError raised by another function: no advice
     assert "def line" not in run_checker(inner_crash, Q_SAMPLE).message
 
 
