@@ -1205,6 +1205,13 @@ EXTRA_21 = [
     (UNET_FORWARD, lambda u, x, t, c=None: _unet_variant(u, x, t, c, up_after_cat=True), "concatenates before upsampling"),
     (UNET_FORWARD, lambda u, x, t, c=None: _unet_variant(u, x, t, c, stem=False), "stem"),
     (UNET_FORWARD, lambda u, x, t, c=None: _unet_variant(u, x, t, c, enc_emb=False), "without the embedding"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res_block_extra(b, x, e, how="relu"), "the activation is ReLU"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res_block_extra(b, x, e, how="normed shortcut"),
+     "shortcut carries the normalised input"),
+    (RESIDUAL_BLOCK, lambda b, x, e=None: _res_block_extra(b, x, e, how="dropout first"), "before the second SiLU"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _unet_extra(u, x, t, c, how="add skip"), "skip was added"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _unet_extra(u, x, t, c, how="no head"), "output head unet.out"),
+    (UNET_FORWARD, lambda u, x, t, c=None: _unet_extra(u, x, t, c, how="plus input"), "input x was added"),
     (SINUSOIDAL_EMBEDDING, lambda t, d: _sin_extra(t, d, base=1000.0), "not 1,000"),
     (SINUSOIDAL_EMBEDDING, lambda t, d: _sin_extra(t, d, two_pi=True), "no factor 2 pi"),
     (SINUSOIDAL_EMBEDDING, lambda t, d: _sin_extra(t, d, start=1), "first frequency must be 1"),
@@ -1424,6 +1431,32 @@ def _attn_block_extra(block, x, *, interleaved):
     else:
         q = k = v = tokens
     return x + rearrange(block.to_out(block.attend(q, k, v, block.heads)), "b (h w) c -> b c h w", h=h, w=w)
+
+
+def _res_block_extra(block, x, emb, *, how):
+    act = torch.nn.functional.relu if how == "relu" else torch.nn.functional.silu
+    h = block.norm2(block.conv1(act(block.norm1(x))))
+    h = block.scale_shift(h, emb) if block.scale_shift is not None else h
+    h = block.conv2(act(block.dropout(h)) if how == "dropout first" else block.dropout(act(h)))
+    return h + block.shortcut(block.norm1(x) if how == "normed shortcut" else x)
+
+
+def _unet_extra(unet, x, t, cond, *, how):
+    emb = unet.embed(t, cond)
+    h, skips = unet.stem(x), []
+    for level, blocks in enumerate(unet.encoder):
+        for block in blocks:
+            h = block(h, emb, cond)
+        if level < len(unet.downsamples):
+            skips.append(h)
+            h = unet.downsamples[level](h)
+    h = unet.middle(h, emb, cond)
+    for level in reversed(range(len(unet.decoder))):
+        h = unet.upsamples[level](h)
+        h = h + skips.pop() if how == "add skip" else torch.cat([h, skips.pop()], dim=1)
+        for block in unet.decoder[level]:
+            h = block(h, emb, cond)
+    return {"no head": h, "plus input": unet.out(h) + x}.get(how, unet.out(h))
 
 
 def _drop_fixed_count(labels, p_null, null, generator=None):

@@ -129,8 +129,8 @@ def _shape_error(fn: Callable, what: str, advice: str) -> torch.Tensor:
 
 def _res_variant(block: ResBlock, x, emb, *, act_first=False, modulate_first=False, modulate_after_act=False,
                  shortcut=True, second_act=True, first_act=True, modulate=True, norm2=True, reuse_norm1=False,
-                 shortcut_early=False) -> torch.Tensor:
-    silu = torch.nn.functional.silu
+                 shortcut_early=False, act=None, shortcut_of_normed=False) -> torch.Tensor:
+    silu = act or torch.nn.functional.silu
     if act_first:
         h = block.conv1(block.norm1(silu(x)))
     else:
@@ -149,7 +149,7 @@ def _res_variant(block: ResBlock, x, emb, *, act_first=False, modulate_first=Fal
     if shortcut_early:
         return block.conv2(block.dropout(h + block.shortcut(x)))
     h = block.conv2(block.dropout(h))
-    return h + block.shortcut(x) if shortcut else h
+    return h + block.shortcut(block.norm1(x) if shortcut_of_normed else x) if shortcut else h
 
 
 def _res_mistakes(block: ResBlock, x, emb) -> list[Mistake]:
@@ -173,6 +173,11 @@ def _res_mistakes(block: ResBlock, x, emb) -> list[Mistake]:
                     _res_variant(block, x, emb, norm2=False)),
             Mistake("the shortcut was added before the second conv; add it to the block's output, after conv2.",
                     _res_variant(block, x, emb, shortcut_early=True)),
+            Mistake("the activation is ReLU; the course's blocks use SiLU (F.silu), smooth where ReLU has a kink, "
+                    "as Ho et al. 2020 and Dhariwal & Nichol 2021 do.",
+                    _res_variant(block, x, emb, act=torch.nn.functional.relu)),
+            Mistake("the shortcut carries the normalised input; it carries x itself, so that the block is x plus a "
+                    "correction: block.shortcut(x).", _res_variant(block, x, emb, shortcut_of_normed=True)),
         ] + ([] if block.conv1.out_channels != block.conv1.in_channels else [
             Mistake("the second round used block.norm1 again; it has its own GroupNorm, block.norm2.",
                     _res_variant(block, x, emb, reuse_norm1=True)),
@@ -233,9 +238,14 @@ def _res_dropout_training(fn: Callable) -> None:
         block.train()
         torch.manual_seed(7)
         late = block.dropout(inner) + block.shortcut(x)
+        torch.manual_seed(7)
+        h = block.scale_shift(block.norm2(block.conv1(torch.nn.functional.silu(block.norm1(x)))), emb)
+        before_act = block.conv2(torch.nn.functional.silu(block.dropout(h))) + block.shortcut(x)
     compare(got, want, what="residual_block in training mode with dropout 0.5 (the same random seed as the reference)",
             mistakes=[Mistake("dropout belongs between the second SiLU and the second convolution (block.dropout "
-                              "before block.conv2), not after the convolution.", late)])
+                              "before block.conv2), not after the convolution.", late),
+                      Mistake("dropout runs before the second SiLU; it belongs after it, just before the second "
+                              "convolution (what is dropped is the activation the convolution reads).", before_act)])
 
 
 RESIDUAL_BLOCK = Checker(
@@ -252,7 +262,7 @@ RESIDUAL_BLOCK = Checker(
 
 def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, middle=True, use_cond=True,
                   enc_emb=True, dec_emb=True, stem=True, skip_after_down=False, fifo=False, up_after_cat=False,
-                  record: list[str] | None = None):
+                  add_skip=False, plus_input=False, record: list[str] | None = None):
     """The forward pass, right or with one typical mistake; with ``record``, the shape at each stage."""
     note = (lambda text: record.append(text)) if record is not None else (lambda text: None)
     emb = unet.embed(t, cond if use_cond else None)
@@ -277,14 +287,15 @@ def _unet_variant(unet: UNet, x, t, cond=None, *, order="up_skip", out=True, mid
             h = unet.upsamples[level](h)
         up = tuple(h.shape[1:])
         if unet.config.skip_connections:
-            h = torch.cat([h, skip] if order == "up_skip" else [skip, h], dim=1)
+            h = h + skip if add_skip else torch.cat([h, skip] if order == "up_skip" else [skip, h], dim=1)
         if up_after_cat:
             h = unet.upsamples[level](h)
         for block in unet.decoder[level]:
             h = block(h, emb if dec_emb else None, cond)
         note(f"decoder level {level}: upsampled to {up}" + (f", with its skip {tuple(skip.shape[1:])}"
              if unet.config.skip_connections else "") + f", out of its stages {tuple(h.shape[1:])}")
-    return unet.out(h) if out else h
+    h = unet.out(h) if out else h
+    return h + x if plus_input else h
 
 
 #: Mistakes that crash with a shape error: named when the learner's error is the same one.
@@ -296,6 +307,9 @@ _UNET_CRASHES = (
     (dict(up_after_cat=True), "the decoder concatenates before upsampling; upsample first, so that the features "
                               "and the skip have the same resolution."),
     (dict(stem=False), "the stem (unet.stem, a conv from the image's channels to the first level's) is missing."),
+    (dict(add_skip=True), "the skip was added to the upsampled features; a U-Net concatenates them along the "
+                          "channels, torch.cat([upsampled, skip], dim=1), and the decoder's first conv expects "
+                          "both channel counts side by side."),
     (dict(dec_emb=False), "a stage ran without the embedding (emb = None): every stage of the encoder, the middle "
                           "and the decoder gets emb, block(h, emb, cond)."),
 )
@@ -342,7 +356,14 @@ def _unet_case(description: str, seed: int, **config) -> Callable:
                                    "decoder runs from the bottom level up, upsampling before it concatenates; with "
                                    "unet.config.skip_connections False nothing is concatenated. The shapes (C, H, W) "
                                    "should be: " + "; ".join(walk) + ".")
+            if isinstance(got, torch.Tensor) and got.shape != want.shape and got.ndim == 4 \
+                    and got.shape[1] == cfg.channels[0] and got.shape[2:] == want.shape[2:]:
+                raise Mismatch(f"{what} returned {tuple(got.shape)}, the first level's {cfg.channels[0]} channels: "
+                               "the output head unet.out (GroupNorm, SiLU, conv to the image's channels) is missing.")
             mistakes = [
+                Mistake("the input x was added to the output: the network's answer is unet.out(h) alone (the "
+                        "residual connections live inside the blocks, and the output is the noise or v, not an image "
+                        "to correct).", _unet_variant(unet, x, t, cond, plus_input=True)),
                 Mistake("the skip is concatenated before the upsampled features: torch.cat([upsampled, skip], "
                         "dim=1), in that order (the decoder's first conv expects it).",
                         _unet_variant(unet, x, t, cond, order="skip_up")),
