@@ -1235,6 +1235,14 @@ EXTRA_21 = [
                                                                             noise_scale="unscaled"), "added unscaled"),
     (DDIM_STEP, lambda x, x0, e, t, tp, s, eta=0.0, noise=None: _ddim_variant(x, x0, e, t, tp, s, eta=eta, noise=noise,
                                                                             eta_power=2), "not eta squared"),
+    (DDIM_STEP, lambda *a, eta=0.0, noise=None: _ddim_variant(*a, eta=eta, noise=noise, x0_weight="plain"),
+     "weighted by alpha_bar_prev"),
+    (DDIM_STEP, lambda *a, eta=0.0, noise=None: _ddim_variant(*a, eta=eta, noise=noise, at="t - 1"), "landed at t - 1"),
+    (DDIM_STEP, lambda *a, eta=0.0, noise=None: _ddim_variant(*a, eta=eta, noise=noise, sigma_form="forward"),
+     "1 - alpha_bar_t / alpha_bar_prev alone"),
+    (DDIM_STEP, lambda *a, eta=0.0, noise=None: _ddim_variant(*a, eta=eta, noise=noise, check_noise=False),
+     "check for it first and raise a ValueError"),
+    (DDIM_STEP, lambda *a, eta=0.0, noise=None: (_ddim_variant(*a, eta=eta, noise=noise), a[1]), "returns one tensor"),
     (HEUN_STEP, lambda x, s, sn, d: _heun_variant(x, s, sn, d, direction=-1.0), "runs the wrong way"),
     (HEUN_STEP, lambda x, s, sn, d: _heun_variant(x, s, sn, d, flip=True), "runs the wrong way"),
     (HEUN_STEP, lambda x, s, sn, d: _heun_variant(x, s, sn, d, second_at="x"), "second slope was taken at x"),
@@ -1301,14 +1309,18 @@ EXTRA_21 = [
 ]
 
 
-def _ddim_variant(x, x0, e, t, tp, s, *, eta=0.0, noise=None, at="t_prev", noise_scale="sigma", eta_power=1):
+def _ddim_variant(x, x0, e, t, tp, s, *, eta=0.0, noise=None, at="t_prev", noise_scale="sigma", eta_power=1,
+                  x0_weight="sqrt", sigma_form="posterior", check_noise=True):
+    tp = t - 1 if at == "t - 1" else tp
     ab, abp = s.alpha_bar[t].item(), s.alpha_bar[tp].item()
-    post = ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
+    post = ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5 if sigma_form == "posterior" else (1 - ab / abp) ** 0.5
     sigma = eta**eta_power * post
-    if eta > 0 and noise is None:
+    if eta > 0 and noise is None and check_noise:
         raise ValueError("eta > 0 needs noise")
     a = ab if at == "t" else abp
-    out = a**0.5 * x0 + max(1 - a - sigma**2, 0.0) ** 0.5 * e
+    out = (a if x0_weight == "plain" else a**0.5) * x0 + max(1 - a - sigma**2, 0.0) ** 0.5 * e
+    if eta > 0 and not check_noise:
+        return out + sigma * noise  # noise=None: a TypeError instead of the ValueError
     if sigma > 0:
         out = out + (1.0 if noise_scale == "unscaled" else sigma) * noise
     return out

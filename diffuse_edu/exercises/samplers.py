@@ -54,6 +54,17 @@ def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mist
                 out(x0, eta * (1 - abp) ** 0.5, max(1 - abp - eta**2 * (1 - abp), 0) ** 0.5)),
         Mistake("alpha_bar was read at t, where the step starts, instead of at t_prev, where it lands: that "
                 "rebuilds x_t itself.", ab**0.5 * x0 + max(1 - ab - sigma**2, 0) ** 0.5 * e + sigma * n),
+        Mistake("x0_hat is weighted by alpha_bar_prev; its weight is the square root, sqrt(alpha_bar_prev), as "
+                "in lesson 01's q_sample (x_prev must look like x0 noised to t_prev).",
+                abp * x0 + coef * e + sigma * n),
+        *([Mistake(f"the step landed at t - 1 = {t - 1}; DDIM jumps from t to the t_prev it is given "
+                   f"({t_prev}), skipping the steps between.", _ddim_to(x0, e, n, t, t - 1, eta, schedule))]
+          if t_prev != t - 1 else []),
+        *([Mistake("sigma was built from 1 - alpha_bar_t / alpha_bar_prev alone (a variance of the forward "
+                   "jump); sigma_t(eta) is eta times the posterior's standard deviation, which also has the "
+                   "factor sqrt((1 - ab_prev) / (1 - ab)).",
+                   out(x0, eta * (1 - ab / abp) ** 0.5, max(1 - abp - eta**2 * (1 - ab / abp), 0) ** 0.5))]
+          if eta else []),
         *([Mistake("the fresh noise is added unscaled: it enters as sigma * noise.", out(x0, 1.0, coef)),
            Mistake("sigma is eta times the posterior's standard deviation, not eta squared times it.",
                    out(x0, eta**2 * sigma / eta, max(1 - abp - (eta * sigma) ** 2, 0) ** 0.5))]
@@ -61,11 +72,20 @@ def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mist
     ]
 
 
+def _ddim_to(x0, e, n, t: int, t_prev: int, eta: float, schedule=_SCHEDULE):
+    ab, abp = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_prev].item()
+    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
+    return abp**0.5 * x0 + max(1 - abp - sigma**2, 0) ** 0.5 * e + sigma * n
+
+
 def _ddim(t: int, t_prev: int, eta: float, seed: int) -> Callable:
     def case(fn: Callable) -> None:
         x, x0, e, n = _ddim_case(t, t_prev, eta, seed)
         want = ddim_step(x, x0, e, t, t_prev, _SCHEDULE, eta=eta, noise=n)
         got = fn(x.clone(), x0.clone(), e.clone(), t, t_prev, _SCHEDULE, eta=eta, noise=n.clone())
+        if isinstance(got, tuple):
+            raise Mismatch(f"ddim_step returned a tuple of {len(got)}; it returns one tensor, x_{{t_prev}} alone (the "
+                           "sampler asks the denoiser again for the next step's estimates).")
         noisy = [] if eta else [Mistake("with eta = 0 the step is deterministic: sigma is 0, so the noise must "
                                         "not be added even when it is passed.", want + n)]
         compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with eta = {eta}",
@@ -112,6 +132,12 @@ def _ddim_needs_noise(fn: Callable) -> None:
         got = fn(x, x0, e, 600, 400, _SCHEDULE, eta=1.0, noise=None)
     except ValueError:
         return
+    except TypeError as error:
+        if "NoneType" not in str(error):
+            raise
+        raise Mismatch(f"ddim_step with eta = 1 and noise=None raised TypeError ({error}): check for it first and "
+                       "raise a ValueError that asks for noise (a step cannot invent its own noise: the sampler "
+                       "passes seeded noise, so that runs repeat).") from None
     raise Mismatch(f"ddim_step with eta = 1 and noise=None returned {type(got).__name__}; it must raise a "
                    "ValueError that asks for noise (a step cannot invent its own noise: the sampler passes "
                    "seeded noise, so that runs repeat).")
