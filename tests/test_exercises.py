@@ -1454,14 +1454,10 @@ def _res_block_extra(block, x, emb, *, how):
 
 
 def _unet_extra(unet, x, t, cond, *, how):
+    from diffuse_edu.models.unet import encode
+
     emb = unet.embed(t, cond)
-    h, skips = unet.stem(x), []
-    for level, blocks in enumerate(unet.encoder):
-        for block in blocks:
-            h = block(h, emb, cond)
-        if level < len(unet.downsamples):
-            skips.append(h)
-            h = unet.downsamples[level](h)
+    h, skips = encode(unet, x, emb, cond)  # the encoder as the library runs it; the mistakes come after
     h = unet.middle(h, emb, cond)
     for level in reversed(range(len(unet.decoder))):
         h = unet.upsamples[level](h)
