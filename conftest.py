@@ -6,6 +6,10 @@
   the class-conditional one, 09 the text-conditioned one; then every other notebook; then the unit
   tests, slowest files first, which fill the gaps at the end. A lesson that needs a model another
   process is still training waits for it (``training.checkpoints.load_or_train`` locks the file).
+* **Judges first.** Before any notebook starts, the controller caches the classifiers that measure
+  the lessons' samples (``course.workshop.prepare_judges``): a learner going through the lessons in
+  order has them from lesson 05, so no notebook's time should include training one, and two
+  notebooks should not wait on the same lock. The models the lessons teach are still trained by them.
 * **Threads.** When workers share the cores, each worker and every kernel nbval starts for it use an
   equal share of the cores (one thread each on a 2-core machine): small models gain little from a
   second thread, so two notebooks side by side finish sooner than one after the other.
@@ -28,6 +32,7 @@ TRAIN_CACHED = ("05_", "08_", "09_")
 #: Unit-test files that take longest, started before the rest.
 SLOW_TESTS = ("test_grade.py", "test_distributed.py", "test_training.py", "test_features.py")
 _notebook_seconds: dict[str, float] = defaultdict(float)
+_judges_seconds: list[float] = []
 
 
 def _workers() -> int:
@@ -48,6 +53,29 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(int(n))
+
+
+def runs_notebooks(args: list[str]) -> bool:
+    """Whether a run over ``args`` (pytest's paths, or the ini's testpaths) executes notebooks."""
+    return any(a.split("::")[0].endswith(".ipynb") or Path(a.split("::")[0]).name in ("notebooks", "solutions")
+               for a in args)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers
+def pytest_sessionstart(session):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not runs_notebooks(list(session.config.args)):
+        return
+    import time
+
+    from diffuse_edu import config
+    from diffuse_edu.course.workshop import prepare_judges
+
+    start = time.perf_counter()
+    names = prepare_judges(config.get_scale())
+    _judges_seconds.append(time.perf_counter() - start)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"judges cached before the notebooks ({_judges_seconds[0]:.1f} s): " + "; ".join(names))
 
 
 def run_order(path: Path) -> tuple:
@@ -83,6 +111,8 @@ def pytest_terminal_summary(terminalreporter, config):
     else:
         how = f"one at a time; budget {BUDGET_S} s"
     terminalreporter.section(f"notebook times (nbval, all cells; {how})")
+    if _judges_seconds:
+        terminalreporter.write_line(f"(the judges were cached first, in {_judges_seconds[0]:.1f} s, outside these times)")
     for path, seconds in sorted(_notebook_seconds.items(), key=lambda kv: -kv[1]):
         flag = "  OVER BUDGET" if workers == 1 and seconds > BUDGET_S else ""
         terminalreporter.write_line(f"{seconds:7.1f} s  {path}{flag}")

@@ -99,6 +99,13 @@ def test_a_solution_printing_a_failed_or_unfinished_verdict_is_found():
     assert find([{"output_type": "stream", "text": "[ok] all passed\n"}]) == []
 
 
+def test_the_judges_are_cached_first_only_for_a_run_with_notebooks():
+    runs = _root_conftest().runs_notebooks
+    assert runs(["tests", "notebooks", "solutions"]) and runs(["solutions/08_guidance.ipynb::Cell 3"])
+    assert runs([str(ROOT / "notebooks")])
+    assert not runs(["tests"]) and not runs(["tests/test_recipes.py::test_recipes_by_scale"])
+
+
 def test_nbval_fails_a_solution_cell_whose_exercise_did_not_pass(tmp_path):
     """The hook in the project's conftest.py, run by pytest on a made-up solutions/ notebook."""
     import os

@@ -61,6 +61,17 @@ def test_workshop_prepares_every_model_the_lessons_load(tiny, monkeypatch, capsy
     assert seen == [("classifier", config.Scale.QUICK), ("judge", 16)]
 
 
+def test_prepare_judges_loads_only_the_judges(tiny, monkeypatch):
+    """What the test suite caches before the notebooks: the judges, never a lesson's own model."""
+    from diffuse_edu.course import workshop
+    seen = []
+    _quick_workshop(monkeypatch, tiny, seen)
+    names = workshop.prepare_judges(config.Scale.QUICK)
+    assert seen == [("classifier", config.Scale.QUICK), ("judge", 16)]
+    assert len(names) == 2 and "feature classifier" in names[0] and "attribute judge (16x16" in names[1]
+    assert not pretrained.checkpoint_path(tiny).exists()
+
+
 def test_workshop_retrain_deletes_every_cached_model(tiny, monkeypatch, capsys):
     from diffuse_edu.course import cli
     _quick_workshop(monkeypatch, tiny, [])

@@ -24,18 +24,33 @@ MODEL_FILES = (".pt", ".safetensors", ".json")
 def cached_models(scale: config.Scale) -> list[tuple[str, Callable[[torch.device], object]]]:
     """Every cached model the lessons load at ``scale``: (what it is, a function that loads it, or
     trains and caches it when missing). The text-conditioned recipes bring their CLIPs along."""
-    models: list[tuple[str, Callable[[torch.device], object]]] = [
-        (recipe.name, lambda device, r=recipe: pretrained.pretrained_ddpm(r, device=device))
-        for recipe in recipes.RECIPES[scale]]
-    models.append((f"the {scale.value}-scale feature classifier (lessons 05-11)",
-                   lambda device: pretrained.course_classifier(scale, device=device)))
+    return [(recipe.name, lambda device, r=recipe: pretrained.pretrained_ddpm(r, device=device))
+            for recipe in recipes.RECIPES[scale]] + judges(scale)
+
+
+def judges(scale: config.Scale) -> list[tuple[str, Callable[[torch.device], object]]]:
+    """The classifiers that measure the lessons' samples at ``scale`` (no lesson teaches them; several
+    lessons load them), as (what it is, load or train and cache)."""
     shape_size = 16 if scale is config.Scale.QUICK else 32
-    models.append((f"lesson 09's attribute judge ({shape_size}x{shape_size} shapes)",
-                   lambda device: pretrained.shape_judge(shape_size, device=device)))
+    models: list[tuple[str, Callable[[torch.device], object]]] = [
+        (f"the {scale.value}-scale feature classifier (lessons 05-14)",
+         lambda device: pretrained.course_classifier(scale, device=device)),
+        (f"lesson 09's attribute judge ({shape_size}x{shape_size} shapes)",
+         lambda device: pretrained.shape_judge(shape_size, device=device))]
     if scale is config.Scale.FULL:
         models.append(("lesson 08's Fashion-MNIST classifier",
                        lambda device: pretrained.classifier_for(data.load_fashion_mnist("train"), device=device)))
     return models
+
+
+def prepare_judges(scale: config.Scale, device: torch.device | str = "cpu") -> list[str]:
+    """Load, or train and cache, every model of :func:`judges`; returns what each is. The test suite
+    runs it before the notebooks, so that the first lesson to need a judge does not pay for it (a
+    learner going through the lessons in order has it from lesson 05)."""
+    config.set_scale(scale)
+    for _, load in judges(scale):
+        load(torch.device(device))
+    return [what for what, _ in judges(scale)]
 
 
 def model_files(cache: Path) -> list[Path]:
