@@ -70,12 +70,17 @@ def pytest_sessionstart(session):
     from diffuse_edu import config
     from diffuse_edu.course.workshop import prepare_judges
 
-    start = time.perf_counter()
-    names = prepare_judges(config.get_scale())
-    _judges_seconds.append(time.perf_counter() - start)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"judges cached before the notebooks ({_judges_seconds[0]:.1f} s): " + "; ".join(names))
+    say = reporter.write_line if reporter is not None else print
+    start = time.perf_counter()
+    try:
+        names = prepare_judges(config.get_scale())
+    except Exception as error:  # missing data, say: the notebooks that need a judge report it themselves
+        say(f"the judges could not be cached before the notebooks ({type(error).__name__}: {error}); "
+            "each notebook that needs one trains it or says what is missing")
+        return
+    _judges_seconds.append(time.perf_counter() - start)
+    say(f"judges cached before the notebooks ({_judges_seconds[0]:.1f} s): " + "; ".join(names))
 
 
 def run_order(path: Path) -> tuple:

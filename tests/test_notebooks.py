@@ -106,6 +106,28 @@ def test_the_judges_are_cached_first_only_for_a_run_with_notebooks():
     assert not runs(["tests"]) and not runs(["tests/test_recipes.py::test_recipes_by_scale"])
 
 
+def test_caching_the_judges_first_reports_and_never_stops_the_run(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from diffuse_edu.course import workshop
+    hooks = _root_conftest()
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # as the controller
+    session = SimpleNamespace(config=SimpleNamespace(args=["notebooks"],
+                                                     pluginmanager=SimpleNamespace(get_plugin=lambda name: None)))
+    monkeypatch.setattr(workshop, "prepare_judges", lambda scale: ["a judge", "another"])
+    hooks.pytest_sessionstart(session)
+    assert "judges cached before the notebooks" in capsys.readouterr().out and len(hooks._judges_seconds) == 1
+
+    def missing(scale):
+        raise FileNotFoundError("MNIST is not in the data folder: run python -m diffuse_edu data fetch mnist")
+    monkeypatch.setattr(workshop, "prepare_judges", missing)
+    hooks.pytest_sessionstart(session)  # no exception: the notebooks say what is missing
+    out = capsys.readouterr().out
+    assert "could not be cached" in out and "data fetch mnist" in out
+    hooks.pytest_sessionstart(SimpleNamespace(config=SimpleNamespace(args=["tests"])))  # no notebooks: nothing
+    assert capsys.readouterr().out == ""
+
+
 def test_nbval_fails_a_solution_cell_whose_exercise_did_not_pass(tmp_path):
     """The hook in the project's conftest.py, run by pytest on a made-up solutions/ notebook."""
     import os
