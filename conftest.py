@@ -57,8 +57,8 @@ def pytest_configure(config):
 
 def runs_notebooks(args: list[str]) -> bool:
     """Whether a run over ``args`` (pytest's paths, or the ini's testpaths) executes notebooks."""
-    return any(a.split("::")[0].endswith(".ipynb") or Path(a.split("::")[0]).name in ("notebooks", "solutions")
-               for a in args)
+    paths = [Path(a.split("::")[0]) for a in args]
+    return any(p.suffix == ".ipynb" or p.name in ("notebooks", "solutions") for p in paths)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist starts its workers

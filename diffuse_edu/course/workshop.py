@@ -47,10 +47,10 @@ def prepare_judges(scale: config.Scale, device: torch.device | str = "cpu") -> l
     """Load, or train and cache, every model of :func:`judges`; returns what each is. The test suite
     runs it before the notebooks, so that the first lesson to need a judge does not pay for it (a
     learner going through the lessons in order has it from lesson 05)."""
-    config.set_scale(scale)
-    for _, load in judges(scale):
+    chosen = judges(scale)
+    for _, load in chosen:
         load(torch.device(device))
-    return [what for what, _ in judges(scale)]
+    return [what for what, _ in chosen]
 
 
 def model_files(cache: Path) -> list[Path]:
