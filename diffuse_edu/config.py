@@ -157,10 +157,19 @@ def set_scale(scale: str | Scale | None) -> None:
 
 def get_scale() -> Scale:
     """The scale in force: ``set_scale`` > ``$DIFFUSE_EDU_SCALE`` > auto; never AUTO itself."""
-    scale = _scale_override or _parse_scale(os.environ.get(SCALE_ENV, "auto"))
-    if scale is Scale.AUTO:
+    return resolve_scale(_scale_override or _parse_scale(os.environ.get(SCALE_ENV, "auto")))
+
+
+def resolve_scale(scale: str | Scale | None = None) -> Scale:
+    """QUICK or FULL for ``scale`` as a caller gives it: None (the scale in force), a member, or its
+    name ("quick", "full", "auto": AUTO is full where an accelerator is present). Every function
+    that takes a scale reads it through here, so that "quick" and Scale.QUICK never part ways."""
+    if scale is None:
+        return get_scale()
+    chosen = _parse_scale(scale)
+    if chosen is Scale.AUTO:
         return Scale.QUICK if accelerator() == "cpu" else Scale.FULL
-    return scale
+    return chosen
 
 
 def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> SimpleNamespace:
@@ -168,9 +177,7 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
 
     The result also carries ``scale`` (a :class:`Scale`) so a notebook can print what it uses.
     """
-    chosen = get_scale() if scale is None else _parse_scale(scale)
-    if chosen is Scale.AUTO:
-        chosen = Scale.QUICK if accelerator() == "cpu" else Scale.FULL
+    chosen = resolve_scale(scale)
     picked = {}
     for name, pair in values.items():
         if not (isinstance(pair, tuple) and len(pair) == 2):

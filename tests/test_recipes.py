@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffuse_edu import config, data
+from diffuse_edu.course import workshop
 from diffuse_edu.models.unet import UNetConfig
 from diffuse_edu.training import pretrained, recipes
 from diffuse_edu.training.loop import TrainConfig
@@ -42,6 +43,19 @@ def test_recipes_by_scale():
     assert recipes.ddpm_recipe(config.Scale.QUICK) is recipes.DDPM_QUICK
     assert recipes.ddpm_recipe(config.Scale.FULL) is recipes.DDPM_FULL
     assert recipes.DDPM_FULL.train.seconds == 200  # the full-scale budget of lesson 05
+
+
+def test_a_scale_by_name_is_the_same_scale(monkeypatch):
+    """"quick" once gave the full recipe (a str enum equals its member's name but is not it), so a
+    test meant for the 8x8 model sampled the 7.8 M-parameter 32x32 one, 170x slower."""
+    assert recipes.ddpm_recipe("quick") is recipes.DDPM_QUICK
+    assert recipes.ddpm_recipe(" Full ") is recipes.DDPM_FULL
+    monkeypatch.setattr(config, "accelerator", lambda: "cpu")
+    assert recipes.ddpm_recipe("auto") is recipes.DDPM_QUICK
+    assert config.resolve_scale("auto") is config.Scale.QUICK
+    assert [what for what, _ in workshop.judges("quick")] == [what for what, _ in workshop.judges(config.Scale.QUICK)]
+    with pytest.raises(config.ScaleError, match="use 'quick', 'full' or 'auto'"):
+        recipes.ddpm_recipe("fast")
 
 
 def _quick_workshop(monkeypatch, tiny, seen):

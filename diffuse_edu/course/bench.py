@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffuse_edu.config import CourseError, Scale, default_device, get_scale
+from diffuse_edu.config import CourseError, Scale, default_device, resolve_scale
 from diffuse_edu.diffusion.samplers import (
     generate,
     sample_ddim,
@@ -254,7 +254,7 @@ def run(*, scale: Scale | None = None, train_steps: int | None = None, samples: 
     if wrong or (quality_seconds is not None and not quality_seconds > 0):
         raise CourseError(f"bench needs positive counts and seconds, got {', '.join(wrong) or quality_seconds}: "
                           "leave an option out for its default.")
-    scale = scale or get_scale()
+    scale = resolve_scale(scale)
     device = default_device()
     recipe = ddpm_recipe(scale)
     quick = scale is Scale.QUICK

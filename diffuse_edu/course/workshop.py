@@ -21,16 +21,18 @@ from diffuse_edu.training.checkpoints import write_manifest
 MODEL_FILES = (".pt", ".safetensors", ".json")
 
 
-def cached_models(scale: config.Scale) -> list[tuple[str, Callable[[torch.device], object]]]:
+def cached_models(scale: config.Scale | str) -> list[tuple[str, Callable[[torch.device], object]]]:
     """Every cached model the lessons load at ``scale``: (what it is, a function that loads it, or
     trains and caches it when missing). The text-conditioned recipes bring their CLIPs along."""
+    scale = config.resolve_scale(scale)
     return [(recipe.name, lambda device, r=recipe: pretrained.pretrained_ddpm(r, device=device))
             for recipe in recipes.RECIPES[scale]] + judges(scale)
 
 
-def judges(scale: config.Scale) -> list[tuple[str, Callable[[torch.device], object]]]:
+def judges(scale: config.Scale | str) -> list[tuple[str, Callable[[torch.device], object]]]:
     """The classifiers that measure the lessons' samples at ``scale`` (no lesson teaches them; several
     lessons load them), as (what it is, load or train and cache)."""
+    scale = config.resolve_scale(scale)
     shape_size = 16 if scale is config.Scale.QUICK else 32
     models: list[tuple[str, Callable[[torch.device], object]]] = [
         (f"the {scale.value}-scale feature classifier (lessons 05-14)",
@@ -43,7 +45,7 @@ def judges(scale: config.Scale) -> list[tuple[str, Callable[[torch.device], obje
     return models
 
 
-def prepare_judges(scale: config.Scale, device: torch.device | str = "cpu") -> list[str]:
+def prepare_judges(scale: config.Scale | str, device: torch.device | str = "cpu") -> list[str]:
     """Load, or train and cache, every model of :func:`judges`; returns what each is. The test suite
     runs it before the notebooks, so that the first lesson to need a judge does not pay for it (a
     learner going through the lessons in order has it from lesson 05)."""

@@ -13,7 +13,7 @@
 Every image loader returns images in [-1, 1], shape (N, C, H, W).
 """
 
-from diffuse_edu.config import Scale, get_scale
+from diffuse_edu.config import Scale, resolve_scale
 from diffuse_edu.data.images import (
     CIFAR10_CLASSES,
     DIGIT_CLASSES,
@@ -63,5 +63,4 @@ def course_images(split: str = "train", scale: Scale | str | None = None) -> Ima
     """The course's image set at ``scale`` (default: the scale in force; "quick" or "full" work as
     well as the Scale members): the digits at quick scale, MNIST at 32x32 at full scale.
     ``split``: "train" or "test"."""
-    chosen = get_scale() if scale is None or Scale(scale) is Scale.AUTO else Scale(scale)
-    return load_digits(split) if chosen is Scale.QUICK else load_mnist(split)
+    return load_digits(split) if resolve_scale(scale) is Scale.QUICK else load_mnist(split)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.config import Scale, cache_dir, get_scale
+from diffuse_edu.config import Scale, cache_dir
 from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, make_shapes
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.evaluation.features import train_classifier
@@ -89,13 +89,13 @@ def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str 
                          lambda: train_recipe(recipe, device=device))
 
 
-def course_classifier(scale: Scale | None = None, *, device: torch.device | str = "cpu",
+def course_classifier(scale: Scale | str | None = None, *, device: torch.device | str = "cpu",
                       steps: int = 400, folder: Path | None = None) -> Classifier:
     """The feature network of the course at ``scale`` (digits quick, MNIST full), trained once.
 
     It trains on the training split only, so the held-out split measures its accuracy.
     """
-    return classifier_for(data.course_images("train", scale or get_scale()), device=device, steps=steps,
+    return classifier_for(data.course_images("train", scale), device=device, steps=steps,
                           folder=folder)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from diffuse_edu import data
-from diffuse_edu.config import Scale, get_scale, smoke
+from diffuse_edu.config import Scale, resolve_scale, smoke
 from diffuse_edu.data.captioned import (
     DIGIT_CAPTION_WORDS,
     SHAPE_WORDS,
@@ -208,9 +208,9 @@ RECIPES: dict[Scale, list[Recipe]] = {Scale.QUICK: [DDPM_QUICK, CDDPM_QUICK, TDD
                                                    TDDPM_FULL_DIGITS]}
 
 
-def ddpm_recipe(scale: Scale | None = None) -> Recipe:
+def ddpm_recipe(scale: Scale | str | None = None) -> Recipe:
     """The DDPM recipe for ``scale`` (default: the scale in force)."""
-    if (scale or get_scale()) is Scale.QUICK:
+    if resolve_scale(scale) is Scale.QUICK:
         return DDPM_QUICK
     return in_force(DDPM_FULL)
 
