@@ -53,8 +53,9 @@ def test_learners_are_files_or_folders(classroom):
 def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, capsys):
     out = tmp_path / "grades"
     zed_before = (classroom / "zed.ipynb").read_text()
-    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--out", str(out)]) == 0
+    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--jobs", "3", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "grades.csv").open()))
+    assert list(dict.fromkeys(r["learner"] for r in rows)) == ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "zed"]
     by = {(r["learner"], r["notebook"]): r for r in rows}
     assert by["ada", "ada.ipynb"]["run"] == "completed" and by["ada", "ada.ipynb"]["verdict"] == "passed"
     assert by["bob", "bob.ipynb"]["verdict"] == "failed" and "to_unit_range" in by["bob", "bob.ipynb"]["message"]
@@ -71,6 +72,12 @@ def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, 
     md = (out / "grades.md").read_text()
     assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
     assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md
+
+
+def test_jobs_must_be_a_positive_count(classroom, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["grade", str(classroom), "--jobs", "0"])
+    assert "--jobs" in capsys.readouterr().err
 
 
 def test_an_empty_folder_says_what_to_put_there(tmp_path, capsys):

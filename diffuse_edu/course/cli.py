@@ -10,7 +10,7 @@
                                     samples.npz; `run all --out results/` also rewrites the README's
                                     results table
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
-    grade FOLDER [--timeout S] [--memory MB] [--out DIR]
+    grade FOLDER [--timeout S] [--memory MB] [--jobs N] [--out DIR]
                                     run every learner's notebooks (each in a scratch copy, with time
                                     and memory limits) and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
@@ -149,7 +149,8 @@ def _check(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from diffuse_edu.course.grade import grade
 
-    grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory, out=Path(args.out) if args.out else None)
+    grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory, out=Path(args.out) if args.out else None,
+          jobs=args.jobs)
     return 0
 
 
@@ -244,6 +245,8 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds each notebook may run (default 300)")
     gr.add_argument("--memory", type=_positive(float), default=4000.0,
                     help="MB of memory each notebook may hold (default 4000); past it the notebook is stopped")
+    gr.add_argument("--jobs", type=_positive(int), default=1,
+                    help="notebooks graded at a time (default 1); each may hold --memory MB")
     gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")

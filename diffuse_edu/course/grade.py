@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,20 +176,29 @@ def _cell(text: str) -> str:
 
 
 def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
-          out: Path | None = None) -> list[Graded]:
-    """Grade every learner in ``folder``; write the tables to ``out`` (default ``folder/grades``)."""
+          out: Path | None = None, jobs: int = 1) -> list[Graded]:
+    """Grade every learner in ``folder``, ``jobs`` notebooks at a time (each holds up to ``memory_mb``);
+    write the tables to ``out`` (default ``folder/grades``), rows in the learners' order."""
     learners = find_learners(folder)
     if not learners:
         raise config.CourseError(f"No notebooks in {folder}: put one .ipynb per learner there, or one "
                                 "folder of notebooks per learner.")
-    rows = []
-    for learner, books in learners.items():
-        for path in books:
-            print(f"grading {learner}: {path.name} ...", flush=True)
-            own = folder / learner if (folder / learner).is_dir() else None  # a learner's folder, copied whole
-            rows.append(grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own))
-            print(f"  {rows[-1].run}, {sum(e['status'] == 'passed' for e in rows[-1].exercises)}/"
-                  f"{len(rows[-1].exercises)} exercises passed ({rows[-1].seconds:.0f} s)", flush=True)
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise config.CourseError(f"grade needs at least one job at a time, got jobs = {jobs!r}.")
+    books = [(learner, path, folder / learner if (folder / learner).is_dir() else None)  # a learner's folder, copied whole
+             for learner, paths in learners.items() for path in paths]
+    print(f"grading {len(books)} notebook(s) of {len(learners)} learner(s), {min(jobs, len(books))} at a time ...",
+          flush=True)
+
+    def one(book: tuple[str, Path, Path | None]) -> Graded:
+        learner, path, own = book
+        row = grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own)
+        print(f"  {learner}, {path.name}: {row.run}, {sum(e['status'] == 'passed' for e in row.exercises)}/"
+              f"{len(row.exercises)} exercises passed ({row.seconds:.0f} s)", flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook runs in its own process
+        rows = list(pool.map(one, books))
     csv_path, md_path = write_tables(rows, out or folder / "grades")
     print(f"wrote {csv_path} and {md_path}")
     return rows
