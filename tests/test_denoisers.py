@@ -281,3 +281,17 @@ def test_the_fast_path_cache_lets_a_deleted_model_go_and_copies_build_their_own(
     del net, run
     gc.collect()
     assert gone() is None, "the fast-path cache kept a deleted model (and its compiled graph) alive"
+
+
+def test_a_target_by_name_is_the_same_target():
+    schedule = cosine_schedule(100)
+    net = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    by_name, by_member = Denoiser(net, schedule, "v"), Denoiser(net, schedule, Target.V)
+    assert by_name.target is Target.V
+    x = torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(by_name(x, 1.5), by_member(x, 1.5))
+    with pytest.raises(ValueError, match="Unknown target 'velocity': use one of 'eps', 'x0', 'v', 'flow'"):
+        Denoiser(net, schedule, "velocity")
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+
+    assert DiffusionObjective(schedule, "x0").target is Target.X0

@@ -27,7 +27,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from diffuse_edu.diffusion.prediction import Target, eps_to_x0, to_x0, v_to_eps, x0_to_eps
+from diffuse_edu.diffusion.prediction import (
+    Target,
+    as_target,
+    eps_to_x0,
+    to_x0,
+    v_to_eps,
+    x0_to_eps,
+)
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -54,6 +61,7 @@ class Denoiser:
     fast: bool = True  # on a GPU, run the network compiled and in bfloat16
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "target", as_target(self.target))
         if self.schedule is None and self.target is not Target.FLOW:
             raise ValueError(f"A {self.target.value}-prediction model needs the schedule it was "
                              "trained on: Denoiser(model, schedule, target=...).")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from diffuse_edu.diffusion.forward_process import mix
-from diffuse_edu.diffusion.prediction import Target, target_of
+from diffuse_edu.diffusion.prediction import Target, as_target, target_of
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -53,6 +53,9 @@ class DiffusionObjective:
     schedule: NoiseSchedule
     target: Target = Target.EPS  # EPS, X0 or V
     continuous: bool = False  # draw t from U(1, T) (fractional steps) instead of U{1..T}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", as_target(self.target))
 
     @property
     def t_max(self) -> float:

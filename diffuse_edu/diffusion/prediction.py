@@ -30,6 +30,17 @@ class Target(Enum):
     FLOW = "flow"  # rectified-flow velocity eps - x0 (lesson 12); see diffusion.denoisers
 
 
+def as_target(value: Target | str) -> Target:
+    """``value`` as a Target: a member, or its name as a learner may write it ("v" for Target.V)."""
+    if isinstance(value, Target):
+        return value
+    try:
+        return Target(value)
+    except ValueError:
+        raise ValueError(f"Unknown target {value!r}: use one of {', '.join(repr(t.value) for t in Target)} "
+                         "(or Target.V, ...).") from None
+
+
 def eps_to_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor | float) -> Tensor:
     return (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
 
