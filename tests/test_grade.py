@@ -53,7 +53,7 @@ def test_learners_are_files_or_folders(classroom):
 def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, capsys):
     out = tmp_path / "grades"
     zed_before = (classroom / "zed.ipynb").read_text()
-    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--jobs", "3", "--out", str(out)]) == 0
+    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "grades.csv").open()))
     assert list(dict.fromkeys(r["learner"] for r in rows)) == ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "zed"]
     by = {(r["learner"], r["notebook"]): r for r in rows}
@@ -72,6 +72,34 @@ def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, 
     md = (out / "grades.md").read_text()
     assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
     assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md
+
+
+def test_jobs_grade_side_by_side_and_keep_the_learners_order(classroom, tmp_path, monkeypatch):
+    """(Real kernels side by side would make the time limits above depend on the machine's load.)"""
+    import threading
+    import time
+
+    from diffuse_edu.course import grade as grading
+
+    running, most = [], []
+    lock = threading.Lock()
+
+    def fake(learner, path, **kwargs):
+        with lock:
+            running.append(learner)
+            most.append(len(running))
+        time.sleep(0.3 if learner == "ada" else 0.05)  # the first finishes last
+        with lock:
+            running.remove(learner)
+        return grading.Graded(learner, path.name, "completed", 0.1)
+
+    monkeypatch.setattr(grading, "grade_notebook", fake)
+    rows = grading.grade(classroom, jobs=3, out=tmp_path / "grades")
+    assert [(r.learner, r.notebook) for r in rows][:4] == [("ada", "ada.ipynb"), ("bob", "bob.ipynb"),
+                                                           ("cy", "00_welcome.ipynb"), ("cy", "01_more.ipynb")]
+    assert max(most) == 3
+    most.clear()
+    assert len(grading.grade(classroom, out=tmp_path / "one")) == len(rows) and max(most) == 1  # the default: one
 
 
 def test_jobs_must_be_a_positive_count(classroom, capsys):

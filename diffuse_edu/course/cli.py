@@ -246,7 +246,8 @@ def parser() -> argparse.ArgumentParser:
     gr.add_argument("--memory", type=_positive(float), default=4000.0,
                     help="MB of memory each notebook may hold (default 4000); past it the notebook is stopped")
     gr.add_argument("--jobs", type=_positive(int), default=1,
-                    help="notebooks graded at a time (default 1); each may hold --memory MB")
+                    help="notebooks graded at a time (default 1; at most the cores); each may hold --memory MB, "
+                         "and side by side each runs slower against its --timeout")
     gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
