@@ -143,7 +143,7 @@ class Denoiser:
 def declared_target(model: Callable) -> Target | None:
     """What ``model`` says it predicts (its ``predicts`` attribute), or None when it does not say."""
     value = getattr(model, "predicts", None)
-    return None if value is None else Target(value)
+    return None if value is None else as_target(value)
 
 
 def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float | None = None) -> Denoiser:

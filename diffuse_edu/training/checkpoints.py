@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from diffuse_edu.config import CourseError
 from diffuse_edu.diffusion.denoisers import Denoiser
-from diffuse_edu.diffusion.prediction import Target
+from diffuse_edu.diffusion.prediction import Target, as_target
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 from diffuse_edu.training import distributed
 
@@ -81,7 +81,7 @@ class Checkpoint:
             raise CheckpointError("This checkpoint does not record what its model predicts (an older file, or "
                                   "not a denoiser): retrain it, or wrap the model yourself, e.g. "
                                   "Denoiser(ck.build(), ck.schedule, Target.V).")
-        target = Target(self.target)
+        target = as_target(self.target)
         return Denoiser(self.build(ema=ema, device=device), None if target is Target.FLOW else self.schedule,
                         target, clip, fast=fast)
 
@@ -106,7 +106,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedu
     model = getattr(model, "_orig_mod", model)  # a compiled model's own module
     name = type(model).__name__
     target = target if target is not None else getattr(model, "predicts", None)
-    target = Target(target).value if target is not None else None
+    target = as_target(target).value if target is not None else None
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise TypeError(f"save_checkpoint needs a model with a dataclass .config; {name} has none.")
     path.parent.mkdir(parents=True, exist_ok=True)
