@@ -9,6 +9,7 @@ from diffuse_edu.course import cli
 from diffuse_edu.course.grade import find_learners
 
 SETUP = "from diffuse_edu.exercises import check\nfrom diffuse_edu.exercises.welcome import TO_UNIT_RANGE"
+HANGS = "import time\ntime.sleep(600)"
 ANSWERS = {
     "right": "return x.float() / max_value * 2 - 1",
     "wrong": "return x.float() / max_value",
@@ -26,14 +27,13 @@ def _notebook(path, answer, *extra_cells):
     nbformat.write(nb, path)
 
 
-@pytest.fixture
-def classroom(tmp_path):
-    room = tmp_path / "room"
+def _classroom(room, *, hanging=True):
     _notebook(room / "ada.ipynb", "right")
     _notebook(room / "bob.ipynb", "wrong")
     _notebook(room / "cy" / "00_welcome.ipynb", "todo")  # a learner with a folder of notebooks
     _notebook(room / "cy" / "01_more.ipynb", "right", "1 / 0")
-    _notebook(room / "dee.ipynb", "right", "import time\ntime.sleep(120)")
+    if hanging:
+        _notebook(room / "dee.ipynb", "right", HANGS)
     _notebook(room / "eve.ipynb", "right",  # writes outside its folder: another learner's work, the grade table
               "from pathlib import Path\nPath('../zed.ipynb').write_text('gone')\n"
               "Path('../grades').mkdir(exist_ok=True)\nPath('../grades/grades.csv').write_text('eve,all passed')")
@@ -44,25 +44,31 @@ def classroom(tmp_path):
     return room
 
 
+@pytest.fixture
+def classroom(tmp_path):
+    return _classroom(tmp_path / "room")
+
+
 def test_learners_are_files_or_folders(classroom):
     found = find_learners(classroom)
     assert list(found) == ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "zed"]
     assert [p.name for p in found["cy"]] == ["00_welcome.ipynb", "01_more.ipynb"]
 
 
-def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, capsys):
-    out = tmp_path / "grades"
+def test_every_notebook_gets_a_row_and_the_grader_survives(tmp_path, capsys):
+    """Real kernels, one at a time. The time limit is generous: a kernel's first start on a loaded
+    machine took more than 25 s in CI; the hanging notebook has its own test below."""
+    classroom, out = _classroom(tmp_path / "room", hanging=False), tmp_path / "grades"
     zed_before = (classroom / "zed.ipynb").read_text()
-    assert cli.main(["grade", str(classroom), "--timeout", "25", "--memory", "1500", "--out", str(out)]) == 0
+    assert cli.main(["grade", str(classroom), "--timeout", "300", "--memory", "1500", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "grades.csv").open()))
-    assert list(dict.fromkeys(r["learner"] for r in rows)) == ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "zed"]
+    assert list(dict.fromkeys(r["learner"] for r in rows)) == ["ada", "bob", "cy", "eve", "fay", "gus", "zed"]
     by = {(r["learner"], r["notebook"]): r for r in rows}
     assert by["ada", "ada.ipynb"]["run"] == "completed" and by["ada", "ada.ipynb"]["verdict"] == "passed"
     assert by["bob", "bob.ipynb"]["verdict"] == "failed" and "to_unit_range" in by["bob", "bob.ipynb"]["message"]
     assert by["cy", "00_welcome.ipynb"]["verdict"] == "unfinished"
     crashed = by["cy", "01_more.ipynb"]
     assert crashed["run"].startswith("crashed in code cell 3: ZeroDivisionError") and crashed["verdict"] == "passed"
-    assert by["dee", "dee.ipynb"]["run"] == "timed out after 25 s" and by["dee", "dee.ipynb"]["verdict"] == ""
     assert by["eve", "eve.ipynb"]["run"] == "completed"  # its writes landed in its scratch copy ...
     assert (classroom / "zed.ipynb").read_text() == zed_before and not (classroom / "grades").exists()
     assert by["zed", "zed.ipynb"]["run"] == "completed" and by["zed", "zed.ipynb"]["verdict"] == "passed"  # ... not here
@@ -72,6 +78,16 @@ def test_every_notebook_gets_a_row_and_the_grader_survives(classroom, tmp_path, 
     md = (out / "grades.md").read_text()
     assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
     assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md
+
+
+def test_a_hanging_notebook_is_stopped_at_the_time_limit_and_the_next_one_graded(tmp_path):
+    room, out = tmp_path / "room", tmp_path / "grades"
+    _notebook(room / "dee.ipynb", "right", HANGS)
+    (room / "gus.ipynb").write_text("{")
+    assert cli.main(["grade", str(room), "--timeout", "6", "--out", str(out)]) == 0
+    by = {r["learner"]: r for r in csv.DictReader((out / "grades.csv").open())}
+    assert by["dee"]["run"] == "timed out after 6 s" and by["dee"]["verdict"] == ""
+    assert float(by["dee"]["seconds"]) < 30 and by["gus"]["run"].startswith("not a notebook")
 
 
 def test_jobs_grade_side_by_side_and_keep_the_learners_order(classroom, tmp_path, monkeypatch):
