@@ -55,7 +55,7 @@ def test_learners_are_files_or_folders(classroom):
     assert [p.name for p in found["cy"]] == ["00_welcome.ipynb", "01_more.ipynb"]
 
 
-def test_every_notebook_gets_a_row_and_the_grader_survives(tmp_path, capsys):
+def test_every_notebook_gets_a_row_and_the_grader_survives(tmp_path):
     """Real kernels, one at a time. The time limit is generous: a kernel's first start on a loaded
     machine took more than 25 s in CI; the hanging notebook has its own test below."""
     classroom, out = _classroom(tmp_path / "room", hanging=False), tmp_path / "grades"
