@@ -145,7 +145,7 @@ CDDPM_QUICK = Recipe(  # lesson 08: class-conditional, labels dropped for 15% of
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,), num_classes=10),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=700, seconds=80, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                      cond_dropout=0.15),  # the steps end it (43-57 s here alone, 2026-12-02); the seconds guard a slower machine
+                      cond_dropout=0.15),  # steps end it (43-57 s alone here); seconds guard a slow machine
     sample_steps=20,
 )
 CDDPM_FULL = Recipe(
@@ -183,7 +183,7 @@ TDDPM_QUICK = Recipe(  # lesson 09: v-prediction (eps-prediction drew colour noi
     model=UNetConfig(in_channels=3, channels=(16, 32, 64), attention_levels=(2,), context_dim=32),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=600, seconds=76, batch_size=64, lr=3e-3, warmup_steps=50, ema_decay=0.995,
-                      cond_dropout=0.15),  # the steps end it (40-57 s here alone, 2026-12-02); the seconds guard a slower machine
+                      cond_dropout=0.15),  # steps end it (40-57 s alone here); seconds guard a slow machine
     sample_steps=20, target=Target.V, text=CLIP_QUICK,
 )
 TDDPM_FULL = Recipe(
