@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-BUDGET_S = 90  # quick-scale budget per notebook on a 2-core CPU, run alone (see the course's standards)
+BUDGET_S = 120  # quick-scale budget per notebook on a 2-core CPU, run alone (see the course's standards)
 #: Notebooks that train models other lessons load (notebooks/ and solutions/ alike), in the order to start them.
 TRAIN_CACHED = ("05_", "08_", "09_")
 #: Unit-test files that take longest, started before the rest.
@@ -40,19 +40,14 @@ def _workers() -> int:
     return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """An equal share of the cores, at least one thread."""
-    return max(1, (cores or os.cpu_count() or 1) // max(workers, 1))
-
-
 def pytest_configure(config):
     if _workers() > 1:  # a worker: its own tests, and the kernels nbval starts from it, get a share of the cores
-        n = str(threads_per_worker(_workers()))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = n  # read by torch in each kernel nbval starts
+        from diffuse_edu.config import thread_env
+
+        os.environ.update(thread_env(_workers()))  # read by torch in each kernel nbval starts
         import torch
 
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def runs_notebooks(args: list[str]) -> bool:
@@ -111,7 +106,9 @@ def pytest_terminal_summary(terminalreporter, config):
     workers = getattr(config.option, "numprocesses", None) or 1
     workers = workers if isinstance(workers, int) else 1
     if workers > 1:
-        how = (f"{workers} workers side by side on {os.cpu_count()} cores, {threads_per_worker(workers)} thread(s) "
+        from diffuse_edu.config import threads_per_job
+
+        how = (f"{workers} workers side by side on {os.cpu_count()} cores, {threads_per_job(workers)} thread(s) "
                f"each: longer than a notebook takes alone, where the {BUDGET_S} s budget applies")
     else:
         how = f"one at a time; budget {BUDGET_S} s"

@@ -191,6 +191,19 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
     return SimpleNamespace(scale=chosen, **picked)
 
 
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    """PyTorch's intra-op threads for each of ``jobs`` notebooks (or test workers) run side by side:
+    an equal share of the cores, at least one. Two threads each on a loaded 2-core machine ran 10x
+    slower than one each, and small models gain little from a second thread."""
+    return max(1, (cores or os.cpu_count() or 1) // max(jobs, 1))
+
+
+def thread_env(jobs: int) -> dict[str, str]:
+    """The environment that gives a child process its share (:func:`threads_per_job`) of the cores."""
+    n = str(threads_per_job(jobs))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
 def accelerator() -> str:
     """The device type the course runs on: "cuda" when present, then Apple's "mps", else "cpu"."""
     if torch.cuda.is_available():

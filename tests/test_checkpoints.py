@@ -163,6 +163,51 @@ def test_load_or_train_trains_once_then_loads_and_retrains_on_a_new_stamp(tmp_pa
     assert "different model" in capsys.readouterr().out
 
 
+def test_a_training_the_clock_stopped_short_is_reported_and_never_cached(tmp_path, capsys):
+    from diffuse_edu.course import report
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.training import loop
+    from diffuse_edu.training.checkpoints import stopped_early_path
+    from diffuse_edu.training.loop import train
+
+    report.reset()
+    schedule, data = cosine_schedule(100), torch.randn(32, 1, 8, 8)
+
+    def fit(seconds):
+        config = TrainConfig(steps=10_000, seconds=seconds, batch_size=4, snapshots=0)
+        result = train(UNet(CFG), data, DiffusionObjective(schedule), config, show_progress=False,
+                       generator=torch.Generator().manual_seed(0), desc="tiny")
+        return dict(model=result.model, ema=result.ema, schedule=schedule, train_config=config,
+                    extra=dict(steps=result.steps, planned_steps=result.planned_steps,
+                               stopped_by_clock=result.stopped_by_clock))
+
+    path = tmp_path / "short.pt"
+    ck = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: fit(0.05))
+    out = capsys.readouterr().out
+    assert ck.extra["stopped_by_clock"] and ck.extra["steps"] < 10_000
+    assert f"stopped at {ck.extra['steps']} of 10000 steps" in out and "not cached" in out.lower()
+    assert not path.exists() and stopped_early_path(path).exists()  # kept aside, under a name no lesson loads
+    assert loop.STOPPED_BY_CLOCK == [dict(desc="tiny", steps=ck.extra["steps"], planned_steps=10_000,
+                                          seconds=loop.STOPPED_BY_CLOCK[0]["seconds"])]
+    assert "tiny at" in str(report.paired_verdict([0, 0, 0], [1, 2, 3])[0])  # every verdict says so
+    again = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: fit(0.05))  # not loaded: trained again
+    assert again.extra["steps"] < 10_000 and "No checkpoint" in capsys.readouterr().out
+    report.reset()  # the next lesson starts with a clean record
+    assert not loop.STOPPED_BY_CLOCK
+
+
+def test_a_training_that_reaches_its_steps_is_not_stopped_by_the_clock():
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.training.loop import train
+
+    result = train(UNet(CFG), torch.randn(8, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
+                   TrainConfig(steps=3, seconds=600, batch_size=2, snapshots=0), show_progress=False)
+    assert result.steps == 3 and result.planned_steps == 3 and not result.stopped_by_clock and result.shortfall() is None
+    timed = train(UNet(CFG), torch.randn(8, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
+                  TrainConfig(steps=None, seconds=0.05, batch_size=2, snapshots=0), show_progress=False)
+    assert not timed.stopped_by_clock  # a time budget alone is the plan ("train for the 5 minutes we have")
+
+
 CHILD = """
 import sys, time
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The classroom grader: real, broken, unfinished, crashing and hanging notebooks each get a row."""
 
 import csv
+import os
 
 import nbformat
 import pytest
@@ -101,6 +102,7 @@ def test_jobs_grade_side_by_side_and_keep_the_learners_order(classroom, tmp_path
     lock = threading.Lock()
 
     def fake(learner, path, **kwargs):
+        assert kwargs["side_by_side"] == min(jobs_now[0], 4)
         with lock:
             running.append(learner)
             most.append(len(running))
@@ -110,12 +112,27 @@ def test_jobs_grade_side_by_side_and_keep_the_learners_order(classroom, tmp_path
         return grading.Graded(learner, path.name, "completed", 0.1)
 
     monkeypatch.setattr(grading, "grade_notebook", fake)
+    jobs_now = [3]
     rows = grading.grade(classroom, jobs=3, out=tmp_path / "grades")
     assert [(r.learner, r.notebook) for r in rows][:4] == [("ada", "ada.ipynb"), ("bob", "bob.ipynb"),
                                                            ("cy", "00_welcome.ipynb"), ("cy", "01_more.ipynb")]
     assert max(most) == 3
     most.clear()
+    jobs_now[0] = 1
     assert len(grading.grade(classroom, out=tmp_path / "one")) == len(rows) and max(most) == 1  # the default: one
+
+
+def test_notebooks_graded_side_by_side_get_one_thread_each_on_two_cores(classroom, tmp_path, monkeypatch):
+    from diffuse_edu.course import grade as grading
+
+    seen = []
+    monkeypatch.setattr(grading, "run_limited", lambda args, *, env, **kw: (seen.append(env), ("stopped", 0.0))[1])
+    monkeypatch.setattr(grading.os, "cpu_count", lambda: 2)
+    grading.grade_notebook("ada", classroom / "ada.ipynb", timeout=5, side_by_side=2)
+    grading.grade_notebook("ada", classroom / "ada.ipynb", timeout=5, side_by_side=3)
+    grading.grade_notebook("ada", classroom / "ada.ipynb", timeout=5)  # alone: the machine's default
+    assert [e.get("OMP_NUM_THREADS") for e in seen] == ["1", "1", os.environ.get("OMP_NUM_THREADS")]
+    assert seen[0]["MKL_NUM_THREADS"] == "1"
 
 
 def test_jobs_must_be_a_positive_count(classroom, capsys):

@@ -114,13 +114,16 @@ def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float)
 
 
 def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float = 4000.0,
-                   files: Path | None = None) -> Graded:
+                   files: Path | None = None, side_by_side: int = 1) -> Graded:
     """Run one notebook in a child process at quick scale, in a scratch copy of ``files`` (the
-    learner's folder; default: the notebook alone), and read what its checkers said."""
+    learner's folder; default: the notebook alone), and read what its checkers said. With
+    ``side_by_side`` notebooks running at once, it gets its share of the cores (one thread each
+    on two cores; config.threads_per_job)."""
     problem = notebook_problem(path)
     if problem:
         return Graded(learner, path.name, problem, 0.0)
-    env = {**os.environ, config.SCALE_ENV: "quick", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, config.SCALE_ENV: "quick", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+           **(config.thread_env(side_by_side) if side_by_side > 1 else {})}
     with tempfile.TemporaryDirectory() as tmp:
         scratch, out = Path(tmp) / "work" / learner, Path(tmp) / "results"
         if files is not None and files.is_dir():
@@ -192,7 +195,8 @@ def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
 
     def one(book: tuple[str, Path, Path | None]) -> Graded:
         learner, path, own = book
-        row = grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own)
+        row = grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own,
+                             side_by_side=min(jobs, len(books)))
         print(f"  {learner}, {path.name}: {row.run}, {sum(e['status'] == 'passed' for e in row.exercises)}/"
               f"{len(row.exercises)} exercises passed ({row.seconds:.0f} s)", flush=True)
         return row

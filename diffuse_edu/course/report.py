@@ -8,12 +8,15 @@ In Jupyter both simply record and return.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 import torch
 
 from diffuse_edu.data import to_uint8
+from diffuse_edu.evaluation import stats
+from diffuse_edu.training.loop import STOPPED_BY_CLOCK, shortfall_text
 
 #: Numbers reported by the lesson running in this process, by name.
 METRICS: dict[str, object] = {}
@@ -22,9 +25,11 @@ SAMPLES: list[np.ndarray] = []
 
 
 def reset() -> None:
-    """Forget everything recorded so far (the runner calls this before each lesson)."""
+    """Forget everything recorded so far (the runner calls this before each lesson), trainings
+    stopped by the clock included."""
     METRICS.clear()
     SAMPLES.clear()
+    STOPPED_BY_CLOCK.clear()
 
 
 def _plain(value: object) -> object:
@@ -62,37 +67,93 @@ def mean_and_spread(values: object) -> tuple[float, float]:
     return v.mean().item(), (v.std().item() if v.numel() > 1 else 0.0)
 
 
-def difference_verdict(smaller: object, larger: object, *, z: float = 2.0) -> tuple[str, float, float]:
-    """Does the claim "``larger`` exceeds ``smaller``" hold over repeated runs (seeds)?
+class Verdict(str):
+    """A verdict on a claim: it compares, and is stored in ``metrics.json``, as its word ("holds",
+    "does not hold", "inconclusive (within the spread)"; for :func:`similarity_verdict` "similar",
+    "better", "worse"), and prints with the test that gave it, so that every caption composed with
+    it names the test and its degrees of freedom::
 
-    Returns (verdict, difference of the means, its standard error): "holds" when the difference is
-    above ``z`` standard errors, "does not hold" when it is below minus that (or exactly zero with no
-    spread at all), else "inconclusive (within the spread)". Each argument is one measurement per run.
+        holds (paired t-test, 2 df: t = 5.10, p = 0.036)
+
+    When the clock stopped a training of this process short of its plan, the text says so too.
+    ``word``, ``test``, ``df``, ``t`` and ``p`` hold the parts.
     """
-    (ma, sa), (mb, sb) = mean_and_spread(smaller), mean_and_spread(larger)
-    na, nb = torch.as_tensor(smaller).numel(), torch.as_tensor(larger).numel()
-    se = (sa**2 / na + sb**2 / nb) ** 0.5
-    diff = mb - ma
-    return _judge(diff, se, z), diff, se
+
+    test: str
+    df: float
+    t: float
+    p: float
+    caveat: str
+    statistic: str | None  # printed in place of "t = ..., p = ..." (an interval, say)
+
+    def __new__(cls, word: str, *, test: str, df: float, t: float, statistic: str | None = None) -> Verdict:
+        verdict = super().__new__(cls, word)
+        verdict.test, verdict.df, verdict.t, verdict.statistic = test, df, t, statistic
+        verdict.p = 1.0 if math.isnan(t) else stats.t_two_sided_p(t, df)
+        verdict.caveat = shortfall_text()
+        return verdict
+
+    @property
+    def word(self) -> str:
+        return str.__str__(self)
+
+    def detail(self) -> str:
+        """The test, its degrees of freedom, t and p: "paired t-test, 2 df: t = 5.10, p = 0.036"."""
+        dof = f"{self.df:.0f}" if abs(self.df - round(self.df)) < 0.05 else f"{self.df:.1f}"
+        t = ("no spread" if math.isinf(self.t) or math.isnan(self.t) else f"t = {self.t:.2f}, p = {self.p:.2g}")
+        return f"{self.test}, {dof} df: {self.statistic or t}" + (f"; {self.caveat}" if self.caveat else "")
+
+    def __str__(self) -> str:
+        return f"{self.word} ({self.detail()})"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
-def _judge(diff: float, se: float, z: float) -> str:
-    """The verdict on "the difference is above zero". Every run measuring exactly the same (no difference and
-    no spread, e.g. both arms covering all 8 modes in every seed) shows no excess: "does not hold"."""
-    if diff > z * se and diff > 0:
-        return "holds"
-    if (diff < -z * se and diff < 0) or (diff == 0 and se == 0):
-        return "does not hold"
-    return "inconclusive (within the spread)"
+def _judge(diff: float, se: float, df: float, test: str, alpha: float) -> Verdict:
+    """The verdict on "the difference is above zero": "holds" when diff / se exceeds Student's t
+    two-sided critical value for ``df`` degrees of freedom at level ``alpha``, "does not hold" when
+    it is below minus that, else "inconclusive (within the spread)". Every run measuring exactly the
+    same (no difference and no spread, e.g. both arms covering all 8 modes in every seed) shows no
+    excess: "does not hold"; a difference with no spread at all is resolved by its sign."""
+    t = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else math.nan)
+    crit = stats.t_critical(df, alpha=alpha)
+    if diff > 0 and t > crit:
+        word = "holds"
+    elif (diff < 0 and t < -crit) or (diff == 0 and se == 0):
+        word = "does not hold"
+    else:
+        word = "inconclusive (within the spread)"
+    return Verdict(word, test=test, df=df, t=t)
 
 
-def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[str, float, float]:
+def difference_verdict(smaller: object, larger: object, *, alpha: float = 0.05) -> tuple[Verdict, float, float]:
+    """Does the claim "``larger`` exceeds ``smaller``" hold over repeated runs (seeds) that the two
+    arms do not share? Welch's t-test (Welch 1947): the standard error of the difference of the
+    means and its Welch-Satterthwaite degrees of freedom. Each argument is one measurement per run;
+    an arm of a single value is a fixed reference (a base model, a chance level) with no spread.
+
+    Returns (verdict, difference of the means, its standard error); see :func:`_judge`.
+    """
+    a, b = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (smaller, larger))
+    if a.numel() < 2 and b.numel() < 2:
+        raise ValueError("difference_verdict needs at least two runs in one arm: one run each gives no spread.")
+    va, vb = (v.var().item() if v.numel() > 1 else 0.0 for v in (a, b))
+    se = (va / a.numel() + vb / b.numel()) ** 0.5
+    diff = b.mean().item() - a.mean().item()
+    df = stats.welch_df(va, a.numel(), vb, b.numel())
+    test = "Welch's t-test" if a.numel() > 1 and b.numel() > 1 else "one-sample t-test against a fixed value"
+    return _judge(diff, se, df, test, alpha), diff, se
+
+
+def paired_verdict(before: object, after: object, *, alpha: float = 0.05) -> tuple[Verdict, float, float]:
     """Does "``after`` exceeds ``before``" hold, pair by pair? Each argument holds one measurement per
     unit that both arms share, in the same order: a training seed, a noise seed whose starting noise
-    both arms sample from, or an image both arms edit. The verdict uses the per-unit differences
-    (their mean and its standard error), so that what varies from unit to unit for both arms cancels.
+    both arms sample from, or an image both arms edit. The verdict is the paired t-test (n - 1
+    degrees of freedom) on the per-unit differences, so that what varies from unit to unit for
+    both arms cancels.
 
-    Returns (verdict, mean difference, its standard error), the verdict as in :func:`difference_verdict`.
+    Returns (verdict, mean difference, its standard error); see :func:`_judge`.
     """
     before_, after_ = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (before, after))
     if before_.numel() != after_.numel():
@@ -102,23 +163,31 @@ def paired_verdict(before: object, after: object, *, z: float = 2.0) -> tuple[st
     if diff.numel() < 2:
         raise ValueError("paired_verdict needs at least two seeds: one run gives no spread.")
     mean, se = diff.mean().item(), (diff.std() / diff.numel() ** 0.5).item()
-    return _judge(mean, se, z), mean, se
+    return _judge(mean, se, diff.numel() - 1, "paired t-test", alpha), mean, se
 
 
-def similarity_verdict(difference: float, se: float, margin: float, *, z: float = 2.0) -> str:
-    """A difference (positive: the second arm is better) and its standard error, judged against an
-    equivalence margin, for claims of the form "similar (or better)":
+def similarity_verdict(difference: float, se: float, margin: float, *, df: float,
+                       alpha: float = 0.05) -> Verdict:
+    """A difference (positive: the second arm is better), its standard error and its degrees of
+    freedom (``verdict.df`` of the :func:`paired_verdict` that measured it), judged against an
+    equivalence margin, for claims of the form "similar (or better)", with the Student's t
+    interval difference +- t se (two-sided, level ``alpha``):
 
-    - "similar" when the whole interval difference +- z se lies inside +- ``margin`` (also when it
-      excludes zero: a resolved difference smaller than the margin is what "similar" allows);
+    - "similar" when the whole interval lies inside +- ``margin`` (also when it excludes zero: a
+      resolved difference smaller than the margin is what "similar" allows);
     - "better" when the interval lies above zero;
     - "worse" when it lies below -``margin``: worse by more than the margin, not merely resolved;
     - else "inconclusive (within the spread)", among them a resolved loss that may be inside the margin.
     """
-    if abs(difference) + z * se < margin:
-        return "similar"
-    if difference - z * se > 0:
-        return "better"
-    if difference + z * se < -margin:
-        return "worse"
-    return "inconclusive (within the spread)"
+    half = stats.t_critical(df, alpha=alpha) * se
+    if abs(difference) + half < margin:
+        word = "similar"
+    elif difference - half > 0:
+        word = "better"
+    elif difference + half < -margin:
+        word = "worse"
+    else:
+        word = "inconclusive (within the spread)"
+    t = difference / se if se > 0 else math.inf
+    interval = f"{1 - alpha:.0%} interval {difference - half:+.3g} to {difference + half:+.3g} against +-{margin:.3g}"
+    return Verdict(word, test="Student's t interval", df=df, t=t, statistic=interval)

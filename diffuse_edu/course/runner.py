@@ -39,6 +39,7 @@ import numpy as np
 from diffuse_edu import config, exercises
 from diffuse_edu.course import report
 from diffuse_edu.course.hosted import cell_text
+from diffuse_edu.training.loop import STOPPED_BY_CLOCK
 
 
 class LessonError(config.CourseError, RuntimeError):
@@ -397,6 +398,8 @@ def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: l
         "figures": figures,
         "error": error,
         "unfinished": unfinished,  # stopped at the time limit: ``seconds`` is how long it ran, not what it needs
+        # trainings the clock stopped short of their planned steps: the verdicts above say so too
+        "stopped_by_clock": list(STOPPED_BY_CLOCK),
         "stamp": stamp(path),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

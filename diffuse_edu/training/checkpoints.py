@@ -128,6 +128,28 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, schedule: NoiseSchedu
     return path
 
 
+def stopped_early_path(path: str | Path) -> Path:
+    """Where a model whose training the clock stopped short of its plan is kept instead of ``path``:
+    beside it, under a name that no lesson loads (``ddpm.pt`` -> ``ddpm.stopped-early.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.stopped-early{path.suffix}")
+
+
+def cache_checkpoint(path: str | Path, **fields) -> Path:
+    """:func:`save_checkpoint` at ``path``, where later lessons load the model from, unless its
+    training stopped short of its planned steps (``extra["stopped_by_clock"]``): such a model is
+    saved at :func:`stopped_early_path` instead, so that a later lesson trains it again rather
+    than building its results on an undertrained model. Returns where it was saved."""
+    extra = fields.get("extra") or {}
+    if not extra.get("stopped_by_clock"):
+        return save_checkpoint(path, **fields)
+    early = stopped_early_path(path)
+    print(f"Not cached as {Path(path).name}: its training stopped at {extra.get('steps')} of "
+          f"{extra.get('planned_steps')} steps. Saved as {early.name}; a later lesson that needs this model "
+          "trains it again.")
+    return save_checkpoint(early, **fields)
+
+
 def _temporary(path: Path, suffix: str) -> Path:
     """A name to write ``path`` (with ``suffix``) under before moving it into place: one per process
     and thread, so that two notebooks saving the same model at once never write into one file."""
@@ -278,7 +300,8 @@ def _config_from(plain: dict, model_class: type[nn.Module], path: Path, expect: 
 def load_or_train(path: Path, model_class: type[nn.Module], config: object, stamp: dict,
                   train: Callable[[], dict]) -> Checkpoint:
     """The checkpoint at ``path`` if it holds a ``model_class`` of ``config`` made with ``stamp``;
-    otherwise ``train()`` (which returns :func:`save_checkpoint`'s keyword arguments), saved there.
+    otherwise ``train()`` (which returns :func:`save_checkpoint`'s keyword arguments), saved there
+    by :func:`cache_checkpoint` (a training the clock stopped short is returned but not cached).
 
     ``stamp`` (plain data: a recipe's name, its training settings) is stored in the file's extra;
     a file whose stamp differs is out of date and trained again. Every cached model of the course
@@ -295,9 +318,9 @@ def load_or_train(path: Path, model_class: type[nn.Module], config: object, stam
             return found
         made = train()
         made["extra"] = {**made.get("extra", {}), "stamp": stamp}
-        save_checkpoint(path, **made)
+        saved = cache_checkpoint(path, **made)  # elsewhere when the clock stopped it short of its plan
     distributed.barrier()  # under torchrun: every rank reads what rank 0 wrote
-    return load_checkpoint(path, model_class, expect=config)
+    return load_checkpoint(saved, model_class, expect=config)
 
 
 def _current(path: Path, model_class: type[nn.Module], config: object, stamp: dict, *,

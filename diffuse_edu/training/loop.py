@@ -106,6 +106,32 @@ class TrainResult:
     images_per_second: float  # over ``seconds``
     first_step_seconds: float = 0.0  # the first step alone (compilation, cuDNN set-up)
     snapshots: list[dict] = field(default_factory=list)  # {"step", "seconds", "weights"} (CPU)
+    planned_steps: int | None = None  # the config's step budget (None: a time budget alone)
+
+    @property
+    def stopped_by_clock(self) -> bool:
+        """The time limit ended a run planned in steps before it reached them (a loaded machine)."""
+        return self.planned_steps is not None and self.steps < self.planned_steps
+
+    def shortfall(self) -> dict | None:
+        """What :data:`STOPPED_BY_CLOCK` records of this run, or None when it reached its plan."""
+        return None if not self.stopped_by_clock else dict(
+            steps=self.steps, planned_steps=self.planned_steps, seconds=round(self.seconds, 1))
+
+
+#: The trainings of this process that the clock stopped before their planned steps, as
+#: {"desc", "steps", "planned_steps", "seconds"}: the verdicts of ``course.report`` name them and the
+#: headless runner writes them to ``metrics.json`` (it empties the list before each lesson).
+STOPPED_BY_CLOCK: list[dict] = []
+
+
+def shortfall_text(runs: list[dict] | None = None) -> str:
+    """One line naming the trainings stopped by the clock (default: this process's), or ''."""
+    runs = STOPPED_BY_CLOCK if runs is None else runs
+    if not runs:
+        return ""
+    each = "; ".join(f"{r['desc']} at {r['steps']} of {r['planned_steps']} steps" for r in runs)
+    return f"the clock stopped training short of its plan ({each}): these results come from undertrained models"
 
 
 def smoke_training(config: TrainConfig) -> TrainConfig:
@@ -384,9 +410,15 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
             start += time.perf_counter() - paused  # the callback's time is not training time
     bar.close()
     timed = max(step - 1, 0) * config.batch_size
-    return TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(),
-                       torch.stack(norms).float().tolist(), recorder.edges, recorder.means(), step, spent,
-                       timed / max(spent, 1e-9), first, snapshots)
+    result = TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(),
+                         torch.stack(norms).float().tolist(), recorder.edges, recorder.means(), step, spent,
+                         timed / max(spent, 1e-9), first, snapshots, planned_steps=config.steps)
+    if result.stopped_by_clock and main:
+        STOPPED_BY_CLOCK.append(dict(desc=desc, **result.shortfall()))
+        print(f"Warning: {desc} stopped at {step} of {config.steps} steps, when its {config.seconds:g} s ran out "
+              "(a slow or busy machine?). Its results come from an undertrained model, and it is not cached "
+              "for later lessons. Run the lesson alone, or raise the time limit, to train it fully.")
+    return result
 
 
 @dataclass(frozen=True, eq=False)

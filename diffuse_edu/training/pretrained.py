@@ -50,7 +50,8 @@ def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedu
     """What :func:`save_checkpoint` takes for a run of ``recipe``, stamped so that
     :func:`pretrained_ddpm` accepts it (lesson 05 saves its own run this way)."""
     extra = dict(images=len(images), steps=result.steps, seconds=result.seconds, stamp=recipe.stamp(),
-                 first_step_seconds=result.first_step_seconds, images_per_second=result.images_per_second)
+                 first_step_seconds=result.first_step_seconds, images_per_second=result.images_per_second,
+                 planned_steps=result.planned_steps, stopped_by_clock=result.stopped_by_clock)
     return dict(model=result.model, ema=result.ema, schedule=schedule, train_config=recipe.train,
                 snapshots=result.snapshots, extra=extra, target=recipe.target)
 
@@ -128,7 +129,8 @@ def train_clip_recipe(recipe: ClipRecipe, *, device: torch.device | str = "cpu",
                         seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
                         generator=torch.Generator(device).manual_seed(seed), loss_fn=loss_fn)
     return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1], losses=losses,
-                                                       stamp=recipe.stamp()))
+                                                       stamp=recipe.stamp(), planned_steps=recipe.steps,
+                                                       stopped_by_clock=len(losses) < recipe.steps))
 
 
 def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
