@@ -144,3 +144,25 @@ def test_jobs_must_be_a_positive_count(classroom, capsys):
 def test_an_empty_folder_says_what_to_put_there(tmp_path, capsys):
     assert cli.main(["grade", str(tmp_path)]) == 2
     assert "one .ipynb per learner" in capsys.readouterr().err
+
+
+def test_a_notebook_that_writes_much_to_stderr_is_graded_not_hung(tmp_path):
+    """Its standard error goes to a file: a pipe nobody reads fills at 64 KiB and the child waits forever."""
+    from diffuse_edu.course import grade as grading
+
+    room = tmp_path / "room"
+    room.mkdir()
+    _notebook(room / "hal.ipynb", "right", "import sys\nfor _ in range(40):\n    sys.stderr.write('w' * 10_000 + '\\n')")
+    [row] = grading.grade(room, timeout=300, out=tmp_path / "grades")
+    assert row.run == "completed" and [e["status"] for e in row.exercises] == ["passed"]
+
+
+def test_run_limited_keeps_what_the_child_wrote_to_stderr(tmp_path):
+    import sys
+
+    from diffuse_edu.course.grade import run_limited
+
+    log = tmp_path / "err.txt"
+    stopped, _ = run_limited([sys.executable, "-c", "import sys; sys.stderr.write('x' * 200_000 + 'end')"],
+                             env=dict(os.environ), timeout=60, memory_mb=4000, log=log)
+    assert stopped is None and log.read_text().endswith("end") and log.stat().st_size == 200_003

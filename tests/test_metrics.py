@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from diffuse_edu.evaluation.fid import fid, frechet_distance, mean_and_covariance, sqrtm_psd
-from diffuse_edu.evaluation.probes import nearest_neighbour, precision_recall
+from diffuse_edu.evaluation.probes import in_manifold, nearest_neighbour, precision_recall
 
 
 def _features(n, d, shift=0.0, scale=1.0, seed=0):
@@ -77,6 +77,16 @@ def test_precision_recall_tell_fidelity_from_diversity():
     assert p > 0.9 and r < 0.6
     p, r = precision_recall(real, _features(800, 4, shift=6.0, seed=6))  # elsewhere entirely
     assert p < 0.05 and r < 0.05
+
+
+def test_in_manifold_marks_each_sample_and_averages_to_precision():
+    real = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # each one's 1st neighbour: 1 away
+    queries = torch.tensor([[0.5, 0.5], [0.0, 0.9], [3.0, 3.0], [1.0, 2.1]])
+    inside = in_manifold(real, queries, k=1)
+    assert inside.tolist() == [True, True, False, False] and inside.dtype == torch.bool
+    fake = _features(300, 4, shift=1.0, seed=7)
+    assert in_manifold(_features(400, 4, seed=3), fake).double().mean().item() == precision_recall(
+        _features(400, 4, seed=3), fake)[0]
 
 
 def test_nearest_neighbour():

@@ -25,7 +25,8 @@ def test_missing_checkpoint_is_trained_saved_and_then_loaded(tiny, capsys):
     assert "training one now" in capsys.readouterr().out
     assert pretrained.checkpoint_path(tiny).is_file() and ck.extra["steps"] == 4 and len(ck.snapshots) == 2
     again = pretrained.pretrained_ddpm(tiny)
-    assert capsys.readouterr().out == ""  # loaded, not retrained
+    out = capsys.readouterr().out
+    assert out.startswith("tiny: trained 4 steps of the 4 planned") and "training" not in out  # loaded, not retrained
     assert all(torch.equal(again.weights[k], ck.weights[k]) for k in ck.weights)
 
 
@@ -37,6 +38,19 @@ def test_out_of_date_or_broken_checkpoints_are_replaced(tiny, capsys):
     pretrained.checkpoint_path(tiny).write_bytes(b"\x00" * 10)
     ck = pretrained.pretrained_ddpm(tiny)
     assert "truncated or corrupted" in capsys.readouterr().out and ck.extra["steps"] == 4
+
+
+def test_a_model_the_clock_stopped_short_says_so_when_loaded():
+    line = pretrained.trained_how_far("cddpm_digits", dict(steps=47, planned_steps=700, seconds=80.2,
+                                                         stopped_by_clock=True))
+    assert line.startswith("cddpm_digits: trained 47 steps of the 700 planned (80 s)") and "undertrained" in line
+    assert "undertrained" not in pretrained.trained_how_far("x", dict(steps=700, planned_steps=700))
+
+
+def test_quick_recipes_are_planned_in_steps_with_a_generous_clock_guard():
+    for recipe in recipes.RECIPES[config.Scale.QUICK]:  # steps end them; the seconds only guard a slow machine
+        assert recipe.train.steps is not None and recipe.train.seconds >= 150
+    assert recipes.CLIP_QUICK.seconds >= 2 * 16
 
 
 def test_recipes_by_scale():

@@ -57,6 +57,29 @@ def test_a_rerun_leaves_no_figure_or_samples_of_the_run_before(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["07_demo.ipynb", "metrics.json", "my_plot.png", "notes.txt"]
 
 
+def test_a_training_stopped_by_the_clock_is_in_metrics_json_and_the_next_lesson_starts_clean(tmp_path):
+    short = """
+import torch
+from diffuse_edu.diffusion.objectives import DiffusionObjective
+from diffuse_edu.diffusion.schedules import cosine_schedule
+from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.loop import TrainConfig, train
+from diffuse_edu.course.report import metric, paired_verdict
+net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2))
+train(net, torch.randn(16, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
+      TrainConfig(steps=100_000, seconds=0.05, batch_size=4), show_progress=False, desc="tiny")
+metric("claim", str(paired_verdict([0, 0, 0], [1, 2, 3])[0]))
+"""
+    out = tmp_path / "out"
+    runner.run_notebook(_notebook(tmp_path, short), scale="quick", out=out, quiet=True)
+    saved = json.loads((out / "metrics.json").read_text())
+    [stopped] = saved["stopped_by_clock"]
+    assert stopped["desc"] == "tiny" and stopped["planned_steps"] == 100_000 and stopped["steps"] < 100_000
+    assert f"tiny at {stopped['steps']} of 100000 steps" in saved["metrics"]["claim"]
+    runner.run_notebook(_notebook(tmp_path, "x = 1"), scale="quick", out=out, quiet=True)
+    assert json.loads((out / "metrics.json").read_text())["stopped_by_clock"] == []
+
+
 def test_a_failing_cell_is_named(tmp_path):
     path = _notebook(tmp_path, "x = 1", "raise KeyError('boom')")
     with pytest.raises(runner.LessonError, match="code cell 2: KeyError"):

@@ -93,12 +93,21 @@ def _address_limit(memory_mb: float):
     return limit
 
 
-def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float) -> tuple[str | None, float]:
+def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float,
+                log: Path | None = None) -> tuple[str | None, float]:
     """Run ``args``; kill it past ``timeout`` seconds or ``memory_mb`` of resident memory. Returns
-    (why it was stopped, or None when it ended by itself; seconds)."""
+    (why it was stopped, or None when it ended by itself; seconds). Its standard error goes to the
+    file ``log`` (default: nowhere): never to a pipe, which a chatty notebook fills (64 KiB) and
+    then waits on forever."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_address_limit(memory_mb))
+    with open(log if log is not None else os.devnull, "wb") as errors:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+                                preexec_fn=_address_limit(memory_mb))
+        return _watch(proc, start, timeout=timeout, memory_mb=memory_mb)
+
+
+def _watch(proc: subprocess.Popen, start: float, *, timeout: float, memory_mb: float) -> tuple[str | None, float]:
+    """Wait for ``proc``, killing it past ``timeout`` seconds or ``memory_mb`` of resident memory."""
     stopped = None
     while proc.poll() is None:
         if time.perf_counter() - start > timeout:
@@ -133,13 +142,16 @@ def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float
             scratch.mkdir(parents=True)
             copy = scratch / path.name
             shutil.copyfile(path, copy)
+        log = Path(tmp) / "stderr.txt"
         stopped, seconds = run_limited([sys.executable, "-m", "diffuse_edu", "run", str(copy), "--scale", "quick",
-                                        "--out", str(out)], env=env, timeout=timeout, memory_mb=memory_mb)
+                                        "--out", str(out)], env=env, timeout=timeout, memory_mb=memory_mb, log=log)
         metrics = out / "metrics.json"
         if stopped:
             return Graded(learner, path.name, stopped, seconds)
         if not metrics.is_file():
-            return Graded(learner, path.name, "did not run (the runner wrote no results)", seconds)
+            tail = log.read_text(errors="replace").strip()[-300:] if log.is_file() else ""
+            return Graded(learner, path.name, "did not run (the runner wrote no results)"
+                          + (f"; it said: {tail}" if tail else ""), seconds)
         summary = json.loads(metrics.read_text())
     error = summary.get("error") or ""
     run = ("out of memory (" + error + ")" if "MemoryError" in error

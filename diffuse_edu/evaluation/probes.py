@@ -46,15 +46,23 @@ def _inside_any_ball(queries: Tensor, centres: Tensor, radii: Tensor, batch: int
     return torch.cat([(torch.cdist(q, centres) <= radii[None]).any(1) for q in queries.split(batch)])
 
 
+def in_manifold(reference: Tensor, queries: Tensor, *, k: int = 3) -> Tensor:
+    """For each query vector, whether it lies inside the manifold of ``reference`` (Kynkaanniemi et
+    al. 2019, Eq. 1): the union of balls around each reference vector reaching its k-th neighbour.
+    With real features as the reference it is each sample's share of precision: a per-image measure of
+    realism, which pairs image by image (lesson 11). Shapes: (N, D), (M, D) -> (M,) bool."""
+    reference = reference.double()
+    return _inside_any_ball(queries.double(), reference, _kth_neighbour_radius(reference, k))
+
+
 def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019, Eq. 1-3) on feature vectors.
 
     Precision: share of fake samples inside the real manifold (the union of balls around each real
     vector reaching its k-th neighbour); recall: share of real samples inside the fake manifold.
     """
-    real, fake = real.double(), fake.double()
-    precision = _inside_any_ball(fake, real, _kth_neighbour_radius(real, k)).double().mean().item()
-    recall = _inside_any_ball(real, fake, _kth_neighbour_radius(fake, k)).double().mean().item()
+    precision = in_manifold(real, fake, k=k).double().mean().item()
+    recall = in_manifold(fake, real, k=k).double().mean().item()
     return precision, recall
 
 

@@ -86,8 +86,21 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
 def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
     """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
     recipe = in_force(recipe or ddpm_recipe())
-    return load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
-                         lambda: train_recipe(recipe, device=device))
+    ck = load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
+                       lambda: train_recipe(recipe, device=device))
+    print(trained_how_far(recipe.name, ck.extra))
+    return ck
+
+
+def trained_how_far(name: str, extra: dict) -> str:
+    """One line saying how far a checkpoint's model was trained, from its ``extra``: the steps
+    against its plan, and a warning where the clock stopped it short."""
+    steps, planned, seconds = extra.get("steps"), extra.get("planned_steps"), extra.get("seconds")
+    text = f"{name}: trained {steps} steps" + (f" of the {planned} planned" if planned else "")
+    text += f" ({seconds:.0f} s)" if isinstance(seconds, (int, float)) else ""
+    if extra.get("stopped_by_clock"):
+        text += ": the clock stopped it short of its plan, so it is undertrained (and not cached)"
+    return text
 
 
 def course_classifier(scale: Scale | str | None = None, *, device: torch.device | str = "cpu",
