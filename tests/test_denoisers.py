@@ -236,6 +236,17 @@ def test_per_example_sigma_equals_one_call_per_example():
         torch.testing.assert_close(batched, one_by_one, msg=name)
 
 
+def test_one_sigma_as_a_float_a_0d_or_a_1_tensor_is_the_same_call():
+    """As EDM's and k-diffusion's users pass it: D(x, karras_sigmas(...)[0])."""
+    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for name, d in {"eps": Denoiser(eps_net, SCHEDULE), **WRAPPED}.items():
+        want = d(x, 0.7)
+        for sigma in (torch.tensor(0.7, dtype=torch.float64), torch.tensor([0.7], dtype=torch.float64)):
+            torch.testing.assert_close(d(x, sigma), want, msg=name)
+        with pytest.raises(ValueError, match="one noise level or one per example"):
+            d(x, torch.tensor([0.7, 0.8], dtype=torch.float64))
+
+
 def test_plain_networks_are_read_as_what_they_declare():
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
 

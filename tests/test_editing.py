@@ -83,6 +83,21 @@ def test_sdedit_strength_moves_from_the_guide_to_the_model():
     assert dist[0.05][0] < 0.5 * dist[1.0][0] and dist[1.0][1] < 0.15
     with pytest.raises(ValueError, match="strength"):
         sdedit(model, guide, SCHEDULE, strength=0.0, steps=10)
+    with pytest.raises(ValueError, match="got none: pass the model's schedule"):  # was an AttributeError
+        sdedit(lambda x, t, cond=None: x, guide, None, strength=0.5, steps=10)
+
+
+def test_sdedit_takes_the_schedule_a_denoiser_carries():
+    from diffuse_edu.diffusion.denoisers import Denoiser
+    from diffuse_edu.diffusion.prediction import Target
+
+    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2)).eval()
+    guide = torch.rand(2, 1, 8, 8)
+    denoiser = Denoiser(net, SCHEDULE, Target.EPS)
+    with torch.no_grad():
+        given, carried = (sdedit(denoiser, guide, s, strength=0.5, steps=6, generator=torch.Generator().manual_seed(0))
+                          for s in (SCHEDULE, None))
+    torch.testing.assert_close(given, carried)
 
 
 def test_seam_jump_sees_a_pasted_border():

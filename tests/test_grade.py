@@ -166,3 +166,9 @@ def test_run_limited_keeps_what_the_child_wrote_to_stderr(tmp_path):
     stopped, _ = run_limited([sys.executable, "-c", "import sys; sys.stderr.write('x' * 200_000 + 'end')"],
                              env=dict(os.environ), timeout=60, memory_mb=4000, log=log)
     assert stopped is None and log.read_text().endswith("end") and log.stat().st_size == 200_003
+
+
+def test_grade_on_a_missing_folder_says_so_without_a_traceback(tmp_path, capsys):
+    assert cli.main(["grade", str(tmp_path / "nowhere")]) != 0
+    err = capsys.readouterr().err
+    assert "is not a folder" in err and "Traceback" not in err

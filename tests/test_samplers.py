@@ -98,6 +98,9 @@ def test_sigma_grids():
     assert k[0].item() == pytest.approx(80.0) and k[-2].item() == pytest.approx(LINEAR.sigma[1].item())
     e = sigmas_evenly_in_t(LINEAR, 4)
     torch.testing.assert_close(e[[0, 3]], LINEAR.sigma[[1000, 1]])
+    for bad in (float("inf"), float("nan"), 0.0):  # inf and NaN spread through the whole grid otherwise
+        with pytest.raises(ValueError, match="finite sigma_max"):
+            karras_sigmas(LINEAR, 10, sigma_max=bad)
 
 
 def test_the_denoiser_of_the_true_noise_is_x0():

@@ -60,6 +60,8 @@ def test_config_needs_a_budget():
     ("steps", -1, "steps must be a whole number of at least 1"),
     ("steps", 2.5, "steps must be a whole number of at least 1"),
     ("seconds", 0.0, "seconds must be positive"),
+    ("seconds", float("inf"), "seconds must be positive and finite"),  # a budget that never ends
+    ("seconds", float("nan"), "seconds must be positive and finite"),
     ("batch_size", 0, "batch_size must be a whole number of at least 1"),
     ("lr", 0.0, "lr must be positive"),
     ("warmup_steps", -5, "warmup_steps must be 0 or more"),

@@ -45,6 +45,9 @@ class Graded:
 def find_learners(folder: Path) -> dict[str, list[Path]]:
     """Learner -> notebooks: each ``.ipynb`` in ``folder`` is a learner (named by the file), and each
     sub-folder holding notebooks is one (named by the folder)."""
+    if not folder.is_dir():
+        raise config.CourseError(f"{folder} is not a folder: give grade the class folder, with one .ipynb per "
+                                 "learner or one folder of notebooks per learner.")
     learners: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix == ".ipynb":

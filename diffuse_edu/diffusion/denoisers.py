@@ -75,11 +75,15 @@ class Denoiser:
     def __call__(self, x: Tensor, sigma: float | Tensor, cond: object = None) -> Tensor:
         """x0_hat from x = x0 + sigma eps (Karras et al. 2022, Eq. 2 with s = 1).
 
-        ``sigma`` is one noise level for the batch (a float) or one per example (a tensor (B,), as
-        EDM-style training draws them). Shapes: x (B, ...) -> like x.
+        ``sigma`` is one noise level for the batch (a float, or a 0-d or (1,) tensor, as EDM and
+        k-diffusion accept) or one per example (a tensor (B,), as EDM-style training draws them).
+        Shapes: x (B, ...) -> like x.
         """
         net, b = self.network(x), x.shape[0]
         if isinstance(sigma, Tensor):
+            if sigma.numel() not in (1, b):
+                raise ValueError(f"sigma must be one noise level or one per example ({b}), got shape {tuple(sigma.shape)}.")
+            sigma = sigma.reshape(-1).expand(b)  # (B,)
             sig = sigma.to(x.dtype).reshape((b,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1)
         else:
             sig = float(sigma)

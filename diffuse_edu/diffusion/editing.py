@@ -33,14 +33,18 @@ def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 @torch.no_grad()
-def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule, *, strength: float, steps: int,
+def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule | None, *, strength: float, steps: int,
            cond: object = None, eta: float = 0.0, clip: float | None = None,
            generator: torch.Generator | None = None, step: Callable | None = None) -> Tensor:
     """SDEdit: ``guide`` noised to t0 = strength * T, then DDIM from t0 in about strength * steps
     steps (the step size of a full ``steps``-step run); ``step`` is :func:`ddim_step` or lesson 07's
-    learner's. Shapes: guide (B, ...) -> like guide."""
+    learner's. ``schedule`` None: the denoiser's own. Shapes: guide (B, ...) -> like guide."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength is a share of the noise levels in (0, 1], got {strength}.")
+    schedule = schedule if schedule is not None else getattr(model, "schedule", None)
+    if schedule is None:
+        raise ValueError("sdedit noises the guide to strength * T of a noise schedule and got none: pass the "
+                         "model's schedule (ck.schedule), or a Denoiser that carries it.")
     t0 = max(1, round(strength * schedule.T))
     x = q_sample(guide, t0, schedule, _noise(guide, generator))
     return sample_ddim(model, x, schedule, steps=max(1, round(strength * steps)), eta=eta, cond=cond, clip=clip,

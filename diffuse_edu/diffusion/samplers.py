@@ -163,6 +163,10 @@ def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
     """
     s_min = schedule.sigma[1].item()
     s_max = min(schedule.sigma[-1].item(), 80.0) if sigma_max is None else sigma_max
+    if not (math.isfinite(s_max) and s_max > s_min):
+        raise ValueError(f"karras_sigmas needs a finite sigma_max above the schedule's smallest sigma ({s_min:.3g}), "
+                         f"got {s_max}: for a zero-terminal-SNR schedule pass sigma_max=80 (Karras et al.) or "
+                         f"ZERO_SNR_SIGMA_MAX.")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return torch.cat([sig, sig.new_zeros(1)])

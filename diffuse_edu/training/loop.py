@@ -71,8 +71,8 @@ class TrainConfig:
         problems = [
             (self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1),
              f"steps must be a whole number of at least 1 (or None for a time budget alone), got {self.steps!r}"),
-            (self.seconds is not None and not self.seconds > 0,
-             f"seconds must be positive (or None for a step budget alone), got {self.seconds!r}"),
+            (self.seconds is not None and not 0 < self.seconds < float("inf"),
+             f"seconds must be positive and finite (or None for a step budget alone), got {self.seconds!r}"),
             (not isinstance(self.batch_size, int) or self.batch_size < 1,
              f"batch_size must be a whole number of at least 1, got {self.batch_size!r}"),
             (not self.lr > 0, f"lr must be positive, got {self.lr!r}"),
