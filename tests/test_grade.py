@@ -172,3 +172,14 @@ def test_grade_on_a_missing_folder_says_so_without_a_traceback(tmp_path, capsys)
     assert cli.main(["grade", str(tmp_path / "nowhere")]) != 0
     err = capsys.readouterr().err
     assert "is not a folder" in err and "Traceback" not in err
+
+
+def test_a_formula_in_a_learners_name_or_message_lands_in_the_csv_as_text(tmp_path):
+    from diffuse_edu.course.grade import Graded, write_tables
+
+    rows = [Graded("=HYPERLINK(\"http://x\")", "@a.ipynb", "completed", 1.0,
+                   [{"name": "+cmd", "status": "failed", "message": "-1 is wrong"}])]
+    csv_path, _ = write_tables(rows, tmp_path)
+    [row] = list(csv.DictReader(csv_path.open()))
+    assert row["learner"] == "'=HYPERLINK(\"http://x\")" and row["notebook"] == "'@a.ipynb"
+    assert row["exercise"] == "'+cmd" and row["message"] == "'-1 is wrong" and row["seconds"] == "1.0"

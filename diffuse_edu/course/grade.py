@@ -172,8 +172,8 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
         w.writerow(["learner", "notebook", "run", "seconds", "exercise", "verdict", "message"])
         for r in rows:
             for ex in r.exercises or [{"name": "", "status": "", "message": ""}]:
-                w.writerow([r.learner, r.notebook, r.run, f"{r.seconds:.1f}", ex["name"], ex["status"],
-                            "" if ex["status"] == "passed" else ex["message"]])
+                w.writerow([_inert(c) for c in (r.learner, r.notebook, r.run, f"{r.seconds:.1f}", ex["name"], ex["status"],
+                                                "" if ex["status"] == "passed" else ex["message"])])
     lines = ["| learner | notebook | run | passed | exercises |", "| --- | --- | --- | --- | --- |"]
     failures = []
     for r in rows:
@@ -187,6 +187,13 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
         text += "\nWhat the checkers said about failed exercises:\n\n" + "\n".join(failures) + "\n"
     md_path.write_text(text)
     return csv_path, md_path
+
+
+def _inert(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, a tab or a
+    carriage return: a learner can name a file or an exercise so) gets a leading apostrophe."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _cell(text: str) -> str:
