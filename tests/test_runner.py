@@ -80,6 +80,13 @@ metric("claim", str(paired_verdict([0, 0, 0], [1, 2, 3])[0]))
     assert json.loads((out / "metrics.json").read_text())["stopped_by_clock"] == []
 
 
+def test_a_cell_that_exits_is_a_stop_not_a_finished_lesson(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(runner.LessonError, match="code cell 2: SystemExit"):
+        runner.run_notebook(_notebook(tmp_path, "x = 1", "raise SystemExit(3)", "y = 2"), scale="quick", out=out, quiet=True)
+    assert json.loads((out / "metrics.json").read_text())["error"].startswith("code cell 2: SystemExit")
+
+
 def test_a_failing_cell_is_named(tmp_path):
     path = _notebook(tmp_path, "x = 1", "raise KeyError('boom')")
     with pytest.raises(runner.LessonError, match="code cell 2: KeyError"):

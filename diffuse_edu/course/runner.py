@@ -259,7 +259,7 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
                                                                                        config.CELL_MEMORY_KNOB):
                         exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
                         saver()  # figures the cell left open belong to it
-                except Exception as e:
+                except (Exception, SystemExit) as e:  # a cell that calls exit() stopped the lesson too
                     error = f"code cell {i}: {type(e).__name__}: {e}"
                     outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
                     raise LessonError(f"{path.name} failed in {error}") from e
