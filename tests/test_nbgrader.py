@@ -78,3 +78,17 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
         assert ada.max_score == len(answers) > 0
         assert ada.score == ada.max_score, "the complete notebook gets every point"
         assert ben.score == 0, "the unfinished notebook gets none"
+
+
+def test_the_exported_config_pins_the_quick_scale_and_a_cell_timeout_that_fits_it(tmp_path, monkeypatch):
+    from traitlets.config import Config
+
+    export_nbgrader.export(config.PROJECT_ROOT / "solutions", tmp_path / "course")
+    monkeypatch.setenv("DIFFUSE_EDU_SCALE", "unset")  # so that the end of the test restores what was there
+    monkeypatch.delenv("DIFFUSE_EDU_SCALE")
+    c = Config()
+    exec((tmp_path / "course" / "nbgrader_config.py").read_text(), {"get_config": lambda: c})
+    assert c.Execute.timeout == export_nbgrader.CELL_TIMEOUT_S >= 300  # nbgrader's default, 30 s, stopped lesson 05
+    import os
+
+    assert os.environ["DIFFUSE_EDU_SCALE"] == "quick" and c.CourseDirectory.course_id == "diffuse-edu"

@@ -30,6 +30,11 @@ CHECK = re.compile(r"^(\w+) = check\((\w+), (\w+)\)\s*$")
 STUB = 'raise NotImplementedError("Exercise not finished yet.")'
 
 
+#: nbgrader's limit on one cell while it autogrades (seconds): the slowest quick-scale cell takes about
+#: two minutes alone on two cores, several times that on a grader running many kernels at once.
+CELL_TIMEOUT_S = 600
+
+
 def _meta(grade_id: str, *, solution: bool = False, grade: bool = False, locked: bool = True,
           points: int | None = None) -> dict:
     meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": SCHEMA, "solution": solution,
@@ -89,6 +94,11 @@ def export(solutions: Path, out: Path) -> list[Path]:
         f"# lessons: {', '.join(lessons)}",
         f'c.ClearSolutions.code_stub = {{"python": {"# YOUR CODE HERE" + chr(10) + STUB!r}}}',
         "c.ClearSolutions.enforce_metadata = True",
+        "# Autograding runs each lesson at quick scale (its kernels inherit this), where a cell trains for",
+        "# up to two minutes: nbgrader's default of 30 s per cell would stop lesson 05 four times.",
+        "import os  # noqa: E402",
+        'os.environ.setdefault("DIFFUSE_EDU_SCALE", "quick")',
+        f"c.Execute.timeout = {CELL_TIMEOUT_S}",
     ]
     (out / "nbgrader_config.py").write_text("\n".join(config) + "\n")
     return written
