@@ -672,6 +672,14 @@ WRONG_10 = [
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w).mean(), "returned one number"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, torch.randn_like(n), w), "same noise gave different"),
     (VAE_LOSS, lambda v, x, n, w: _vae_variant(v, x, n, w).detach(), "no gradient"),
+    # values right, gradient cut: z detached before decoding (the KL alone still moves the encoder)
+    (VAE_LOSS, lambda v, x, n, w: (lambda m, lv: (v.decode(reparameterise(m, lv, n).detach()) - x).square().flatten(1)
+                                   .sum(1) + w * 0.5 * (m.square() + lv.exp() - 1 - lv).flatten(1).sum(1))(*v.encode(x)),
+     "with kl_weight = 0 the encoder gets no gradient"),
+    # the mean detached inside the sample: logvar still carries a gradient, but not the right one
+    (VAE_LOSS, lambda v, x, n, w: (lambda m, lv: (v.decode(reparameterise(m.detach(), lv, n)) - x).square().flatten(1)
+                                   .sum(1) + w * 0.5 * (m.square() + lv.exp() - 1 - lv).flatten(1).sum(1))(*v.encode(x)),
+     "the encoder's gradient differs from the reference"),
     (ENCODE_LATENTS, lambda v, x, s: v.encode(x)[0].detach(), "not scaled"),
     (ENCODE_LATENTS, lambda v, x, s: (v.encode(x)[0] / s).detach(), "you divided by scale"),
     (ENCODE_LATENTS, lambda v, x, s: (s * v.encode(x)[1]).detach(), "log-variances"),
@@ -867,13 +875,20 @@ def _prior(model, objective, subject, cond, pool, label, weight, generator=None,
     if how == "fixed_seed":
         idx = torch.randint(0, pool.shape[0], (b,), generator=torch.Generator().manual_seed(0))
     prior = subject if how == "subject_again" else pool[:b] if how == "first" else pool[idx]
-    prior_cond = cond if how == "subject_label" else Cond(labels=torch.full((b,), label))
+    prior_cond = (cond if how == "subject_label" else Cond(labels=torch.tensor(label)) if how == "one_label"
+                  else Cond(labels=torch.full((b,), label)))
     s_loss, _ = objective(model, subject, cond=cond, generator=generator)
     p_loss, _ = objective(model, prior, cond=prior_cond, generator=generator)
     return {"ok": s_loss + weight * p_loss, "weight_on_subject": weight * s_loss + p_loss, "mean": (s_loss + weight * p_loss).mean(),
             "no_prior": s_loss, "subject_again": s_loss + weight * p_loss, "subject_label": s_loss + weight * p_loss,
             "no_generator": s_loss + weight * p_loss, "first": s_loss + weight * p_loss,
-            "fixed_seed": s_loss + weight * p_loss}[how]
+            "fixed_seed": s_loss + weight * p_loss, "one_label": s_loss + weight * p_loss}[how]
+
+
+def test_a_prior_label_given_once_for_the_batch_passes_the_checker():
+    """One 0-d label for all the class images is as right as one per image: the checker's stand-in model once
+    crashed on it ('int' object is not subscriptable) instead of judging it."""
+    assert run_checker(lambda *a: _prior(*a, how="one_label"), PRIOR_PRESERVATION_LOSS).status == "passed"
 
 
 WRONG_13 = [
@@ -1041,6 +1056,12 @@ def test_hints_are_progressive_and_never_the_answer(capsys):
     with pytest.raises(KeyError, match="did you mean 'flow_matching_loss'"):
         hint("flow_loss")
     assert "scale_shift" in REGISTERED
+
+    def guided_forward(model, x, t, cond, scale, null):  # a learner's function, passed itself
+        raise NotImplementedError
+    hint(guided_forward)
+    out = capsys.readouterr().out
+    assert out.startswith("Hint ") and " for guided_forward: " in out
 
 
 def test_every_exercise_is_known_to_hint_in_a_fresh_interpreter():

@@ -70,12 +70,16 @@ CHECKERS: dict[str, Checker] = {}
 _HINTS_SHOWN: dict[str, int] = {}
 
 
-def hint(name: str) -> None:
+def hint(name: str | Callable) -> None:
     """Print the next hint for exercise ``name``: a first nudge, then a second one.
 
-    Every exercise of the course is known as soon as ``diffuse_edu`` is installed, even before a
-    lesson's imports ran. It prints and returns nothing, so a bare ``hint(...)`` shows its text once.
+    ``name`` is the exercise's name ("guided_forward") or the function itself (``hint(guided_forward)``,
+    whether the learner's or the checked one). Every exercise of the course is known as soon as
+    ``diffuse_edu`` is installed, even before a lesson's imports ran. It prints and returns nothing,
+    so a bare ``hint(...)`` shows its text once.
     """
+    if callable(name):
+        name = getattr(name, "__name__", str(name))
     checker = CHECKERS.get(name) or _every_checker().get(name)
     if checker is None:
         close = difflib.get_close_matches(str(name), _every_checker(), n=1, cutoff=0.5)

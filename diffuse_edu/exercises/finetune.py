@@ -25,7 +25,8 @@ class _Model:
 
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         labels = cond.labels if cond is not None else torch.zeros(x.shape[0], dtype=torch.long)
-        self.calls.append((x.shape[0], labels.tolist()))
+        labels = torch.as_tensor(labels).reshape(-1).expand(x.shape[0]) if torch.as_tensor(labels).numel() == 1 else labels
+        self.calls.append((x.shape[0], labels.tolist()))  # one label for the batch (0-d) counts for each example
         return torch.tanh(x) * (1 + labels.float().reshape(-1, 1, 1, 1) / 10)
 
 

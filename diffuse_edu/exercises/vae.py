@@ -231,6 +231,23 @@ def _vae_gradient(fn: Callable) -> None:
     loss.sum().backward()
     if vae.encoder[0].weight.grad is None or vae.encoder[0].weight.grad.abs().sum() == 0:
         raise Mismatch("the encoder gets no gradient: build z from the encoder's mean and logvar.")
+    # With kl_weight = 0 only the reconstruction trains the encoder: through z. A z detached before decoding
+    # passes every value check (and the KL alone still moves the encoder), yet trains a VAE whose latents
+    # the decoder cannot use.
+    vae.zero_grad(set_to_none=True)
+    fn(vae, x, noise, 0.0).sum().backward()
+    got = vae.encoder[0].weight.grad
+    vae.zero_grad(set_to_none=True)
+    vae_loss(vae, x, noise, 0.0).sum().backward()
+    want = vae.encoder[0].weight.grad
+    if got is None or got.abs().sum() == 0:
+        raise Mismatch("with kl_weight = 0 the encoder gets no gradient: the reconstruction's gradient must reach "
+                       "it through z. Was z (or mean, or logvar) detached, or made under torch.no_grad()? Decode "
+                       "reparameterise(mean, logvar, noise) as it is.")
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-6):
+        raise Mismatch("the loss has the right values but the encoder's gradient differs from the reference "
+                       f"(largest gap {(got - want).abs().max().item():.2e}): part of the path from the encoder "
+                       "through z to the reconstruction is cut or altered (a .detach(), .data, or a no_grad block?).")
 
 
 VAE_LOSS = Checker(
