@@ -62,15 +62,20 @@ def _device_and_scale() -> list[Finding]:
     if scale is config.Scale.FULL and kind == "cpu":
         findings.append(Finding("full scale on CPU", False, "full scale without a GPU takes hours",
                                 f"export {config.SCALE_ENV}=quick, or run on a GPU"))
-    if torch.cuda.is_available():
-        from diffuse_edu.diffusion.denoisers import (
-            bf16_supported,  # the check training and sampling use
-        )
-
-        bf16 = bf16_supported("cuda")
-        findings.append(Finding("bf16 autocast", bf16, "supported" if bf16 else "not supported",
-                                "" if bf16 else "full scale falls back to float32 (slower)"))
+    findings.append(_precision("cuda" if torch.cuda.is_available() else "cpu"))
     return findings
+
+
+def _precision(device: str) -> Finding:
+    """Which precision the lessons train in on ``device`` (the training loop's own choice)."""
+    from diffuse_edu.training.loop import Precision, TrainConfig, precision_dtype
+
+    name = Precision(precision_dtype(TrainConfig(), device)).name
+    if device != "cuda":
+        return Finding("training precision", True, f"{name} (the CPU)")
+    # a GPU without fast bfloat16 (a T4) trains in float16 with a gradient scaler, about 4x float32's speed
+    return Finding("training precision", True, name + ("" if "bfloat16" in name else
+                                                       " (this GPU has no fast bfloat16)"))
 
 
 def _data() -> list[Finding]:

@@ -10,7 +10,8 @@ field has found to matter:
   learns p(x | c) and p(x) for classifier-free guidance (Ho & Salimans 2022, Alg. 1);
 * a trainable-parameter filter (LoRA, lesson 13) that the optimiser, clipping and EMA respect;
 * channels_last memory layout (on a GPU, and on CPUs with oneDNN); on a GPU also bfloat16
-  autocast, fused AdamW and, optionally, torch.compile, with its kernels replayed as CUDA graphs
+  autocast (float16 with a gradient scaler on GPUs without fast bfloat16, such as a T4), fused
+  AdamW and, optionally, torch.compile, with its kernels replayed as CUDA graphs
   (mode "reduce-overhead": without them a small U-Net's GPU waits for the host to launch ~970
   kernels a step), and no host-device synchronisation inside a step;
 * under torchrun, several GPUs (:mod:`diffuse_edu.training.distributed`): every rank draws the same
@@ -56,6 +57,7 @@ class TrainConfig:
     ema_decay: float | None = 0.999  # final EMA decay, reached through the warm-up (None: no EMA)
     cond_dropout: float = 0.0  # share of examples trained with the null condition (guidance)
     bf16: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    fp16: bool = True  # on a CUDA GPU without bf16 (a T4), or with bf16 off: float16 autocast and a gradient scaler
     channels_last: bool = True  # channels_last memory layout on CUDA and on CPUs with oneDNN (~10% faster)
     compile: bool | str = False  # torch.compile the model for the training steps; a string is the mode
     # ("reduce-overhead": its kernels replayed as CUDA graphs, one launch per step instead of hundreds)
@@ -161,23 +163,62 @@ def _budget_fraction(step: int, elapsed: float, config: TrainConfig) -> float:
     return max(shares)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How a training step computes: autocast to ``dtype`` (None: float32 throughout), and for float16
+    a gradient scaler (Micikevicius et al. 2018): float16's narrow range would flush small gradients
+    to zero, so the loss is scaled up before the backward pass and the gradients down before clipping
+    and the step, which the scaler skips (lowering the scale) when a gradient overflowed."""
+
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast with a gradient scaler",
+                None: "float32"}[self.dtype]
+
+
+def precision_dtype(config: TrainConfig, device: torch.device | str) -> torch.dtype | None:
+    """The autocast type training uses on ``device``: bfloat16 where the GPU has it fast (Ampere and
+    later) and ``config.bf16``; else float16 on any CUDA GPU with ``config.fp16`` (Colab's free T4 has
+    no fast bfloat16: float32 there is about 4x slower); else None, float32 (every CPU)."""
+    device = torch.device(device)
+    if config.bf16 and bf16_supported(device):
+        return torch.bfloat16
+    if config.fp16 and device.type == "cuda" and torch.cuda.is_available():
+        return torch.float16
+    return None
+
+
 def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
                generator: torch.Generator | None = None, t: Tensor | None = None,
-               eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               eps: Tensor | None = None, precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One optimiser step; returns (loss per example (B,), noise levels (B,), the gradient's global
     norm before clipping ()), all detached.
 
-    ``t`` and ``eps`` are drawn by the objective unless given. No value is read back from the
-    device, so on a GPU the host can queue the next step at once.
+    ``t`` and ``eps`` are drawn by the objective unless given. ``precision`` (default: bfloat16
+    autocast where ``bf16``, else float32) may autocast to float16 with a gradient scaler: the
+    gradients are unscaled before they are measured and clipped. Without a scaler no value is read
+    back from the device, so on a GPU the host can queue the next step at once (the scaler's check
+    for overflow reads one).
     """
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+    precision = precision or Precision(torch.bfloat16 if bf16 else None)
+    with torch.autocast(x0.device.type, dtype=precision.dtype or torch.bfloat16, enabled=precision.dtype is not None):
         per_example, t = objective(step_model, x0, cond=cond, generator=generator, t=t, eps=eps)
     opt.zero_grad(set_to_none=True)
-    per_example.mean().backward()
+    scaler = precision.scaler
+    (per_example.mean() if scaler is None else scaler.scale(per_example.mean())).backward()
+    if scaler is not None:
+        scaler.unscale_(opt)  # clipping and the reported norm see the true gradients
     limit = config.grad_clip if config.grad_clip is not None else float("inf")  # inf: measure, do not clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
-    opt.step()
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)  # skipped when a gradient is inf or NaN
+        scaler.update()
     return per_example.detach(), t, grad_norm.detach()
 
 
@@ -203,11 +244,15 @@ def training_step(model: Callable, optimizer: torch.optim.Optimizer, x0: Tensor,
 
 def as_step_fn(step: Callable) -> Callable:
     """A lesson-05 ``training_step(model, optimizer, x0, t, eps, schedule, grad_clip)`` as the loop's
-    ``step_fn`` (the signature of :func:`train_step`), for a v-prediction objective."""
+    ``step_fn`` (the signature of :func:`train_step`), for a v-prediction objective. It autocasts to
+    bfloat16 where the loop does; where the loop would use float16, it runs in float32 (the learner's
+    step steps the optimiser itself, so no gradient scaler can stand in between)."""
     def step_fn(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                 config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
                 generator: torch.Generator | None = None, t: Tensor | None = None,
-                eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                eps: Tensor | None = None, precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        # a learner's step calls optimizer.step() itself, so it cannot take a gradient scaler: under
+        # float16 it runs in float32 (bfloat16 needs no scaler)
         if getattr(objective, "target", None) is not Target.V or cond is not None:
             raise ValueError("A lesson-05 training step trains an unconditional v-prediction model: "
                              "use it with DiffusionObjective(schedule, Target.V) and no conditions.")
@@ -363,7 +408,9 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
     step_model, data, params, opt = _setup(model, data, config, trainable)
     if _loss_compiled(config):
         objective = CompiledLoss(objective, step_model, compile_mode(config.compile, ddp=False))
-    bf16 = config.bf16 and bf16_supported(device)
+    dtype = precision_dtype(config, device)
+    precision = Precision(dtype, torch.amp.GradScaler(device.type) if dtype is torch.float16 else None)
+    bf16 = dtype is torch.bfloat16
     graphs = device.type == "cuda" and bool(config.compile)  # any compiled mode may replay CUDA graphs: mark steps
     ema = EMA(model, config.ema_decay, trainable=trainable, update_fn=ema_fn) if config.ema_decay is not None and main else None
     recorder = _LossRecorder(objective.t_max, config.loss_buckets, device)
@@ -388,7 +435,7 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are done with
         per_example, t, grad_norm = step_fn(step_model, opt, objective, x0, config, params=params, bf16=bf16,
-                                               cond=batch_cond, t=t, eps=eps)
+                                               cond=batch_cond, t=t, eps=eps, precision=precision)
         norms.append(grad_norm)
         if ema is not None:
             ema.update(model)
