@@ -183,3 +183,22 @@ def test_a_formula_in_a_learners_name_or_message_lands_in_the_csv_as_text(tmp_pa
     [row] = list(csv.DictReader(csv_path.open()))
     assert row["learner"] == "'=HYPERLINK(\"http://x\")" and row["notebook"] == "'@a.ipynb"
     assert row["exercise"] == "'+cmd" and row["message"] == "'-1 is wrong" and row["seconds"] == "1.0"
+
+
+def test_the_tables_are_written_whole_over_a_planted_link_and_the_executed_notebooks_kept(tmp_path):
+    from diffuse_edu.course import grade as grading
+
+    room, out = tmp_path / "room", tmp_path / "room" / "grades"
+    room.mkdir()
+    _notebook(room / "ada.ipynb", "right")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out.mkdir()
+    (out / "grades.csv").symlink_to(victim)  # planted by a notebook run earlier
+    [row] = grading.grade(room, timeout=300)
+    assert victim.read_text() == "keep me" and not (out / "grades.csv").is_symlink()
+    assert "ada" in (out / "grades.csv").read_text() and row.run == "completed"
+    kept = out / "executed" / "ada" / "ada.ipynb"
+    assert kept.is_file() and "passed" in kept.read_text()  # the learner's notebook, run, with its outputs
+    assert list(grading.find_learners(room, skip=out)) == ["ada"]  # the kept notebooks are no learner
+    assert sorted(p.name for p in out.iterdir()) == ["executed", "grades.csv", "grades.md"]  # no temporary left

@@ -17,6 +17,7 @@ grade untrusted submissions inside a container or a virtual machine.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -42,9 +43,10 @@ class Graded:
     exercises: list[dict] = field(default_factory=list)  # name, status, message (from the checkers)
 
 
-def find_learners(folder: Path) -> dict[str, list[Path]]:
+def find_learners(folder: Path, *, skip: Path | None = None) -> dict[str, list[Path]]:
     """Learner -> notebooks: each ``.ipynb`` in ``folder`` is a learner (named by the file), and each
-    sub-folder holding notebooks is one (named by the folder)."""
+    sub-folder holding notebooks is one (named by the folder), but ``skip`` (the grader's own output,
+    which keeps the executed notebooks)."""
     if not folder.is_dir():
         raise config.CourseError(f"{folder} is not a folder: give grade the class folder, with one .ipynb per "
                                  "learner or one folder of notebooks per learner.")
@@ -52,7 +54,7 @@ def find_learners(folder: Path) -> dict[str, list[Path]]:
     for path in sorted(folder.iterdir()):
         if path.suffix == ".ipynb":
             learners[path.stem] = [path]
-        elif path.is_dir() and not path.name.startswith("."):
+        elif path.is_dir() and not path.name.startswith(".") and (skip is None or path.resolve() != skip.resolve()):
             books = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
             if books:
                 learners[path.name] = books
@@ -126,11 +128,12 @@ def _watch(proc: subprocess.Popen, start: float, *, timeout: float, memory_mb: f
 
 
 def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float = 4000.0,
-                   files: Path | None = None, side_by_side: int = 1) -> Graded:
+                   files: Path | None = None, side_by_side: int = 1, keep: Path | None = None) -> Graded:
     """Run one notebook in a child process at quick scale, in a scratch copy of ``files`` (the
     learner's folder; default: the notebook alone), and read what its checkers said. With
     ``side_by_side`` notebooks running at once, it gets its share of the cores (one thread each
-    on two cores; config.threads_per_job)."""
+    on two cores; config.threads_per_job). With ``keep``, the executed notebook (its outputs and
+    figures: feedback for the learner, and something to audit) is kept as ``keep/learner/NAME``."""
     problem = notebook_problem(path)
     if problem:
         return Graded(learner, path.name, problem, 0.0)
@@ -149,6 +152,10 @@ def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float
         stopped, seconds = run_limited([sys.executable, "-m", "diffuse_edu", "run", str(copy), "--scale", "quick",
                                         "--out", str(out)], env=env, timeout=timeout, memory_mb=memory_mb, log=log)
         metrics = out / "metrics.json"
+        executed = out / path.name
+        if keep is not None and executed.is_file():
+            (keep / learner).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(executed, keep / learner / path.name)
         if stopped:
             return Graded(learner, path.name, stopped, seconds)
         if not metrics.is_file():
@@ -167,13 +174,14 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
     """grades.csv (one line per exercise) and grades.md (one line per notebook) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "grades.csv", out / "grades.md"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["learner", "notebook", "run", "seconds", "exercise", "verdict", "message"])
-        for r in rows:
-            for ex in r.exercises or [{"name": "", "status": "", "message": ""}]:
-                w.writerow([_inert(c) for c in (r.learner, r.notebook, r.run, f"{r.seconds:.1f}", ex["name"], ex["status"],
-                                                "" if ex["status"] == "passed" else ex["message"])])
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["learner", "notebook", "run", "seconds", "exercise", "verdict", "message"])
+    for r in rows:
+        for ex in r.exercises or [{"name": "", "status": "", "message": ""}]:
+            w.writerow([_inert(c) for c in (r.learner, r.notebook, r.run, f"{r.seconds:.1f}", ex["name"], ex["status"],
+                                            "" if ex["status"] == "passed" else ex["message"])])
+    _replace(csv_path, table.getvalue())
     lines = ["| learner | notebook | run | passed | exercises |", "| --- | --- | --- | --- | --- |"]
     failures = []
     for r in rows:
@@ -185,8 +193,17 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
     text = "\n".join(lines) + "\n"
     if failures:
         text += "\nWhat the checkers said about failed exercises:\n\n" + "\n".join(failures) + "\n"
-    md_path.write_text(text)
+    _replace(md_path, text)
     return csv_path, md_path
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a file beside it, then renamed over it. The rename replaces
+    whatever ``path`` is, a link a learner's notebook planted included, and never writes through it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _inert(text: str) -> str:
@@ -204,7 +221,8 @@ def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
           out: Path | None = None, jobs: int = 1) -> list[Graded]:
     """Grade every learner in ``folder``, ``jobs`` notebooks at a time (each holds up to ``memory_mb``);
     write the tables to ``out`` (default ``folder/grades``), rows in the learners' order."""
-    learners = find_learners(folder)
+    tables = out or folder / "grades"  # also the executed notebooks, under executed/LEARNER/
+    learners = find_learners(folder, skip=tables)
     if not learners:
         raise config.CourseError(f"No notebooks in {folder}: put one .ipynb per learner there, or one "
                                 "folder of notebooks per learner.")
@@ -218,13 +236,13 @@ def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
     def one(book: tuple[str, Path, Path | None]) -> Graded:
         learner, path, own = book
         row = grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own,
-                             side_by_side=min(jobs, len(books)))
+                             side_by_side=min(jobs, len(books)), keep=tables / "executed")
         print(f"  {learner}, {path.name}: {row.run}, {sum(e['status'] == 'passed' for e in row.exercises)}/"
               f"{len(row.exercises)} exercises passed ({row.seconds:.0f} s)", flush=True)
         return row
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook runs in its own process
         rows = list(pool.map(one, books))
-    csv_path, md_path = write_tables(rows, out or folder / "grades")
+    csv_path, md_path = write_tables(rows, tables)
     print(f"wrote {csv_path} and {md_path}")
     return rows
