@@ -137,6 +137,15 @@ def test_the_conversions_reach_an_infinite_sigma_at_zero_terminal_snr():
 def test_misuse_is_named():
     with pytest.raises(ValueError, match="needs the schedule"):
         Denoiser(eps_net, None, Target.V)
+    # a network that declares nothing, sampled without a schedule: it may be a flow missing its declaration
+    with pytest.raises(ValueError, match="does not declare what it predicts .* model.predicts = 'flow'"):
+        as_denoiser(lambda x, t, cond=None: x, None)
+
+    def v_declared(x, t, cond=None):
+        return x
+    v_declared.predicts = "v"
+    with pytest.raises(ValueError, match="A v-prediction network needs the schedule"):
+        as_denoiser(v_declared, None)
     d = as_denoiser(eps_net, SCHEDULE, clip=1.0)
     assert d.clip == 1.0 and as_denoiser(d, SCHEDULE) is d
     with pytest.raises(ValueError, match="not defined on x_t"):

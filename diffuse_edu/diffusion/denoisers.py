@@ -166,9 +166,14 @@ def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float 
                              f"was given {schedule.name!r}: pass the model's own schedule (e.g. "
                              "checkpoint.schedule), since one would silently override the other.")
     else:
-        target = declared_target(model) or Target.EPS
+        declared = declared_target(model)
+        target = declared or Target.EPS
         if target is Target.FLOW:
             d = Denoiser(model, None, target)
+        elif schedule is None and declared is None:
+            raise ValueError("This network does not declare what it predicts (model.predicts) and the sampler got "
+                             "no schedule: a flow network needs model.predicts = 'flow' (or Denoiser(net, None, "
+                             "Target.FLOW)); an eps, x0 or v network needs the schedule it was trained on.")
         elif schedule is None:
             raise ValueError(f"A {target.value}-prediction network needs the schedule it was trained on: "
                              "pass it to the sampler.")
