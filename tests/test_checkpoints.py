@@ -286,3 +286,22 @@ def test_manifest_catches_missing_and_changed_files(saved):
     path.with_suffix(".safetensors").unlink()
     status = {p: why for p, ok, why in verify_manifest(path.parent) if not ok}
     assert status == {"m.json": "differs from the manifest (damaged or replaced)", "m.safetensors": "missing"}
+
+
+def test_a_network_built_from_a_checkpoint_samples_on_its_own_schedule_and_refuses_another(tmp_path):
+    from diffuse_edu.diffusion.samplers import sample_ddim
+    from diffuse_edu.diffusion.schedules import linear_schedule
+
+    schedule = cosine_schedule(50)
+    net = UNet(CFG)
+    net.predicts = "v"
+    ck = load_checkpoint(save_checkpoint(tmp_path / "own.pt", model=net, schedule=schedule), UNet)
+    built = ck.build()
+    assert built.schedule.same_as(schedule)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(sample_ddim(built, x, None, steps=4), sample_ddim(built, x, schedule, steps=4))
+        torch.testing.assert_close(sample_ddim(ck.denoiser(), x, None, steps=4),  # a Denoiser carries it too
+                                   sample_ddim(built, x, schedule, steps=4))
+    with pytest.raises(ValueError, match="trained on the 'cosine.*but the sampler was given 'linear"):
+        sample_ddim(built, x, linear_schedule(50), steps=4)

@@ -166,6 +166,12 @@ def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float 
                              f"was given {schedule.name!r}: pass the model's own schedule (e.g. "
                              "checkpoint.schedule), since one would silently override the other.")
     else:
+        own = getattr(model, "schedule", None)  # a network built from a checkpoint knows its schedule
+        if isinstance(own, NoiseSchedule) and declared_target(model) is not Target.FLOW:  # a flow fits any
+            if schedule is not None and not own.same_as(schedule):
+                raise ValueError(f"The network was trained on the {own.name!r} schedule but the sampler was given "
+                                 f"{schedule.name!r}: pass its own schedule (or none: it is taken from the network).")
+            schedule = own
         declared = declared_target(model)
         target = declared or Target.EPS
         if target is Target.FLOW:

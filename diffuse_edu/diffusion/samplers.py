@@ -35,7 +35,12 @@ from diffuse_edu.diffusion.schedules import NoiseSchedule
 ZERO_SNR_SIGMA_MAX = 1e4
 
 
-def _needs_schedule(schedule: NoiseSchedule | None, sampler: str) -> NoiseSchedule:
+def _needs_schedule(schedule: NoiseSchedule | None, sampler: str, model: Callable | None = None) -> NoiseSchedule:
+    """The schedule a sampler walks: the one given, else the model's own (a :class:`Denoiser`'s, or
+    a network built from a checkpoint, which knows the schedule it was trained on)."""
+    if schedule is None:
+        schedule = getattr(model, "schedule", None)
+        schedule = schedule if isinstance(schedule, NoiseSchedule) else None
     if schedule is None:
         raise ValueError(f"{sampler} walks the steps of a noise schedule and got none. For a flow model any "
                          "schedule sets the grid (e.g. cosine_schedule(1000)), or use sample_flow_euler, "
@@ -92,7 +97,7 @@ def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     ``step`` is the update (:func:`ddim_step`, or lesson 07's learner's, same signature).
     Shapes: x (B, ...) -> like x.
     """
-    schedule = _needs_schedule(schedule, "sample_ddim")
+    schedule = _needs_schedule(schedule, "sample_ddim", model)
     denoiser = as_denoiser(model, schedule, clip=clip)
     ts = timesteps(schedule, steps, t_max=t_max)
     for i, (t, t_prev) in enumerate(zip(ts[:-1], ts[1:])):
@@ -112,7 +117,7 @@ def sample_ddpm(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
     DDIM with eta = 1 is the DDPM posterior step (Song et al. 2021, Sec. 4.1), so with steps = T
     this is lesson 02's ddpm_step at every t; with fewer steps, the same process on a coarser grid.
     """
-    schedule = _needs_schedule(schedule, "sample_ddpm")
+    schedule = _needs_schedule(schedule, "sample_ddpm", model)
     return sample_ddim(model, x, schedule, steps=steps or schedule.T, eta=1.0, generator=generator,
                        callback=callback, cond=cond, clip=clip)
 
@@ -141,7 +146,7 @@ def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: 
     """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
     Nichol 2021, App. F) with any model: :func:`ddim_inversion` on its denoiser.
     ``step`` is :func:`ddim_step` or a learner's."""
-    schedule = _needs_schedule(schedule, "invert_ddim")
+    schedule = _needs_schedule(schedule, "invert_ddim", model)
     return ddim_inversion(as_denoiser(model, schedule), x0, schedule, steps, schedule.T if t_max is None else t_max,
                           cond, step=step)
 
@@ -201,7 +206,7 @@ def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Ten
 def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Callable,
           clip: float | None) -> tuple[Denoiser, list[float], Tensor]:
     """The denoiser, the sigma grid as host numbers, and the unit noise scaled to the first level."""
-    schedule = _needs_schedule(schedule, "A sigma-space sampler")
+    schedule = _needs_schedule(schedule, "A sigma-space sampler", model)
     sig = sigmas(schedule, steps).clamp(max=sigma_max(schedule)).tolist()
     return as_denoiser(model, schedule, clip=clip), sig, x * (1 + sig[0] ** 2) ** 0.5
 

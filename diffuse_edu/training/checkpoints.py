@@ -62,7 +62,8 @@ class Checkpoint:
     target: str | None = None  # what the model predicts ("eps", "x0", "v", "flow"); None: not a denoiser
 
     def build(self, *, ema: bool = True, device: torch.device | str = "cpu") -> nn.Module:
-        """The model with the EMA weights (or the raw ones), in eval mode, knowing what it predicts."""
+        """The model with the EMA weights (or the raw ones), in eval mode, knowing what it predicts
+        (``model.predicts``) and the schedule it was trained on (``model.schedule``)."""
         model = self.model_class(self.model_config)
         state = self.ema_weights if ema and self.ema_weights is not None else self.weights
         try:
@@ -72,6 +73,8 @@ class Checkpoint:
                                   f"checkpoint's own config ({e}). The file is damaged: retrain.") from e
         if self.target is not None:
             model.predicts = self.target
+        if self.schedule is not None:
+            model.schedule = self.schedule  # samplers take it from here, and refuse another
         return model.to(device).eval()
 
     def denoiser(self, *, ema: bool = True, device: torch.device | str = "cpu", clip: float | None = None,
