@@ -192,6 +192,16 @@ def test_a_training_the_clock_stopped_short_is_reported_and_never_cached(tmp_pat
     assert "tiny at" in str(report.paired_verdict([0, 0, 0], [1, 2, 3])[0])  # every verdict says so
     again = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: fit(0.05))  # not loaded: trained again
     assert again.extra["steps"] < 10_000 and "No checkpoint" in capsys.readouterr().out
+    from diffuse_edu.course.workshop import model_files
+
+    cache = tmp_path / "cache"
+    (cache / "checkpoints").mkdir(parents=True)
+    for name in ("m.pt", "m.stopped-early.pt", "m.stopped-early.safetensors"):
+        (cache / "checkpoints" / name).write_bytes(b"x")
+    assert [f.name for f in model_files(cache)] == ["m.pt"]  # an undertrained model is never in a manifest
+    full = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: {**fit(0.05), "extra": {"steps": 1}})
+    assert path.exists() and full.extra["steps"] == 1
+    assert not list(tmp_path.glob("*.stopped-early.*"))  # the undertrained files of the earlier runs are gone
     report.reset()  # the next lesson starts with a clean record
     assert not loop.STOPPED_BY_CLOCK
 

@@ -98,3 +98,35 @@ def test_a_training_stopped_by_the_clock_is_named_in_every_verdict_until_reset()
     finally:
         report.reset()
     assert not loop.STOPPED_BY_CLOCK
+
+
+def test_a_verdict_survives_pickle_and_copy_and_refuses_values_that_are_not_finite():
+    import copy
+    import pickle
+
+    verdict = paired_verdict([0.0, 0.0, 0.0], [1.0, 2.0, 3.5])[0]
+    for again in (pickle.loads(pickle.dumps(verdict)), copy.deepcopy(verdict), copy.copy(verdict)):
+        assert again == verdict and str(again) == str(verdict) and again.df == 2 and again.p == verdict.p
+    with pytest.raises(ValueError, match="not finite"):
+        paired_verdict([0.0, 1.0, 2.0], [1.0, float("nan"), 3.0])
+    with pytest.raises(ValueError, match="not finite"):
+        difference_verdict([0.0, 1.0], [float("inf"), 3.0])
+    assert similarity_verdict(-0.05, 0.0, 0.1, df=2).t == float("-inf")  # the sign of a spread-free difference
+
+
+def test_a_full_rerun_of_the_same_training_lifts_its_clock_warning():
+    import torch
+
+    from diffuse_edu.diffusion.objectives import DiffusionObjective
+    from diffuse_edu.diffusion.schedules import cosine_schedule
+    from diffuse_edu.models.unet import UNet, UNetConfig
+    from diffuse_edu.training.loop import TrainConfig, train
+
+    report.reset()
+    loop.STOPPED_BY_CLOCK.append(dict(desc="again", steps=1, planned_steps=3, seconds=0.1))
+    loop.STOPPED_BY_CLOCK.append(dict(desc="other", steps=1, planned_steps=3, seconds=0.1))
+    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2))
+    train(net, torch.randn(8, 1, 8, 8), DiffusionObjective(cosine_schedule(50)), TrainConfig(steps=3, batch_size=2),
+          show_progress=False, desc="again")
+    assert [r["desc"] for r in loop.STOPPED_BY_CLOCK] == ["other"]
+    report.reset()

@@ -93,6 +93,9 @@ class Verdict(str):
         verdict.caveat = shortfall_text()
         return verdict
 
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # pickle, copy and deepcopy rebuild it whole
+        return (self.word,), dict(test=self.test, df=self.df, t=self.t, statistic=self.statistic)
+
     @property
     def word(self) -> str:
         return str.__str__(self)
@@ -100,7 +103,7 @@ class Verdict(str):
     def detail(self) -> str:
         """The test, its degrees of freedom, t and p: "paired t-test, 2 df: t = 5.10, p = 0.036"."""
         dof = f"{self.df:.0f}" if abs(self.df - round(self.df)) < 0.05 else f"{self.df:.1f}"
-        t = ("no spread" if math.isinf(self.t) or math.isnan(self.t) else f"t = {self.t:.2f}, p = {self.p:.2g}")
+        t = ("no spread" if math.isinf(self.t) or math.isnan(self.t) else f"t = {self.t:.2f}, p = {self.p:.3g}")
         return f"{self.test}, {dof} df: {self.statistic or t}" + (f"; {self.caveat}" if self.caveat else "")
 
     def __str__(self) -> str:
@@ -108,6 +111,15 @@ class Verdict(str):
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
+
+
+def _finite(values: object, who: str) -> torch.Tensor:
+    """The measurements as a float64 vector; NaN or inf refused (a diverged run is not a measurement)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{who} got a value that is not finite ({v.tolist()}): a run diverged or a metric failed. "
+                         "Find out why before judging the claim.")
+    return v
 
 
 def _judge(diff: float, se: float, df: float, test: str, alpha: float) -> Verdict:
@@ -135,7 +147,7 @@ def difference_verdict(smaller: object, larger: object, *, alpha: float = 0.05) 
 
     Returns (verdict, difference of the means, its standard error); see :func:`_judge`.
     """
-    a, b = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (smaller, larger))
+    a, b = (_finite(v, "difference_verdict") for v in (smaller, larger))
     if a.numel() < 2 and b.numel() < 2:
         raise ValueError("difference_verdict needs at least two runs in one arm: one run each gives no spread.")
     va, vb = (v.var().item() if v.numel() > 1 else 0.0 for v in (a, b))
@@ -155,7 +167,7 @@ def paired_verdict(before: object, after: object, *, alpha: float = 0.05) -> tup
 
     Returns (verdict, mean difference, its standard error); see :func:`_judge`.
     """
-    before_, after_ = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in (before, after))
+    before_, after_ = (_finite(v, "paired_verdict") for v in (before, after))
     if before_.numel() != after_.numel():
         raise ValueError(f"paired_verdict pairs the arms unit by unit, but got {before_.numel()} and {after_.numel()} "
                          "measurements: give both arms the same seeds (or images), in the same order.")
@@ -188,6 +200,6 @@ def similarity_verdict(difference: float, se: float, margin: float, *, df: float
         word = "worse"
     else:
         word = "inconclusive (within the spread)"
-    t = difference / se if se > 0 else math.inf
+    t = difference / se if se > 0 else (math.copysign(math.inf, difference) if difference else math.nan)
     interval = f"{1 - alpha:.0%} interval {difference - half:+.3g} to {difference + half:+.3g} against +-{margin:.3g}"
     return Verdict(word, test="Student's t interval", df=df, t=t, statistic=interval)

@@ -58,7 +58,7 @@ def prepare_judges(scale: config.Scale | str, device: torch.device | str = "cpu"
 def model_files(cache: Path) -> list[Path]:
     """The cached models' files in ``cache`` (and in the ``features`` folder older versions used)."""
     return sorted(f for sub in (pretrained.MODELS, "features") for f in (cache / sub).glob("*")
-                  if f.suffix in MODEL_FILES and f.is_file())
+                  if f.suffix in MODEL_FILES and f.is_file() and ".stopped-early." not in f.name)  # not undertrained ones
 
 
 def prepare(scale: config.Scale, *, retrain: bool = False, device: torch.device | None = None) -> Path | None:

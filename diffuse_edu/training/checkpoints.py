@@ -145,7 +145,11 @@ def cache_checkpoint(path: str | Path, **fields) -> Path:
     than building its results on an undertrained model. Returns where it was saved."""
     extra = fields.get("extra") or {}
     if not extra.get("stopped_by_clock"):
-        return save_checkpoint(path, **fields)
+        saved = save_checkpoint(path, **fields)
+        early = stopped_early_path(path)
+        for stale in (early, early.with_suffix(".safetensors"), early.with_suffix(".json")):
+            stale.unlink(missing_ok=True)  # an undertrained model of an earlier run: gone once a full one is saved
+        return saved
     early = stopped_early_path(path)
     print(f"Not cached as {Path(path).name}: its training stopped at {extra.get('steps')} of "
           f"{extra.get('planned_steps')} steps. Saved as {early.name}; a later lesson that needs this model "

@@ -460,6 +460,8 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
     result = TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(),
                          torch.stack(norms).float().tolist(), recorder.edges, recorder.means(), step, spent,
                          timed / max(spent, 1e-9), first, snapshots, planned_steps=config.steps)
+    if main:  # a rerun that reaches its plan (a learner running the cell again) lifts the earlier warning
+        STOPPED_BY_CLOCK[:] = [r for r in STOPPED_BY_CLOCK if r["desc"] != desc]
     if result.stopped_by_clock and main:
         STOPPED_BY_CLOCK.append(dict(desc=desc, **result.shortfall()))
         print(f"Warning: {desc} stopped at {step} of {config.steps} steps, when its {config.seconds:g} s ran out "
