@@ -10,7 +10,7 @@ from torch import Tensor
 
 from diffuse_edu.models.clip import MiniCLIP, contrastive_loss
 from diffuse_edu.progress import progress
-from diffuse_edu.training.loop import STOPPED_BY_CLOCK, adamw
+from diffuse_edu.training.loop import adamw, record_training
 
 
 def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, steps: int,
@@ -19,8 +19,8 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
                loss_fn: Callable[[Tensor, Tensor], Tensor] = contrastive_loss) -> list[float]:
     """AdamW with a one-cycle learning rate on the contrastive loss; returns each step's loss.
 
-    Stops after ``steps`` or ``seconds``, whichever comes first (a stop by the clock is recorded in
-    :data:`~diffuse_edu.training.loop.STOPPED_BY_CLOCK`). Pairs with identical captions
+    Stops after ``steps`` or ``seconds``, whichever comes first (a stop by the clock is recorded by
+    :func:`~diffuse_edu.training.loop.record_training`). Pairs with identical captions
     count as matches: ``loss_fn(logits, same)`` (the library's :func:`contrastive_loss`, or a
     learner's) gets the (B, B) logits and which pairs of the batch share a caption.
     Shapes: images (N, C, S, S), ids and mask (N, L) on one device.
@@ -38,10 +38,8 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
         opt.step()
         sched.step()
         losses.append(loss.detach())
-        if seconds is not None and time.perf_counter() - start > seconds and len(losses) < steps:
-            STOPPED_BY_CLOCK.append(dict(desc="mini-CLIP", steps=len(losses), planned_steps=steps,
-                                         seconds=round(time.perf_counter() - start, 1)))
-            print(f"Warning: the mini-CLIP stopped at {len(losses)} of {steps} steps, when its {seconds:g} s ran "
-                  "out (a slow or busy machine?): it is undertrained, and not cached for later lessons.")
+        if seconds is not None and time.perf_counter() - start > seconds:
             break
+    record_training("mini-CLIP", steps=len(losses), planned_steps=steps, seconds=time.perf_counter() - start,
+                    limit=seconds)
     return torch.stack(losses).tolist()

@@ -127,13 +127,26 @@ class TrainResult:
 STOPPED_BY_CLOCK: list[dict] = []
 
 
-def shortfall_text(runs: list[dict] | None = None) -> str:
-    """One line naming the trainings stopped by the clock (default: this process's), or ''."""
-    runs = STOPPED_BY_CLOCK if runs is None else runs
-    if not runs:
+def shortfall_text() -> str:
+    """One line naming this process's trainings stopped by the clock, or ''."""
+    if not STOPPED_BY_CLOCK:
         return ""
-    each = "; ".join(f"{r['desc']} at {r['steps']} of {r['planned_steps']} steps" for r in runs)
+    each = "; ".join(f"{r['desc']} at {r['steps']} of {r['planned_steps']} steps" for r in STOPPED_BY_CLOCK)
     return f"the clock stopped training short of its plan ({each}): these results come from undertrained models"
+
+
+def record_training(desc: str, *, steps: int, planned_steps: int | None, seconds: float,
+                    limit: float | None) -> None:
+    """Note how a training of this process ended: a full run lifts an earlier warning for ``desc`` (a
+    learner running the cell again); a run the clock stopped short of ``planned_steps`` is recorded in
+    :data:`STOPPED_BY_CLOCK` and warned about. The one place every training loop reports to."""
+    STOPPED_BY_CLOCK[:] = [r for r in STOPPED_BY_CLOCK if r["desc"] != desc]
+    if planned_steps is None or steps >= planned_steps:
+        return
+    STOPPED_BY_CLOCK.append(dict(desc=desc, steps=steps, planned_steps=planned_steps, seconds=round(seconds, 1)))
+    print(f"Warning: {desc} stopped at {steps} of {planned_steps} steps, when its {limit:g} s ran out "
+          "(a slow or busy machine?). Its results come from an undertrained model, and it is not cached "
+          "for later lessons. Run the lesson alone, or raise the time limit, to train it fully.")
 
 
 def smoke_training(config: TrainConfig) -> TrainConfig:
@@ -460,13 +473,8 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
     result = TrainResult(model, ema.model if ema else model, torch.stack(losses).tolist(),
                          torch.stack(norms).float().tolist(), recorder.edges, recorder.means(), step, spent,
                          timed / max(spent, 1e-9), first, snapshots, planned_steps=config.steps)
-    if main:  # a rerun that reaches its plan (a learner running the cell again) lifts the earlier warning
-        STOPPED_BY_CLOCK[:] = [r for r in STOPPED_BY_CLOCK if r["desc"] != desc]
-    if result.stopped_by_clock and main:
-        STOPPED_BY_CLOCK.append(dict(desc=desc, **result.shortfall()))
-        print(f"Warning: {desc} stopped at {step} of {config.steps} steps, when its {config.seconds:g} s ran out "
-              "(a slow or busy machine?). Its results come from an undertrained model, and it is not cached "
-              "for later lessons. Run the lesson alone, or raise the time limit, to train it fully.")
+    if main:
+        record_training(desc, steps=step, planned_steps=config.steps, seconds=spent, limit=config.seconds)
     return result
 
 
