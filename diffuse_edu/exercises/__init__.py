@@ -339,3 +339,20 @@ def require_passed(name: str) -> None:
 def summary(verdicts: Sequence[Verdict] | None = None) -> Mapping[str, str]:
     """Name -> status for every exercise checked so far (or for ``verdicts``)."""
     return {v.name: v.status for v in (VERDICTS if verdicts is None else verdicts)}
+
+
+def whose(*fns: Callable) -> str:
+    """Whose versions of exercise functions ran, for a lesson's output: ``whose(drop_labels)`` is
+    "your drop_labels" where ``check`` returned the learner's function and "the library's
+    drop_labels" where it returned the reference (the exercise was unfinished or wrong); several
+    functions are grouped by owner ("your patchify and unpatchify, the library's dit_block")."""
+    references = {id(c.reference) for c in CHECKERS.values()}
+    groups: dict[str, list[str]] = {"your": [], "the library's": []}
+    for fn in fns:
+        library = id(fn) in references or getattr(fn, "__module__", "").startswith("diffuse_edu.")
+        name, owner = getattr(fn, "__name__", repr(fn)), "the library's" if library else "your"
+        if name not in groups[owner]:
+            groups[owner].append(name)
+    listed = {owner: " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+              for owner, names in groups.items() if names}
+    return ", ".join(f"{owner} {names}" for owner, names in listed.items())
