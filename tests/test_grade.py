@@ -2,6 +2,7 @@
 
 import csv
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -73,12 +74,13 @@ def test_every_notebook_gets_a_row_and_the_grader_survives(tmp_path):
     assert by["eve", "eve.ipynb"]["run"] == "completed"  # its writes landed in its scratch copy ...
     assert (classroom / "zed.ipynb").read_text() == zed_before and not (classroom / "grades").exists()
     assert by["zed", "zed.ipynb"]["run"] == "completed" and by["zed", "zed.ipynb"]["verdict"] == "passed"  # ... not here
-    assert by["fay", "fay.ipynb"]["run"] == "out of memory (over 1500 MB)"
+    assert by["fay", "fay.ipynb"]["run"] == "out of memory (its processes held over 1500 MB)"
     assert by["gus", "gus.ipynb"]["run"].startswith("not a notebook: not valid JSON")
     assert by["gus", "gus.ipynb"]["verdict"] == ""  # not "completed, 0/0 exercises passed"
     md = (out / "grades.md").read_text()
     assert "| bob | bob.ipynb | completed | 0/1 | to_unit_range: failed |" in md
-    assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range`:" in md
+    assert "What the checkers said" in md and "bob, bob.ipynb, `to_unit_range` (failed):" in md
+    assert by["ada", "ada.ipynb"]["rechecked"] == "yes"  # the grader checked the cell again, in its own process
 
 
 def test_a_hanging_notebook_is_stopped_at_the_time_limit_and_the_next_one_graded(tmp_path):
@@ -188,7 +190,7 @@ def test_a_formula_in_a_learners_name_or_message_lands_in_the_csv_as_text(tmp_pa
 def test_the_tables_are_written_whole_over_a_planted_link_and_the_executed_notebooks_kept(tmp_path):
     from diffuse_edu.course import grade as grading
 
-    room, out = tmp_path / "room", tmp_path / "room" / "grades"
+    room, out = tmp_path / "room", tmp_path / "room-grades"  # beside the class folder by default
     room.mkdir()
     _notebook(room / "ada.ipynb", "right")
     victim = tmp_path / "victim.txt"
@@ -202,3 +204,128 @@ def test_the_tables_are_written_whole_over_a_planted_link_and_the_executed_noteb
     assert kept.is_file() and "passed" in kept.read_text()  # the learner's notebook, run, with its outputs
     assert list(grading.find_learners(room, skip=out)) == ["ada"]  # the kept notebooks are no learner
     assert sorted(p.name for p in out.iterdir()) == ["executed", "grades.csv", "grades.md"]  # no temporary left
+
+
+def test_hostile_and_unusual_notebooks_each_get_a_row_that_says_what_happened(tmp_path):
+    """A detached process, a parent-killer, a memory hog in a child process, a deleted check line, a
+    stop mid-notebook, a forged verdict and the library's own answer: one grading run, one at a time."""
+    import time
+
+    from diffuse_edu.course import grade as grading
+
+    room, out, alive = tmp_path / "room", tmp_path / "out", tmp_path / "alive.txt"
+    daemon = tmp_path / "daemon.py"
+    daemon.write_text(f"import pathlib, time\nwhile True:\n    pathlib.Path({str(alive)!r}).write_text(str(time.time()))\n"
+                      "    time.sleep(0.2)\n")
+    detach = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(daemon)!r}], start_new_session=True)\n"
+              "time.sleep(1)")
+    _notebook(room / "dan.ipynb", "right", detach)
+    _notebook(room / "hog.ipynb", "right", "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', "
+              "'b = bytearray(1_500_000_000); b[::4096] = b\"x\" * len(b[::4096]); import time; time.sleep(60)'])\n"
+              "time.sleep(60)")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(  # its check line deleted
+        f"def to_unit_range(x, max_value=255.0):\n    {ANSWERS['right']}")]
+    nbformat.write(nb, room / "mia.ipynb")
+    _notebook(room / "pat.ipynb", "right", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    nb = nbformat.v4.new_notebook()  # stops itself before its exercise
+    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell("raise SystemExit"),
+                nbformat.v4.new_code_cell(f"def to_unit_range(x, max_value=255.0):\n    {ANSWERS['right']}\n\n"
+                                          "to_unit_range = check(to_unit_range, TO_UNIT_RANGE)")]
+    nbformat.write(nb, room / "sam.ipynb")
+    _notebook(room / "fox.ipynb", "wrong", "from diffuse_edu import exercises\n"  # a verdict appended by hand
+              "exercises.VERDICTS.append(exercises.Verdict('to_unit_range', 'passed', 'all good', 3, 3))")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP),
+                nbformat.v4.new_code_cell("to_unit_range = check(TO_UNIT_RANGE.reference, TO_UNIT_RANGE)")]
+    nbformat.write(nb, room / "lib.ipynb")
+    _notebook(room / "zed.ipynb", "right")
+    rows = {r.learner: r for r in grading.grade(room, timeout=240, memory_mb=1200, out=out)}
+    status = {name: {e["name"]: e["status"] for e in r.exercises} for name, r in rows.items()}
+    assert rows["dan"].run == "completed" and status["dan"] == {"to_unit_range": "passed"}
+    seen = alive.read_text()
+    time.sleep(1.0)
+    assert alive.read_text() == seen  # the detached process died with its notebook
+    assert rows["hog"].run.startswith("out of memory")  # its child's memory counted with it
+    assert status["mia"] == {"to_unit_range": "missing"} and "no check line" in rows["mia"].exercises[0]["message"]
+    assert rows["pat"].run.startswith("stopped: something killed the process that ran it")
+    assert rows["sam"].run.startswith("stopped in code cell") and status["sam"] == {"to_unit_range": "missing"}
+    assert "stopped before it" in rows["sam"].exercises[0]["message"]
+    fox = rows["fox"].exercises[0]
+    assert fox["status"] == "failed" and fox["rechecked"] == "disagreed" and "checked its cell again" in fox["message"]
+    assert status["lib"] == {"to_unit_range": "library"} and "library's own answer" in rows["lib"].exercises[0]["message"]
+    assert rows["zed"].run == "completed" and status["zed"] == {"to_unit_range": "passed"}  # graded after them all
+    assert "| pat | pat.ipynb | stopped: something killed" in (out / "grades.md").read_text()
+    mark = f"{grading.RUN_ENV}=".encode()
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            left += [environ] if mark in environ.read_bytes() else []
+        except OSError:
+            continue
+    assert not left  # no process of any graded notebook is left running
+
+
+def _sandboxes() -> list[str]:
+    import shutil
+    import subprocess
+
+    found = ["bwrap"] if shutil.which("bwrap") else []
+    if shutil.which("unshare") and subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc", "true"],
+            capture_output=True, check=False).returncode == 0:
+        found.append("unshare")
+    return found
+
+
+@pytest.mark.parametrize("tool", _sandboxes() or [pytest.param("none", marks=pytest.mark.skip(
+    reason="neither bubblewrap nor unprivileged user namespaces here"))])
+def test_isolated_notebooks_see_only_their_own_copy_and_no_other_process(tmp_path, monkeypatch, tool):
+    from diffuse_edu.course import grade as grading
+
+    monkeypatch.setattr(grading, "sandbox_tool", lambda: tool)
+    room, out = tmp_path / "room", tmp_path / "out"
+    _notebook(room / "ada.ipynb", "right")
+    spy = ("import os\nfrom pathlib import Path\n"
+           f"print('SAW ADA', Path({str(room / 'ada.ipynb')!r}).exists())\n"
+           "print('PROCESSES', sum(p.isdigit() for p in os.listdir('/proc')))\n"
+           "print('PARENT', os.getppid())")
+    _notebook(room / "spy.ipynb", "right", spy)
+    rows = {r.learner: r for r in grading.grade(room, timeout=240, out=out, isolate=True)}
+    assert rows["ada"].run == "completed" and rows["ada"].exercises[0]["status"] == "passed"
+    assert rows["spy"].run == "completed"
+    seen = (out / "executed" / "spy" / "spy.ipynb").read_text()
+    assert "SAW ADA False" in seen  # another learner's notebook is out of sight
+    assert "PARENT 0" in seen or "PARENT 1" in seen  # its parent: the sandbox's own first process, not the grader
+    count = int(seen.split("PROCESSES ")[1].split("\\n")[0].split('"')[0])
+    assert count < 10  # its own few, not the machine's
+
+
+def test_the_lesson_manifest_lists_what_the_solutions_check_and_names_a_renamed_notebook(tmp_path):
+    from diffuse_edu import config
+    from diffuse_edu.course import builder
+    from diffuse_edu.course.grade import lesson_of
+
+    root = config.PROJECT_ROOT
+    manifest = builder.read_manifest()
+    assert manifest == builder.exercise_manifest(root / "solutions"), "run `python -m diffuse_edu build`"
+    assert [e["name"] for e in manifest["07_samplers"]] == ["ddim_step", "heun_step"]
+    assert lesson_of(root / "notebooks" / "05_training.ipynb", manifest) == "05_training"
+    renamed = tmp_path / "my work.ipynb"
+    renamed.write_text((root / "notebooks" / "12_beyond_the_unet.ipynb").read_text())
+    assert lesson_of(renamed, manifest) == "12_beyond_the_unet"
+
+
+def test_the_grader_checks_every_solution_again_and_agrees():
+    """The second check runs each exercise cell alone: every solution's answer passes it, and none
+    is taken for the library's own answer."""
+    import json
+
+    from diffuse_edu import config
+    from diffuse_edu.course.builder import read_manifest
+    from diffuse_edu.course.recheck import recheck
+
+    for lesson, exercises in read_manifest().items():
+        nb = json.loads((config.PROJECT_ROOT / "solutions" / f"{lesson}.ipynb").read_text())
+        found = recheck(nb, exercises)
+        assert {k: v["status"] for k, v in found.items()} == {e["name"]: "passed" for e in exercises}, lesson

@@ -18,6 +18,7 @@ from what the build would write (the test suite fails on any).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from diffuse_edu.course import hosted
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
 HINT = re.compile(r"^\s*# HINT:")
+#: An exercise's check line: ``name = check(name, CHECKER)``.
+CHECK = re.compile(r"^(\w+) = check\((\w+), (\w+)\)\s*$")
+#: Each lesson's exercises, in order, with their checkers (written by the build, read by the grader).
+MANIFEST = Path(__file__).with_name("lessons.json")
 
 KERNEL_METADATA = {
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -112,3 +117,44 @@ def out_of_sync(solutions: Path, notebooks: Path) -> list[str]:
         if (notebooks / name).read_text() != student_version(solutions / name):
             problems.append(f"{name}: differs from its solution (run `python -m diffuse_edu build`)")
     return problems
+
+
+def _checker_module(constant: str) -> str:
+    """The module of diffuse_edu.exercises that defines the checker ``constant``."""
+    import importlib
+    import pkgutil
+
+    from diffuse_edu import exercises
+
+    for info in sorted(pkgutil.iter_modules(exercises.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{exercises.__name__}.{info.name}")
+        if isinstance(vars(module).get(constant), exercises.Checker):
+            return module.__name__
+    raise ValueError(f"No checker called {constant} in diffuse_edu.exercises.")
+
+
+def lesson_exercises(solution: Path) -> list[dict[str, str]]:
+    """The exercises of the lesson ``solution``, in order: each one's name and its checker
+    (``module:CONSTANT``), read from the check lines of its exercise cells."""
+    found = []
+    for cell in nbformat.read(solution, as_version=4).cells:
+        if cell.cell_type == "code":
+            for line in cell.source.splitlines():
+                if match := CHECK.match(line):
+                    name, constant = match.group(1), match.group(3)
+                    found.append({"name": name, "checker": f"{_checker_module(constant)}:{constant}"})
+    return found
+
+
+def exercise_manifest(solutions: Path) -> dict[str, list[dict[str, str]]]:
+    """Lesson (its notebook's stem) -> its exercises, for every lesson in ``solutions``."""
+    return {path.stem: lesson_exercises(path) for path in sorted(solutions.glob("[0-9]*.ipynb"))}
+
+
+def manifest_text(solutions: Path) -> str:
+    return json.dumps(exercise_manifest(solutions), indent=1) + "\n"
+
+
+def read_manifest() -> dict[str, list[dict[str, str]]]:
+    """The lessons' exercises as the last build wrote them (empty where the file is missing)."""
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}

@@ -10,9 +10,9 @@
                                     samples.npz; `run all --out results/` also rewrites the README's
                                     results table
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
-    grade FOLDER [--timeout S] [--memory MB] [--jobs N] [--out DIR]
+    grade FOLDER [--timeout S] [--memory MB] [--jobs N] [--out DIR] [--isolate]
                                     run every learner's notebooks (each in a scratch copy, with time
-                                    and memory limits) and tabulate the verdicts
+                                    and memory limits; --isolate: in a sandbox) and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
     export nbgrader DIR             the course as an nbgrader course directory (source/<lesson>/)
     bench [--scale S] [--profile] [--quality] [--out FILE]
@@ -68,6 +68,8 @@ def _build(args: argparse.Namespace) -> int:
     table = f"{results.BEGIN}\n{results.current_table(root)}\n{results.END}"
     if table not in (root / "README.md").read_text():
         problems.append("README.md: the results table is not what results/ and today's lessons say")
+    if builder.read_manifest() != builder.exercise_manifest(root / "solutions"):
+        problems.append(f"{builder.MANIFEST.name}: the lessons' exercises are not what solutions/ checks")
     if args.check:
         print("\n".join(problems) or "notebooks/ matches solutions/.")
         return 1 if problems else 0
@@ -75,6 +77,7 @@ def _build(args: argparse.Namespace) -> int:
         path.write_text(builder.clean_text(path))
     for path in builder.build(root / "solutions", root / "notebooks"):
         print(f"wrote {path.relative_to(root)}")
+    builder.MANIFEST.write_text(builder.manifest_text(root / "solutions"))
     _update_results_table(root / "results")
     return 0
 
@@ -150,7 +153,7 @@ def _grade(args: argparse.Namespace) -> int:
     from diffuse_edu.course.grade import grade
 
     grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory, out=Path(args.out) if args.out else None,
-          jobs=args.jobs)
+          jobs=args.jobs, isolate=args.isolate)
     return 0
 
 
@@ -248,7 +251,11 @@ def parser() -> argparse.ArgumentParser:
     gr.add_argument("--jobs", type=_positive(int), default=1,
                     help="notebooks graded at a time (default 1; at most the cores); each may hold --memory MB, "
                          "and side by side each runs slower against its --timeout")
-    gr.add_argument("--out", help="where grades.csv and grades.md go (default FOLDER/grades)")
+    gr.add_argument("--out", help="where grades.csv, grades.md and the executed notebooks go (default FOLDER-grades, "
+                                  "beside the class folder)")
+    gr.add_argument("--isolate", action="store_true",
+                    help="run each notebook in a sandbox (bubblewrap, or unshare) where it sees only its own "
+                         "scratch copy and no other process")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
     w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])

@@ -19,14 +19,12 @@ Then, in DIR: ``nbgrader generate_assignment 03_unet``, release, collect, and ``
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from diffuse_edu.course.builder import BEGIN, KERNEL_METADATA
+from diffuse_edu.course.builder import BEGIN, CHECK, KERNEL_METADATA
 from diffuse_edu.course.hosted import cell_text
 
 SCHEMA = 3
-CHECK = re.compile(r"^(\w+) = check\((\w+), (\w+)\)\s*$")
 STUB = 'raise NotImplementedError("Exercise not finished yet.")'
 
 
