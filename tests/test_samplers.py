@@ -189,3 +189,54 @@ def test_ddim_euler_in_sigma_and_first_order_dpm_solver_take_the_same_step():
         dpm1 = vp_s / vp_t * x_t + a_s * (1 - math.exp(-h)) * x0_hat
         torch.testing.assert_close(euler, ddim)
         torch.testing.assert_close(dpm1, ddim)
+
+
+def test_every_ddim_loop_moves_by_ddim_move_with_the_same_numbers(monkeypatch):
+    """One DDIM move (issue 48): sampling, RePaint's step, inversion above t = 0 and the
+    distillation target's two teacher steps all go through samplers.ddim_move; each still gives
+    what its own loop, written out here, gives."""
+    from diffuse_edu.diffusion import distillation, editing, samplers
+    from diffuse_edu.diffusion.denoisers import Denoiser
+    from diffuse_edu.diffusion.forward_process import q_forward
+
+    schedule = cosine_schedule(100)
+    d = Denoiser(lambda x, t, c=None: torch.tanh(x + t.reshape(-1, 1, 1, 1) / 100), schedule, "v")
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    moves, move = [], samplers.ddim_move
+
+    def counted(*args, **kw):
+        moves.append(args[2:4])
+        return move(*args, **kw)
+    for module in (samplers, editing, distillation):
+        monkeypatch.setattr(module, "ddim_move", counted)
+
+    with torch.no_grad():
+        inverted = samplers.ddim_inversion(d, x, schedule, 4, 80)
+        ts, by_hand = timesteps(schedule, 4, t_max=80)[::-1], x
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            pred = d.at_step(by_hand, max(t, 1))
+            x0_hat = by_hand if t == 0 else pred.x0
+            by_hand = ddim_step(by_hand, x0_hat, pred.eps, t, t_next, schedule)
+        assert torch.equal(inverted, by_hand)
+        assert moves == list(zip(ts[1:-1], ts[2:]))  # the step from t = 0 apart
+
+        moves.clear()
+        target = distillation.distillation_target(d, x, 60, 40, 20, schedule)
+        mid = ddim_step(x, d.at_step(x, 60).x0, d.at_step(x, 60).eps, 60, 40, schedule)
+        end = ddim_step(mid, d.at_step(mid, 40).x0, d.at_step(mid, 40).eps, 40, 20, schedule)
+        assert torch.equal(target, distillation.x0_for_step(x, end, 60, 20, schedule))
+        assert moves == [(60, 40), (40, 20)]
+
+        moves.clear()
+        known, mask = torch.rand(2, 1, 4, 4), (torch.arange(4) < 2).float().reshape(1, 1, 1, 4)
+        draws = torch.Generator().manual_seed(1)
+        noise = lambda: torch.randn(2, 1, 4, 4, generator=draws)
+        got = editing.repaint_step(d, x, 60, 40, known, mask, schedule, 2, noise)
+        draws, x_t = torch.Generator().manual_seed(1), x
+        for r in range(2):  # a try: step (its noise first), replace; a jump back between tries
+            pred = d.at_step(x_t, 60)
+            x_prev = ddim_step(x_t, pred.x0, pred.eps, 60, 40, schedule, eta=1.0, noise=noise())
+            x_prev = editing.replace_known(x_prev, known, mask, 40, schedule, noise())
+            if r == 0:
+                x_t = q_forward(x_prev, 40, 60, schedule, noise())
+        assert torch.equal(got, x_prev) and moves == [(60, 40), (60, 40)]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from diffuse_edu.diffusion.denoisers import Denoiser
-from diffuse_edu.diffusion.samplers import ddim_step
+from diffuse_edu.diffusion.samplers import ddim_move, ddim_step
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -45,9 +45,7 @@ def distillation_target(teacher: Denoiser, x_t: Tensor, t: int, t_mid: int, t_ne
     ``teacher`` is a :class:`Denoiser`; ``step`` the DDIM step (:func:`ddim_step` or lesson 07's).
     Shapes: x_t (B, ...) -> like x_t.
     """
-    x = x_t
-    for a, b in ((t, t_mid), (t_mid, t_next)):
-        pred = teacher.at_step(x, a, cond, schedule=schedule)
-        x = step(x, pred.x0, pred.eps, a, b, schedule)
-    return x0_for_step(x_t, x, t, t_next, schedule)
+    x_mid = ddim_move(teacher, x_t, t, t_mid, schedule, cond=cond, step=step)
+    x_next = ddim_move(teacher, x_mid, t_mid, t_next, schedule, cond=cond, step=step)
+    return x0_for_step(x_t, x_next, t, t_next, schedule)
 

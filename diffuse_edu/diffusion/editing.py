@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffuse_edu.diffusion.denoisers import Denoiser, as_denoiser
 from diffuse_edu.diffusion.forward_process import q_forward, q_sample
-from diffuse_edu.diffusion.samplers import ddim_step, sample_ddim, timesteps
+from diffuse_edu.diffusion.samplers import ddim_move, ddim_step, sample_ddim, timesteps
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -76,8 +76,8 @@ def repaint_step(denoiser: Denoiser, x_t: Tensor, t: int, t_prev: int, known: Te
     """
     tries = resample if t_prev > 0 else 1
     for r in range(tries):
-        pred = denoiser.at_step(x_t, t, cond, schedule=schedule)
-        x_prev = step(x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None)
+        x_prev = ddim_move(denoiser, x_t, t, t_prev, schedule, cond=cond, eta=eta,
+                           noise=noise() if eta else None, step=step)
         x_prev = replace(x_prev, known, mask, t_prev, schedule, noise())
         if r < tries - 1:
             x_t = q_forward(x_prev, t_prev, t, schedule, noise())

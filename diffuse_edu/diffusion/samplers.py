@@ -79,11 +79,16 @@ def ddim_step(x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, t_prev: int,
 
 def ddim_move(denoiser: Denoiser, x: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
               cond: object = None, eta: float = 0.0, generator: torch.Generator | None = None,
-              step: Callable = ddim_step) -> Tensor:
-    """One network evaluation and one DDIM step, x_t -> x_{t_prev}: the body of every DDIM loop
-    (sampling, SDEdit, inpainting, RePaint). ``step`` is :func:`ddim_step` or a learner's."""
+              noise: Tensor | None = None, step: Callable = ddim_step) -> Tensor:
+    """One network evaluation at t and one DDIM step, x_t -> x_{t_prev}: the body of every DDIM
+    loop (:func:`sample_ddim`, and through it :func:`sample_ddpm` and SDEdit; RePaint's and
+    inpainting's step; :func:`ddim_inversion` above t = 0; the distillation target's two teacher
+    steps). With eta > 0 the step's noise is ``noise`` when given, else drawn from ``generator``.
+    ``step`` is :func:`ddim_step` or a learner's (lesson 07). Shapes: x (B, ...) -> like x.
+    """
     pred = denoiser.at_step(x, t, cond, schedule=schedule)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+    if noise is None and eta > 0:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return step(x, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise)
 
 
@@ -135,8 +140,10 @@ def ddim_inversion(denoiser: Denoiser, x0: Tensor, schedule: NoiseSchedule, step
     ts = timesteps(schedule, steps, t_max=t_max)[::-1]  # 0 .. t_max
     x = x0
     for t, t_next in zip(ts[:-1], ts[1:]):
-        pred = denoiser.at_step(x, max(t, 1), cond, schedule=schedule)
-        x = step(x, x if t == 0 else pred.x0, pred.eps, t, t_next, schedule)
+        if t == 0:  # x0_hat = x_0 itself; eps_hat the network's at t = 1
+            x = step(x, x, denoiser.at_step(x, 1, cond, schedule=schedule).eps, 0, t_next, schedule)
+        else:
+            x = ddim_move(denoiser, x, t, t_next, schedule, cond=cond, step=step)
     return x
 
 
