@@ -315,3 +315,33 @@ def test_a_target_by_name_is_the_same_target():
     from diffuse_edu.diffusion.objectives import DiffusionObjective
 
     assert DiffusionObjective(schedule, "x0").target is Target.X0
+
+
+def test_a_network_that_does_not_declare_its_target_is_warned_about_once_and_read_as_eps():
+    import warnings
+
+    from diffuse_edu.diffusion.denoisers import UndeclaredTargetWarning
+    from diffuse_edu.diffusion.guidance import Guided
+    from diffuse_edu.models.conditioning import Cond
+
+    def undeclared(x, t, cond=None):
+        return eps_net(x, t, cond)
+
+    def declared(x, t, cond=None):
+        return eps_net(x, t, cond)
+    declared.predicts = "eps"
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = sample_ddim(undeclared, x, SCHEDULE, steps=4)
+        sample_euler(undeclared, x, SCHEDULE, steps=4)  # the same network: warned once
+        b = sample_ddim(declared, x, SCHEDULE, steps=4)
+        sample_ddim(Denoiser(undeclared, SCHEDULE, Target.EPS), x, SCHEDULE, steps=4)  # said there
+    said = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert len(said) == 1 and issubclass(said[0].category, UndeclaredTargetWarning)
+    assert "does not declare what it predicts" in str(said[0].message)
+    assert "model.predicts = 'eps' (or 'v', 'x0', 'flow')" in str(said[0].message)
+    assert said[0].filename == __file__  # it points at the sampler's caller, not the library
+    torch.testing.assert_close(a, b)  # read as eps, as before
+    with pytest.warns(UndeclaredTargetWarning, match=r"\(Guided\)"):  # wraps an undeclared network
+        sample_ddim(Guided(undeclared, 2.0, None), x, SCHEDULE, steps=2, cond=Cond())

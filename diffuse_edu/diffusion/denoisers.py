@@ -11,7 +11,8 @@ A network says what it predicts with a ``predicts`` attribute (``"eps"``, ``"x0"
 ``"flow"``): :func:`diffuse_edu.training.loop.train` sets it from the objective, and a checkpoint
 records it and sets it again when the model is rebuilt. :func:`as_denoiser` reads it, so a
 v-prediction network handed to a sampler is read as one; a network that does not say is read as
-an eps-prediction network (Ho et al.'s default).
+an eps-prediction network (Ho et al.'s default), with a warning, once per network, that names the
+fix (its samples are wrong if it predicts anything else).
 
 On a GPU the adapter runs the network compiled and, where the GPU supports it, in bfloat16 (the
 fast path: the same weights, about four times faster); on the CPU it calls the network as it is.
@@ -20,6 +21,8 @@ fast path: the same weights, about four times faster); on the CPU it calls the n
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -150,13 +153,45 @@ def declared_target(model: Callable) -> Target | None:
     return None if value is None else as_target(value)
 
 
+#: The networks already warned about not declaring what they predict (each is warned once).
+_UNDECLARED_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+class UndeclaredTargetWarning(UserWarning):
+    """A network that does not declare what it predicts was read as an eps-prediction network."""
+
+
+def warn_undeclared(model: Callable) -> None:
+    """Warn, once per network, that ``model`` declares nothing and is read as predicting eps. The
+    warning points at the first caller outside diffuse_edu and torch (the learner's line)."""
+    try:
+        if model in _UNDECLARED_WARNED:
+            return
+        _UNDECLARED_WARNED.add(model)
+    except TypeError:  # not weakly referenceable: warned each time (the warnings filter may merge)
+        pass
+    frame, level = sys._getframe(0), 1
+    while frame is not None and _package(frame) in ("diffuse_edu", "torch"):
+        frame, level = frame.f_back, level + 1
+    said = (f"The network given to the sampler ({type(model).__name__}) does not declare what it "
+            "predicts, so its output is read as eps, the noise; if it predicts anything else, the "
+            "samples are wrong. Say what it predicts: model.predicts = 'eps' (or 'v', 'x0', 'flow'). "
+            "train() and Checkpoint.build() set it for you.")
+    warnings.warn(said, UndeclaredTargetWarning, stacklevel=level)
+
+
+def _package(frame) -> str:
+    """The top-level package of the code running in ``frame``."""
+    return frame.f_globals.get("__name__", "").partition(".")[0]
+
+
 def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float | None = None) -> Denoiser:
     """``model`` as the :class:`Denoiser` a sampler on ``schedule`` runs.
 
     A :class:`Denoiser` is kept, and must have been trained on ``schedule`` (a flow model fits any);
     a plain network is read as what it declares it predicts (``model.predicts``; see the module's
-    docstring), or as an eps-prediction network when it declares nothing. ``clip`` (when given)
-    replaces the denoiser's own.
+    docstring), or as an eps-prediction network when it declares nothing (warned about once per
+    network: :func:`warn_undeclared`). ``clip`` (when given) replaces the denoiser's own.
     """
     if isinstance(model, Denoiser):
         d = model
@@ -184,6 +219,8 @@ def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float 
             raise ValueError(f"A {target.value}-prediction network needs the schedule it was trained on: "
                              "pass it to the sampler.")
         else:
+            if declared is None:
+                warn_undeclared(model)
             d = Denoiser(model, schedule, target)
     if clip is not None and clip != d.clip:
         d = replace(d, clip=clip)
