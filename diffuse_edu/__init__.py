@@ -56,6 +56,4 @@ from diffuse_edu.config import Scale, by_scale, get_scale, set_data_dir, set_sca
 
 __version__ = "0.1.0"
 
-config.explain_out_of_memory_in_notebooks()  # in Jupyter: a cell out of GPU memory says what to lower
-
 __all__ = ["Scale", "by_scale", "config", "get_scale", "set_data_dir", "set_scale"]

@@ -41,14 +41,25 @@ class CourseError(Exception):
 
 SCALE_ENV = "DIFFUSE_EDU_SCALE"
 DATA_ENV = "DIFFUSE_EDU_DATA"
-SMOKE_ENV = "DIFFUSE_EDU_SMOKE"  # 1: a smoke run of the full scale on a CPU (diffuse_edu.training.smoke)
-#: by_scale's full values in a smoke run: set by diffuse_edu.training.smoke when it is imported.
-SMOKE_FULL_VALUE: Callable[[str, Any, Any], Any] | None = None
+#: 1: the headless runner makes its lessons a smoke run of the full scale on a CPU
+#: (diffuse_edu.training.smoke). Nothing else reads it: the library reads :func:`smoke`.
+SMOKE_ENV = "DIFFUSE_EDU_SMOKE"
+#: by_scale's full values in a smoke run (None: not a smoke run); set by set_smoke_run alone.
+_smoke_full_value: Callable[[str, Any, Any], Any] | None = None
+
+
+def set_smoke_run(full_value: Callable[[str, Any, Any], Any] | None) -> None:
+    """Make this process a smoke run of the full scale, in which :func:`by_scale` gives each
+    hyperparameter ``full_value(name, quick, full)`` at full scale (None ends it). Called by
+    :func:`diffuse_edu.training.smoke.start` (which the headless runner calls when
+    ``$DIFFUSE_EDU_SMOKE=1``), not on import."""
+    global _smoke_full_value
+    _smoke_full_value = full_value
 
 
 def smoke() -> bool:
-    """Is this process a smoke run of the full scale (``$DIFFUSE_EDU_SMOKE=1``)?"""
-    return os.environ.get(SMOKE_ENV) == "1"
+    """Is this process a smoke run of the full scale (:func:`set_smoke_run`)?"""
+    return _smoke_full_value is not None
 
 #: The project's root when installed from a checkout (editable install), else None.
 _ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +134,8 @@ CELL_MEMORY_KNOB = ("the images this cell trains on or samples at once: its batc
 def explain_out_of_memory_in_notebooks() -> None:
     """In a Jupyter kernel, add :func:`out_of_memory_message`'s text under the traceback of any cell
     that runs out of accelerator memory. Outside IPython, or where another custom handler is set,
-    nothing changes."""
+    nothing changes. Importing the package does not call it: a lesson's first cell of imports
+    does, and a headless run explains each cell itself (:mod:`diffuse_edu.course.runner`)."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     if shell is None or (shell.custom_exceptions and not getattr(shell, "_diffuse_edu_memory", False)):
@@ -183,11 +195,8 @@ def by_scale(scale: str | Scale | None = None, **values: tuple[Any, Any]) -> Sim
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise TypeError(f"by_scale: {name} must be a (quick, full) pair, got {pair!r}.")
         picked[name] = pair[0] if chosen is Scale.QUICK else pair[1]
-        if chosen is Scale.FULL and smoke():
-            if SMOKE_FULL_VALUE is None:
-                raise CourseError("A smoke run (DIFFUSE_EDU_SMOKE=1) needs diffuse_edu.training.smoke imported "
-                                  "first; the headless runner does that: python -m diffuse_edu run ...")
-            picked[name] = SMOKE_FULL_VALUE(name, *pair)
+        if chosen is Scale.FULL and _smoke_full_value is not None:  # a smoke run (set_smoke_run)
+            picked[name] = _smoke_full_value(name, *pair)
     return SimpleNamespace(scale=chosen, **picked)
 
 

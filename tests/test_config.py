@@ -164,3 +164,32 @@ def test_other_errors_pass_through_the_out_of_memory_explainer():
         with config.explain_out_of_memory("sampling", "the batch"):
             raise RuntimeError("shape mismatch")
     assert not isinstance(caught.value, config.OutOfMemory)
+
+
+def test_importing_the_package_changes_nothing_global():
+    """In a fresh interpreter with IPython loaded (a kernel): importing every module of the library
+    (the smoke run's too) sets no exception handler, starts no smoke run whatever the environment
+    says, and the progress bar's notebook test imports nothing. The handler and the smoke run are
+    explicit calls: explain_out_of_memory_in_notebooks() and diffuse_edu.training.smoke.start()."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\n"
+        "import diffuse_edu, diffuse_edu.progress, diffuse_edu.training.smoke\n"
+        "import diffuse_edu.course.runner\n"
+        "from diffuse_edu import config\n"
+        "assert shell.custom_exceptions == (), shell.custom_exceptions\n"
+        "assert not config.smoke() and config.by_scale('full', n=(1, 5)).n == 5\n"
+        "config.explain_out_of_memory_in_notebooks()\n"
+        "assert shell.custom_exceptions == (RuntimeError,)  # the explicit call\n"
+        "del sys.modules['IPython']\n"
+        "assert not diffuse_edu.progress.in_notebook() and 'IPython' not in sys.modules\n"
+    )
+    env = {**os.environ, config.SMOKE_ENV: "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -13,8 +13,10 @@ from diffuse_edu.training.loop import TrainConfig, train
 
 
 @pytest.fixture
-def smoking(monkeypatch):
-    monkeypatch.setenv(config.SMOKE_ENV, "1")
+def smoking():
+    smoke.start()
+    yield
+    smoke.stop()
 
 
 def test_networks_are_narrowed_once_and_keep_their_structure():
@@ -42,22 +44,52 @@ def test_by_scale_gives_quick_counts_and_narrow_configurations_at_full_scale(smo
     assert hp.channels == (8, 16, 32)  # a U-Net's widths given bare (lessons 03 and 04)
 
 
-def test_a_smoke_run_needs_its_module_and_stays_off_otherwise(monkeypatch):
-    assert config.by_scale("full", samples=(160, 5000)).samples == 5000  # no smoke run: the full value
-    monkeypatch.setenv(config.SMOKE_ENV, "1")
-    monkeypatch.setattr(config, "SMOKE_FULL_VALUE", None)
-    with pytest.raises(config.CourseError, match="needs diffuse_edu.training.smoke imported"):
-        config.by_scale("full", samples=(160, 5000))
+def test_a_smoke_run_is_started_by_an_explicit_call_not_by_the_environment(monkeypatch):
+    monkeypatch.setenv(config.SMOKE_ENV, "1")  # the runner's switch; the library never reads it
+    assert not config.smoke() and config.by_scale("full", samples=(160, 5000)).samples == 5000
+    assert recipes.in_force(recipes.DDPM_FULL) is recipes.DDPM_FULL
+    smoke.start()
+    try:
+        assert config.smoke() and config.by_scale("full", samples=(160, 5000)).samples == 160
+        assert config.by_scale("quick", samples=(160, 5000)).samples == 160
+        narrowed = recipes.in_force(recipes.DDPM_FULL).train
+        assert narrowed.steps == recipes.DDPM_FULL.train.snapshots  # one step per snapshot
+    finally:
+        smoke.stop()
+    assert not config.smoke() and config.by_scale("full", samples=(160, 5000)).samples == 5000
 
 
-def test_training_in_a_smoke_run_stops_after_a_couple_of_steps(smoking):
+def test_training_trains_the_configuration_it_is_given_in_a_smoke_run_too(monkeypatch, smoking):
     from diffuse_edu.diffusion.objectives import DiffusionObjective
     from diffuse_edu.diffusion.schedules import cosine_schedule
     from diffuse_edu.models.unet import UNet
 
-    result = train(UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=())), torch.rand(16, 1, 8, 8),
-                   DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=None, seconds=300, batch_size=4),
-                   show_progress=False)
-    assert result.steps == 2  # a time budget: two steps
+    monkeypatch.setenv(config.SMOKE_ENV, "1")
+    net = UNet(UNetConfig(channels=(8, 16), groups=4, attention_levels=()))
+    data, objective = torch.rand(16, 1, 8, 8), DiffusionObjective(cosine_schedule(100))
+    budget = TrainConfig(steps=3, seconds=300, batch_size=4, warmup_steps=1)
+    assert train(net, data, objective, budget, show_progress=False).steps == 3  # it was cut to 2
+    narrowed = smoke.narrow(TrainConfig(steps=None, seconds=300, batch_size=4))
+    result = train(net, data, objective, narrowed, show_progress=False)
+    assert result.steps == 2  # a time budget, narrowed: two steps
     assert smoke.narrow(TrainConfig(steps=5000, snapshots=4)).steps == 4  # many steps: one per snapshot
     assert smoke.narrow(TrainConfig(steps=1500)).steps == 1500  # a lesson's own count: its curves count on it
+
+
+def test_the_runner_makes_a_lesson_a_smoke_run_for_the_variable_and_ends_it(monkeypatch, tmp_path):
+    import json
+
+    import nbformat
+
+    from diffuse_edu.course import runner
+
+    cell = ("import diffuse_edu as de\nfrom diffuse_edu.course.report import metric\n"
+            "metric('samples', de.by_scale(samples=(160, 5000)).samples)")
+    path = tmp_path / "07_demo.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), path)
+    for smoking, samples in (("1", 160), ("0", 5000)):
+        monkeypatch.setenv(config.SMOKE_ENV, smoking)
+        runner.run_notebook(path, scale="full", out=tmp_path / smoking, quiet=True)
+        metrics = json.loads((tmp_path / smoking / "metrics.json").read_text())["metrics"]
+        assert metrics["samples"] == samples
+        assert not config.smoke()  # ended with the lesson

@@ -232,8 +232,6 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if config.smoke():
-        import diffuse_edu.training.smoke  # noqa: F401  (sets by_scale's full values for a smoke run)
     out = Path(out).resolve()  # the lesson runs in its own folder: a relative out would move with it
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
@@ -248,6 +246,11 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
     start, cwd = time.perf_counter(), Path.cwd()
     error, outputs = None, {}  # outputs: code cell number -> (printed text, figure file names, error)
     unfinished, i, tee, shown_before = False, 0, _Tee(None), 0
+    smoking = os.environ.get(config.SMOKE_ENV) == "1" and not config.smoke()
+    if smoking:  # a smoke run of the full scale: by_scale's full values and the recipes made small
+        from diffuse_edu.training import smoke
+
+        smoke.start()
     try:
         cells = code_cells(path)
         os.chdir(path.parent)
@@ -277,6 +280,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
         summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error, unfinished)
         write_executed(path, out, outputs)
         config.set_scale(None)
+        if smoking:
+            smoke.stop()
         if env_before is None:
             os.environ.pop(config.SCALE_ENV, None)
         else:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from diffuse_edu.config import explain_out_of_memory, smoke
+from diffuse_edu.config import explain_out_of_memory
 from diffuse_edu.data.canvas import Buckets
 from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.diffusion.objectives import DiffusionObjective, given_or_drawn
@@ -395,8 +395,6 @@ def train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly between {world} ranks.")
     share = slice(distributed.rank() * config.batch_size // world, (distributed.rank() + 1) * config.batch_size // world)
-    if smoke():  # a smoke run of the full scale on a CPU (diffuse_edu.training.smoke): a couple of steps
-        config = smoke_training(config)
     was_training = model.training
     model.train()  # dropout and the like act while training, whatever mode the model came in
     target = getattr(objective, "target", None)

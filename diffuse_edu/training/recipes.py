@@ -220,7 +220,7 @@ def ddpm_recipe(scale: Scale | str | None = None) -> Recipe:
 
 def in_force(recipe: Recipe | ClipRecipe) -> Recipe | ClipRecipe:
     """``recipe`` as this process trains it: itself, or in a smoke run of the full scale
-    (diffuse_edu.training.smoke) :func:`smoke_recipe`'s version."""
+    (started by :func:`diffuse_edu.training.smoke.start`) :func:`smoke_recipe`'s version."""
     return smoke_recipe(recipe) if smoke() else recipe
 
 

@@ -12,6 +12,8 @@ configurations' structure), with three things made small so that a CPU gets thro
 * a hyperparameter that counts things (samples, sampler steps, prompts: :data:`COUNTS`) takes its
   quick value where that is smaller.
 
+The headless runner calls :func:`start` for ``$DIFFUSE_EDU_SMOKE=1``: it is the only switch (the
+training loop trains the configuration it is given, and importing this module changes nothing).
 A GPU job is short (see ``results/README.md``): a lesson that fails at full scale wastes one. This
 finds such failures (a width that does not split into heads, a name only the full branch uses)
 before a GPU is lent. Its numbers mean nothing: never keep them in ``results/``, and give it a data
@@ -63,4 +65,14 @@ def full_value(name: str, quick: Any, full: Any) -> Any:
     return narrow(full)
 
 
-config.SMOKE_FULL_VALUE = full_value  # by_scale asks this hook (config imports nothing of the package)
+def start() -> None:
+    """Make this process a smoke run: :func:`~diffuse_edu.config.by_scale` gives
+    :func:`full_value`'s values at full scale, and the recipes a lesson loads are narrowed
+    (:func:`~diffuse_edu.training.recipes.in_force`). The headless runner calls it for
+    ``$DIFFUSE_EDU_SMOKE=1``; importing this module changes nothing. :func:`stop` ends it."""
+    config.set_smoke_run(full_value)
+
+
+def stop() -> None:
+    """End a smoke run started by :func:`start`: full scale is full size again."""
+    config.set_smoke_run(None)
