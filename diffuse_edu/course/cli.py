@@ -15,6 +15,8 @@
                                     and memory limits; --isolate: in a sandbox) and tabulate the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
     export nbgrader DIR             the course as an nbgrader course directory (source/<lesson>/)
+    export nbgrader-submission DIR --notebook NB --student ID
+                                    a learner's worked notebooks/ lesson into DIR/submitted/ID/
     bench [--scale S] [--profile] [--quality] [--out FILE]
                                     training images/s, TFLOP/s and seconds per 10,000 samples
     lessons                         list the lessons
@@ -175,6 +177,13 @@ def _export(args: argparse.Namespace) -> int:
         print("export works in a checkout of diffuse-edu (pip install -e .).", file=sys.stderr)
         return 2
     out = Path(args.folder)
+    if args.format == "nbgrader-submission":
+        if not (args.notebook and args.student):
+            print("export nbgrader-submission COURSE --notebook NOTEBOOK --student ID", file=sys.stderr)
+            return 2
+        target = nbgrader.import_submission(Path(args.notebook), out, args.student, args.lesson)
+        print(f"wrote {target}; in {out}: `nbgrader autograde {target.parent.name}`")
+        return 0
     written = nbgrader.export(root / "solutions", out)
     print(f"wrote {len(written)} lessons to {out / 'source'} and {out / 'nbgrader_config.py'}; in {out}: "
           "`nbgrader generate_assignment LESSON`, release, collect, then `nbgrader autograde LESSON`")
@@ -262,8 +271,13 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")
     w.set_defaults(func=_workshop)
     ex = sub.add_parser("export", help="export the course for a grading tool")
-    ex.add_argument("format", choices=["nbgrader"], help="nbgrader: a course directory with source/<lesson>/")
-    ex.add_argument("folder", help="the course directory to write")
+    ex.add_argument("format", choices=["nbgrader", "nbgrader-submission"],
+                    help="nbgrader: a course directory with source/<lesson>/; nbgrader-submission: a learner's "
+                         "notebook from notebooks/ put into that course's submitted/ folder, for autograde")
+    ex.add_argument("folder", help="the course directory")
+    ex.add_argument("--notebook", help="nbgrader-submission: the learner's worked course notebook")
+    ex.add_argument("--student", help="nbgrader-submission: the learner's nbgrader student id")
+    ex.add_argument("--lesson", help="nbgrader-submission: the lesson (default: the notebook's file name)")
     ex.set_defaults(func=_export)
     sb = sub.add_parser("bench", help="training and sampling speed on this machine")
     sb.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
