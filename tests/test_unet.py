@@ -144,3 +144,17 @@ def test_use_pieces_runs_a_learners_functions_in_every_module_of_their_kind():
     assert torch.equal(before, after)
     assert counts == {"forward": 1, "residual_block": 6, "attention_block": 2, "scale_shift": 6, "attention": 2}
     assert {n: seen.count(n) for n in set(seen)} == {"forward": 1, "res": 6, "attn": 2, "mod": 6, "mha": 2}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_decoder_has_as_many_blocks_per_level_as_the_encoder_and_none_at_the_bottom(n):
+    """UNetConfig.blocks_per_level's comment (it said the decoder had one more)."""
+    from diffuse_edu.models.unet import ResBlock
+
+    net = UNet(UNetConfig(channels=(8, 16, 32), blocks_per_level=n, attention_levels=(), groups=4))
+
+    def blocks(stages):
+        return sum(isinstance(m, ResBlock) for m in stages.modules())
+    assert [blocks(level) for level in net.encoder] == [n, n, n]
+    assert [blocks(level) for level in net.decoder] == [n, n]  # levels 0 and 1; the middle at 2
+    assert blocks(net.middle) == 1

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.progress import progress
 
 
@@ -30,11 +31,15 @@ def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...], lay
 
 def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_size: int, lr: float = 1e-4,
                     bf16: bool = True, generator: torch.Generator | None = None) -> dict:
-    """Train with DDPMScheduler.add_noise and AdamW for ``seconds`` of wall time (no EMA, no compile)."""
+    """Train with DDPMScheduler.add_noise and AdamW for ``seconds`` of wall time (no EMA, no compile),
+    under bfloat16 autocast where ``bf16`` and the device has it fast (the check the course's
+    training uses, :func:`~diffuse_edu.diffusion.denoisers.bf16_supported`), else in float32. The
+    result says which (``precision``)."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     device = images.device
+    autocast = bf16 and bf16_supported(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     steps, start, spent = 0, time.perf_counter(), 0.0
     bar = progress(desc="diffusers baseline")
@@ -43,7 +48,7 @@ def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_si
         x0 = images[idx]
         noise = torch.randn(x0.shape, generator=generator, device=device)
         t = torch.randint(0, 1000, (batch_size,), generator=generator, device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             pred = unet(scheduler.add_noise(x0, noise, t), t).sample
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -55,7 +60,8 @@ def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_si
             torch.cuda.synchronize()
         spent = time.perf_counter() - start
     bar.close()
-    return dict(steps=steps, seconds=spent, images_per_second=steps * batch_size / spent)
+    return dict(steps=steps, seconds=spent, images_per_second=steps * batch_size / spent,
+                precision="bfloat16 autocast" if autocast else "float32")
 
 
 @torch.no_grad()
@@ -100,6 +106,7 @@ def compare_with_diffusers(result, samples: Tensor, images: Tensor, recipe, *, c
     return {
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "train_seconds_ours": result.seconds, "train_seconds_diffusers": base["seconds"],
+        "precision_diffusers": base["precision"],
         "images_per_second_ours": result.images_per_second, "images_per_second_diffusers": base["images_per_second"],
         "gflops_per_image_ours": ours_flops / 1e9, "gflops_per_image_diffusers": base_flops / 1e9,
         "fid_ours": ours_fid, "fid_diffusers": base_fid, "fid_ratio_diffusers_over_ours": base_fid / ours_fid,

@@ -36,7 +36,8 @@ class UNetConfig:
     in_channels: int = 1  # image channels in
     out_channels: int | None = None  # channels predicted (default: in_channels)
     channels: tuple[int, ...] = (16, 32, 64)  # width per level; resolution halves between levels
-    blocks_per_level: int = 1  # residual blocks per level in the encoder (decoder: one more)
+    blocks_per_level: int = 1  # residual blocks per level, as many in the decoder as in the encoder
+    # (the decoder has none at the lowest level, where the middle block works)
     attention_levels: tuple[int, ...] = (2,)  # levels (0 = full resolution) with self-attention
     heads: int = 4  # attention heads
     groups: int = 8  # GroupNorm groups

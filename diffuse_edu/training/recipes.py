@@ -107,9 +107,8 @@ class Recipe:
 
 
 #: How the full recipes compile their training step: with CUDA graphs, which replay a step's ~970
-#: kernels in one launch. On an H100 (2026-11-27, results/bench/) lesson 05's full recipe trained at
-#: 15,031 images/s so, against 8,174 compiled without them, when the GPU sat idle 45% of each step
-#: waiting for the host to launch the next kernel.
+#: kernels in one launch; without them the GPU sits idle for much of each step, waiting for the host
+#: to launch the next kernel (the measurements: results/bench/).
 GPU_COMPILE = "reduce-overhead"
 
 DDPM_QUICK = Recipe(  # lesson 05's quick target: >= 85% of samples recognisable from its 700 steps
@@ -119,7 +118,7 @@ DDPM_QUICK = Recipe(  # lesson 05's quick target: >= 85% of samples recognisable
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,)),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=700, seconds=150, batch_size=256, lr=3e-3, warmup_steps=50,
-                      ema_decay=0.99, snapshots=4),  # steps end it (about 60 s alone); seconds guard a slow machine
+                      ema_decay=0.99, snapshots=4),  # steps end it; seconds guard a slow machine
     sample_steps=50,  # ancestral: 88% recognisable against 83% for deterministic DDIM-25 (same model, 4 x 256)
     sample_eta=1.0,
     target=Target.V,  # v stays finite at t = T, where an eps-model's x0_hat is amplified 1 / sqrt(ab_T)
@@ -145,7 +144,7 @@ CDDPM_QUICK = Recipe(  # lesson 08: class-conditional, labels dropped for 15% of
     model=UNetConfig(in_channels=1, channels=(16, 32, 64), attention_levels=(2,), num_classes=10),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=700, seconds=150, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                      cond_dropout=0.15),  # steps end it (40 to 60 s alone); seconds guard a slow machine
+                      cond_dropout=0.15),  # steps end it; seconds guard a slow machine
     sample_steps=20,
 )
 CDDPM_FULL = Recipe(
@@ -164,7 +163,7 @@ CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
 
 
 _SHAPE_VOCAB, _DIGIT_VOCAB = build_vocab([" ".join(SHAPE_WORDS)]), build_vocab([" ".join(DIGIT_CAPTION_WORDS)])
-CLIP_QUICK = ClipRecipe(  # lesson 09: about 6 s on two CPU cores
+CLIP_QUICK = ClipRecipe(  # lesson 09's mini-CLIP
     name="clip_shapes16", data=functools.partial(make_shapes, 8000, size=16),
     model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=32, image_widths=(16, 32, 64)), steps=160, seconds=40)  # the steps end it
 CLIP_FULL = ClipRecipe(
@@ -183,7 +182,7 @@ TDDPM_QUICK = Recipe(  # lesson 09: v-prediction (eps-prediction drew colour noi
     model=UNetConfig(in_channels=3, channels=(16, 32, 64), attention_levels=(2,), context_dim=32),
     schedule=functools.partial(cosine_schedule, 1000),
     train=TrainConfig(steps=600, seconds=150, batch_size=64, lr=3e-3, warmup_steps=50, ema_decay=0.995,
-                      cond_dropout=0.15),  # steps end it (40 to 60 s alone); seconds guard a slow machine
+                      cond_dropout=0.15),  # steps end it; seconds guard a slow machine
     sample_steps=20, target=Target.V, text=CLIP_QUICK,
 )
 TDDPM_FULL = Recipe(
