@@ -383,7 +383,10 @@ def _ddim(x, x0, e, t, tp, s, *, eta=0.0, noise=None, alphas=False, rebuild=Fals
     ab, abp = (s.alphas if alphas else s.alpha_bar)[t].item(), (s.alphas if alphas else s.alpha_bar)[tp].item()
     if rebuild:  # x0_hat rebuilt from eps_hat instead of the one given
         x0 = (x - (1 - ab) ** 0.5 * e) / ab**0.5
-    sig = eta * ((1 - abp) / (1 - ab)) ** 0.5 * ((1 - ab / abp) ** 0.5 if two else 1)
+    # only for eta > 0: upwards (lesson 11) the formula is complex, and from t = 0 it divides by 0
+    sig = 0.0
+    if eta:
+        sig = eta * ((1 - abp) / (1 - ab)) ** 0.5 * ((1 - ab / abp) ** 0.5 if two else 1)
     a, b = (e, x0) if swap else (x0, e)
     out = abp**0.5 * a + max(1 - abp - (sig**2 if shrink else 0), 0) ** 0.5 * b
     if noise is None:
@@ -1588,3 +1591,181 @@ def test_flow_euler_with_x_plus_equals_names_x():
     verdict = run_checker(plus_equals, FLOW_EULER)
     assert verdict.status == "failed" and "changed its argument `x` in place" in verdict.message
     assert "x = x + ..." in verdict.message
+
+
+# --- issue 48: gradients, the DDIM step upwards, stand-ins as strict as the lessons' networks ----
+# Each wrong answer below passed its checker before (right values, or a stand-in too forgiving to
+# see the mistake); each now fails with the message quoted.
+from diffuse_edu.diffusion.samplers import timesteps  # noqa: E402
+from diffuse_edu.exercises.editing import _repaint_variant as _repaint_ok  # noqa: E402
+
+
+def _kl_no_grad(mean, logvar):
+    with torch.no_grad():
+        return _kl(mean, logvar)
+
+
+def _vae_kl_no_grad(vae, x, noise, w):
+    mean, logvar = vae.encode(x)
+    recon = (vae.decode(reparameterise(mean, logvar, noise)) - x).square().flatten(1).sum(1)
+    with torch.no_grad():  # "the KL is only a regulariser"
+        kl = _kl(mean, logvar)
+    return recon + w * kl
+
+
+def _lora_base_no_grad(layer, x):
+    with torch.no_grad():  # "the base layer is frozen"
+        base = layer.base(x)
+    return base if layer.merged else base + layer.scale * layer.lora_B(layer.lora_A(x))
+
+
+def _lora_input_detached(layer, x):
+    low = layer.lora_B(layer.lora_A(x.detach()))
+    return layer.base(x) if layer.merged else layer.base(x) + layer.scale * low
+
+
+def _prior_no_grad(model, objective, subject, cond, pool, label, weight, generator=None):
+    b = subject.shape[0]
+    prior = pool[torch.randint(0, pool.shape[0], (b,), generator=generator)]
+    s_loss, _ = objective(model, subject, cond=cond, generator=generator)
+    with torch.no_grad():  # "the prior images come from the frozen model"
+        prior_cond = Cond(labels=torch.full((b,), label))
+        p_loss, _ = objective(model, prior, cond=prior_cond, generator=generator)
+    return s_loss + weight * p_loss
+
+
+def _ddim_sigma_always(x, x0, e, t, tp, s, *, eta=0.0, noise=None, sqrt="torch"):
+    """Right downwards; sigma's formula evaluated even at eta = 0, which breaks upwards."""
+    if sqrt == "assert":
+        assert tp < t, "t_prev must be below t"
+    ab, abp = s.alpha_bar[t], s.alpha_bar[tp]
+    if sqrt == "math":
+        sigma = eta * math.sqrt((1 - abp.item()) / (1 - ab.item()) * (1 - ab.item() / abp.item()))
+    else:
+        sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).sqrt()
+    if eta > 0 and noise is None:
+        raise ValueError("eta > 0 needs noise")
+    out = float(abp) ** 0.5 * x0 + float(max(1 - abp - sigma**2, 0)) ** 0.5 * e
+    return out + float(sigma) * noise if eta > 0 else out
+
+
+def _inversion_with_nan_step(d, x0, s, steps, t_max, cond=None):
+    ts = timesteps(s, steps, t_max=t_max)[::-1]
+    x = x0
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        pred = d.at_step(x, max(t, 1), cond, schedule=s)
+        x = _ddim_sigma_always(x, x if t == 0 else pred.x0, pred.eps, t, t_next, s)
+    return x
+
+
+def _euler_time(model, x, steps, *, time):
+    ts = flow_times(steps)
+    for tau, tau_next in zip(ts[:-1], ts[1:]):
+        t = {"0-d": torch.tensor(tau * 1000), "float": tau * 1000}[time]
+        x = x + (tau_next - tau) * model(x, t)
+    return x
+
+
+def _repaint_one_draw(d, x, t, tp, k, m, s, r, noise, cond=None):
+    draw = noise()  # one draw, reused for every random number
+    return _repaint_ok(d, x, t, tp, k, m, s, r, lambda: draw, cond)
+
+
+class _Twice:
+    """A denoiser wrapper that evaluates every call twice (the first result thrown away)."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def at_step(self, *a, **k):
+        self.d.at_step(*a, **k)
+        return self.d.at_step(*a, **k)
+
+
+def _repaint_twice_per_try(d, *a):
+    return _repaint_ok(_Twice(d), *a)
+
+
+def _guided_view(net, x, t, cond, null, s, rescale=0.0, interval=None, *, t_scale=1.0, dims=None):
+    """Right on images; the rescale's .view(B, 1, 1, 1) (or its fixed axes) breaks on vectors."""
+    labels = torch.cat([cond.labels, null.labels.expand_as(cond.labels)])
+    c, u = net(torch.cat([x, x]), torch.cat([t, t]), Cond(labels=labels)).chunk(2)
+    g = u + s * (c - u)
+    if rescale:
+        axes = dims or tuple(range(1, g.ndim))
+        g = rescale * g * (c.std(dim=axes) / g.std(dim=axes)).view(-1, 1, 1, 1) + (1 - rescale) * g
+    if interval is not None:
+        inside = (t / t_scale >= interval[0]) & (t / t_scale <= interval[1])
+        inside = inside.reshape((-1,) + (1,) * (x.ndim - 1))
+        g = torch.where(inside, g, c)
+    return g
+
+
+def _lora_delta_by_r(layer):
+    a, b = layer.lora_A.weight, layer.lora_B.weight
+    full = torch.einsum("or,rikl->oikl", b[:, :, 0, 0], a) if a.ndim == 4 else b @ a
+    return full / layer.rank
+
+
+WRONG_48 = [
+    (REPARAMETERISE, lambda m, lv, n: m.detach() + (0.5 * lv).exp() * n, "the mean is detached"),
+    (REPARAMETERISE, lambda m, lv, n: m + (0.5 * lv).exp().detach() * n,
+     "the standard deviation is detached"),
+    (KL_DIAGONAL_GAUSSIAN, _kl_no_grad, "the KL carries no gradient to mean and logvar"),
+    (KL_DIAGONAL_GAUSSIAN,
+     lambda m, lv: 0.5 * (m.square() + lv.exp().detach() - 1 - lv).flatten(1).sum(1),
+     "exp(logvar) is detached"),
+    (VAE_LOSS, _vae_kl_no_grad, "the KL term carries no gradient"),
+    (LORA_FORWARD, _lora_base_no_grad, "the base layer's output carries no gradient"),
+    (LORA_FORWARD, _lora_input_detached, "the input of the low-rank path was detached"),
+    (PRIOR_PRESERVATION_LOSS, _prior_no_grad, "the prior term carries no gradient"),
+    (DDIM_STEP, _ddim_sigma_always,
+     "ddim_step from t = 300 up to t_prev = 600 with eta = 0 returned NaN or inf: lesson 11's DDIM "
+     "inversion"),
+    (DDIM_STEP, lambda *a, **k: _ddim_sigma_always(*a, **k, sqrt="math"),
+     "raised ValueError (math domain error): lesson 11's DDIM inversion runs this same step "
+     "upwards"),
+    (DDIM_STEP, lambda *a, **k: _ddim_sigma_always(*a, **k, sqrt="assert"),
+     "nothing in the step may assume t_prev < t"),
+    (DDIM_INVERSION, _inversion_with_nan_step, "ddim_inversion returned NaN or inf"),
+    (FLOW_EULER, lambda *a: _euler_time(*a, time="0-d"),
+     "t as a tensor of shape (); the lesson's U-Net and DiT"),
+    (FLOW_EULER, lambda *a: _euler_time(*a, time="float"), "t as a Python float"),
+    (REPAINT_STEP, _repaint_one_draw, "called noise() 1 time(s) for 8 independent draws"),
+    (REPAINT_STEP, _repaint_twice_per_try, "twice per try"),
+    (GUIDED_FORWARD, lambda *a: _guided_view(*a, t_scale=1000.0), "not t / 1000"),
+    (GUIDED_FORWARD, _guided_view,
+     "for vectors x of shape (3, 6) the result has shape (3, 1, 3, 6)"),
+    (GUIDED_FORWARD, lambda *a: _guided_view(*a, dims=(1, 2, 3)), "raised IndexError"),
+    (LORA_DELTA, _lora_delta_by_r, "the change was divided by r alone"),
+    (LORA_FORWARD, lambda l, x: l.base(x) + l.lora_B(l.lora_A(x)) / l.rank,
+     "the low-rank path was divided by r alone"),
+]
+
+
+@pytest.mark.parametrize("checker, wrong, expected", WRONG_48,
+                         ids=[f"{c.name}-{e[:24]}" for c, _, e in WRONG_48])
+def test_issue_48_wrong_answers_get_their_own_message(checker, wrong, expected):
+    verdict = run_checker(wrong, checker)
+    assert verdict.status == "failed" and expected in _message(verdict), verdict.message
+
+
+def test_guided_forwards_interval_case_tells_excluded_bounds_from_t_over_1000():
+    """Its t values once gave both mistakes the same answer (and so the same message)."""
+    excluded, over_1000 = (lambda *a: _guided(*a, bounds="open"),
+                           lambda *a: _guided_view(*a, t_scale=1000.0))
+    messages = {run_checker(wrong, GUIDED_FORWARD).message for wrong in (excluded, over_1000)}
+    assert len(messages) == 2
+
+
+def test_a_ddim_step_right_both_ways_passes_and_the_lesson_07_solution_too():
+    """The upward cases ask nothing a correct step lacks: sigma computed only when eta > 0."""
+    def lesson_07(x_t, x0_hat, eps_hat, t, t_prev, schedule, *, eta=0.0, noise=None):
+        ab, ab_prev = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_prev].item()
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5 if eta > 0 else 0.0
+        if sigma > 0 and noise is None:
+            raise ValueError("eta > 0 needs noise: pass noise=torch.randn_like(x_t).")
+        x_prev = ab_prev**0.5 * x0_hat + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps_hat
+        return x_prev + sigma * noise if sigma > 0 else x_prev
+
+    assert run_checker(lesson_07, DDIM_STEP).status == "passed"

@@ -306,6 +306,62 @@ def compare(
                    f"{g[idx]:.4g}, expected {w[idx]:.4g}).")
 
 
+#: What usually cuts a gradient that the values cannot show.
+CUT_GRADIENT = ("part of the computation is cut off from autograd: a .detach(), .data, .item(), "
+                "torch.no_grad() or a tensor rebuilt with torch.tensor(...) along the way")
+
+
+def compare_gradients(
+    got: object, want: Tensor, wrt: Mapping[str, Tensor | Sequence[Tensor]], *, what: str,
+    mistakes: Sequence[Mistake] = (), otherwise: str = CUT_GRADIENT,
+) -> None:
+    """Raise :class:`Mismatch` unless ``got`` sends back to each group of tensors in ``wrt`` the
+    gradient that ``want`` sends back: a learner's values can be right while training is cut off
+    (a mean detached in the reparameterisation, a loss term computed under ``torch.no_grad()``).
+
+    ``got`` and ``want`` are the learner's and the reference's outputs computed from the same
+    tensors (leaves that require gradients, or a module's parameters), graphs alive; both are
+    reduced with the same fixed random weights, so that every entry counts. ``wrt`` names each
+    group in the message ("mean", "the encoder's weights"). A mistake's ``answer`` is the output
+    of a typical wrong answer with its graph: when its gradients are the learner's, its message
+    is given. Lesson 05's training step compares the weights after a step; this compares the
+    gradients themselves, for exercises that are a loss or a sample inside training.
+    """
+    groups = {name: [ts] if isinstance(ts, Tensor) else list(ts) for name, ts in wrt.items()}
+    leaves = [t for ts in groups.values() for t in ts]
+    if not isinstance(got, Tensor) or got.shape != want.shape:
+        raise Mismatch(f"{what}: expected a tensor of shape {tuple(want.shape)} to differentiate.")
+    weights = torch.randn(want.shape, generator=torch.Generator().manual_seed(0)).to(want.dtype)
+
+    def grads(out: Tensor) -> list[Tensor]:
+        found = (torch.autograd.grad((out * weights.to(out.dtype)).sum(), leaves, retain_graph=True,
+                                     allow_unused=True)
+                 if out.requires_grad else [None] * len(leaves))
+        return [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(leaves, found)]
+
+    def close(a: list[Tensor], b: list[Tensor]) -> bool:
+        return all(torch.allclose(x.double(), y.double(), rtol=1e-3, atol=1e-6) for x, y in zip(a, b))
+
+    mine, ref = grads(got), grads(want)
+    if close(mine, ref):
+        return
+    for mistake in mistakes:
+        if close(mine, grads(mistake.answer)):
+            raise Mismatch(f"{what}: {mistake.message}")
+    k = 0
+    for name, ts in groups.items():
+        g, r = mine[k:k + len(ts)], ref[k:k + len(ts)]
+        k += len(ts)
+        if close(g, r):
+            continue
+        if all(x.abs().sum() == 0 for x in g):
+            raise Mismatch(f"{what}: the values are right, but no gradient reaches {name}, so training "
+                           f"cannot move it: {otherwise}.")
+        gap = max((x - y).abs().max().item() for x, y in zip(g, r))
+        raise Mismatch(f"{what}: the values are right, but the gradient that reaches {name} differs from "
+                       f"the reference's (by up to {gap:.2g}): {otherwise}.")
+
+
 def run_naming_crashes(call: Callable[[], object], what: str,
                        crashes: Sequence[tuple[Callable[[], object], str]]) -> object:
     """``call()``; if it raises, and one of the typical wrong answers in ``crashes`` (each a call that

@@ -91,6 +91,19 @@ def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, 
     return x_prev
 
 
+def _count_tries(what: str, calls: int, tries: int) -> None:
+    """One network evaluation per try: checked before the values, so that a wrong number of tries is
+    named as such rather than as whichever value mistake it happens to resemble."""
+    if calls == tries:
+        return
+    if calls == 2 * tries:
+        raise Mismatch(f"{what} evaluated the network {calls} times, twice per try: a try asks the "
+                       "denoiser once, at x_t, and takes both estimates (pred.x0, pred.eps) from that call.")
+    raise Mismatch(f"{what} evaluated the network {calls} times: {calls} tries instead of {tries}. The loop "
+                   "runs resample times (range(resample)), one evaluation per try, each try but the last "
+                   "followed by a jump back to t.")
+
+
 def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
     def case(fn: Callable) -> None:
         x_t, known, mask = _repaint_data(seed)
@@ -103,6 +116,7 @@ def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
             raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; the last step runs once: "
                            "at t_prev = 0 there is nothing to jump back to, and a repeat would denoise the finished "
                            "image as if it were still noisy (Lugmayr et al. 2022, Alg. 1).")
+        _count_tries(what, len(stand_in.calls), tries)
         if noise.calls == 0:
             raise Mismatch(f"{what} never called noise(): draw every random number with noise(), so that runs "
                            "can be repeated (the step's noise, the known image's noise and the jump's noise).")
@@ -128,19 +142,21 @@ def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
                     "as it is.", wrong(paste="clean")),
             Mistake("the mask is inverted: 1 marks the known pixels, which come from the known image.",
                     wrong(paste="inverted")),
-            Mistake(f"{resample + 1} tries instead of {resample}: the loop runs resample times.", wrong(extra=1)),
             Mistake("the known image was noised to t, where the step starts; x_prev is at t_prev, so noise the known "
                     "image to t_prev (q_sample(known, t_prev, ...)).", wrong(paste="at t")),
             Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its noise.", wrong(eta=0.0)),
         ]
-        if tries > 1:
-            mistakes.append(Mistake(f"{tries - 1} tries instead of {tries}: the loop runs resample times "
-                                    "(range(resample)), each try but the last followed by a jump back.",
-                                    wrong(extra=-1)))
         compare(got, repaint_step(_StandIn(), *args, _Noise(x_t, seed)), what=what, mistakes=mistakes)
-        if len(stand_in.calls) != tries:
-            raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; one evaluation per try, "
-                           f"{tries} tries here.")
+        # This noise() returns the same values at every call, so a draw used twice leaves the values right:
+        # count the draws. Each try needs the step's noise, the known image's (below t_prev = 0) and, but
+        # for the last try, the jump's.
+        draws = tries + (tries if t_prev > 0 else 0) + tries - 1
+        if noise.calls < draws:
+            raise Mismatch(f"{what} called noise() {noise.calls} time(s) for {draws} independent draws: "
+                           "each random number needs its own call (the step's noise, the known image's "
+                           "noise at t_prev and the jump's noise, at every try). A draw used twice ties "
+                           "together what must be independent: the known region's noise and the step's, or "
+                           "one try's jump and its step.")
     return case
 
 
@@ -198,8 +214,7 @@ def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
         stand_in = _StandIn()
         got = fn(stand_in, x0.clone(), _SCHEDULE, steps, t_max)
         if 0 in stand_in.calls:
-            raise Mismatch(f"{what} evaluated the network at t = 0, where it was never trained (its noise estimate is "
-                           "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = 1.")
+            raise Mismatch(f"{what} {_AT_ZERO}")
         if isinstance(got, (list, tuple)):
             raise Mismatch(f"{what} returned a {type(got).__name__}; return the final x_{{t_max}} alone.")
         rising = timesteps(_SCHEDULE, steps, t_max=t_max)[::-1]
@@ -225,16 +240,32 @@ def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
     return case
 
 
+_AT_ZERO = ("evaluated the network at t = 0, where it was never trained (its noise estimate is "
+            "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = 1.")
+_STEP_UPWARDS = ("Inversion runs the DDIM step upwards (t_prev > t, from t = 0 on) with eta = 0, where "
+                 "sigma must be exactly 0 without evaluating its formula: upwards 1 - alpha_bar_t / "
+                 "alpha_bar_prev is negative (a NaN square root) and 1 - alpha_bar_0 = 0 divides. Compute "
+                 "sigma only when eta > 0, in your ddim_step (section 1 checks it upwards too) and in any "
+                 "step you wrote inside ddim_inversion.")
+
+
 def _inversion_deterministic(fn: Callable) -> None:
     x0 = torch.rand(2, 1, 4, 6, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    stand_in = _StandIn()
     try:
         torch.manual_seed(1)
-        a = fn(_StandIn(), x0, _SCHEDULE, 5, 500)
+        a = fn(stand_in, x0, _SCHEDULE, 5, 500)
         torch.manual_seed(2)
         b = fn(_StandIn(), x0, _SCHEDULE, 5, 500)
     except ZeroDivisionError as e:
         raise Mismatch(f"ddim_inversion divided by zero ({e}): usually a step with eta > 0, whose noise has no "
-                       "meaning on the way up from t = 0. Inversion is deterministic DDIM: eta = 0, no noise.") from None
+                       "meaning on the way up from t = 0. Inversion is deterministic DDIM: eta = 0, no noise. "
+                       f"{_STEP_UPWARDS}") from None
+    if 0 in stand_in.calls:  # the stand-in's noise estimate is inf there: that, not the step, made the NaN
+        raise Mismatch(f"ddim_inversion of 2 images in 5 steps to t_max = 500 {_AT_ZERO}")
+    if isinstance(a, torch.Tensor) and not torch.isfinite(a).all():
+        raise Mismatch("ddim_inversion returned NaN or inf (a NaN is not randomness: both runs give it). "
+                       f"{_STEP_UPWARDS}")
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b):
         raise Mismatch("two inversions of the same images differ: inversion is deterministic DDIM (eta = 0, no "
                        "noise), so that the latent it finds regenerates the image.")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, compare_gradients
 from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.training.finetune import prior_preservation_loss
 
@@ -115,9 +115,45 @@ def _draws_at_random(fn: Callable) -> None:
                        "its turn.")
 
 
+class _Trainable(_Model):
+    """The stand-in model with one trainable gain, so that the loss has a gradient to check."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.tensor(1.3, requires_grad=True)
+
+    def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        return self.gain * super().__call__(x, t, cond)
+
+
+def _gradient(fn: Callable) -> None:
+    """Fine-tuning learns from both terms: the prior term's gradient keeps the class as it was."""
+    subject, cond, pool = _inputs(4)
+    model, weight = _Trainable(), 0.7
+    got = fn(model, _objective, subject, cond, pool, 3, weight, torch.Generator().manual_seed(1))
+    if not isinstance(got, Tensor) or not got.requires_grad:
+        raise Mismatch("the loss carries no gradient to the model (computed under torch.no_grad(), or with "
+                       ".item() or .detach()?): fine-tuning could not learn from it.")
+    want = prior_preservation_loss(model, _objective, subject, cond, pool, 3, weight, torch.Generator())
+    s_loss = _objective(model, subject, cond=cond)[0]
+    p_loss = _objective(model, pool[:4], cond=Cond(labels=torch.full((4,), 3)))[0]
+    compare_gradients(
+        got, want, {"the model's weights": model.gain},
+        what=f"the gradient of prior_preservation_loss with weight {weight}",
+        mistakes=[
+            Mistake("the prior term carries no gradient (computed under torch.no_grad(), or detached): "
+                    "the class images' loss is there to be trained on, so that fine-tuning keeps the "
+                    "class as the model drew it; only the class images themselves, drawn before "
+                    "fine-tuning, need no gradient.", s_loss + weight * p_loss.detach()),
+            Mistake("the subject's term carries no gradient (computed under torch.no_grad(), or "
+                    "detached): the model learns the subject from it.", s_loss.detach() + weight * p_loss),
+        ])
+
+
 PRIOR_PRESERVATION_LOSS = Checker(
     "prior_preservation_loss", prior_preservation_loss,
-    [_value_case(0.5, 1), _value_case(1.0, 0), _draws_with_the_generator, _draws_at_random],
+    [_value_case(0.5, 1), _value_case(1.0, 0), _draws_with_the_generator, _draws_at_random,
+     _gradient],
     hints=("Each step sees two kinds of examples: the subject, with its new label, and images of its class the model "
            "drew before fine-tuning, with the class's label. Both are ordinary denoising examples.",
            "Draw as many class images as there are subject images, at random with the generator, and let the "

@@ -27,6 +27,19 @@ def flow_euler(model: Callable, x: Tensor, steps: int) -> Tensor:
     return sample_flow_euler(Denoiser(model, None, Target.FLOW), x, steps=steps)
 
 
+def _strict_time(x: Tensor, t: object) -> None:
+    """Refuse a time the lesson's networks refuse: their time embedding takes t of shape (B,)."""
+    if isinstance(t, Tensor) and t.shape == (x.shape[0],):
+        return
+    given = (f"a Python {type(t).__name__}" if not isinstance(t, Tensor)
+             else f"a tensor of shape {tuple(t.shape)}")
+    fails = ("a shape (1,) only happens to broadcast inside them" if isinstance(t, Tensor) and t.shape == (1,)
+             else "they reject this deep inside their time embedding")
+    raise Mismatch(f"the network was called with t as {given}; the lesson's U-Net and DiT take t as a "
+                   f"tensor of shape (B,) = ({x.shape[0]},), one time per example ({fails}). Build it with "
+                   "torch.full((x.shape[0],), tau * 1000, device=x.device).")
+
+
 class _Velocity:
     """A made-up velocity network that depends on x and t and counts its calls."""
 
@@ -36,6 +49,7 @@ class _Velocity:
         self.calls: list[float] = []
 
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        _strict_time(x, t)
         self.calls.append(float(t.reshape(-1)[0]))
         t = t.reshape(-1, 1, 1, 1)
         return torch.tanh(0.7 * x * self.w + (t / SCALE) * self.u + 0.3 * torch.sin(t / 50))

@@ -111,7 +111,9 @@ def _rescaled(fn: Callable) -> None:
 
 
 def _interval(fn: Callable) -> None:
-    x, t, cond, null = _batch(t=(5, 100, 300, 600), seed=2)
+    # t = 200 lies strictly inside, t = 100 and 300 on the bounds: "bounds excluded" guides 200 alone,
+    # "compared with t / 1000" guides nothing, the right answer 100, 200 and 300.
+    x, t, cond, null = _batch(shape=(5, 2, 3, 5), t=(5, 100, 200, 300, 600), seed=2)
     scale, (lo, hi) = 3.0, (100, 300)
     c, u = _halves(x, t, cond)
     g = guided_prediction(c, u, scale)
@@ -124,6 +126,9 @@ def _interval(fn: Callable) -> None:
         Mistake("the interval is inverted: guide where t_lo <= t <= t_hi and use the conditional prediction "
                 "outside.", torch.where(inside, c, g)),
         Mistake("the bounds are excluded: t = t_lo and t = t_hi lie inside the interval.", torch.where(strict, g, c)),
+        Mistake("nothing was guided: the interval's bounds are steps, like the t the network gets (0 to "
+                "1000); compare t itself with them, not t / 1000 (nor a time in [0, 1]).",
+                torch.where(((t / 1000 >= lo) & (t / 1000 <= hi)).reshape(-1, 1, 1, 1), g, c)),
     ]
     got, _ = _call(fn, x, t, cond, null, scale, interval=(lo, hi))
     compare(got, torch.where(inside, g, c), what=f"the guided prediction with interval ({lo}, {hi}) at t = "
@@ -131,14 +136,23 @@ def _interval(fn: Callable) -> None:
 
 
 def _any_shape(fn: Callable) -> None:
+    """Vectors instead of images, through the rescale and the interval: both reshape per-example values."""
     x, t, cond, null = _batch(shape=(3, 6), seed=3)
-    got, _ = _call(fn, x, t, cond, null, 2.0, interval=(0, 400))
+    try:
+        got, _ = _call(fn, x, t, cond, null, 2.0, rescale=0.7, interval=(0, 400))
+    except (IndexError, RuntimeError) as e:
+        if "out of range" not in str(e) and "dimension" not in str(e) and "shape" not in str(e):
+            raise
+        raise Mismatch(f"for vectors x of shape {tuple(x.shape)} it raised {type(e).__name__} ({e}): it works "
+                       "on images (B, C, H, W) but not on other shapes. Take per-example statistics over "
+                       "every axis but the first (dim=tuple(range(1, x.ndim))) and reshape per-example "
+                       "values to (B, 1, ..., 1) with as many ones as x has axes after the first.") from None
     if isinstance(got, torch.Tensor) and got.shape != x.shape:
         raise Mismatch(f"for vectors x of shape {tuple(x.shape)} the result has shape {tuple(got.shape)}: it works "
                        "on images (B, C, H, W) but not on other shapes. Reshape per-example values to "
                        "(B, 1, ..., 1) with as many ones as x has axes after the first.")
-    compare(got, guided_forward(_Network(), x, t, cond, null, 2.0, interval=(0, 400)),
-            what="the guided prediction for vectors x of shape (3, 6) with an interval",
+    compare(got, guided_forward(_Network(), x, t, cond, null, 2.0, 0.7, (0, 400)),
+            what="the guided prediction for vectors x of shape (3, 6) with rescale 0.7 and an interval",
             otherwise="it works on images (B, C, H, W) but not on other shapes: reshape per-example values to "
                       "(B, 1, ..., 1) with as many ones as x has axes after the first.")
 

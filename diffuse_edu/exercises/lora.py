@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, compare_gradients
 from diffuse_edu.models.lora import LoRAConv2d, LoRALinear, lora_delta, lora_forward
 
 
@@ -36,6 +36,8 @@ def _forward_mistakes(layer, x) -> list[Mistake]:
         Mistake("the low-rank path is scaled by alpha alone; the scale is alpha / r (layer.scale), so that the "
                 "rank can change without retuning alpha.", base + layer.alpha * low),
         Mistake("the scale is alpha / r, not r / alpha.", base + layer.rank / layer.alpha * low),
+        Mistake("the low-rank path was divided by r alone: the scale is alpha / r (layer.scale), alpha "
+                "included.", base + low / layer.rank),
         Mistake("the low-rank path must be scaled by alpha / r (layer.scale).", base + low),
         Mistake("the frozen base layer's output is missing: LoRA adds a change to what the base computes.",
                 layer.scale * low),
@@ -105,6 +107,24 @@ def _forward_gradients(fn: Callable) -> None:
     if layer.base.weight.grad is not None:
         raise Mismatch("the frozen base weight received a gradient: use the base layer as it is (it is frozen); "
                        "do not copy its weight into a new parameter.")
+    # In a network the gradient must also pass through the layer to its input: the adapters of the
+    # layers before this one learn from it, through the frozen base path as well as the low-rank one.
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    base, low = layer.base(x), layer.lora_B(layer.lora_A(x))
+    compare_gradients(
+        fn(layer, x), lora_forward(layer, x),
+        {"the input x": x, "A": layer.lora_A.weight, "B": layer.lora_B.weight},
+        what="lora_forward's gradients (LoRA trains A and B of every adapted layer through them)",
+        mistakes=[
+            Mistake("the base layer's output carries no gradient (computed under torch.no_grad(), or "
+                    "detached): its weight is frozen, but the gradient must still flow through it to the "
+                    "input x, or the adapters of the layers before this one learn from the low-rank path "
+                    "alone.", base.detach() + layer.scale * low),
+            Mistake("the input of the low-rank path was detached: B(A(x)) must pass its gradient back to "
+                    "x as well as to A and B, or the adapters of the layers before this one miss it.",
+                    base + layer.scale * layer.lora_B(layer.lora_A(x.detach()))),
+        ])
 
 
 LORA_FORWARD = Checker(
@@ -146,6 +166,8 @@ def _delta_mistakes(layer) -> list[Mistake]:
         Mistake("the change is scaled by alpha / r (layer.scale).", full),
         Mistake("the change is scaled by alpha / r, not by alpha alone.", layer.alpha * full),
         Mistake("the scale is alpha / r, not r / alpha.", layer.rank / layer.alpha * full),
+        Mistake("the change was divided by r alone: the scale is alpha / r (layer.scale), alpha included.",
+                full / layer.rank),
     ]
 
 

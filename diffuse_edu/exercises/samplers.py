@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from diffuse_edu.diffusion.forward_process import mix
+from diffuse_edu.diffusion.prediction import x0_to_eps
 from diffuse_edu.diffusion.samplers import ddim_step, heun_step
 from diffuse_edu.diffusion.schedules import cosine_schedule, rescale_zero_terminal_snr
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
@@ -156,6 +158,42 @@ def _ddim_deterministic(fn: Callable) -> None:
                 "noise may enter.", abp**0.5 * x0 + max(1 - abp - sig1**2, 0) ** 0.5 * e + sig1 * n)])
 
 
+_UPWARDS = "lesson 11's DDIM inversion runs this same step upwards, to a noisier t_prev > t, with eta = 0"
+_SIGMA_ONLY_WITH_ETA = ("with eta = 0, sigma is 0: compute its formula only when eta > 0, since upwards "
+                        "1 - alpha_bar_t / alpha_bar_prev is negative (its square root is NaN, or a "
+                        "math domain error) and from t = 0 the factor 1 / (1 - alpha_bar_0) divides by 0")
+
+
+def _ddim_upwards(t: int, t_prev: int, seed: int) -> Callable:
+    """The step run upwards, as inversion runs it: from t (0 included, where x_t is the clean image)
+    to a noisier t_prev, eta = 0."""
+    def case(fn: Callable) -> None:
+        g = torch.Generator().manual_seed(seed)
+        x0, n = 1.6 * torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+        ab = _SCHEDULE.alpha_bar[t].item()
+        x = mix(x0, n, ab)
+        x0_hat = x0 if t == 0 else x0 + 0.3 * n.roll(1, 0)  # at t = 0 inversion takes x_0 itself
+        eps_hat = n + 0.2 * x0 if t == 0 else x0_to_eps(x, x0_hat, ab)  # t = 0: the estimate at t = 1
+        what = f"ddim_step from t = {t} up to t_prev = {t_prev} with eta = 0"
+        try:
+            got = fn(x.clone(), x0_hat.clone(), eps_hat.clone(), t, t_prev, _SCHEDULE, eta=0.0, noise=None)
+        except NotImplementedError:
+            raise
+        except (ZeroDivisionError, ValueError, TypeError, AssertionError) as e:
+            sigma = (isinstance(e, ZeroDivisionError) or "domain" in str(e) or "complex" in str(e))
+            if isinstance(e, TypeError) and not sigma:
+                raise  # not the direction's fault: the usual handling names it
+            why = f", and {_SIGMA_ONLY_WITH_ETA}" if sigma else "; nothing in the step may assume t_prev < t"
+            raise Mismatch(f"{what} raised {type(e).__name__} ({e}): {_UPWARDS}{why}.") from None
+        if isinstance(got, torch.Tensor) and got.shape == x.shape and not torch.isfinite(got).all():
+            raise Mismatch(f"{what} returned NaN or inf: {_UPWARDS}, and {_SIGMA_ONLY_WITH_ETA}.")
+        compare(got, ddim_step(x, x0_hat, eps_hat, t, t_prev, _SCHEDULE), what=what,
+                otherwise=f"{_UPWARDS}: the same formula, sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev) "
+                          "eps_hat with sigma = 0, must hold there; nothing in the step may assume "
+                          "t_prev < t.")
+    return case
+
+
 def _denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """A made-up denoiser that depends on both x and sigma."""
     return x / (1 + sigma**2) + 0.1 * torch.tanh(x) * sigma
@@ -203,7 +241,8 @@ def _heun(s: float, sn: float) -> Callable:
 DDIM_STEP = Checker(
     "ddim_step", ddim_step,
     [_ddim(900, 700, 0.0, 0), _ddim(500, 250, 0.0, 1), _ddim(600, 400, 0.6, 2), _ddim(100, 0, 0.0, 3),
-     _ddim_given_x0, _ddim_zero_snr, _ddim_needs_noise, _ddim_deterministic],
+     _ddim_given_x0, _ddim_zero_snr, _ddim_needs_noise, _ddim_deterministic, _ddim_upwards(300, 600, 8),
+     _ddim_upwards(0, 250, 9)],
     hints=("The denoiser already gives you both estimates, x0_hat and eps_hat. A DDIM step keeps the same "
            "x0_hat and the same direction of noise, and only changes how much of each x_t_prev holds.",
            "Compare the amounts of x0_hat and of noise in x_t with those q(x_t_prev | x_0) asks for. With eta > 0, "

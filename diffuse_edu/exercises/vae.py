@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, compare_gradients
 from diffuse_edu.models.vae import (
     VAE,
     VAEConfig,
@@ -59,12 +59,23 @@ def _reparam_gradient(fn: Callable) -> None:
     logvar.requires_grad_(True)
     z = fn(mean, logvar, noise)
     if not isinstance(z, torch.Tensor) or not z.requires_grad:
-        raise Mismatch("the sample carries no gradient back to mean and logvar: build z from them with tensor "
-                       "operations (no .detach(), no torch.normal, no torch.no_grad()) - that is the trick.")
-    z.sum().backward()
-    compare(logvar.grad, 0.5 * (0.5 * logvar.detach()).exp() * noise,
-            what="the gradient of sum(z) with respect to logvar",
-            otherwise="dz/dlogvar must be exp(logvar / 2) * noise / 2: z depends on logvar only through the scale.")
+        raise Mismatch("the sample carries no gradient back to mean and logvar: build z from them with "
+                       "tensor operations (no .detach(), no torch.normal, no torch.no_grad()) - that is "
+                       "the trick.")
+    compare_gradients(
+        z, reparameterise(mean, logvar, noise), {"mean": mean, "logvar": logvar},
+        what="the gradients of the sample (the VAE's encoder trains through them)",
+        mistakes=[
+            Mistake("the mean is detached (or taken from .data): z = mean + std * noise must pass the "
+                    "reconstruction's gradient back to the mean, dz/dmean = 1, or the encoder never "
+                    "learns where to put each image's latent.",
+                    reparameterise(mean.detach(), logvar, noise)),
+            Mistake("the standard deviation is detached: dz/dlogvar = exp(logvar / 2) * noise / 2 must "
+                    "reach logvar, or the encoder cannot learn how wide each posterior is.",
+                    reparameterise(mean, logvar.detach(), noise)),
+        ],
+        otherwise="dz/dmean must be 1 and dz/dlogvar exp(logvar / 2) * noise / 2: z depends on mean "
+                  "and logvar only through mean + exp(logvar / 2) * noise")
 
 
 def _reparam_zero_noise(fn: Callable) -> None:
@@ -136,9 +147,35 @@ def _kl_prior(fn: Callable) -> None:
             otherwise="the KL of N(0, I) from itself must be exactly 0.")
 
 
+def _kl_gradient(fn: Callable) -> None:
+    """The KL is the VAE's regulariser: its gradient must reach both moments."""
+    mean, logvar, _ = _moments(4)
+    mean.requires_grad_(True)
+    logvar.requires_grad_(True)
+    got = fn(mean, logvar)
+    if not isinstance(got, torch.Tensor) or not got.requires_grad:
+        raise Mismatch("the KL carries no gradient to mean and logvar (was it computed under "
+                       "torch.no_grad(), or with .item() or .detach()?): it is the VAE's regulariser, and "
+                       "the encoder learns from its gradient.")
+    terms = mean.square() + logvar.exp() - 1 - logvar
+    compare_gradients(
+        got, kl_diagonal_gaussian(mean, logvar), {"mean": mean, "logvar": logvar},
+        what="the gradients of the KL (the encoder trains through them)",
+        mistakes=[Mistake(message, 0.5 * value.flatten(1).sum(1)) for message, value in (
+            ("exp(logvar) is detached: the KL's gradient with respect to logvar, (exp(logvar) - 1) / 2, "
+             "needs it; only then does the KL pull each variance towards 1.",
+             mean.square() + logvar.exp().detach() - 1 - logvar),
+            ("the mean's term is detached: the KL's gradient with respect to the mean, the mean itself, "
+             "is what pulls the latents towards 0.", mean.detach().square() + logvar.exp() - 1 - logvar),
+            ("the log-variance's term is detached: (exp(logvar) - 1) / 2 is the gradient with respect "
+             "to logvar, the - logvar term included.", terms + logvar - logvar.detach()),
+        )])
+
+
 KL_DIAGONAL_GAUSSIAN = Checker(
     "kl_diagonal_gaussian", kl_diagonal_gaussian,
-    [_kl_case(0), _kl_case(1, (4, 8)), _kl_case(2, (2, 4, 2, 2), torch.float64), _kl_prior],
+    [_kl_case(0), _kl_case(1, (4, 8)), _kl_case(2, (2, 4, 2, 2), torch.float64), _kl_prior,
+     _kl_gradient],
     hints=("Each latent dimension is an independent Gaussian, so the KL is a sum of one-dimensional KLs, each a "
            "function of that dimension's mean and log-variance only.",
            "Take the one-dimensional KL of N(m, v) from N(0, 1) in the lesson's Math section, with the variance "
@@ -248,6 +285,25 @@ def _vae_gradient(fn: Callable) -> None:
         raise Mismatch("the loss has the right values but the encoder's gradient differs from the reference "
                        f"(largest gap {(got - want).abs().max().item():.2e}): part of the path from the encoder "
                        "through z to the reconstruction is cut or altered (a .detach(), .data, or a no_grad block?).")
+    # With kl_weight > 0 both terms train the encoder, and the reconstruction trains the decoder: a KL
+    # computed under torch.no_grad() passes every value check, yet leaves the latents unregularised.
+    vae.zero_grad(set_to_none=True)
+    w = 0.1
+    mean, logvar = vae.encode(x)
+    recon = (vae.decode(reparameterise(mean, logvar, noise)) - x).square().flatten(1).sum(1)
+    kl = kl_diagonal_gaussian(mean, logvar)
+    compare_gradients(
+        fn(vae, x, noise, w), vae_loss(vae, x, noise, w),
+        {"the encoder's weights": list(vae.encoder.parameters()),
+         "the decoder's weights": list(vae.decoder.parameters())},
+        what=f"the gradients of vae_loss with kl_weight = {w}",
+        mistakes=[
+            Mistake("the KL term carries no gradient (computed under torch.no_grad(), or detached): the "
+                    "values are right, but the KL only regularises the latents through its gradient, "
+                    "which must reach the encoder.", recon + w * kl.detach()),
+            Mistake("the reconstruction term carries no gradient (computed under torch.no_grad(), or "
+                    "detached): the decoder and the encoder learn from it.", recon.detach() + w * kl),
+        ])
 
 
 VAE_LOSS = Checker(
