@@ -84,9 +84,34 @@ def test_the_cell_installs_the_course_in_a_fresh_environment(tmp_path):
            "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     assert "No module named" in subprocess.run([str(python), "-c", "import diffuse_edu"], env=env, cwd=tmp_path,
                                                capture_output=True, text=True).stderr
-    said = _run(python, hosted.setup_cell(), env, tmp_path)
+    said = _run(python, hosted.setup_cell() + "\nprint('download:', os.environ.get('DIFFUSE_EDU_DOWNLOAD'))",
+                env, tmp_path)
     assert f"installing {source}" in said
+    assert "download: 1" in said and "downloaded when a lesson first needs them" in said  # full scale's data
     assert f"installed diffuse-edu {diffuse_edu.__version__}; this lesson will run at quick scale" in said
     where = _run(python, "import diffuse_edu; print(diffuse_edu.__file__)", env, tmp_path)
     assert where.startswith(str(venv)), "the course is imported from the fresh environment"
     assert _run(python, hosted.setup_cell(), env, tmp_path) == "", "once installed, the cell is silent"
+
+
+def test_the_hosted_cell_and_the_data_loaders_name_the_same_download_switch(monkeypatch, capsys, tmp_path):
+    """A hosted machine at full scale has no data folder: with the switch the cell sets, a missing set
+    is fetched (and says so); without it, the message says what to run."""
+    import numpy as np
+    import pytest
+
+    from diffuse_edu.data import staged
+
+    assert hosted.DOWNLOAD_ENV == staged.DOWNLOAD_ENV
+    monkeypatch.setattr(staged, "find_staged", lambda name: None)
+    monkeypatch.setattr(staged, "_find_torchvision", lambda card: None)
+    fetched = []
+    arrays = {k: np.zeros((2, 28, 28) if k.startswith("x") else (2,), np.uint8) for k in staged._KERAS_KEYS}
+    monkeypatch.setattr(staged, "fetch", lambda name: fetched.append(name) or tmp_path / "mnist.npz")
+    monkeypatch.setattr(staged, "read_npz", lambda path, card: arrays)
+    monkeypatch.delenv(staged.DOWNLOAD_ENV, raising=False)
+    with pytest.raises(staged.DataMissingError, match="data fetch mnist"):
+        staged.load_keras_arrays("mnist")
+    monkeypatch.setenv(staged.DOWNLOAD_ENV, "1")
+    assert staged.load_keras_arrays("mnist") is arrays and fetched == ["mnist"]
+    assert "MNIST is not on this machine: downloading it" in capsys.readouterr().out

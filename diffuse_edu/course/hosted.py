@@ -7,7 +7,9 @@ installed (a clone with ``pip install -e .``) it does nothing and prints nothing
 source can be overridden with ``$DIFFUSE_EDU_SOURCE`` (a fork, a mirror, a local folder).
 
 The scale is then chosen as everywhere: ``auto`` picks full scale when a GPU is present, quick
-otherwise; the cell says which, and how to choose the other.
+otherwise; the cell says which, and how to choose the other. A hosted machine has no data folder:
+the cell allows full scale's data sets to be downloaded when a lesson first needs them
+(``$DIFFUSE_EDU_DOWNLOAD=1``), and says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from diffuse_edu import __version__
 
 REPOSITORY = "https://github.com/diffuse-edu/diffuse-edu"
 SOURCE_ENV = "DIFFUSE_EDU_SOURCE"
+DOWNLOAD_ENV = "DIFFUSE_EDU_DOWNLOAD"  # diffuse_edu.data.staged.DOWNLOAD_ENV (without importing torch here)
 MARK = "# Hosted notebooks (Colab, Kaggle)"
 
 
@@ -48,9 +51,11 @@ if importlib.util.find_spec("diffuse_edu") is None:
     importlib.invalidate_caches()
     import diffuse_edu
 
+    os.environ.setdefault("{DOWNLOAD_ENV}", "1")  # full scale's data sets: fetched here when first needed
     print(f"installed diffuse-edu {{diffuse_edu.__version__}}; this lesson will run at "
           f"{{diffuse_edu.config.get_scale().value}} scale (full where a GPU is present). To choose, run "
-          "os.environ['DIFFUSE_EDU_SCALE'] = 'quick' (or 'full') before the next cell.")"""
+          "os.environ['DIFFUSE_EDU_SCALE'] = 'quick' (or 'full') before the next cell. At full scale, "
+          "MNIST and Fashion-MNIST are downloaded when a lesson first needs them (quick scale needs none).")"""
 
 
 def lesson_path(lesson: str) -> str:

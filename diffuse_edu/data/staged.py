@@ -10,6 +10,7 @@ raises :class:`DataMissingError` saying what to run.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -193,8 +194,19 @@ def _save_checked(arrays: dict[str, np.ndarray], card: DatasetCard, path: Path) 
     return path
 
 
+#: ``1``: a data set that is not staged is downloaded where it is needed (the hosted notebooks' first
+#: cell sets it: a hosted machine at full scale has no data folder, and a network).
+DOWNLOAD_ENV = "DIFFUSE_EDU_DOWNLOAD"
+
+
+def download_allowed() -> bool:
+    """May a missing data set be downloaded without being asked (``$DIFFUSE_EDU_DOWNLOAD=1``)?"""
+    return os.environ.get(DOWNLOAD_ENV, "") == "1"
+
+
 def load_keras_arrays(name: str, *, download: bool = False) -> dict[str, np.ndarray]:
-    """The raw uint8 arrays of a staged data set, from its ``.npz`` or torchvision's files."""
+    """The raw uint8 arrays of a staged data set, from its ``.npz`` or torchvision's files; fetched
+    through torchvision where it is missing and ``download`` (or :func:`download_allowed`) says so."""
     card = CARDS[name]
     path = find_staged(name)
     if path is not None:
@@ -202,7 +214,9 @@ def load_keras_arrays(name: str, *, download: bool = False) -> dict[str, np.ndar
     arrays = _find_torchvision(card)
     if arrays is not None:
         return arrays
-    if download:
+    if download or download_allowed():
+        print(f"{card.title} is not on this machine: downloading it through torchvision into {cache_dir()} "
+              f"(once; {DOWNLOAD_ENV}=1 allows it) ...", flush=True)
         return read_npz(fetch(name), card)
     raise DataMissingError(_missing_message(card))
 
