@@ -289,13 +289,16 @@ def test_isolated_notebooks_see_only_their_own_copy_and_no_other_process(tmp_pat
     spy = ("import os\nfrom pathlib import Path\n"
            f"print('SAW ADA', Path({str(room / 'ada.ipynb')!r}).exists())\n"
            "print('PROCESSES', sum(p.isdigit() for p in os.listdir('/proc')))\n"
-           "print('PARENT', os.getppid())")
+           "print('PARENT', os.getppid())\n"
+           f"try:\n    Path({str(room / 'ada.ipynb')!r}).write_text('gone')\nexcept OSError:\n    pass")
     _notebook(room / "spy.ipynb", "right", spy)
+    ada_before = (room / "ada.ipynb").read_text()
     rows = {r.learner: r for r in grading.grade(room, timeout=240, out=out, isolate=True)}
     assert rows["ada"].run == "completed" and rows["ada"].exercises[0]["status"] == "passed"
     assert rows["spy"].run == "completed"
     seen = (out / "executed" / "spy" / "spy.ipynb").read_text()
-    assert "SAW ADA False" in seen  # another learner's notebook is out of sight
+    assert "SAW ADA False" in seen  # another learner's notebook is out of sight ...
+    assert (room / "ada.ipynb").read_text() == ada_before  # ... and out of reach by its absolute path
     assert "PARENT 0" in seen or "PARENT 1" in seen  # its parent: the sandbox's own first process, not the grader
     count = int(seen.split("PROCESSES ")[1].split("\\n")[0].split('"')[0])
     assert count < 10  # its own few, not the machine's
