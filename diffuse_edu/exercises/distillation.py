@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.distillation import distillation_target
+from diffuse_edu.diffusion.forward_process import mix
 from diffuse_edu.diffusion.objectives import per_example_mse
 from diffuse_edu.diffusion.prediction import Target, x0_to_eps, x0_to_v
 from diffuse_edu.diffusion.samplers import ddim_step
@@ -58,8 +59,7 @@ def _target_mistakes(teacher: Denoiser, x: Tensor, t: int, m: int, n: int) -> li
 
 
 def _eps_at(x: Tensor, x0: Tensor, t: int) -> Tensor:
-    ab = _SCHEDULE.alpha_bar[t].item()
-    return (x - ab**0.5 * x0) / (1 - ab) ** 0.5
+    return x0_to_eps(x, x0, _SCHEDULE.alpha_bar[t].item())
 
 
 def _target_case(t: int, m: int, n: int, seed: int, gain: float = 1.0) -> Callable:
@@ -136,11 +136,11 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
             raise Mismatch("the teacher received gradients: compute its target without gradients (torch.no_grad(), "
                            "or the target function, which already runs without them); only the student learns.")
         ab = _SCHEDULE.alpha_bar[t].item()
-        x_t = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
+        x_t = mix(x0, eps, ab)
         target_x0 = distillation_target(teacher, x_t, t, m, n, _SCHEDULE)
         out = copy.deepcopy(student)(x_t, torch.full((4,), t))
         ab_n = _SCHEDULE.alpha_bar[n].item()
-        x_wrong = ab_n**0.5 * x0 + (1 - ab_n) ** 0.5 * eps
+        x_wrong = mix(x0, eps, ab_n)
         mistakes = [
             Mistake("the student predicts v, so compare its output with the v that implies the target x0 "
                     "(x0_to_v), not with the x0 itself.", per_example_mse(out, target_x0).detach()),

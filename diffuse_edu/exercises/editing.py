@@ -10,6 +10,7 @@ import torch
 
 from diffuse_edu.diffusion.editing import repaint_step, replace_known
 from diffuse_edu.diffusion.forward_process import q_forward, q_sample
+from diffuse_edu.diffusion.prediction import x0_to_eps
 from diffuse_edu.diffusion.samplers import ddim_inversion, ddim_step, timesteps
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
@@ -35,7 +36,7 @@ class _StandIn:
         self.calls.append(int(t))
         ab = _SCHEDULE.alpha_bar[int(t)].item()
         x0 = torch.tanh(0.7 * x + 0.3 * torch.sin(torch.arange(x.shape[-1], dtype=x.dtype)) + 1e-4 * t)
-        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5 if ab < 1 else torch.full_like(x, float("inf"))
+        eps = x0_to_eps(x, x0, ab) if ab < 1 else torch.full_like(x, float("inf"))
         return _Estimates(x0, eps)
 
 

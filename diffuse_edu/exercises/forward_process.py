@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.forward_process import mix, q_sample
 from diffuse_edu.diffusion.schedules import (
     NoiseSchedule,
     cosine_schedule,
@@ -27,35 +27,31 @@ def _batch(t: list[int], schedule: NoiseSchedule = _LINEAR):
 
 
 def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
-    def at(values, tt):
-        return values[tt.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
-
-    ab = at(schedule.alpha_bar, t)
-    return [
-        Mistake("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots "
-                "(they are variances, the weights are standard deviations).",
-                ab * x0 + (1 - ab) * eps),
-        Mistake("x0's weight is alpha_bar_t, a variance; take its square root, sqrt(alpha_bar_t) (the noise's "
-                "weight is right).", ab * x0 + (1 - ab).sqrt() * eps),
-        Mistake("the noise's weight is 1 - alpha_bar_t, a variance; take its square root, sqrt(1 - alpha_bar_t) "
-                "(x0's weight is right).", ab.sqrt() * x0 + (1 - ab) * eps),
-        Mistake("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
-                "sqrt(1 - alpha_bar_t).", (1 - ab).sqrt() * x0 + ab.sqrt() * eps),
-        Mistake("you used alpha_t (one step) instead of alpha_bar_t (the product over all steps "
-                "up to t).", at(schedule.alphas, t).sqrt() * x0 + (1 - at(schedule.alphas, t)).sqrt() * eps),
-        Mistake("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at "
-                "step t (alpha_bar[0] = 1).",
-                at(schedule.alpha_bar, t - 1).sqrt() * x0 + (1 - at(schedule.alpha_bar, t - 1)).sqrt() * eps),
-        Mistake("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at "
-                "step t (alpha_bar[0] = 1).",
-                at(schedule.alpha_bar, t + 1).sqrt() * x0 + (1 - at(schedule.alpha_bar, t + 1)).sqrt() * eps),
-        Mistake("x0 is not scaled: the signal must shrink by sqrt(alpha_bar_t) as noise grows.",
-                x0 + (1 - ab).sqrt() * eps),
-        Mistake("the noise is not scaled: multiply eps by sqrt(1 - alpha_bar_t).", ab.sqrt() * x0 + eps),
-        Mistake("the noise's weight is sqrt(1 - alpha_bar_t), not 1 - sqrt(alpha_bar_t): the squares of the two "
-                "weights add up to 1, so x_t keeps unit variance.", ab.sqrt() * x0 + (1 - ab.sqrt()) * eps),
-        Mistake("that is x0 + sigma_t eps (Karras et al.'s form, lesson 07), which is x_t / sqrt(alpha_bar_t): "
-                "multiply it by sqrt(alpha_bar_t).", x0 + ((1 - ab) / ab).sqrt() * eps),
+    ab = schedule.alpha_bar[t.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
+    weights = [  # (what to tell, x0's weight, the noise's weight): x_t with the wrong weights
+        ("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots (they are "
+         "variances, the weights are standard deviations).", ab, 1 - ab),
+        ("x0's weight is alpha_bar_t, a variance; take its square root, sqrt(alpha_bar_t) (the noise's "
+         "weight is right).", ab, (1 - ab).sqrt()),
+        ("the noise's weight is 1 - alpha_bar_t, a variance; take its square root, "
+         "sqrt(1 - alpha_bar_t) (x0's weight is right).", ab.sqrt(), 1 - ab),
+        ("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
+         "sqrt(1 - alpha_bar_t).", (1 - ab).sqrt(), ab.sqrt()),
+        ("x0 is not scaled: the signal must shrink by sqrt(alpha_bar_t) as noise grows.",
+         1, (1 - ab).sqrt()),
+        ("the noise is not scaled: multiply eps by sqrt(1 - alpha_bar_t).", ab.sqrt(), 1),
+        ("the noise's weight is sqrt(1 - alpha_bar_t), not 1 - sqrt(alpha_bar_t): the squares of the "
+         "two weights add up to 1, so x_t keeps unit variance.", ab.sqrt(), 1 - ab.sqrt()),
+        ("that is x0 + sigma_t eps (Karras et al.'s form, lesson 07), which is x_t / "
+         "sqrt(alpha_bar_t): multiply it by sqrt(alpha_bar_t).", 1, ((1 - ab) / ab).sqrt()),
+    ]
+    off_by_one = ("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at step t "
+                  "(alpha_bar[0] = 1).")
+    alphas = schedule.alphas[t.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
+    return [Mistake(message, a * x0 + b * eps) for message, a, b in weights] + [
+        Mistake("you used alpha_t (one step) instead of alpha_bar_t (the product over all steps up to "
+                "t).", mix(x0, eps, alphas)),
+        *(Mistake(off_by_one, q_sample(x0, (t + k).clamp(0, schedule.T), schedule, eps)) for k in (-1, 1)),
     ]
 
 

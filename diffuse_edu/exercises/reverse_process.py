@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import torch
 
-from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.forward_process import posterior_variance, q_posterior, q_sample
 from diffuse_edu.diffusion.objectives import eps_loss
+from diffuse_edu.diffusion.prediction import eps_to_x0
 from diffuse_edu.diffusion.reverse_process import ddpm_step
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
@@ -84,48 +85,44 @@ def _step_case(seed: int, t_value: int, n: int = 5):
 def _step_mistakes(x_t, eps_hat, t, s, noise) -> list[Mistake]:
     beta, ab = s.betas[t].float()[:, None], s.alpha_bar[t].float()[:, None]
     ab_prev = s.alpha_bar[t - 1].float()[:, None]
-    mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
-    post = beta * (1 - ab_prev) / (1 - ab)
-    return [
-        Mistake("no noise was added: x_{t-1} = mean + sigma_t * noise with sigma_t^2 the "
-                "posterior variance (zero only at t = 1).", mean),
-        Mistake("you divided by sqrt(alpha_bar_t); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t).",
-                (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab.sqrt() + post.sqrt() * noise),
-        Mistake("the noise term needs the coefficient beta_t / sqrt(1 - alpha_bar_t), "
-                "not beta_t / (1 - alpha_bar_t).",
-                (x_t - beta / (1 - ab) * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
-        Mistake("the predicted noise must be subtracted from x_t, not added.",
-                (x_t + beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
-        Mistake("you used sigma_t^2 = beta_t. Ho et al. (2020, Sec. 3.2) allow it, but this "
-                "exercise asks for the posterior variance beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t).",
-                mean + beta.sqrt() * noise),
-        Mistake("the noise was scaled by the variance; scale it by the standard deviation sigma_t.",
-                mean + post * noise),
-        Mistake("t is off by one: betas[t] and alpha_bar[t] belong to step t (index t, not t - 1).",
-                _off_by_one(x_t, eps_hat, t, s, noise)),
-        Mistake("the mean is not rescaled: divide (x_t - coefficient * eps_hat) by sqrt(alpha_t).",
-                x_t - beta / (1 - ab).sqrt() * eps_hat + post.sqrt() * noise),
-        Mistake("you divided by sqrt(alpha_bar_{t-1}); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t), one "
-                "step's share.", (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab_prev.sqrt() + post.sqrt() * noise),
-        Mistake("eps_hat is weighted by beta_t alone; its coefficient is beta_t / sqrt(1 - alpha_bar_t) (eps_hat is "
-                "unit noise, and x_t holds it scaled by sqrt(1 - alpha_bar_t)).",
-                (x_t - beta * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise),
-        Mistake("you clipped x0_hat to [-1, 1] and took the posterior mean from it: that is the clipped variant of "
-                "Ho et al.'s code (the library's samplers offer it as clip=...); this exercise asks for Eq. 11 as it "
-                "stands, without clipping.", _clipped_posterior_mean(x_t, eps_hat, beta, ab, ab_prev) + post.sqrt() * noise),
+    mean = ddpm_step(x_t, eps_hat, t, s, torch.zeros_like(noise))  # the posterior mean at x0_hat
+    sd = posterior_variance(ab, ab_prev).sqrt()  # sigma_t
+    x0_hat = eps_to_x0(x_t, eps_hat, ab)
+    means = [  # (what to tell, a wrong mean): each plus the right noise, sigma_t * noise
+        ("you divided by sqrt(alpha_bar_t); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t).",
+         (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab.sqrt()),
+        ("the noise term needs the coefficient beta_t / sqrt(1 - alpha_bar_t), not beta_t / "
+         "(1 - alpha_bar_t).", (x_t - beta / (1 - ab) * eps_hat) / (1 - beta).sqrt()),
+        ("the predicted noise must be subtracted from x_t, not added.",
+         (x_t + beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()),
+        ("the mean is not rescaled: divide (x_t - coefficient * eps_hat) by sqrt(alpha_t).",
+         x_t - beta / (1 - ab).sqrt() * eps_hat),
+        ("you divided by sqrt(alpha_bar_{t-1}); the mean divides by sqrt(alpha_t) = sqrt(1 - beta_t), "
+         "one step's share.", (x_t - beta / (1 - ab).sqrt() * eps_hat) / ab_prev.sqrt()),
+        ("eps_hat is weighted by beta_t alone; its coefficient is beta_t / sqrt(1 - alpha_bar_t) "
+         "(eps_hat is unit noise, and x_t holds it scaled by sqrt(1 - alpha_bar_t)).",
+         (x_t - beta * eps_hat) / (1 - beta).sqrt()),
+        ("you clipped x0_hat to [-1, 1] and took the posterior mean from it: that is the clipped "
+         "variant of Ho et al.'s code (the library's samplers offer it as clip=...); this exercise asks "
+         "for Eq. 11 as it stands, without clipping.", q_posterior(x0_hat.clamp(-1, 1), x_t, t, s)[0]),
     ]
-
-
-def _clipped_posterior_mean(x_t, eps_hat, beta, ab, ab_prev):
-    x0 = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
-    return ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+    noises = [  # (what to tell, a wrong noise term), each added to the right mean
+        ("no noise was added: x_{t-1} = mean + sigma_t * noise with sigma_t^2 the posterior variance "
+         "(zero only at t = 1).", 0),
+        ("you used sigma_t^2 = beta_t. Ho et al. (2020, Sec. 3.2) allow it, but this exercise asks for "
+         "the posterior variance beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t).", beta.sqrt() * noise),
+        ("the noise was scaled by the variance; scale it by the standard deviation sigma_t.",
+         sd**2 * noise),
+    ]
+    return ([Mistake(message, mean + term) for message, term in noises]
+            + [Mistake(message, wrong + sd * noise) for message, wrong in means]
+            + [Mistake("t is off by one: betas[t] and alpha_bar[t] belong to step t (index t, not t - 1).",
+                       _off_by_one(x_t, eps_hat, t, s, noise))])
 
 
 def _off_by_one(x_t, eps_hat, t, s, noise):
-    u = (t - 1).clamp(min=1)
-    beta, ab = s.betas[u].float()[:, None], s.alpha_bar[u].float()[:, None]
-    post = beta * (1 - s.alpha_bar[u - 1].float()[:, None]) / (1 - ab)
-    return (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt() + post.sqrt() * noise
+    """Lesson 02's step one step early: the library's step at t - 1 (at least 1)."""
+    return ddpm_step(x_t, eps_hat, (t - 1).clamp(min=1), s, noise)
 
 
 def _step_values(fn: Callable) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from diffuse_edu.diffusion.forward_process import mix
-from diffuse_edu.diffusion.prediction import x0_to_eps
+from diffuse_edu.diffusion.forward_process import mix, posterior_variance
+from diffuse_edu.diffusion.prediction import eps_to_x0, x0_to_eps
 from diffuse_edu.diffusion.samplers import ddim_step, heun_step
 from diffuse_edu.diffusion.schedules import cosine_schedule, rescale_zero_terminal_snr
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
@@ -23,9 +23,9 @@ def _ddim_case(t: int, t_prev: int, eta: float, seed: int, schedule=_SCHEDULE, c
     x0, eps, n = (torch.randn(3, 1, 4, 4, generator=g) for _ in range(3))
     x0 = 1.6 * x0  # some values outside [-1, 1], so that a clamp changes them
     ab = schedule.alpha_bar[t].item()
-    x = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
-    x0_hat, eps_hat = x0 + 0.3 * n.roll(1, 0), eps + 0.2 * n.roll(2, 0)  # imperfect estimates
-    eps_hat = (x - ab**0.5 * x0_hat) / (1 - ab) ** 0.5  # consistent with x0_hat
+    x = mix(x0, eps, ab)
+    x0_hat = x0 + 0.3 * n.roll(1, 0)  # an imperfect estimate
+    eps_hat = x0_to_eps(x, x0_hat, ab)  # consistent with x0_hat
     if clipped:
         x0_hat = x0_hat.clamp(-1, 1)
     return x, x0_hat, eps_hat, n
@@ -34,7 +34,7 @@ def _ddim_case(t: int, t_prev: int, eta: float, seed: int, schedule=_SCHEDULE, c
 def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mistake]:
     ab, abp = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_prev].item()
     ap = schedule.alphas[t_prev].item()
-    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
+    sigma = eta * posterior_variance(ab, abp) ** 0.5
 
     def out(x0_, sig_, coef_, noise_=n):
         return abp**0.5 * x0_ + coef_ * e + sig_ * noise_
@@ -60,7 +60,8 @@ def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mist
                 "in lesson 01's q_sample (x_prev must look like x0 noised to t_prev).",
                 abp * x0 + coef * e + sigma * n),
         *([Mistake(f"the step landed at t - 1 = {t - 1}; DDIM jumps from t to the t_prev it is given "
-                   f"({t_prev}), skipping the steps between.", _ddim_to(x0, e, n, t, t - 1, eta, schedule))]
+                   f"({t_prev}), skipping the steps between.",
+                   ddim_step(x, x0, e, t, t - 1, schedule, eta=eta, noise=n))]
           if t_prev != t - 1 else []),
         *([Mistake("sigma was built from 1 - alpha_bar_t / alpha_bar_prev alone (a variance of the forward "
                    "jump); sigma_t(eta) is eta times the posterior's standard deviation, which also has the "
@@ -72,12 +73,6 @@ def _ddim_mistakes(x, x0, e, t, t_prev, n, eta, schedule=_SCHEDULE) -> list[Mist
                    out(x0, eta**2 * sigma / eta, max(1 - abp - (eta * sigma) ** 2, 0) ** 0.5))]
           if 0 < eta < 1 else []),
     ]
-
-
-def _ddim_to(x0, e, n, t: int, t_prev: int, eta: float, schedule=_SCHEDULE):
-    ab, abp = schedule.alpha_bar[t].item(), schedule.alpha_bar[t_prev].item()
-    sigma = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
-    return abp**0.5 * x0 + max(1 - abp - sigma**2, 0) ** 0.5 * e + sigma * n
 
 
 def _ddim(t: int, t_prev: int, eta: float, seed: int) -> Callable:
@@ -105,11 +100,11 @@ def _ddim_given_x0(fn: Callable) -> None:
     x, x0, e, n = _ddim_case(t, t_prev, 0.0, 4, clipped=True)
     want = ddim_step(x, x0, e, t, t_prev, _SCHEDULE)
     ab, abp = _SCHEDULE.alpha_bar[t].item(), _SCHEDULE.alpha_bar[t_prev].item()
-    rebuilt = (x - (1 - ab) ** 0.5 * e) / ab**0.5
+    rebuilt = eps_to_x0(x, e, ab)
     mistakes = [Mistake("use the x0_hat you are given: the denoiser's estimate (here clamped to [-1, 1]) is "
                         "x0_hat, and rebuilding it from eps_hat undoes that (and divides by sqrt(alpha_bar_t), "
                         "which is 0 at the end of a zero-terminal-SNR schedule).",
-                        abp**0.5 * rebuilt + (1 - abp) ** 0.5 * e)]
+                        mix(rebuilt, e, abp))]
     got = fn(x.clone(), x0.clone(), e.clone(), t, t_prev, _SCHEDULE, eta=0.0, noise=None)
     compare(got, want, what=f"ddim_step from t = {t} to {t_prev} with a clamped x0_hat", mistakes=mistakes)
 
@@ -149,13 +144,11 @@ def _ddim_deterministic(fn: Callable) -> None:
     x, x0, e, n = _ddim_case(500, 250, 0.0, 7)
     want = ddim_step(x, x0, e, 500, 250, _SCHEDULE)
     got = fn(x.clone(), x0.clone(), e.clone(), 500, 250, _SCHEDULE, eta=0.0, noise=n.clone())
-    ab, abp = _SCHEDULE.alpha_bar[500].item(), _SCHEDULE.alpha_bar[250].item()
-    sig1 = ((1 - abp) / (1 - ab) * (1 - ab / abp)) ** 0.5
     compare(got, want, what="ddim_step with eta = 0 and noise given", mistakes=[
         Mistake("with eta = 0 the step is deterministic: sigma is 0, so the noise must not be added "
                 "even when it is passed.", want + n),
         Mistake("with eta = 0 the step is deterministic: sigma = eta * ... is 0, so nothing of the "
-                "noise may enter.", abp**0.5 * x0 + max(1 - abp - sig1**2, 0) ** 0.5 * e + sig1 * n)])
+                "noise may enter.", ddim_step(x, x0, e, 500, 250, _SCHEDULE, eta=1.0, noise=n))])
 
 
 _UPWARDS = "lesson 11's DDIM inversion runs this same step upwards, to a noisier t_prev > t, with eta = 0"
