@@ -32,7 +32,8 @@ lesson                modules
                       ``evaluation.adherence``
 10 latent diffusion   ``models.vae`` (``reparameterise``, ``kl_diagonal_gaussian``, ``vae_loss``,
                       ``encode_latents``, ``decode_latents``, ``VAE``, ``VAEObjective``,
-                      ``latent_scale``), ``evaluation.probes``, ``course.report`` (``paired_verdict``)
+                      ``latent_scale``), ``evaluation.probes``, ``course.report``
+                      (``paired_verdict``)
 11 editing            ``diffusion.editing`` (``repaint_step``), ``diffusion.samplers``
                       (``ddim_inversion``), ``evaluation.probes`` (``seam_jump``)
 12 beyond the U-Net   ``models.dit`` (``patchify``, ``dit_block``), ``diffusion.objectives``

@@ -100,14 +100,16 @@ def out_of_memory_message(error: BaseException, doing: str, lower: str) -> str |
         device = torch.cuda.current_device()
         total = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
         held = (f" ({torch.cuda.get_device_name(device)}: {total:.0f} GiB in all, "
-                f"{torch.cuda.memory_allocated(device) / 2 ** 30:.1f} GiB held by this process's tensors)")
+                f"{torch.cuda.memory_allocated(device) / 2 ** 30:.1f} GiB held by this process's "
+                "tensors)")
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     mps = "MPS" in first
-    return (f"The GPU ran out of memory while {doing}{held}: {first}\n"
-            f"What to do: lower {lower}; free what this kernel no longer needs (`del model` for models "
-            f"of earlier sections, then `torch.{'mps' if mps else 'cuda'}.empty_cache()`), or restart the "
-            "kernel; check " + ("that no other notebook's kernel holds the GPU" if mps else
-                                "with `nvidia-smi` that no other process (another notebook's kernel) holds the GPU")
+    return (f"The GPU ran out of memory while {doing}{held}: {first}\nWhat to do: lower {lower}; "
+            "free what this kernel no longer needs (`del model` for models of earlier sections, "
+            f"then `torch.{'mps' if mps else 'cuda'}.empty_cache()`), or restart the kernel; "
+            "check " + ("that no other notebook's kernel holds the GPU" if mps else
+                                "with `nvidia-smi` that no other process (another notebook's "
+                                "kernel) holds the GPU")
             + f"; or run the lesson at quick scale ({SCALE_ENV}=quick).")
 
 
@@ -127,8 +129,8 @@ def explain_out_of_memory(doing: str, lower: str) -> Iterator[None]:
 
 #: The knob named for an out-of-memory error in a lesson's cell (samplers are plain math and do
 #: not explain their own: the notebook and the headless runner do it for them).
-CELL_MEMORY_KNOB = ("the images this cell trains on or samples at once: its batch_size=, or pass the noise "
-                    "in chunks (x.split(256))")
+CELL_MEMORY_KNOB = ("the images this cell trains on or samples at once: its batch_size=, or pass "
+                    "the noise in chunks (x.split(256))")
 
 
 def explain_out_of_memory_in_notebooks() -> None:
@@ -137,8 +139,10 @@ def explain_out_of_memory_in_notebooks() -> None:
     nothing changes. Importing the package does not call it: a lesson's first cell of imports
     does, and a headless run explains each cell itself (:mod:`diffuse_edu.course.runner`)."""
     ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    if shell is None or (shell.custom_exceptions and not getattr(shell, "_diffuse_edu_memory", False)):
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython,
+                                                                     "get_ipython") else None
+    if shell is None or (shell.custom_exceptions and not getattr(shell, "_diffuse_edu_memory",
+                                                                 False)):
         return
 
     def handler(self, etype, value, tb, tb_offset=None):  # IPython shows nothing itself for these

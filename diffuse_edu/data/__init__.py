@@ -51,10 +51,13 @@ from diffuse_edu.data.toy2d import (
 )
 
 __all__ = [
-    "CARDS", "CIFAR10_CLASSES", "DIGITS_TEST", "DIGIT_CLASSES", "DataCorruptError", "DataMissingError",
+    "CARDS", "CIFAR10_CLASSES", "DIGITS_TEST", "DIGIT_CLASSES", "DataCorruptError",
+           "DataMissingError",
     "DatasetCard", "FASHION_CLASSES", "ImageSet", "availability", "content_sha256", "course_images",
-    "fetch", "find_staged", "gaussian_ring", "gaussian_ring_with_modes", "load_cifar10", "load_digits",
-    "load_fashion_mnist", "load_keras_arrays", "load_mnist", "load_photos", "mode_coverage", "moons",
+    "fetch", "find_staged", "gaussian_ring", "gaussian_ring_with_modes", "load_cifar10",
+           "load_digits",
+    "load_fashion_mnist", "load_keras_arrays", "load_mnist", "load_photos", "mode_coverage",
+           "moons",
     "read_npz", "resize", "stage", "swiss_roll", "to_uint8", "to_unit_range",
 ]
 

@@ -1,4 +1,5 @@
-"""Images made from the data for lesson 12: other brightnesses, other canvases, aspect-ratio buckets.
+"""Images made from the data for lesson 12: other brightnesses, other canvases, aspect-ratio
+buckets.
 
 * :func:`with_brightness` gives each image a global brightness offset, so that a data set holds
   very dark and very bright images (the test of zero terminal SNR, Lin et al. 2024).
@@ -81,5 +82,6 @@ class Buckets:
         """``batch_size`` images of one bucket. Shapes: -> (batch_size, C, H_i, W_i)."""
         sizes = torch.tensor([len(s) for s in self.sets], dtype=torch.float)
         chosen = self.sets[int(torch.multinomial(sizes, 1, generator=self._order))]
-        idx = torch.randint(0, len(chosen), (batch_size,), generator=generator, device=chosen.device)
+        idx = torch.randint(0, len(chosen), (batch_size,), generator=generator,
+                            device=chosen.device)
         return chosen[idx]

@@ -22,7 +22,8 @@ from torch import Tensor
 from diffuse_edu.data.staged import load_mnist
 
 COLOURS: dict[str, tuple[float, float, float]] = {  # RGB in [0, 1]
-    "red": (0.95, 0.15, 0.1), "green": (0.15, 0.85, 0.2), "blue": (0.2, 0.35, 1.0), "yellow": (0.95, 0.9, 0.15)}
+    "red": (0.95, 0.15, 0.1), "green": (0.15, 0.85, 0.2), "blue": (0.2, 0.35, 1.0),
+                                                  "yellow": (0.95, 0.9, 0.15)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "big")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
@@ -30,13 +31,15 @@ RELATIONS = ("left of", "right of", "above", "below")
 #: The attributes of one shape, in the order of :attr:`ShapeSet.objects`' last axis.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES,
                                           "position": POSITIONS}
-#: How many values each attribute takes, in the order of ATTRIBUTES (an attribute classifier's logit groups).
+#: How many values each attribute takes, in the order of ATTRIBUTES (an attribute classifier's logit
+#: groups).
 ATTRIBUTE_GROUPS = tuple(len(v) for v in ATTRIBUTES.values())
 #: Colour-shape pairs never drawn in the "train" and "test" splits (each colour and shape still is).
 HELD_OUT = (("red", "triangle"), ("green", "square"), ("blue", "circle"))
 SPLITS = {"train": 0, "test": 1, "held_out": 2}  # seed offsets
 #: Every word a shape caption can use (the text encoder's vocabulary is built from these).
-SHAPE_WORDS = ("a", "at", "the", *COLOURS, *SHAPES, *SIZES, *" ".join(POSITIONS + RELATIONS).split())
+SHAPE_WORDS = ("a", "at", "the", *COLOURS, *SHAPES, *SIZES,
+               *" ".join(POSITIONS + RELATIONS).split())
 
 _RADIUS = {"small": 2.2, "big": 3.6}  # half-widths in pixels of a 16x16 image
 _SUPERSAMPLE = 4  # subpixels per pixel and axis, for anti-aliased edges
@@ -70,8 +73,8 @@ class ShapeSet:
     def subset(self, idx: Tensor) -> ShapeSet:
         """The images ``idx`` (a bool mask or indices) with everything that describes them."""
         idx = idx.nonzero().squeeze(1) if idx.dtype == torch.bool else idx
-        return ShapeSet(self.images[idx], tuple(self.captions[i] for i in idx.tolist()), self.objects[idx],
-                        self.relation[idx], self.masks[idx], self.name)
+        return ShapeSet(self.images[idx], tuple(self.captions[i] for i in idx.tolist()),
+                        self.objects[idx], self.relation[idx], self.masks[idx], self.name)
 
 
 def caption(objects: Tensor, relation: int) -> str:
@@ -87,7 +90,8 @@ def caption(objects: Tensor, relation: int) -> str:
 
 def make_shapes(n: int, *, size: int = 16, seed: int = 0, split: str = "train",
                 two_shapes: float = 0.4) -> ShapeSet:
-    """``n`` shape images of ``size`` x ``size``; a share ``two_shapes`` show two shapes and a relation.
+    """``n`` shape images of ``size`` x ``size``; a share ``two_shapes`` show two shapes and a
+    relation.
 
     Deterministic from ``seed`` and ``split`` ("train", "test" or "held_out"; see the module).
     """
@@ -97,9 +101,11 @@ def make_shapes(n: int, *, size: int = 16, seed: int = 0, split: str = "train",
     objects, relation = _draw_attributes(n, two_shapes, split, g)
     centres = _centres(objects, relation, size, g)  # (N, 2, 2) x, y in pixels
     chunk = max(1, 2 ** 21 // (size * _SUPERSAMPLE) ** 2)  # images per chunk: bounds the memory
-    images, masks = zip(*(_render(objects[lo:lo + chunk], centres[lo:lo + chunk], size) for lo in range(0, n, chunk)))
+    images, masks = zip(*(_render(objects[lo:lo + chunk], centres[lo:lo + chunk],
+                                  size) for lo in range(0, n, chunk)))
     captions = tuple(caption(o, int(r)) for o, r in zip(objects, relation))
-    return ShapeSet(torch.cat(images), captions, objects, relation, torch.cat(masks), f"shapes_{split}")
+    return ShapeSet(torch.cat(images), captions, objects, relation, torch.cat(masks),
+                    f"shapes_{split}")
 
 
 def _held_out(colour: Tensor, shape: Tensor) -> Tensor:
@@ -131,20 +137,25 @@ def _draw_attributes(n: int, two_shapes: float, split: str, g: torch.Generator) 
 def _centres(objects: Tensor, relation: Tensor, size: int, g: torch.Generator) -> Tensor:
     """Shape centres in pixels: quadrant centres for one shape, the relation's halves for two."""
     n, unit = len(objects), size / 16
-    quad = torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])  # x, y of each position
+    quad = torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75],
+                         [0.75, 0.75]])  # x, y of each position
     centres = quad[objects[:, 0, 3].clamp_min(0)].unsqueeze(1).repeat(1, 2, 1) * size  # (N, 2, 2)
     centres += (torch.rand(n, 2, 2, generator=g) - 0.5) * 1.5 * unit  # jitter
     two = relation >= 0
     # two shapes: first at the quarter the relation names, second opposite; the other axis free
-    along = torch.tensor([0, 0, 1, 1])[relation.clamp_min(0)]  # 0: x (left/right), 1: y (above/below)
+    along = torch.tensor([0, 0, 1, 1])[relation.clamp_min(0)]  # 0: x (left/right),
+    # 1: y (above/below)
     first_low = torch.tensor([True, False, True, False])[relation.clamp_min(0)]  # left of / above
     free = 0.3 + 0.4 * torch.rand(n, 2, generator=g)  # (N, 2) in [0.3, 0.7] of the image
     for j in range(2):
         low = first_low if j == 0 else ~first_low
         main = torch.where(low, 0.25, 0.75) + (torch.rand(n, generator=g) - 0.5) * 0.1
-        xy = torch.stack([torch.where(along == 0, main, free[:, j]), torch.where(along == 1, main, free[:, j])], 1)
+        xy = torch.stack([torch.where(along == 0, main, free[:, j]),
+                          torch.where(along == 1, main, free[:, j])], 1)
         centres[two, j] = xy[two] * size
-    objects[two, :, 3] = ((centres[two, :, 0] >= size / 2).long() + 2 * (centres[two, :, 1] >= size / 2).long())
+    objects[two, :,
+            3] = ((centres[two, :, 0] >= size / 2).long() + 2 * (centres[two, :,
+                                                                         1] >= size / 2).long())
     return centres
 
 

@@ -41,7 +41,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 # ----------------------------------------------------------------------------- helpers
 def to_unit_range(x: Tensor | np.ndarray, max_value: float = 255.0) -> Tensor:
     """Map pixel values in [0, max_value] to float32 in [-1, 1]."""
-    x = x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))  # copy: inputs may be read-only
+    x = x if isinstance(x,
+                        Tensor) else torch.from_numpy(np.array(x))  # copy: inputs may be read-only
     return x.to(torch.float32) / max_value * 2.0 - 1.0
 
 
@@ -80,7 +81,8 @@ def load_digits(split: str = "all", *, size: int = 16) -> ImageSet:
     images = torch.as_tensor(raw.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     labels = torch.as_tensor(raw.target, dtype=torch.int64)
-    part = {"all": slice(None), "train": slice(None, -DIGITS_TEST), "test": slice(-DIGITS_TEST, None)}[split]
+    part = {"all": slice(None), "train": slice(None, -DIGITS_TEST),
+            "test": slice(-DIGITS_TEST, None)}[split]
     return ImageSet(images[part].clamp(0, 1) * 2 - 1, labels[part], DIGIT_CLASSES, "digits")
 
 

@@ -70,7 +70,8 @@ CARDS: dict[str, DatasetCard] = {
                     (1, 32, 32), builtin=False, npz="fashion_mnist.npz",
                     content_sha256="ca3ab2a37f845e1b8ae23cab1b51749a3011ba3bf1d9016176d75cbaabac376f",
                     classes=FASHION_CLASSES, torchvision_folder="FashionMNIST"),
-        DatasetCard("cifar10", "CIFAR-10", "Krizhevsky 2009", "no licence stated; free for research",
+        DatasetCard("cifar10", "CIFAR-10", "Krizhevsky 2009",
+                    "no licence stated; free for research",
                     (3, 32, 32), builtin=False, npz="cifar10.npz", classes=CIFAR10_CLASSES,
                     torchvision_folder="cifar-10-batches-py"),
     )
@@ -99,11 +100,10 @@ def find_staged(name: str) -> Path | None:
 def _missing_message(card: DatasetCard) -> str:
     searched = "\n".join(f"    {d}" for d in data_dirs())
     return (
-        f"{card.title} is not staged on this machine. Either\n"
-        f"  * online:  python -m diffuse_edu data fetch {card.name}\n"
-        f"  * offline: copy {card.npz} (Keras layout: x_train, y_train, x_test, y_test) into a\n"
-        f"    folder and run  python -m diffuse_edu data stage FOLDER  (or set {DATA_ENV}=FOLDER).\n"
-        f"Folders searched:\n{searched}"
+        f"{card.title} is not staged on this machine. Either\n  * online:  python -m diffuse_edu "
+        f"data fetch {card.name}\n  * offline: copy {card.npz} (Keras layout: x_train, y_train, "
+        "x_test, y_test) into a\n    folder and run  python -m diffuse_edu data stage FOLDER  (or "
+        f"set {DATA_ENV}=FOLDER).\nFolders searched:\n{searched}"
     )
 
 
@@ -163,9 +163,10 @@ def fetch(name: str) -> Path:
     try:
         arrays = _torchvision_arrays(card, out / "torchvision", download=True)
     except (OSError, RuntimeError) as e:  # no network, a refused or broken download
-        raise DataMissingError(f"Could not download {card.title} ({type(e).__name__}: {e}). Offline, stage it "
-                               f"from a folder that holds {card.npz}: python -m diffuse_edu data stage FOLDER, "
-                               f"or point {DATA_ENV} at that folder.") from e
+        raise DataMissingError(f"Could not download {card.title} ({type(e).__name__}: {e}). "
+                               f"Offline, stage it from a folder that holds {card.npz}: python -m "
+                               f"diffuse_edu data stage FOLDER, or point {DATA_ENV} at that "
+                               "folder.") from e
     return _save_checked(arrays, card, out / card.npz)
 
 
@@ -194,8 +195,8 @@ def _save_checked(arrays: dict[str, np.ndarray], card: DatasetCard, path: Path) 
     return path
 
 
-#: ``1``: a data set that is not staged is downloaded where it is needed (the hosted notebooks' first
-#: cell sets it: a hosted machine at full scale has no data folder, and a network).
+#: ``1``: a data set that is not staged is downloaded where it is needed (the hosted notebooks'
+#: first cell sets it: a hosted machine at full scale has no data folder, and a network).
 DOWNLOAD_ENV = "DIFFUSE_EDU_DOWNLOAD"
 
 
@@ -206,7 +207,8 @@ def download_allowed() -> bool:
 
 def load_keras_arrays(name: str, *, download: bool = False) -> dict[str, np.ndarray]:
     """The raw uint8 arrays of a staged data set, from its ``.npz`` or torchvision's files; fetched
-    through torchvision where it is missing and ``download`` (or :func:`download_allowed`) says so."""
+    through torchvision where it is missing and ``download`` (or :func:`download_allowed`) says
+    so."""
     card = CARDS[name]
     path = find_staged(name)
     if path is not None:
@@ -215,8 +217,8 @@ def load_keras_arrays(name: str, *, download: bool = False) -> dict[str, np.ndar
     if arrays is not None:
         return arrays
     if download or download_allowed():
-        print(f"{card.title} is not on this machine: downloading it through torchvision into {cache_dir()} "
-              f"(once; {DOWNLOAD_ENV}=1 allows it) ...", flush=True)
+        print(f"{card.title} is not on this machine: downloading it through torchvision into "
+              f"{cache_dir()} (once; {DOWNLOAD_ENV}=1 allows it) ...", flush=True)
         return read_npz(fetch(name), card)
     raise DataMissingError(_missing_message(card))
 

@@ -22,7 +22,8 @@ def shear(images: Tensor, slant: float) -> Tensor:
     n, _, h, w = images.shape
     theta = images.new_tensor([[1.0, slant * h / w, 0.0], [0.0, 1.0, 0.0]]).expand(n, 2, 3)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    return F.grid_sample(images + 1, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False) - 1
 
 
 def bolder(images: Tensor) -> Tensor:
@@ -38,6 +39,7 @@ def make_subject(data: ImageSet, digit: int, n: int, *, slant: float = 0.45,
     Shapes: -> (n, C, H, W)."""
     pool = data.images[data.labels == digit]
     if len(pool) < n:
-        raise ValueError(f"The data hold {len(pool)} images of class {digit}; the subject needs {n}.")
+        raise ValueError(f"The data hold {len(pool)} images of class {digit}; the subject needs "
+                         f"{n}.")
     chosen = pool[torch.randperm(len(pool), generator=generator)[:n].to(pool.device)]
     return bolder(shear(chosen, slant))

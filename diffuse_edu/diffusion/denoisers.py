@@ -1,11 +1,11 @@
 """One view of every trained network: D(x; sigma, cond) -> x0_hat (lesson 07; Karras et al. 2022).
 
-Karras et al. (2022, Sec. 2 and Table 1) write every diffusion model as a denoiser D of the
-variable x = x0 + sigma eps. A network trained on Ho et al.'s x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
-sees x_t = x sqrt(ab) with ab = 1 / (1 + sigma^2), at the (fractional) step t whose noise level is
-sigma; a rectified-flow network (Liu et al. 2023) sees x_tau = (1 - tau) x0 + tau eps = x / (1 + sigma)
-at the flow time tau = sigma / (1 + sigma). Whatever it predicts (eps, x0, v or the flow velocity eps - x0), the
-adapter turns it into x0_hat, so that every sampler runs every model.
+Karras et al. (2022, Sec. 2 and Table 1) write every diffusion model as a denoiser D of the variable
+x = x0 + sigma eps. A network trained on Ho et al.'s x_t = sqrt(ab) x0 + sqrt(1 - ab) eps sees x_t =
+x sqrt(ab) with ab = 1 / (1 + sigma^2), at the (fractional) step t whose noise level is sigma; a
+rectified-flow network (Liu et al. 2023) sees x_tau = (1 - tau) x0 + tau eps = x / (1 + sigma) at
+the flow time tau = sigma / (1 + sigma). Whatever it predicts (eps, x0, v or the flow velocity eps -
+x0), the adapter turns it into x0_hat, so that every sampler runs every model.
 
 A network says what it predicts with a ``predicts`` attribute (``"eps"``, ``"x0"``, ``"v"`` or
 ``"flow"``): :func:`diffuse_edu.training.loop.train` sets it from the objective, and a checkpoint
@@ -85,7 +85,8 @@ class Denoiser:
         net, b = self.network(x), x.shape[0]
         if isinstance(sigma, Tensor):
             if sigma.numel() not in (1, b):
-                raise ValueError(f"sigma must be one noise level or one per example ({b}), got shape {tuple(sigma.shape)}.")
+                raise ValueError(f"sigma must be one noise level or one per example ({b}), got "
+                                 f"shape {tuple(sigma.shape)}.")
             sigma = sigma.reshape(-1).expand(b)  # (B,)
             sig = sigma.to(x.dtype).reshape((b,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1)
         else:
@@ -93,14 +94,17 @@ class Denoiser:
         if self.target is Target.FLOW:
             tau = sig / (1.0 + sig)
             x_tau = x / (1.0 + sig)
-            tau_in = tau.reshape(b) if isinstance(tau, Tensor) else torch.full((b,), tau, device=x.device, dtype=x.dtype)
+            tau_in = tau.reshape(b) if isinstance(tau, Tensor) else torch.full((b,), tau,
+                                                                               device=x.device,
+                                                                               dtype=x.dtype)
             return self._clip(x_tau - tau * net(x_tau, tau_in * self.time_scale, cond))
         alpha_bar = 1.0 / (1.0 + sig**2)
         x_t = x * alpha_bar**0.5
         if isinstance(sigma, Tensor):
             t = self.schedule.t_at_sigma(sigma.to(x.device)).to(x.dtype)  # (B,), on the device
         else:
-            t = torch.full((b,), self.schedule.t_at_sigma(sig).item(), device=x.device, dtype=x.dtype)
+            t = torch.full((b,), self.schedule.t_at_sigma(sig).item(), device=x.device,
+                           dtype=x.dtype)
         return self._clip(to_x0(net(x_t, t, cond), self.target, x_t, alpha_bar))
 
     def at_step(self, x_t: Tensor, t: int, cond: object = None, *,
@@ -115,8 +119,9 @@ class Denoiser:
         """
         schedule = schedule or self.schedule
         if schedule is None:
-            raise ValueError("A flow model has no integer steps of its own: give the sampler a schedule "
-                             "(any, e.g. cosine_schedule(1000), sets the grid), or use sample_flow_euler.")
+            raise ValueError("A flow model has no integer steps of its own: give the sampler a "
+                             "schedule (any, e.g. cosine_schedule(1000), sets the grid), or use "
+                             "sample_flow_euler.")
         ab = schedule.alpha_bar[t].item()  # a CPU table: no device sync
         if self.target is Target.FLOW:
             if ab == 0:  # sigma = inf: the flow's tau = 1, where x_1 is the noise itself
@@ -127,10 +132,10 @@ class Denoiser:
         pred = self.network(x_t)(x_t, torch.full((x_t.shape[0],), t, device=x_t.device), cond)
         if self.target is Target.EPS:
             if ab == 0:
-                raise ValueError(f"An eps-prediction model cannot be sampled from step {t}: alpha_bar_t = 0 "
-                                 "(zero terminal SNR) and x0_hat = (x_t - eps_hat) / sqrt(alpha_bar_t) is "
-                                 "undefined. Train a v-prediction model (Lin et al. 2024, Sec. 3.2), or start "
-                                 "below T (t_max=).")
+                raise ValueError(f"An eps-prediction model cannot be sampled from step {t}: "
+                                 "alpha_bar_t = 0 (zero terminal SNR) and x0_hat = (x_t - "
+                                 "eps_hat) / sqrt(alpha_bar_t) is undefined. Train a v-prediction "
+                                 "model (Lin et al. 2024, Sec. 3.2), or start below T (t_max=).")
             if self.clip is None:
                 return Prediction(eps_to_x0(x_t, pred, ab), pred)
         x0_hat = self._clip(to_x0(pred, self.target, x_t, ab))
@@ -175,8 +180,8 @@ def warn_undeclared(model: Callable) -> None:
         frame, level = frame.f_back, level + 1
     said = (f"The network given to the sampler ({type(model).__name__}) does not declare what it "
             "predicts, so its output is read as eps, the noise; if it predicts anything else, the "
-            "samples are wrong. Say what it predicts: model.predicts = 'eps' (or 'v', 'x0', 'flow'). "
-            "train() and Checkpoint.build() set it for you.")
+            "samples are wrong. Say what it predicts: model.predicts = 'eps' (or 'v', 'x0', "
+            "'flow'). train() and Checkpoint.build() set it for you.")
     warnings.warn(said, UndeclaredTargetWarning, stacklevel=level)
 
 
@@ -185,7 +190,8 @@ def _package(frame) -> str:
     return frame.f_globals.get("__name__", "").partition(".")[0]
 
 
-def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float | None = None) -> Denoiser:
+def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *,
+                clip: float | None = None) -> Denoiser:
     """``model`` as the :class:`Denoiser` a sampler on ``schedule`` runs.
 
     A :class:`Denoiser` is kept, and must have been trained on ``schedule`` (a flow model fits any);
@@ -197,27 +203,32 @@ def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *, clip: float 
         d = model
         fits_any = d.target is Target.FLOW or d.schedule is None or schedule is None
         if not fits_any and not d.schedule.same_as(schedule):
-            raise ValueError(f"The denoiser was trained on the {d.schedule.name!r} schedule but the sampler "
-                             f"was given {schedule.name!r}: pass the model's own schedule (e.g. "
-                             "checkpoint.schedule), since one would silently override the other.")
+            raise ValueError(f"The denoiser was trained on the {d.schedule.name!r} schedule but "
+                             f"the sampler was given {schedule.name!r}: pass the model's own "
+                             "schedule (e.g. checkpoint.schedule), since one would silently "
+                             "override the other.")
     else:
-        own = getattr(model, "schedule", None)  # a network built from a checkpoint knows its schedule
-        if isinstance(own, NoiseSchedule) and declared_target(model) is not Target.FLOW:  # a flow fits any
+        own = getattr(model, "schedule", None)  # a network built from a
+        # checkpoint knows its schedule
+        if isinstance(own,
+                      NoiseSchedule) and declared_target(model) is not Target.FLOW:  # a flow fits any
             if schedule is not None and not own.same_as(schedule):
-                raise ValueError(f"The network was trained on the {own.name!r} schedule but the sampler was given "
-                                 f"{schedule.name!r}: pass its own schedule (or none: it is taken from the network).")
+                raise ValueError(f"The network was trained on the {own.name!r} schedule but the "
+                                 f"sampler was given {schedule.name!r}: pass its own schedule (or "
+                                 "none: it is taken from the network).")
             schedule = own
         declared = declared_target(model)
         target = declared or Target.EPS
         if target is Target.FLOW:
             d = Denoiser(model, None, target)
         elif schedule is None and declared is None:
-            raise ValueError("This network does not declare what it predicts (model.predicts) and the sampler got "
-                             "no schedule: a flow network needs model.predicts = 'flow' (or Denoiser(net, None, "
-                             "Target.FLOW)); an eps, x0 or v network needs the schedule it was trained on.")
+            raise ValueError("This network does not declare what it predicts (model.predicts) and "
+                             "the sampler got no schedule: a flow network needs model.predicts = "
+                             "'flow' (or Denoiser(net, None, Target.FLOW)); an eps, x0 or v "
+                             "network needs the schedule it was trained on.")
         elif schedule is None:
-            raise ValueError(f"A {target.value}-prediction network needs the schedule it was trained on: "
-                             "pass it to the sampler.")
+            raise ValueError(f"A {target.value}-prediction network needs the schedule it was "
+                             "trained on: pass it to the sampler.")
         else:
             if declared is None:
                 warn_undeclared(model)

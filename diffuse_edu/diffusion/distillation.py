@@ -7,10 +7,12 @@ is linear in the x0 it is given, x_next = alpha_next x0 + sigma_next (x_t - alph
 (alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)), so exactly one x0 makes the student's
 single step land at the same point (their Eq. 8 and Alg. 2):
 
-    x0_target = (x_next - (sigma_next / sigma_t) x_t) / (alpha_next - (sigma_next / sigma_t) alpha_t).
+    x0_target = (x_next - (sigma_next / sigma_t) x_t) / (alpha_next - (sigma_next / sigma_t)
+    alpha_t).
 
 The student is trained to predict it in its own target (for a v-model,
-:func:`~diffuse_edu.diffusion.prediction.x0_to_v`). Each round halves the steps; the student of one round is the teacher of the next.
+:func:`~diffuse_edu.diffusion.prediction.x0_to_v`). Each round halves the steps; the student of one
+round is the teacher of the next.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from diffuse_edu.diffusion.samplers import ddim_move, ddim_step
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
-def x0_for_step(x_t: Tensor, x_next: Tensor, t: int, t_next: int, schedule: NoiseSchedule) -> Tensor:
+def x0_for_step(x_t: Tensor, x_next: Tensor, t: int, t_next: int,
+                schedule: NoiseSchedule) -> Tensor:
     """The x0 that makes one deterministic DDIM step from x_t at t land exactly at x_next at t_next.
 
     Shapes: x_t, x_next (B, ...) -> like x_t.
@@ -37,7 +40,8 @@ def x0_for_step(x_t: Tensor, x_next: Tensor, t: int, t_next: int, schedule: Nois
 
 
 @torch.no_grad()
-def distillation_target(teacher: Denoiser, x_t: Tensor, t: int, t_mid: int, t_next: int, schedule: NoiseSchedule,
+def distillation_target(teacher: Denoiser, x_t: Tensor, t: int, t_mid: int, t_next: int,
+                        schedule: NoiseSchedule,
                         cond: object = None, step: Callable = ddim_step) -> Tensor:
     """The x0 a student must predict at t so that its one DDIM step to t_next lands where the
     teacher's two DDIM steps, t -> t_mid -> t_next, land (Salimans & Ho 2022, Alg. 2), lesson 14.

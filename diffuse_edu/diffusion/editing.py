@@ -33,8 +33,8 @@ def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 @torch.no_grad()
-def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule | None, *, strength: float, steps: int,
-           cond: object = None, eta: float = 0.0, clip: float | None = None,
+def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule | None, *, strength: float,
+           steps: int, cond: object = None, eta: float = 0.0, clip: float | None = None,
            generator: torch.Generator | None = None, step: Callable | None = None) -> Tensor:
     """SDEdit: ``guide`` noised to t0 = strength * T, then DDIM from t0 in about strength * steps
     steps (the step size of a full ``steps``-step run); ``step`` is :func:`ddim_step` or lesson 07's
@@ -43,19 +43,20 @@ def sdedit(model: Callable, guide: Tensor, schedule: NoiseSchedule | None, *, st
         raise ValueError(f"strength is a share of the noise levels in (0, 1], got {strength}.")
     schedule = schedule if schedule is not None else getattr(model, "schedule", None)
     if schedule is None:
-        raise ValueError("sdedit noises the guide to strength * T of a noise schedule and got none: pass the "
-                         "model's schedule (ck.schedule), or a Denoiser that carries it.")
+        raise ValueError("sdedit noises the guide to strength * T of a noise schedule and got "
+                         "none: pass the model's schedule (ck.schedule), or a Denoiser that "
+                         "carries it.")
     t0 = max(1, round(strength * schedule.T))
     x = q_sample(guide, t0, schedule, _noise(guide, generator))
-    return sample_ddim(model, x, schedule, steps=max(1, round(strength * steps)), eta=eta, cond=cond, clip=clip,
-                       generator=generator, t_max=t0, step=step)
+    return sample_ddim(model, x, schedule, steps=max(1, round(strength * steps)), eta=eta,
+                       cond=cond, clip=clip, generator=generator, t_max=t0, step=step)
 
 
 def replace_known(x_prev: Tensor, known: Tensor, mask: Tensor, t_prev: int, schedule: NoiseSchedule,
                   noise: Tensor) -> Tensor:
-    """The replacement step (lesson 11): where ``mask`` is 1, x_{t_prev} becomes the known image at the
-    same noise level, q_sample(known, t_prev, noise); at t_prev = 0 the known image itself, so that
-    the result keeps it exactly. Where ``mask`` is 0, x_prev is kept.
+    """The replacement step (lesson 11): where ``mask`` is 1, x_{t_prev} becomes the known image at
+    the same noise level, q_sample(known, t_prev, noise); at t_prev = 0 the known image itself, so
+    that the result keeps it exactly. Where ``mask`` is 0, x_prev is kept.
 
     Shapes: x_prev, known, noise (B, C, H, W); mask broadcastable, values 0 or 1 -> like x_prev.
     """
@@ -64,8 +65,10 @@ def replace_known(x_prev: Tensor, known: Tensor, mask: Tensor, t_prev: int, sche
 
 
 def repaint_step(denoiser: Denoiser, x_t: Tensor, t: int, t_prev: int, known: Tensor, mask: Tensor,
-                 schedule: NoiseSchedule, resample: int, noise: Callable[[], Tensor], cond: object = None, *,
-                 eta: float = 1.0, step: Callable = ddim_step, replace: Callable = replace_known) -> Tensor:
+                 schedule: NoiseSchedule, resample: int, noise: Callable[[], Tensor],
+                 cond: object = None, *,
+                 eta: float = 1.0, step: Callable = ddim_step,
+                 replace: Callable = replace_known) -> Tensor:
     """One step of inpainting, x_t -> x_{t_prev}, tried ``resample`` times (RePaint, Lugmayr et al.
     2022, Alg. 1; lesson 11's exercise). Each try: the denoiser's estimates at x_t, an ancestral
     DDIM step to t_prev (``eta`` = 1), the known region put back at t_prev (:func:`replace_known`);
@@ -105,5 +108,6 @@ def inpaint(model: Callable, known: Tensor, mask: Tensor, schedule: NoiseSchedul
     ts = timesteps(schedule, steps)
     x = _noise(known, generator)
     for t, t_prev in zip(ts[:-1], ts[1:]):
-        x = repaint(denoiser, x, t, t_prev, known, mask, schedule, resample, lambda: _noise(known, generator), cond)
+        x = repaint(denoiser, x, t, t_prev, known, mask, schedule, resample,
+                    lambda: _noise(known, generator), cond)
     return x

@@ -91,7 +91,8 @@ def q_posterior(
 
     Shapes: x0, xt (B, ...), t () or (B,) -> mean like x0, variance (B, 1, ..., 1).
     """
-    checkable = isinstance(t, int) or t.device.type == "cpu"  # a device tensor is not checked (no sync)
+    checkable = isinstance(t, int) or t.device.type == "cpu"  # a device tensor
+    # is not checked (no sync)
     if checkable and int(torch.as_tensor(t).min()) < 1:
         raise ValueError("q_posterior needs t >= 1: there is no step before x_0.")
     beta = schedule.at(schedule.betas, t, x0)

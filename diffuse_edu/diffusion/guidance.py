@@ -60,7 +60,8 @@ def pair_with_null(cond: object, null: object) -> object:
         if value is None:
             continue
         if empty is None:
-            raise ValueError(f"Guidance needs a null {name} to pair with the batch's: give null=Cond({name}=...).")
+            raise ValueError(f"Guidance needs a null {name} to pair with the batch's: give "
+                             f"null=Cond({name}=...).")
         fields[name] = torch.cat([value, empty.to(value.device, value.dtype).expand_as(value)])
     return type(cond)(**fields)
 
@@ -116,4 +117,5 @@ class Guided:
     def __call__(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         if cond is None:
             raise ValueError("Guided needs the condition to guide towards, e.g. Cond(labels=...).")
-        return self.forward(self.model, x, t, cond, self.null, self.scale, self.rescale, self.interval)
+        return self.forward(self.model, x, t, cond, self.null, self.scale, self.rescale,
+                            self.interval)

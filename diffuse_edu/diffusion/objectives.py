@@ -95,19 +95,21 @@ def uniform_times(n: int, *, generator: torch.Generator | None = None,
 
 
 def logit_normal_times(n: int, *, generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None, mean: float = 0.0, std: float = 1.0) -> Tensor:
-    """n flow times tau = sigmoid(z), z ~ N(mean, std^2) (Esser et al. 2024, Eq. 19; SD3 uses mean 0,
-    std 1): more training at middle times, where predicting the velocity is hardest. Shapes: (n,)."""
+                       device: torch.device | str | None = None, mean: float = 0.0,
+                       std: float = 1.0) -> Tensor:
+    """n flow times tau = sigmoid(z), z ~ N(mean, std^2) (Esser et al. 2024, Eq. 19; SD3 uses mean
+    0, std 1): more training at middle times, where predicting the velocity is hardest. Shapes:
+    (n,)."""
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
 
 
-def flow_matching_loss(model: Callable, x0: Tensor, tau: Tensor, eps: Tensor, cond: object = None, *,
-                       time_scale: float = 1000.0) -> Tensor:
+def flow_matching_loss(model: Callable, x0: Tensor, tau: Tensor, eps: Tensor, cond: object = None,
+                       *, time_scale: float = 1000.0) -> Tensor:
     """The rectified-flow loss per example (Liu et al. 2023, Eq. 1; Lipman et al. 2023), lesson 12.
 
-    The flow's time runs from tau = 0, the data, to tau = 1, the noise: x_tau = (1 - tau) x0 + tau eps,
-    whose velocity u = dx_tau / dtau = eps - x0 the network learns, seeing t = tau * time_scale.
-    Shapes: x0, eps (B, ...), tau (B,) -> (B,).
+    The flow's time runs from tau = 0, the data, to tau = 1, the noise: x_tau = (1 - tau) x0 + tau
+    eps, whose velocity u = dx_tau / dtau = eps - x0 the network learns, seeing t = tau *
+    time_scale. Shapes: x0, eps (B, ...), tau (B,) -> (B,).
     """
     tau_ = tau.to(x0.dtype).reshape((-1,) + (1,) * (x0.ndim - 1))  # (B, 1, ..., 1)
     x_tau = (1 - tau_) * x0 + tau_ * eps
@@ -123,7 +125,8 @@ class FlowMatching:
     (:func:`flow_matching_loss`, or lesson 12's learner's, same signature).
     """
 
-    time_scale: float = 1000.0  # the network sees t = tau * time_scale (the range a time embedding expects)
+    time_scale: float = 1000.0  # the network sees t = tau * time_scale (the range
+    # a time embedding expects)
     times: Callable[..., Tensor] = uniform_times
     loss: Callable[..., Tensor] = flow_matching_loss
     target = Target.FLOW

@@ -37,8 +37,8 @@ def as_target(value: Target | str) -> Target:
     try:
         return Target(value)
     except ValueError:
-        raise ValueError(f"Unknown target {value!r}: use one of {', '.join(repr(t.value) for t in Target)} "
-                         "(or Target.V, ...).") from None
+        raise ValueError(f"Unknown target {value!r}: use one of "
+                         f"{', '.join(repr(t.value) for t in Target)} (or Target.V, ...).") from None
 
 
 def eps_to_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor | float) -> Tensor:
@@ -104,9 +104,9 @@ def score(eps_hat: Tensor, t: Tensor | int, schedule: NoiseSchedule) -> Tensor:
 
 
 def vp_to_flow(x_t: Tensor, alpha_bar: Tensor | float) -> tuple[Tensor, Tensor | float]:
-    """A variance-preserving x_t = sqrt(ab) x0 + sqrt(1 - ab) eps in a flow's coordinates (lesson 12):
-    x_tau = (1 - tau) x0 + tau eps with tau = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab)), i.e. x_t divided
-    by sqrt(ab) + sqrt(1 - ab). Both families then share one path, so their sampling paths compare.
-    Returns (x_tau, tau). Shapes: x_t (B, ...) -> like x_t."""
+    """A variance-preserving x_t = sqrt(ab) x0 + sqrt(1 - ab) eps in a flow's coordinates (lesson
+    12): x_tau = (1 - tau) x0 + tau eps with tau = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab)), i.e.
+    x_t divided by sqrt(ab) + sqrt(1 - ab). Both families then share one path, so their sampling
+    paths compare. Returns (x_tau, tau). Shapes: x_t (B, ...) -> like x_t."""
     a, b = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
     return x_t / (a + b), b / (a + b)

@@ -35,16 +35,17 @@ from diffuse_edu.diffusion.schedules import NoiseSchedule
 ZERO_SNR_SIGMA_MAX = 1e4
 
 
-def _needs_schedule(schedule: NoiseSchedule | None, sampler: str, model: Callable | None = None) -> NoiseSchedule:
+def _needs_schedule(schedule: NoiseSchedule | None, sampler: str,
+                    model: Callable | None = None) -> NoiseSchedule:
     """The schedule a sampler walks: the one given, else the model's own (a :class:`Denoiser`'s, or
     a network built from a checkpoint, which knows the schedule it was trained on)."""
     if schedule is None:
         schedule = getattr(model, "schedule", None)
         schedule = schedule if isinstance(schedule, NoiseSchedule) else None
     if schedule is None:
-        raise ValueError(f"{sampler} walks the steps of a noise schedule and got none. For a flow model any "
-                         "schedule sets the grid (e.g. cosine_schedule(1000)), or use sample_flow_euler, "
-                         "which walks the flow's own time.")
+        raise ValueError(f"{sampler} walks the steps of a noise schedule and got none. For a flow "
+                         "model any schedule sets the grid (e.g. cosine_schedule(1000)), or use "
+                         "sample_flow_euler, which walks the flow's own time.")
     return schedule
 
 
@@ -57,10 +58,11 @@ def timesteps(schedule: NoiseSchedule, steps: int, *, t_max: int | None = None) 
     return torch.linspace(t_max, 0, steps + 1).round().long().tolist()
 
 
-def ddim_step(x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
-              eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
+def ddim_step(x_t: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: int, t_prev: int,
+              schedule: NoiseSchedule, *, eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
     """x_t -> x_{t_prev} from the denoiser's two estimates (Song et al. 2021, "DDIM", Eq. 12, with
-    sigma_t(eta) of Eq. 16): sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma noise.
+    sigma_t(eta) of Eq. 16): sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma
+    noise.
 
     eta = 0 is deterministic; eta = 1 adds the posterior's variance (DDPM). Taking x0_hat as given,
     rather than rebuilding it from eps_hat, keeps a v- or x0-model exact where sqrt(alpha_bar_t) is
@@ -93,11 +95,13 @@ def ddim_move(denoiser: Denoiser, x: Tensor, t: int, t_prev: int, schedule: Nois
 
 
 @torch.no_grad()
-def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int, eta: float = 0.0,
+def sample_ddim(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
+                eta: float = 0.0,
                 generator: torch.Generator | None = None, callback: Callable | None = None,
                 cond: object = None, clip: float | None = None, t_max: int | None = None,
                 step: Callable | None = None) -> Tensor:
-    """DDIM from x_{t_max} (default x_T) in ``steps`` network evaluations (Song et al. 2021, Sec. 4.1).
+    """DDIM from x_{t_max} (default x_T) in ``steps`` network evaluations (Song et al. 2021,
+    Sec. 4.1).
 
     ``step`` is the update (:func:`ddim_step`, or lesson 07's learner's, same signature).
     Shapes: x (B, ...) -> like x.
@@ -149,13 +153,14 @@ def ddim_inversion(denoiser: Denoiser, x0: Tensor, schedule: NoiseSchedule, step
 
 @torch.no_grad()
 def invert_ddim(model: Callable, x0: Tensor, schedule: NoiseSchedule, *, steps: int,
-                t_max: int | None = None, cond: object = None, step: Callable | None = None) -> Tensor:
+                t_max: int | None = None, cond: object = None,
+                step: Callable | None = None) -> Tensor:
     """Run deterministic DDIM backwards, x_0 -> x_{t_max} (Song et al. 2021, Sec. 4.3; Dhariwal &
     Nichol 2021, App. F) with any model: :func:`ddim_inversion` on its denoiser.
     ``step`` is :func:`ddim_step` or a learner's."""
     schedule = _needs_schedule(schedule, "invert_ddim", model)
-    return ddim_inversion(as_denoiser(model, schedule), x0, schedule, steps, schedule.T if t_max is None else t_max,
-                          cond, step=step)
+    return ddim_inversion(as_denoiser(model, schedule), x0, schedule, steps,
+                          schedule.T if t_max is None else t_max, cond, step=step)
 
 
 # ----------------------------------------------------------------------------- sigma space
@@ -176,9 +181,9 @@ def karras_sigmas(schedule: NoiseSchedule, steps: int, *, rho: float = 7.0,
     s_min = schedule.sigma[1].item()
     s_max = min(schedule.sigma[-1].item(), 80.0) if sigma_max is None else sigma_max
     if not (math.isfinite(s_max) and s_max > s_min):
-        raise ValueError(f"karras_sigmas needs a finite sigma_max above the schedule's smallest sigma ({s_min:.3g}), "
-                         f"got {s_max}: for a zero-terminal-SNR schedule pass sigma_max=80 (Karras et al.) or "
-                         f"ZERO_SNR_SIGMA_MAX.")
+        raise ValueError("karras_sigmas needs a finite sigma_max above the schedule's smallest "
+                         f"sigma ({s_min:.3g}), got {s_max}: for a zero-terminal-SNR schedule "
+                         "pass sigma_max=80 (Karras et al.) or ZERO_SNR_SIGMA_MAX.")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     sig = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return torch.cat([sig, sig.new_zeros(1)])
@@ -196,7 +201,8 @@ def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> 
     return x + (sigma_next - sigma) * (x - denoised) / sigma
 
 
-def heun_step(x: Tensor, sigma: float, sigma_next: float, denoise: Callable[[Tensor, float], Tensor]) -> Tensor:
+def heun_step(x: Tensor, sigma: float, sigma_next: float,
+              denoise: Callable[[Tensor, float], Tensor]) -> Tensor:
     """Heun's second-order step of the probability-flow ODE (Karras et al. 2022, Alg. 1, lines 5-8).
 
     An Euler step to sigma_next, then the average of the slopes at both ends; to sigma_next = 0 the
@@ -221,7 +227,8 @@ def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigma
 @torch.no_grad()
 def sample_euler(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                  sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
-                 callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+                 callback: Callable | None = None, cond: object = None,
+                 clip: float | None = None) -> Tensor:
     """Euler's method on the probability-flow ODE: ``steps`` network evaluations."""
     denoise, sig, x = _grid(model, x, schedule, steps, sigmas, clip)
     for i in range(len(sig) - 1):
@@ -252,7 +259,8 @@ def sample_heun(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: i
 @torch.no_grad()
 def sample_dpmpp_2m(model: Callable, x: Tensor, schedule: NoiseSchedule, *, steps: int,
                     sigmas: Callable = karras_sigmas, generator: torch.Generator | None = None,
-                    callback: Callable | None = None, cond: object = None, clip: float | None = None) -> Tensor:
+                    callback: Callable | None = None, cond: object = None,
+                    clip: float | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in sigma space: ``steps`` network evaluations.
 
     With lambda = -log(sigma) and h = lambda_next - lambda, each step is exact for a denoiser output
@@ -287,9 +295,9 @@ def flow_euler_step(x: Tensor, tau: float, tau_next: float, velocity: Tensor) ->
 
 
 def flow_times(steps: int, *, shift: float = 1.0) -> list[float]:
-    """``steps + 1`` flow times tau from 1 (noise) to 0 (data), evenly spaced, then warped by ``shift``
-    (Esser et al. 2024, Sec. 5.3.2: tau -> shift tau / (1 + (shift - 1) tau); shift > 1 spends more
-    steps at high noise). Host numbers."""
+    """``steps + 1`` flow times tau from 1 (noise) to 0 (data), evenly spaced, then warped by
+    ``shift`` (Esser et al. 2024, Sec. 5.3.2: tau -> shift tau / (1 + (shift - 1) tau); shift > 1
+    spends more steps at high noise). Host numbers."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     tau = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
@@ -297,7 +305,8 @@ def flow_times(steps: int, *, shift: float = 1.0) -> list[float]:
 
 
 @torch.no_grad()
-def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None = None, *, steps: int,
+def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None = None, *,
+                      steps: int,
                       generator: torch.Generator | None = None, callback: Callable | None = None,
                       cond: object = None, clip: float | None = None, shift: float = 1.0,
                       step: Callable | None = None) -> Tensor:
@@ -309,11 +318,14 @@ def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None
     """
     flow = as_denoiser(model, schedule)
     if flow.target is not Target.FLOW:
-        raise ValueError(f"sample_flow_euler samples a flow model; this one predicts {flow.target.value}. "
-                         "Use sample_euler (the probability-flow ODE in sigma) or sample_ddim for it.")
+        raise ValueError("sample_flow_euler samples a flow model; this one predicts "
+                         f"{flow.target.value}. Use sample_euler (the probability-flow ODE in "
+                         "sigma) or sample_ddim for it.")
     times, step = flow_times(steps, shift=shift), step or flow_euler_step
     for i, (tau, tau_next) in enumerate(zip(times[:-1], times[1:])):
-        u = flow.network(x)(x, torch.full((x.shape[0],), tau * flow.time_scale, device=x.device, dtype=x.dtype), cond)
+        u = flow.network(x)(x,
+                            torch.full((x.shape[0],), tau * flow.time_scale, device=x.device,
+                                       dtype=x.dtype), cond)
         if clip is not None:  # the velocity that lands on the clamped x0_hat at tau = 0
             u = (x - (x - tau * u).clamp(-clip, clip)) / tau
         x = step(x, tau, tau_next, u)
@@ -324,7 +336,8 @@ def sample_flow_euler(model: Callable, x: Tensor, schedule: NoiseSchedule | None
 
 # ----------------------------------------------------------------------------- many samples, noise
 @torch.no_grad()
-def generate(sampler: Callable, model: Callable, schedule: NoiseSchedule, n: int, shape: tuple[int, ...], *,
+def generate(sampler: Callable, model: Callable, schedule: NoiseSchedule, n: int,
+             shape: tuple[int, ...], *,
              batch_size: int = 1000, generator: torch.Generator | None = None,
              device: torch.device | str = "cpu", **options) -> Tensor:
     """``n`` samples of ``shape`` drawn with ``sampler`` in batches of ``batch_size``.
@@ -340,7 +353,8 @@ def generate(sampler: Callable, model: Callable, schedule: NoiseSchedule, n: int
 
 
 def slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
-    """Spherical interpolation between two noise tensors (Shoemake 1985), keeping their norm typical.
+    """Spherical interpolation between two noise tensors (Shoemake 1985), keeping their norm
+    typical.
 
     Shapes: a, b (B, ...) -> like a; w in [0, 1].
     """

@@ -42,7 +42,8 @@ class NoiseSchedule:
 
     betas: Tensor  # (T + 1,) float64: beta_t for t = 0..T, betas[0] = 0
     name: str  # label used in plots and tables
-    _on_device: dict = field(default_factory=dict, init=False, repr=False)  # (id, device, dtype) -> table
+    _on_device: dict = field(default_factory=dict, init=False,
+                             repr=False)  # (id, device, dtype) -> table
 
     def __post_init__(self) -> None:
         b = self.betas
@@ -54,8 +55,10 @@ class NoiseSchedule:
             raise ValueError("betas[0] must be 0: t = 0 is the clean data x_0.")
         if not bool(((self.betas[1:] > 0) & (self.betas[1:] <= 1)).all()):
             raise ValueError("betas[1:] must lie in (0, 1].")
-        for table in ("alphas", "alpha_bar", "snr", "log_snr", "sigma"):  # computed now, not on first use:
-            getattr(self, table)  # first use inside torch.compile would break the graph (3.11's cached_property locks)
+        for table in ("alphas", "alpha_bar", "snr", "log_snr",
+                      "sigma"):  # computed now, not on first use:
+            getattr(self, table)  # first use inside torch.compile would break the graph
+            # (3.11's cached_property locks)
 
     @property
     def T(self) -> int:
@@ -103,7 +106,8 @@ class NoiseSchedule:
         table = self.on(values, like)
         if isinstance(t, Tensor):
             if t.dtype.is_floating_point:
-                raise TypeError(f"t must be an integer time step in 0..{self.T}, got dtype {t.dtype}.")
+                raise TypeError(f"t must be an integer time step in 0..{self.T}, got dtype "
+                                f"{t.dtype}.")
             if t.device.type == "cpu" and not torch.compiler.is_compiling():
                 self._check_range(int(t.min()), int(t.max()))
             v = table[t.to(like.device)]
@@ -132,7 +136,8 @@ class NoiseSchedule:
         finite = torch.isfinite(ls[lo]) & torch.isfinite(ls[lo + 1])
         by_log_sigma = torch.sigmoid(-2 * torch.lerp(_finite(ls[lo]), _finite(ls[lo + 1]), w))
         by_root = torch.lerp(root[lo], root[lo + 1], w).square()
-        return torch.where(finite, by_log_sigma, by_root)  # sigmoid(-2 log sigma) = 1 / (1 + sigma^2)
+        return torch.where(finite, by_log_sigma, by_root)  # sigmoid(-2 log sigma)
+        # = 1 / (1 + sigma^2)
 
     def sigma_at(self, t: Tensor) -> Tensor:
         """The noise level sigma at fractional steps t (see :meth:`alpha_bar_at`). Shapes: like t."""
@@ -202,7 +207,8 @@ def scaled_linear_schedule(
 
 
 def cosine_schedule(T: int = 1000, *, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
-    """alpha_bar_t = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)) (Nichol & Dhariwal 2021, Eq. 17).
+    """alpha_bar_t = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)) (Nichol & Dhariwal 2021,
+    Eq. 17).
 
     Betas are capped at ``max_beta`` to avoid the singularity at t = T (ibid., Sec. 3.2).
     """

@@ -25,16 +25,19 @@ from diffuse_edu.models.clip import MiniCLIP
 def predict_attributes(judge: Classifier, images: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
     """The judge's reading of each image: attribute name -> (N,) index into ATTRIBUTES[name]."""
     logits = torch.cat([judge(b) for b in images.split(batch_size)])
-    return {name: part.argmax(1) for name, part in zip(ATTRIBUTES, logits.split(ATTRIBUTE_GROUPS, dim=1))}
+    return {name: part.argmax(1) for name,
+            part in zip(ATTRIBUTES, logits.split(ATTRIBUTE_GROUPS, dim=1))}
 
 
 def attribute_accuracy(judge: Classifier, images: Tensor, wanted: Tensor) -> dict[str, float]:
-    """Share of images whose attribute is the one asked for, per attribute, and for all four at once.
+    """Share of images whose attribute is the one asked for, per attribute, and for all four at
+    once.
 
     Shapes: images (N, 3, S, S); wanted (N, 4) attribute indices (ShapeSet.objects[:, 0]).
     """
     got = predict_attributes(judge, images)
-    right = torch.stack([got[name] == wanted[:, j].to(got[name].device) for j, name in enumerate(ATTRIBUTES)], 1)
+    right = torch.stack([got[name] == wanted[:, j].to(got[name].device) for j,
+                         name in enumerate(ATTRIBUTES)], 1)
     return {**{name: right[:, j].float().mean().item() for j, name in enumerate(ATTRIBUTES)},
             "all": right.all(1).float().mean().item()}
 
@@ -50,7 +53,8 @@ def region_colour(images: Tensor, region: Tensor, *, bright: float = 0.0) -> Ten
     """The palette colour nearest to the mean of the bright pixels (some channel above ``bright``)
     inside ``region``; -1 where the region has none. Shapes: images (N, 3, H, W) in [-1, 1],
     region (N, H, W) bool -> (N,) index into COLOURS."""
-    palette = torch.tensor(list(COLOURS.values()), device=images.device) * 2 - 1  # (K, 3) in [-1, 1]
+    palette = torch.tensor(list(COLOURS.values()),
+                           device=images.device) * 2 - 1  # (K, 3) in [-1, 1]
     lit = region & (images.amax(1) > bright)  # (N, H, W)
     count = lit.sum((1, 2))
     mean = (images * lit[:, None]).sum((2, 3)) / count.clamp_min(1)[:, None]  # (N, 3)
@@ -66,8 +70,8 @@ def colour_binding(images: Tensor, objects: Tensor, relation: Tensor) -> dict[st
     missing or not asked for). Shapes: images (N, 3, H, W); objects (N, 2, 4); relation (N,) >= 0.
     """
     n, _, h, w = images.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=images.device), torch.arange(w, device=images.device),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, device=images.device),
+                            torch.arange(w, device=images.device), indexing="ij")
     relation = relation.to(images.device)
     horizontal = (relation < 2).view(n, 1, 1)  # "left of" / "right of"
     low_half = torch.where(horizontal, xs < w / 2, ys < h / 2)  # (N, H, W): left half or top half

@@ -17,7 +17,8 @@ from diffuse_edu.diffusion.denoisers import bf16_supported
 from diffuse_edu.progress import progress
 
 
-def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...], layers_per_block: int) -> nn.Module:
+def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...],
+                   layers_per_block: int) -> nn.Module:
     """A UNet2DModel as diffusers' unconditional training example builds it (attention at the bottom)."""
     from diffusers import UNet2DModel
 
@@ -26,15 +27,17 @@ def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...], lay
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
                        block_out_channels=widths, layers_per_block=layers_per_block,
                        down_block_types=tuple(down), up_block_types=tuple(up),
-                       norm_num_groups=min(32, *widths))  # diffusers' 32 groups, or fewer for narrow widths
+                       norm_num_groups=min(32, *widths))  # diffusers' 32 groups,
+                       # or fewer for narrow widths
 
 
-def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_size: int, lr: float = 1e-4,
+def train_diffusers(unet: nn.Module, images: Tensor, *, seconds: float, batch_size: int,
+                    lr: float = 1e-4,
                     bf16: bool = True, generator: torch.Generator | None = None) -> dict:
-    """Train with DDPMScheduler.add_noise and AdamW for ``seconds`` of wall time (no EMA, no compile),
-    under bfloat16 autocast where ``bf16`` and the device has it fast (the check the course's
-    training uses, :func:`~diffuse_edu.diffusion.denoisers.bf16_supported`), else in float32. The
-    result says which (``precision``)."""
+    """Train with DDPMScheduler.add_noise and AdamW for ``seconds`` of wall time (no EMA, no
+    compile), under bfloat16 autocast where ``bf16`` and the device has it fast (the check the
+    course's training uses, :func:`~diffuse_edu.diffusion.denoisers.bf16_supported`), else in
+    float32. The result says which (``precision``)."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
@@ -82,8 +85,8 @@ def sample_diffusers(unet: nn.Module, n: int, shape: tuple[int, ...], *, steps: 
     return torch.cat(out)
 
 
-def compare_with_diffusers(result, samples: Tensor, images: Tensor, recipe, *, classifier: nn.Module,
-                           reference: Tensor, device: torch.device) -> dict:
+def compare_with_diffusers(result, samples: Tensor, images: Tensor, recipe, *,
+                           classifier: nn.Module, reference: Tensor, device: torch.device) -> dict:
     """Train the baseline for the course model's wall time and score both with FID.
 
     ``classifier`` gives the features; ``reference`` are the held-out images FID compares with.
@@ -96,18 +99,23 @@ def compare_with_diffusers(result, samples: Tensor, images: Tensor, recipe, *, c
     torch.manual_seed(0)
     unet = diffusers_unet(h, c, recipe.model.channels, recipe.model.blocks_per_level).to(device)
     g = torch.Generator(device).manual_seed(1)
-    base = train_diffusers(unet, images, seconds=result.seconds, batch_size=recipe.train.batch_size, generator=g)
+    base = train_diffusers(unet, images, seconds=result.seconds, batch_size=recipe.train.batch_size,
+                           generator=g)
     base_samples = sample_diffusers(unet.eval(), len(samples), (c, h, h), steps=50, generator=g)
     ref = extract(classifier, reference.to(device))
     one = images[:1]
     ours_flops = count_flops(result.ema, one, torch.tensor([500], device=device))
-    base_flops = count_flops(lambda x, t: unet(x, t).sample, one, torch.tensor([500], device=device))
-    ours_fid, base_fid = fid(extract(classifier, samples), ref), fid(extract(classifier, base_samples), ref)
+    base_flops = count_flops(lambda x, t: unet(x, t).sample, one,
+                             torch.tensor([500], device=device))
+    ours_fid, base_fid = fid(extract(classifier, samples),
+                             ref), fid(extract(classifier, base_samples), ref)
     return {
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "train_seconds_ours": result.seconds, "train_seconds_diffusers": base["seconds"],
         "precision_diffusers": base["precision"],
-        "images_per_second_ours": result.images_per_second, "images_per_second_diffusers": base["images_per_second"],
+        "images_per_second_ours": result.images_per_second,
+            "images_per_second_diffusers": base["images_per_second"],
         "gflops_per_image_ours": ours_flops / 1e9, "gflops_per_image_diffusers": base_flops / 1e9,
-        "fid_ours": ours_fid, "fid_diffusers": base_fid, "fid_ratio_diffusers_over_ours": base_fid / ours_fid,
+        "fid_ours": ours_fid, "fid_diffusers": base_fid,
+            "fid_ratio_diffusers_over_ours": base_fid / ours_fid,
     }

@@ -1,11 +1,11 @@
 """Feature networks for FID and friends (lesson 06).
 
 FID compares the statistics of two sets of images in the feature space of a network trained for
-something else. The course trains its own small classifier (:mod:`diffuse_edu.models.classifier`) per data set,
-cached by :func:`diffuse_edu.training.pretrained.course_classifier` (digits at quick scale; MNIST at
-full scale): fast, offline, and suited to tiny grey images.
-Inception-v3, the network of the original FID (Heusel et al. 2017), is used when its weights are
-present on the machine.
+something else. The course trains its own small classifier (:mod:`diffuse_edu.models.classifier`)
+per data set, cached by :func:`diffuse_edu.training.pretrained.course_classifier` (digits at quick
+scale; MNIST at full scale): fast, offline, and suited to tiny grey images. Inception-v3, the
+network of the original FID (Heusel et al. 2017), is used when its weights are present on the
+machine.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from diffuse_edu.models.classifier import Classifier, ClassifierConfig
 from diffuse_edu.progress import progress
 
 
-def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = ClassifierConfig(), *,
-                     steps: int = 600, batch_size: int = 128, lr: float = 3e-3,
-                     generator: torch.Generator | None = None, groups: tuple[int, ...] | None = None,
-                     shift: int = 1) -> Classifier:
+def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = ClassifierConfig(),
+                     *, steps: int = 600, batch_size: int = 128, lr: float = 3e-3,
+                     generator: torch.Generator | None = None,
+                     groups: tuple[int, ...] | None = None, shift: int = 1) -> Classifier:
     """Train a classifier with AdamW and light shift augmentation (up to ``shift`` pixels).
 
     With ``groups`` (sizes summing to ``config.num_classes``), the logits are that many separate
@@ -42,7 +42,8 @@ def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = 
         if groups is None:
             loss = F.cross_entropy(logits, y)
         else:
-            loss = sum(F.cross_entropy(part, y[:, j]) for j, part in enumerate(logits.split(groups, dim=1)))
+            loss = sum(F.cross_entropy(part, y[:, j]) for j,
+                       part in enumerate(logits.split(groups, dim=1)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -51,7 +52,8 @@ def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig = 
 
 
 #: On an accelerator out of memory, the feature functions say what to lower.
-_features = explain_out_of_memory("running the classifier", "batch_size= of this call (images per batch)")
+_features = explain_out_of_memory("running the classifier",
+                                  "batch_size= of this call (images per batch)")
 
 
 @_features
@@ -66,7 +68,8 @@ def accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int 
 @torch.no_grad()
 def confidence(model: Classifier, images: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """The classifier's largest softmax probability per image and the class it belongs to; lessons
-    05-11 call an image recognisable at a confidence of at least 0.9. Shapes: (N, C, H, W) -> (N,), (N,)."""
+    05-11 call an image recognisable at a confidence of at least 0.9. Shapes: (N, C, H, W) -> (N,),
+    (N,)."""
     p = torch.cat([model(b).softmax(1) for b in images.split(batch_size)])
     values, classes = p.max(1)
     return values, classes
@@ -76,8 +79,8 @@ RECOGNISABLE = 0.9  # the confidence at which the course calls an image recognis
 
 
 def recognisable(model: Classifier, images: Tensor, batch_size: int = 1024) -> Tensor:
-    """1.0 for each image the classifier is sure of (confidence at least ``RECOGNISABLE``), else 0.0:
-    a per-image score, so that two arms drawn from the same noise can be compared pair by pair.
+    """1.0 for each image the classifier is sure of (confidence at least ``RECOGNISABLE``), else
+    0.0: a per-image score, so that two arms drawn from the same noise can be compared pair by pair.
     Shapes: (N, C, H, W) -> (N,)."""
     return (confidence(model, images, batch_size)[0] >= RECOGNISABLE).float()
 
@@ -102,9 +105,9 @@ def inception_features() -> nn.Module:
     if not inception_available():
         raise FileNotFoundError(
             "Inception-v3 weights are not on this machine. Online, run once: python -c \"import "
-            "torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"; offline, copy "
-            f"the file into {Path(torch.hub.get_dir()) / 'checkpoints'}. The course's own classifier "
-            "features work without them.")
+            "torchvision; torchvision.models.inception_v3(weights='IMAGENET1K_V1')\"; offline, "
+            f"copy the file into {Path(torch.hub.get_dir()) / 'checkpoints'}. The course's own "
+            "classifier features work without them.")
     from torchvision.models import Inception_V3_Weights, inception_v3
 
     net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1).eval()

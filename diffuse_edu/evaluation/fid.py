@@ -22,7 +22,8 @@ def mean_and_covariance(features: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def sqrtm_psd(a: Tensor) -> Tensor:
-    """The symmetric square root of a symmetric positive semi-definite matrix, by eigendecomposition.
+    """The symmetric square root of a symmetric positive semi-definite matrix, by
+    eigendecomposition.
 
     a = V diag(l) V^T  ->  V diag(sqrt(max(l, 0))) V^T. Shapes: (D, D) -> (D, D).
     """
@@ -33,7 +34,8 @@ def sqrtm_psd(a: Tensor) -> Tensor:
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, *,
                      sqrtm: Callable[[Tensor], Tensor] = sqrtm_psd) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982; Heusel et al. 2017, Eq. 6).
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982; Heusel et al. 2017,
+    Eq. 6).
 
     Tr((S1 S2)^(1/2)) is computed as Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric PSD root, with
     ``sqrtm`` (:func:`sqrtm_psd`, or lesson 06's learner's).
@@ -43,9 +45,11 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, *
     return ((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross.trace()).item()
 
 
-def fid(features_a: Tensor, features_b: Tensor, *, sqrtm: Callable[[Tensor], Tensor] = sqrtm_psd) -> float:
+def fid(features_a: Tensor, features_b: Tensor, *,
+        sqrtm: Callable[[Tensor], Tensor] = sqrtm_psd) -> float:
     """The Frechet distance between the Gaussians fitted to two sets of features."""
-    return frechet_distance(*mean_and_covariance(features_a), *mean_and_covariance(features_b), sqrtm=sqrtm)
+    return frechet_distance(*mean_and_covariance(features_a), *mean_and_covariance(features_b),
+                            sqrtm=sqrtm)
 
 
 def fid_with_spread(features: Tensor, reference: Tensor, *, draws: int = 20,
@@ -56,7 +60,8 @@ def fid_with_spread(features: Tensor, reference: Tensor, *, draws: int = 20,
     Shapes: features (N, D), reference (M, D) -> (fid, std).
     """
     ref_stats = mean_and_covariance(reference)
-    return _with_bootstrap(lambda rows: frechet_distance(*mean_and_covariance(features[rows]), *ref_stats),
+    return _with_bootstrap(lambda rows: frechet_distance(*mean_and_covariance(features[rows]),
+                                                         *ref_stats),
                            features, draws, generator)
 
 
@@ -64,11 +69,13 @@ def _with_bootstrap(statistic: Callable[[Tensor | slice], float], features: Tens
                     generator: torch.Generator | None) -> tuple[float, float]:
     """``statistic`` of all rows, and its standard deviation over ``draws`` resamplings of the rows."""
     n = features.shape[0]
-    boot = [statistic(torch.randint(0, n, (n,), generator=generator).to(features.device)) for _ in range(draws)]
+    boot = [statistic(torch.randint(0, n, (n,),
+                                    generator=generator).to(features.device)) for _ in range(draws)]
     return statistic(slice(None)), torch.tensor(boot, dtype=torch.float64).std().item()
 
 
-def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Tensor, *, draws: int = 20,
+def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Tensor, *,
+                          draws: int = 20,
                           generator: torch.Generator | None = None) -> tuple[float, float]:
     """FID(b) - FID(a) for two sample sets drawn from the same noise (row i of each from the same
     starting point and condition), and the bootstrap standard deviation of that difference with the
@@ -79,7 +86,8 @@ def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Ten
     """
     if features_a.shape != features_b.shape:
         raise ValueError(f"Paired sets need the same shape, got {tuple(features_a.shape)} and "
-                         f"{tuple(features_b.shape)}: draw both from the same noise, in the same order.")
+                         f"{tuple(features_b.shape)}: draw both from the same noise, in the same "
+                         "order.")
     ref_stats = mean_and_covariance(reference)
 
     def difference(rows: Tensor | slice) -> float:

@@ -37,20 +37,23 @@ def high_frequency_energy(images: Tensor, *, cutoff: float = 0.5) -> Tensor:
 
 def _kth_neighbour_radius(features: Tensor, k: int, batch: int = 2048) -> Tensor:
     """Distance from each vector to its k-th nearest other vector in the same set. Shapes: (N,)."""
-    radii = [torch.cdist(chunk, features).kthvalue(k + 1, dim=1).values for chunk in features.split(batch)]
+    radii = [torch.cdist(chunk, features).kthvalue(k + 1,
+                                                   dim=1).values for chunk in features.split(batch)]
     return torch.cat(radii)
 
 
 def _inside_any_ball(queries: Tensor, centres: Tensor, radii: Tensor, batch: int = 2048) -> Tensor:
     """For each query, whether it lies within radii[j] of some centre j. Shapes: (M,) bool."""
-    return torch.cat([(torch.cdist(q, centres) <= radii[None]).any(1) for q in queries.split(batch)])
+    return torch.cat([(torch.cdist(q,
+                                   centres) <= radii[None]).any(1) for q in queries.split(batch)])
 
 
 def in_manifold(reference: Tensor, queries: Tensor, *, k: int = 3) -> Tensor:
-    """For each query vector, whether it lies inside the manifold of ``reference`` (Kynkaanniemi et
-    al. 2019, Eq. 1): the union of balls around each reference vector reaching its k-th neighbour.
-    With real features as the reference it is each sample's share of precision: a per-image measure of
-    realism, which pairs image by image (lesson 11). Shapes: (N, D), (M, D) -> (M,) bool."""
+    """For each query vector, whether it lies inside the manifold of ``reference`` (Kynkaanniemi
+    et al. 2019, Eq. 1): the union of balls around each reference vector reaching its k-th
+    neighbour. With real features as the reference it is each sample's share of precision: a
+    per-image measure of realism, which pairs image by image (lesson 11). Shapes: (N, D), (M, D) ->
+    (M,) bool."""
     reference = reference.double()
     return _inside_any_ball(queries.double(), reference, _kth_neighbour_radius(reference, k))
 
@@ -82,18 +85,20 @@ def nearest_neighbour(queries: Tensor, reference: Tensor, batch: int = 1024) -> 
 
 def bucket_edges(t_max: float, buckets: int) -> Tensor:
     """Edges of ``buckets`` equal ranges of noise level from 0 to ``t_max``: integer steps for a
-    schedule of T steps, fractions for a flow's time in [0, 1]. Bucket k covers (edges[k], edges[k + 1]].
-    The training loop records its loss in these ranges and :func:`loss_by_t` measures in them.
+    schedule of T steps, fractions for a flow's time in [0, 1]. Bucket k covers (edges[k], edges[k +
+    1]]. The training loop records its loss in these ranges and :func:`loss_by_t` measures in them.
     Shapes: (buckets + 1,)."""
     edges = torch.linspace(0, t_max, buckets + 1)
     return edges.round().long() if float(t_max).is_integer() and t_max > 1 else edges
 
 
 @torch.no_grad()
-def loss_by_t(model: Callable, x0: Tensor, objective: Callable, *, buckets: int = 10, draws: int = 1,
+def loss_by_t(model: Callable, x0: Tensor, objective: Callable, *, buckets: int = 10,
+              draws: int = 1,
               generator: torch.Generator | None = None, batch_size: int = 512) -> tuple[Tensor, Tensor]:
     """A trained model's loss under ``objective`` (the one it was trained with: its target and
-    schedule) in ``buckets`` equal ranges of the noise level, each image at a random level per bucket.
+    schedule) in ``buckets`` equal ranges of the noise level, each image at a random level per
+    bucket.
 
     Returns (edges, losses): bucket k covers (edges[k], edges[k + 1]] (:func:`bucket_edges`).
     ``generator`` is a CPU generator (the draws are the same on every device).
@@ -107,9 +112,11 @@ def loss_by_t(model: Callable, x0: Tensor, objective: Callable, *, buckets: int 
             for batch in x0.split(batch_size):
                 n = batch.shape[0]
                 if edges.dtype == torch.long:
-                    t = torch.randint(int(edges[k]) + 1, int(edges[k + 1]) + 1, (n,), generator=generator)
+                    t = torch.randint(int(edges[k]) + 1, int(edges[k + 1]) + 1, (n,),
+                                      generator=generator)
                 else:
-                    t = edges[k] + (edges[k + 1] - edges[k]) * (1 - torch.rand(n, generator=generator))
+                    t = edges[k] + (edges[k + 1] - edges[k]) * (1 - torch.rand(n,
+                                                                               generator=generator))
                 eps = torch.randn(batch.shape, generator=generator).to(batch.device)
                 total += objective(model, batch, t=t.to(batch.device), eps=eps)[0].sum()
         losses[k] = total.item() / (draws * x0.shape[0])
@@ -135,7 +142,8 @@ def seam_jump(images: Tensor, mask: Tensor) -> Tensor:
     return jumps / counts
 
 
-def receptive_field(model: Callable, x: Tensor, t: Tensor, pixel: tuple[int, int], cond: object = None) -> Tensor:
+def receptive_field(model: Callable, x: Tensor, t: Tensor, pixel: tuple[int, int],
+                    cond: object = None) -> Tensor:
     """|d output[pixel] / d input|, summed over channels: how strongly each input pixel moves one
     output pixel (lesson 12). Shapes: x (1, C, H, W), t (1,) -> (H, W)."""
     x = x.detach().clone().requires_grad_(True)
@@ -147,23 +155,24 @@ def receptive_field(model: Callable, x: Tensor, t: Tensor, pixel: tuple[int, int
 
 def straightness(path: list[Tensor], times: list[float]) -> Tensor:
     """How far a sampling path bends (Liu et al. 2023, Def. of straightness, discretised): the mean
-    over its steps of ||v_k - v_chord||^2 / ||v_chord||^2, where v_k = (x_{k+1} - x_k) / (s_{k+1} - s_k)
-    is each step's velocity and v_chord that of the straight line between the path's two ends.
+    over its steps of ||v_k - v_chord||^2 / ||v_chord||^2, where v_k = (x_{k+1} - x_k) / (s_{k+1} -
+    s_k) is each step's velocity and v_chord that of the straight line between the path's two ends.
     0 for a straight path. ``path`` is x at ``times`` (in one time variable, e.g. a flow's tau).
     Shapes: each x (B, ...) -> (B,)."""
     if len(path) != len(times) or len(path) < 3:
         raise ValueError("straightness needs at least three states and one time per state.")
     chord = ((path[-1] - path[0]) / (times[-1] - times[0])).flatten(1)  # (B, D)
     deviation = torch.stack([((b - a) / (tb - ta)).flatten(1) - chord
-                             for a, b, ta, tb in zip(path[:-1], path[1:], times[:-1], times[1:])])  # (K, B, D)
+                             for a, b, ta,
+                             tb in zip(path[:-1], path[1:], times[:-1], times[1:])])  # (K, B, D)
     return deviation.square().sum(-1).mean(0) / chord.square().sum(-1).clamp_min(1e-12)
 
 
 def subjects_across(images: Tensor, *, ink: float = 0.0, min_width: int = 2) -> Tensor:
     """How many subjects each image shows side by side (lesson 12's aspect-ratio test): runs of at
-    least ``min_width`` columns that hold ink (a pixel above ``ink``), separated by columns with none.
-    Check it on real one- and two-subject canvases before trusting it on samples.
-    Shapes: images (N, C, H, W) in [-1, 1] -> (N,) int64."""
+    least ``min_width`` columns that hold ink (a pixel above ``ink``), separated by columns with
+    none. Check it on real one- and two-subject canvases before trusting it on samples. Shapes:
+    images (N, C, H, W) in [-1, 1] -> (N,) int64."""
     inked = (images > ink).flatten(1, 2).any(1)  # (N, W): columns that hold ink
     counts = []
     for row in inked.tolist():
@@ -187,7 +196,8 @@ def ink_share(images: Tensor) -> Tensor:
 def slant(images: Tensor) -> Tensor:
     """How far each image's strokes lean to the right: the ink-weighted regression of column on row,
     minus, in pixels of horizontal shift per pixel of height (0 upright, > 0 leaning right like
-    italics). Lesson 13 tells its subject's slanted digits apart with it. Shapes: (N, C, H, W) -> (N,)."""
+    italics). Lesson 13 tells its subject's slanted digits apart with it. Shapes: (N, C, H, W) ->
+    (N,)."""
     w = images.float().clamp_min(0).sum(1)  # (N, H, W): ink intensity
     h, wd = w.shape[-2:]
     rows = torch.arange(h, device=w.device, dtype=w.dtype)[:, None].expand(h, wd)
@@ -199,10 +209,11 @@ def slant(images: Tensor) -> Tensor:
 
 
 def thin_strokes(images: Tensor) -> Tensor:
-    """1 on ink pixels that a 3 x 3 erosion removes (edges, one-pixel lines), else 0: the fine detail
-    a strong compression loses first (lessons 10 and 13). Shapes: like images."""
+    """1 on ink pixels that a 3 x 3 erosion removes (edges, one-pixel lines), else 0: the fine
+    detail a strong compression loses first (lessons 10 and 13). Shapes: like images."""
     ink = (images > 0).float()
-    interior = -torch.nn.functional.max_pool2d(-ink, 3, stride=1, padding=1)  # erosion: 1 where the whole 3x3 is ink
+    interior = -torch.nn.functional.max_pool2d(-ink, 3, stride=1,
+                                               padding=1)  # erosion: 1 where the whole 3x3 is ink
     return ink * (1 - interior)
 
 
@@ -215,9 +226,11 @@ def thin_stroke_error(rebuilt: Tensor, original: Tensor) -> Tensor:
 
 def edge_magnitude(images: Tensor) -> Tensor:
     """The Sobel gradient magnitude of each image, summed over channels: large on strokes' edges and
-    thin lines (lesson 13 weights a decoder's loss with it). Shapes: (N, C, H, W) -> (N, 1, H, W)."""
+    thin lines (lesson 13 weights a decoder's loss with it). Shapes: (N, C, H, W) -> (N, 1, H,
+    W)."""
     kx = images.new_tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
     kernels = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
     flat = images.flatten(0, 1)[:, None]  # (N C, 1, H, W)
-    g = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate"), kernels)
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (1, 1, 1, 1), mode="replicate"),
+                                   kernels)
     return g.square().sum(1).sqrt().reshape(images.shape).sum(1, keepdim=True)

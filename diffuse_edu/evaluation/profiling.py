@@ -75,7 +75,8 @@ def flops_by_module(model: nn.Module, *inputs) -> dict[str, int]:
     return flops
 
 
-def group_by_part(values: dict[str, int], depth: int = 1, *, deeper: tuple[str, ...] = ()) -> dict[str, int]:
+def group_by_part(values: dict[str, int], depth: int = 1, *,
+                  deeper: tuple[str, ...] = ()) -> dict[str, int]:
     """Sum per-module (or per-parameter) values over the first ``depth`` parts of each path.
 
     Paths that start with a name in ``deeper`` keep one more part ("encoder.0" rather than

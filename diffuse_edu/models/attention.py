@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
                          mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v in ``heads`` heads of width d = C / heads (Vaswani et al. 2017, Eq. 1).
+    """softmax(q k^T / sqrt(d)) v in ``heads`` heads of width d = C / heads (Vaswani et al. 2017,
+    Eq. 1).
 
     Shapes: q (B, Lq, C), k and v (B, Lk, C), mask (B, Lk) bool (True = attend) -> (B, Lq, C).
     """
@@ -76,11 +77,13 @@ class SelfAttention(nn.Module):
         return self.forward_fn(self, x)
 
 
-def cross_attention_block(block: CrossAttention, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+def cross_attention_block(block: CrossAttention, x: Tensor, context: Tensor,
+                          mask: Tensor | None = None) -> Tensor:
     """A cross-attention block's forward pass (lesson 09's exercise): x + W_out MHA(q, k, v), the
     queries from the H * W positions of GroupNorm(x), the keys and values from the context tokens
     (``block.to_kv`` makes both), padded tokens (``mask`` False) excluded, ``block.attend`` in
-    ``block.heads`` heads. Shapes: x (B, C, H, W), context (B, L, D), mask (B, L) bool -> (B, C, H, W).
+    ``block.heads`` heads. Shapes: x (B, C, H, W), context (B, L, D), mask (B, L) bool -> (B, C, H,
+    W).
     """
     _, _, h, w = x.shape
     q = block.to_q(rearrange(block.norm(x), "b c h w -> b (h w) c"))  # (B, HW, C)
@@ -92,10 +95,10 @@ def cross_attention_block(block: CrossAttention, x: Tensor, context: Tensor, mas
 class CrossAttention(nn.Module):
     """x + W_out MHA(q = GroupNorm(x), k = v = context). Shapes: x (B, C, H, W), context (B, L, D).
 
-    ``forward_fn(block, x, context, mask)`` computes the forward pass (:func:`cross_attention_block`,
-    or a learner's: :func:`use_cross_attention_block`) and ``attend`` the attention inside it; with
-    ``record`` set, the last call's weights are kept in ``weights`` (B, heads, H * W, L)
-    (:func:`recorded_cross_attention`).
+    ``forward_fn(block, x, context, mask)`` computes the forward pass
+    (:func:`cross_attention_block`, or a learner's: :func:`use_cross_attention_block`) and
+    ``attend`` the attention inside it; with ``record`` set, the last call's weights are kept in
+    ``weights`` (B, heads, H * W, L) (:func:`recorded_cross_attention`).
     """
 
     def __init__(self, channels: int, context_dim: int, heads: int, groups: int):
@@ -114,7 +117,8 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.record:  # the weights to look at, from the block's own layers
             q = self.to_q(rearrange(self.norm(x), "b c h w -> b (h w) c"))
-            self.weights = attention_weights(q, self.to_kv(context).chunk(2, dim=-1)[0], self.heads, mask).detach()
+            self.weights = attention_weights(q, self.to_kv(context).chunk(2, dim=-1)[0], self.heads,
+                                             mask).detach()
         return self.forward_fn(self, x, context, mask)
 
 
@@ -128,7 +132,8 @@ def use_cross_attention_block(model: nn.Module, forward_fn: Callable[..., Tensor
 
 
 def use_attention(model: nn.Module, attend: Callable[..., Tensor]) -> int:
-    """Make every attention block of ``model`` run ``attend(q, k, v, heads[, mask])``; returns how many.
+    """Make every attention block of ``model`` run ``attend(q, k, v, heads[, mask])``; returns how
+    many.
 
     Self-attention calls it without a mask; cross-attention with the context's padding mask.
     """

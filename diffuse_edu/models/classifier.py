@@ -32,7 +32,8 @@ class Classifier(nn.Module):
         self.config = config
         layers, width = [], config.in_channels
         for w in config.widths:
-            layers += [nn.Conv2d(width, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(width, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(),
+                       nn.MaxPool2d(2)]
             width = w
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.to_features = nn.Linear(width, config.feature_dim)

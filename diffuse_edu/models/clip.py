@@ -39,7 +39,8 @@ class MiniCLIPConfig:
 
     @property
     def text(self) -> TextEncoderConfig:
-        return TextEncoderConfig(self.vocab, self.max_len, self.text_width, self.text_layers, self.heads)
+        return TextEncoderConfig(self.vocab, self.max_len, self.text_width, self.text_layers,
+                                 self.heads)
 
 
 class ImageEncoder(nn.Module):
@@ -52,7 +53,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         layers, width = [], cfg.image_channels
         for w in cfg.image_widths:
-            layers += [nn.Conv2d(width, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(width, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(),
+                       nn.MaxPool2d(2)]
             width = w
         side = cfg.image_size // 2 ** len(cfg.image_widths)
         self.body = nn.Sequential(*layers, nn.Flatten())
@@ -79,8 +81,8 @@ class MiniCLIP(nn.Module):
         """Unit vectors. Shapes: (B, C, S, S) -> (B, embed_dim)."""
         size = self.config.image_size
         if images.ndim != 4 or images.shape[1:] != (self.config.image_channels, size, size):
-            raise ValueError(f"MiniCLIP expects images (B, {self.config.image_channels}, {size}, {size}), "
-                             f"got {tuple(images.shape)}.")
+            raise ValueError(f"MiniCLIP expects images (B, {self.config.image_channels}, {size}, "
+                             f"{size}), got {tuple(images.shape)}.")
         return F.normalize(self.image(images), dim=-1)
 
     def embed_texts(self, ids: Tensor, mask: Tensor) -> Tensor:

@@ -32,8 +32,10 @@ class Cond:
         return self.labels, self.context, self.context_mask
 
 
-def drop_condition(cond: Cond, null: Cond, p: float, *, generator: torch.Generator | None = None) -> Cond:
-    """Replace each example's condition by ``null`` with probability ``p`` (Ho & Salimans 2022, Alg. 1).
+def drop_condition(cond: Cond, null: Cond, p: float, *,
+                   generator: torch.Generator | None = None) -> Cond:
+    """Replace each example's condition by ``null`` with probability ``p`` (Ho & Salimans 2022,
+    Alg. 1).
 
     ``null`` holds one example's condition (labels (), context (L, D), mask (L,)), broadcast over
     the batch. Shapes: cond's fields (B, ...) -> the same.
@@ -41,7 +43,8 @@ def drop_condition(cond: Cond, null: Cond, p: float, *, generator: torch.Generat
     ref = next(f for f in cond._fields() if f is not None)
     drop = torch.rand(ref.shape[0], generator=generator, device=ref.device) < p  # (B,)
     fields = []
-    for value, empty, name in zip(cond._fields(), null._fields(), ("labels", "context", "context_mask")):
+    for value, empty, name in zip(cond._fields(), null._fields(),
+                                  ("labels", "context", "context_mask")):
         if value is None:
             fields.append(None)
             continue
@@ -53,7 +56,8 @@ def drop_condition(cond: Cond, null: Cond, p: float, *, generator: torch.Generat
     return Cond(*fields)
 
 
-def drop_labels(labels: Tensor, p_null: float, null_label: int, *, generator: torch.Generator | None = None) -> Tensor:
+def drop_labels(labels: Tensor, p_null: float, null_label: int, *,
+                generator: torch.Generator | None = None) -> Tensor:
     """A copy of ``labels`` in which each label becomes ``null_label`` with probability ``p_null``,
     independently, drawn from ``generator`` (lesson 08's exercise; Ho & Salimans 2022, Alg. 1).
 
@@ -64,8 +68,9 @@ def drop_labels(labels: Tensor, p_null: float, null_label: int, *, generator: to
 
 
 def label_dropout(fn: Callable[..., Tensor] = drop_labels) -> Callable[..., Cond]:
-    """Condition dropout for class labels with ``fn(labels, p_null, null_label, generator=)`` (a learner's
-    :func:`drop_labels`), in the signature of :func:`drop_condition` that the training loop calls."""
+    """Condition dropout for class labels with ``fn(labels, p_null, null_label, generator=)`` (a
+    learner's :func:`drop_labels`), in the signature of :func:`drop_condition` that the training
+    loop calls."""
     def drop(cond: Cond, null: Cond, p: float, *, generator: torch.Generator | None = None) -> Cond:
         if cond.labels is None or cond.context is not None:
             raise ValueError("label_dropout drops class labels; for captions use drop_condition.")

@@ -57,7 +57,8 @@ def patchify(x: Tensor, p: int) -> Tensor:
     Shapes: (B, C, H, W) with H, W divisible by p -> (B, H W / p^2, p p C).
     """
     if x.shape[-1] % p or x.shape[-2] % p:
-        raise ValueError(f"H and W must be divisible by the patch size {p}, got {tuple(x.shape[-2:])}.")
+        raise ValueError(f"H and W must be divisible by the patch size {p}, got "
+                         f"{tuple(x.shape[-2:])}.")
     return rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
 
 
@@ -66,7 +67,8 @@ def unpatchify(tokens: Tensor, p: int, h: int, w: int) -> Tensor:
 
     Shapes: (B, h w / p^2, p p C) -> (B, C, h, w).
     """
-    return rearrange(tokens, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=h // p, w=w // p, p1=p, p2=p)
+    return rearrange(tokens, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=h // p, w=w // p, p1=p,
+                     p2=p)
 
 
 def position_embedding(h: int, w: int, width: int, *, device: torch.device | None = None) -> Tensor:
@@ -76,8 +78,10 @@ def position_embedding(h: int, w: int, width: int, *, device: torch.device | Non
     if width % 4:
         raise ValueError(f"The token width must be divisible by 4 for 2-D positions, got {width}.")
     quarter = width // 4
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(quarter, device=device) / quarter)  # (width/4,)
-    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(quarter,
+                                                         device=device) / quarter)  # (width/4,)
+    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
+                                indexing="ij")
     parts = [f(pos.flatten()[:, None].float() * freqs) for pos in (rows, cols) for f in (torch.sin, torch.cos)]
     return torch.cat(parts, dim=1)  # (h w, width)
 
@@ -131,9 +135,11 @@ class DiTBlock(nn.Module):
         self.attention = TokenAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        if zero:  # adaLN-Zero: every gate (and shift, scale) starts at 0, so the block starts as the identity
+        if zero:  # adaLN-Zero: every gate (and shift, scale) starts at 0, so the
+        # block starts as the identity
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
 
@@ -180,7 +186,8 @@ class DiT(nn.Module):
         self.embed = nn.Linear(p * p * cfg.in_channels, cfg.width)
         self.time_emb = TimeEmbedding(cfg.width)
         self.label_emb = nn.Embedding(cfg.num_classes + 1, cfg.width) if cfg.num_classes else None
-        self.blocks = nn.ModuleList(DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, zero=cfg.adaln_zero)
+        self.blocks = nn.ModuleList(DiTBlock(cfg.width, cfg.heads, cfg.mlp_ratio,
+                                             zero=cfg.adaln_zero)
                                     for _ in range(cfg.depth))
         self.final = FinalLayer(cfg.width, p * p * c_out, zero=cfg.adaln_zero)
 
@@ -197,20 +204,24 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"DiT expects images of shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}.")
+            raise ValueError(f"DiT expects images of shape (B, {cfg.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}.")
         h, w = x.shape[-2:]
         tokens = self.embed(self.patchify_fn(x, cfg.patch))  # (B, N, D)
-        tokens = tokens + position_embedding(h // cfg.patch, w // cfg.patch, cfg.width, device=x.device).to(tokens.dtype)
+        tokens = tokens + position_embedding(h // cfg.patch, w // cfg.patch, cfg.width,
+                                             device=x.device).to(tokens.dtype)
         c = self.conditioning(t, cond)
         for block in self.blocks:
             tokens = block(tokens, c)
         return self.unpatchify_fn(self.final(tokens, c), cfg.patch, h, w)
 
 
-def use_dit_pieces(model: nn.Module, *, patchify: Callable | None = None, unpatchify: Callable | None = None,
+def use_dit_pieces(model: nn.Module, *, patchify: Callable | None = None,
+                   unpatchify: Callable | None = None,
                    block: Callable | None = None) -> dict[str, int]:
     """Make every :class:`DiT` in ``model`` run a learner's ``patchify(x, p)``, ``unpatchify(tokens,
-    p, h, w)`` and ``block(block, x, c)``; returns how many modules use each. None leaves a piece."""
+    p, h, w)`` and ``block(block, x, c)``; returns how many modules use each. None leaves a
+    piece."""
     counts = {}
     dits = [m for m in model.modules() if isinstance(m, DiT)]
     for name, fn in (("patchify", patchify), ("unpatchify", unpatchify)):

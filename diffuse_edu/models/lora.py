@@ -8,10 +8,9 @@ up. The adapted layer computes
 
 with B starting at zero, so that a fresh adapter changes nothing, and A random (Hu et al. 2021,
 Sec. 4.1). Only A and B train: r (d_in + d_out) numbers per layer instead of d_in d_out. For a
-convolution, A is a convolution with the base's kernel, stride and padding into r channels and B a
-1 x 1 convolution out of them. **Merging** adds the change to the frozen weight,
-W <- W + (alpha / r) B A, so that the adapted network runs at the base's cost; **unmerging** takes it
-off again.
+convolution, A is a convolution with the base's kernel, stride and padding into r channels and B a 1
+x 1 convolution out of them. **Merging** adds the change to the frozen weight, W <- W + (alpha / r)
+B A, so that the adapted network runs at the base's cost; **unmerging** takes it off again.
 
 The learner writes :func:`lora_forward` and :func:`lora_delta`; :func:`use_lora_pieces` makes every
 adapter of a model run the learner's versions (merge and unmerge use the delta).
@@ -69,7 +68,8 @@ class _LoRA(nn.Module):
         self.delta_fn: Callable[..., Tensor] = lora_delta
 
     def _init(self) -> None:
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as nn.Linear's default (Hu et al.: random)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # as nn.Linear's default
+        # (Hu et al.: random)
         nn.init.zeros_(self.lora_B.weight)  # a fresh adapter changes nothing
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,14 +102,15 @@ class LoRALinear(_LoRA):
 
 class LoRAConv2d(_LoRA):
     """A frozen nn.Conv2d with a rank-r adapter: A a convolution with the base's kernel, stride and
-    padding into r channels, B a 1 x 1 convolution. Shapes: (B, C_in, H, W) -> as the base's output."""
+    padding into r channels, B a 1 x 1 convolution. Shapes: (B, C_in, H, W) -> as the base's
+    output."""
 
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
         super().__init__(base, rank, alpha)
         if base.groups != 1:
             raise ValueError("LoRA for grouped convolutions is not supported here.")
-        self.lora_A = nn.Conv2d(base.in_channels, rank, base.kernel_size, stride=base.stride, padding=base.padding,
-                                dilation=base.dilation, bias=False)
+        self.lora_A = nn.Conv2d(base.in_channels, rank, base.kernel_size, stride=base.stride,
+                                padding=base.padding, dilation=base.dilation, bias=False)
         self.lora_B = nn.Conv2d(rank, base.out_channels, 1, bias=False)
         self._init()
 
@@ -132,14 +133,17 @@ def inject_lora(model: nn.Module, *, rank: int, alpha: float | None = None,
             if child_name not in targets or isinstance(module, _LoRA):
                 continue
             if isinstance(child, nn.Linear):
-                setattr(module, child_name, LoRALinear(child, rank, alpha if alpha is not None else rank))
+                setattr(module, child_name,
+                        LoRALinear(child, rank, alpha if alpha is not None else rank))
             elif isinstance(child, nn.Conv2d):
-                setattr(module, child_name, LoRAConv2d(child, rank, alpha if alpha is not None else rank))
+                setattr(module, child_name,
+                        LoRAConv2d(child, rank, alpha if alpha is not None else rank))
             else:
                 continue
             adapted.append(full)
     if not adapted:
-        raise ValueError(f"No nn.Linear or nn.Conv2d named one of {targets} in the model: nothing to adapt.")
+        raise ValueError(f"No nn.Linear or nn.Conv2d named one of {targets} in the model: nothing "
+                         "to adapt.")
     for name, p in model.named_parameters():
         p.requires_grad_(is_lora(name))
     return adapted
@@ -164,8 +168,9 @@ def load_lora(model: nn.Module, state: dict[str, Tensor]) -> None:
     own = {k for k in model.state_dict() if is_lora(k)}
     if set(state) != own:
         missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        raise ValueError(f"The adapter weights do not fit this model (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}): inject_lora with the same targets and rank first.")
+        raise ValueError(f"The adapter weights do not fit this model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}): inject_lora with the same targets and "
+                         "rank first.")
     model.load_state_dict(state, strict=False)
 
 
@@ -183,7 +188,8 @@ def unmerge_lora(model: nn.Module) -> int:
     return len(adapters(model))
 
 
-def use_lora_pieces(model: nn.Module, *, forward: Callable | None = None, delta: Callable | None = None) -> int:
+def use_lora_pieces(model: nn.Module, *, forward: Callable | None = None,
+                    delta: Callable | None = None) -> int:
     """Make every adapter of ``model`` run a learner's ``forward(layer, x)`` and ``delta(layer)``."""
     found = adapters(model)
     for m in found:

@@ -71,11 +71,13 @@ class TextBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.to_qkv = nn.Linear(width, 3 * width)
         self.to_out = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                 nn.Linear(mlp_ratio * width, width))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         q, k, v = self.to_qkv(self.norm1(x)).chunk(3, dim=-1)
-        x = x + self.to_out(multi_head_attention(q, k, v, self.heads, mask))  # no token attends to padding
+        x = x + self.to_out(multi_head_attention(q, k, v, self.heads,
+                                                 mask))  # no token attends to padding
         return x + self.mlp(self.norm2(x))
 
 
@@ -89,10 +91,12 @@ class TextEncoder(nn.Module):
         self.config = cfg = config
         self.token = nn.Embedding(len(cfg.vocab), cfg.width)
         self.position = nn.Parameter(torch.randn(cfg.max_len, cfg.width) * 0.02)
-        self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads,
+                                              cfg.mlp_ratio) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
 
-    def tokenize(self, texts: Sequence[str], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    def tokenize(self, texts: Sequence[str],
+                 device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
         """:func:`tokenize` with this encoder's vocabulary and length, on ``device`` (default: the weights')."""
         ids, mask = tokenize(texts, self.config.vocab, self.config.max_len)
         device = device or self.position.device
@@ -101,8 +105,9 @@ class TextEncoder(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Shapes: ids (B, L) int64, mask (B, L) bool -> features (B, L, width)."""
         if ids.dtype != torch.long or ids.ndim != 2:
-            raise ValueError(f"TextEncoder expects token ids of shape (B, L) int64, got {tuple(ids.shape)} "
-                             f"{ids.dtype}: make them with TextEncoder.tokenize(texts).")
+            raise ValueError("TextEncoder expects token ids of shape (B, L) int64, got "
+                             f"{tuple(ids.shape)} {ids.dtype}: make them with "
+                             "TextEncoder.tokenize(texts).")
         x = self.token(ids) + self.position[: ids.shape[1]]  # (B, L, D)
         for block in self.blocks:
             x = block(x, mask)

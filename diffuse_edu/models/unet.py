@@ -54,9 +54,9 @@ class UNetConfig:
 
 
 def residual_block(block: ResBlock, x: Tensor, emb: Tensor | None = None) -> Tensor:
-    """A residual block's forward pass (lesson 03), from its layers (He et al. 2016; Ho et al. 2020, App. B):
-    GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, dropout, conv; plus
-    the shortcut of x.
+    """A residual block's forward pass (lesson 03), from its layers (He et al. 2016; Ho et al. 2020,
+    App. B): GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, dropout,
+    conv; plus the shortcut of x.
 
     Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
     """
@@ -71,8 +71,8 @@ def residual_block(block: ResBlock, x: Tensor, emb: Tensor | None = None) -> Ten
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, conv; GroupNorm, scale-and-shift by the embedding, SiLU, conv; + shortcut.
 
-    ``forward_fn(block, x, emb)`` computes the forward pass (:func:`residual_block`, or a learner's).
-    Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
+    ``forward_fn(block, x, emb)`` computes the forward pass (:func:`residual_block`, or a
+    learner's). Shapes: x (B, C_in, H, W), emb (B, D) or None -> (B, C_out, H, W).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None, groups: int, dropout: float):
@@ -157,7 +157,8 @@ class UNet(nn.Module):
 
         def stages(level: int, first_in: int) -> nn.ModuleList:
             attend = level in cfg.attention_levels
-            return nn.ModuleList(Stage(first_in if i == 0 else ch[level], ch[level], cfg, emb_dim, attend)
+            return nn.ModuleList(Stage(first_in if i == 0 else ch[level], ch[level], cfg, emb_dim,
+                                       attend)
                                  for i in range(n))
 
         self.encoder = nn.ModuleList(stages(i, ch[max(i - 1, 0)]) for i in range(len(ch)))
@@ -165,9 +166,11 @@ class UNet(nn.Module):
         self.middle = Stage(ch[-1], ch[-1], cfg, emb_dim, attend=True)
         self.upsamples = nn.ModuleList(Upsample(c) for c in ch[1:])
         self.decoder = nn.ModuleList(
-            stages(i, ch[i + 1] + (ch[i] if cfg.skip_connections else 0)) for i in range(len(ch) - 1))
+            stages(i,
+                   ch[i + 1] + (ch[i] if cfg.skip_connections else 0)) for i in range(len(ch) - 1))
         self.out = nn.Sequential(nn.GroupNorm(cfg.groups, ch[0]), nn.SiLU(),
-                                 nn.Conv2d(ch[0], cfg.out_channels or cfg.in_channels, 3, padding=1))
+                                 nn.Conv2d(ch[0], cfg.out_channels or cfg.in_channels, 3,
+                                           padding=1))
 
     def embed(self, t: Tensor, cond: Cond | None) -> Tensor | None:
         """The vector every residual block is modulated by: time plus class label (if any)."""
@@ -185,8 +188,8 @@ class UNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != c:
             raise ValueError(f"UNet expects images of shape (B, {c}, H, W), got {tuple(x.shape)}.")
         if x.shape[-1] % 2 ** (levels - 1) or x.shape[-2] % 2 ** (levels - 1):
-            raise ValueError(f"H and W must be divisible by {2 ** (levels - 1)} for {levels} levels, "
-                             f"got {tuple(x.shape[-2:])}.")
+            raise ValueError(f"H and W must be divisible by {2 ** (levels - 1)} for {levels} "
+                             f"levels, got {tuple(x.shape[-2:])}.")
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         self._check_input(x)
@@ -213,8 +216,8 @@ def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> 
 
 
 def encode(unet: UNet, x: Tensor, emb: Tensor | None, cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
-    """The stem and the encoder: the lowest-resolution features and the skip stack (one map per level
-    but the last, full resolution first), as :func:`unet_forward` runs them."""
+    """The stem and the encoder: the lowest-resolution features and the skip stack (one map per
+    level but the last, full resolution first), as :func:`unet_forward` runs them."""
     h, skips = unet.stem(x), []
     for level, blocks in enumerate(unet.encoder):
         for block in blocks:
@@ -225,10 +228,13 @@ def encode(unet: UNet, x: Tensor, emb: Tensor | None, cond: Cond | None) -> tupl
     return h, skips
 
 
-def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_block: Callable | None = None,
+def use_pieces(model: nn.Module, *, forward: Callable | None = None,
+               residual_block: Callable | None = None,
                attention: Callable | None = None, attention_block: Callable | None = None,
-               scale_shift: Callable | None = None, time_features: Callable | None = None) -> dict[str, int]:
-    """Make ``model`` run a learner's pieces wherever it has them; returns how many modules use each.
+               scale_shift: Callable | None = None,
+               time_features: Callable | None = None) -> dict[str, int]:
+    """Make ``model`` run a learner's pieces wherever it has them; returns how many modules use
+    each.
 
     ``forward(unet, x, t, cond)`` for every :class:`UNet`; ``residual_block(block, x, emb)`` for
     every :class:`ResBlock`; ``attention(q, k, v, heads[, mask])`` in every attention block;
@@ -255,16 +261,17 @@ def use_pieces(model: nn.Module, *, forward: Callable | None = None, residual_bl
     return counts
 
 
-def add_class(unet: UNet, *, like: int, offset: float = 0.0, generator: torch.Generator | None = None) -> UNet:
+def add_class(unet: UNet, *, like: int, offset: float = 0.0,
+              generator: torch.Generator | None = None) -> UNet:
     """A copy of a class-conditional ``unet`` with one more class (lesson 13: a new subject).
 
     The new label is ``num_classes`` (the old null label's index). Its embedding starts at class
     ``like``'s, moved ``offset`` times the mean distance between two classes' embeddings in a random
-    direction (drawn with ``generator``): with ``offset = 0`` the new label is ``like`` exactly; with
-    an offset it is a label of its own near ``like``, as DreamBooth names its subject with a rare word
-    beside the class word (Ruiz et al. 2023, Sec. 3.2), so that fine-tuning can tell the two apart.
-    The null label ("no class") moves to ``num_classes + 1`` with its embedding. Every other weight
-    is copied. Shapes: label embedding (n + 1, D) -> (n + 2, D).
+    direction (drawn with ``generator``): with ``offset = 0`` the new label is ``like`` exactly;
+    with an offset it is a label of its own near ``like``, as DreamBooth names its subject with a
+    rare word beside the class word (Ruiz et al. 2023, Sec. 3.2), so that fine-tuning can tell the
+    two apart. The null label ("no class") moves to ``num_classes + 1`` with its embedding. Every
+    other weight is copied. Shapes: label embedding (n + 1, D) -> (n + 2, D).
     """
     n = unet.config.num_classes
     if n is None:
@@ -272,13 +279,15 @@ def add_class(unet: UNet, *, like: int, offset: float = 0.0, generator: torch.Ge
     if not 0 <= like < n:
         raise ValueError(f"like must be one of the model's classes 0..{n - 1}, got {like}.")
     if not offset >= 0:
-        raise ValueError(f"offset is a distance (in units of the spacing between classes), got {offset}.")
+        raise ValueError("offset is a distance (in units of the spacing between classes), got "
+                         f"{offset}.")
     bigger = UNet(replace(unet.config, num_classes=n + 1)).to(next(unet.parameters()).device)
     state = {k: v for k, v in unet.state_dict().items() if k != "label_emb.weight"}
     old = unet.label_emb.weight.detach()
     new = old[like].clone()
     if offset:
-        spacing = torch.pdist(old[:n].float()).mean()  # the mean distance between two classes' embeddings
+        spacing = torch.pdist(old[:n].float()).mean()  # the mean distance
+        # between two classes' embeddings
         direction = torch.randn(old.shape[1], generator=generator).to(old)
         new += offset * spacing * direction / direction.norm()
     bigger.load_state_dict(state, strict=False)

@@ -7,13 +7,13 @@ evidence lower bound, i.e. minimises, per image,
     loss = ||x - decode(z)||^2 + lambda * KL(q(z | x) || N(0, I)),  z = mean + std * eps,
 
 where sampling z through ``reparameterise`` keeps the path from the loss to the encoder
-differentiable (their Sec. 2.4) and the KL of two Gaussians has a closed form (their App. B):
-KL = 1/2 sum(mean^2 + exp(logvar) - 1 - logvar) nats. The summed squared error is the negative
+differentiable (their Sec. 2.4) and the KL of two Gaussians has a closed form (their App. B): KL =
+1/2 sum(mean^2 + exp(logvar) - 1 - logvar) nats. The summed squared error is the negative
 log-likelihood of a Gaussian decoder of variance 1/2 (up to a constant), so lambda = 1 gives the
 negative ELBO; the KL weight lambda trades the two terms (the beta of Higgins et al. 2017, renamed
-here: beta is the noise schedule's); latent diffusion uses a small one, so the latents stay informative (Rombach et al. 2022,
-Sec. 3.1), and rescales the latents to unit variance before diffusing them (their App. G, Stable
-Diffusion's 0.18215).
+here: beta is the noise schedule's); latent diffusion uses a small one, so the latents stay
+informative (Rombach et al. 2022, Sec. 3.1), and rescales the latents to unit variance before
+diffusing them (their App. G, Stable Diffusion's 0.18215).
 
 The networks reuse lesson 03's residual blocks, downsampling and upsampling (no time embedding).
 :class:`VAEObjective` lets the course's one training loop train it like any other model.
@@ -80,14 +80,16 @@ class VAE(nn.Module):
         ch, g = cfg.channels, cfg.groups
 
         def level(c_in: int, c_out: int) -> list[nn.Module]:
-            return [ResBlock(c_in if i == 0 else c_out, c_out, None, g, 0.0) for i in range(cfg.blocks_per_level)]
+            return [ResBlock(c_in if i == 0 else c_out, c_out, None, g,
+                             0.0) for i in range(cfg.blocks_per_level)]
 
         enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)]
         for i, c in enumerate(ch):
             enc += level(ch[max(i - 1, 0)], c)
             if i < len(ch) - 1:
                 enc.append(Downsample(c))
-        enc += [nn.GroupNorm(g, ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)]
+        enc += [nn.GroupNorm(g, ch[-1]), nn.SiLU(),
+                nn.Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1)]
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)]
         for i in reversed(range(len(ch))):
@@ -96,15 +98,16 @@ class VAE(nn.Module):
                 dec.append(Upsample(ch[i]))
         dec += [nn.GroupNorm(g, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
-        self.reparameterise_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = reparameterise  # a learner's, lesson 10
+        self.reparameterise_fn: Callable[[Tensor, Tensor, Tensor],
+                                         Tensor] = reparameterise  # a learner's, lesson 10
 
     def _check(self, x: Tensor) -> None:
         c, f = self.config.in_channels, self.config.factor
         if x.ndim != 4 or x.shape[1] != c:
             raise ValueError(f"VAE expects images of shape (B, {c}, H, W), got {tuple(x.shape)}.")
         if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"H and W must be divisible by {f} for {len(self.config.channels)} levels, "
-                             f"got {tuple(x.shape[-2:])}.")
+            raise ValueError(f"H and W must be divisible by {f} for {len(self.config.channels)} "
+                             f"levels, got {tuple(x.shape[-2:])}.")
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The moments of q(z | x): (mean, logvar), logvar clamped to [-30, 20] for stability."""
@@ -142,8 +145,8 @@ def vae_loss(vae: VAE, x: Tensor, noise: Tensor, kl_weight: float = 1.0) -> Tens
 class VAEObjective:
     """The VAE's loss as an objective of the course's training loop.
 
-    ``loss_fn(vae, x, noise, kl_weight) -> (B,)`` is :func:`vae_loss` (with ``kl_fn`` as its KL) or a
-    learner's. ``draw`` gives the loop the latent noise; the "noise level" it records is 0 for
+    ``loss_fn(vae, x, noise, kl_weight) -> (B,)`` is :func:`vae_loss` (with ``kl_fn`` as its KL) or
+    a learner's. ``draw`` gives the loop the latent noise; the "noise level" it records is 0 for
     every example (a VAE has none).
     """
 
@@ -155,7 +158,8 @@ class VAEObjective:
 
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         b = x0.shape[0]
-        noise = torch.randn((b, *self.latent_shape), generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = torch.randn((b, *self.latent_shape), generator=generator, device=x0.device,
+                            dtype=x0.dtype)
         return torch.zeros(b, device=x0.device), noise
 
     def __call__(self, model: nn.Module, x0: Tensor, *, cond: object = None,
@@ -200,7 +204,8 @@ def encode_dataset(vae: VAE, images: Tensor, *, batch_size: int = 1024, sample: 
     for batch in images.split(batch_size):
         mean, logvar = vae.encode(batch)
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device,
+                                dtype=mean.dtype)
             mean = vae.reparameterise_fn(mean, logvar, noise)
         out.append(mean)
     return torch.cat(out)

@@ -59,7 +59,8 @@ class Checkpoint:
     train_config: dict
     extra: dict = field(default_factory=dict)  # numbers worth keeping (steps, seconds, ...)
     snapshots: list[dict] = field(default_factory=list)  # EMA weights along the way
-    target: str | None = None  # what the model predicts ("eps", "x0", "v", "flow"); None: not a denoiser
+    target: str | None = None  # what the model predicts ("eps", "x0", "v",
+    # "flow"); None: not a denoiser
 
     def build(self, *, ema: bool = True, device: torch.device | str = "cpu") -> nn.Module:
         """The model with the EMA weights (or the raw ones), in eval mode, knowing what it predicts
@@ -69,24 +70,25 @@ class Checkpoint:
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise CheckpointError(f"The weights do not fit a {self.model_class.__name__} built from the "
-                                  f"checkpoint's own config ({e}). The file is damaged: retrain.") from e
+            raise CheckpointError(f"The weights do not fit a {self.model_class.__name__} built "
+                                  f"from the checkpoint's own config ({e}). The file is damaged: "
+                                  "retrain.") from e
         if self.target is not None:
             model.predicts = self.target
         if self.schedule is not None:
             model.schedule = self.schedule  # samplers take it from here, and refuse another
         return model.to(device).eval()
 
-    def denoiser(self, *, ema: bool = True, device: torch.device | str = "cpu", clip: float | None = None,
-                 fast: bool = True) -> Denoiser:
+    def denoiser(self, *, ema: bool = True, device: torch.device | str = "cpu",
+                 clip: float | None = None, fast: bool = True) -> Denoiser:
         """The model as the D(x; sigma) every sampler runs: its own schedule, read as its own target."""
         if self.target is None:
-            raise CheckpointError("This checkpoint does not record what its model predicts (an older file, or "
-                                  "not a denoiser): retrain it, or wrap the model yourself, e.g. "
-                                  "Denoiser(ck.build(), ck.schedule, Target.V).")
+            raise CheckpointError("This checkpoint does not record what its model predicts (an "
+                                  "older file, or not a denoiser): retrain it, or wrap the model "
+                                  "yourself, e.g. Denoiser(ck.build(), ck.schedule, Target.V).")
         target = as_target(self.target)
-        return Denoiser(self.build(ema=ema, device=device), None if target is Target.FLOW else self.schedule,
-                        target, clip, fast=fast)
+        return Denoiser(self.build(ema=ema, device=device),
+                        None if target is Target.FLOW else self.schedule, target, clip, fast=fast)
 
 
 def _plain_config(config: object) -> dict:
@@ -148,12 +150,13 @@ def cache_checkpoint(path: str | Path, **fields) -> Path:
         saved = save_checkpoint(path, **fields)
         early = stopped_early_path(path)
         for stale in (early, early.with_suffix(".safetensors"), early.with_suffix(".json")):
-            stale.unlink(missing_ok=True)  # an undertrained model of an earlier run: gone once a full one is saved
+            stale.unlink(missing_ok=True)  # an undertrained model of an earlier run: gone
+            # once a full one is saved
         return saved
     early = stopped_early_path(path)
     print(f"Not cached as {Path(path).name}: its training stopped at {extra.get('steps')} of "
-          f"{extra.get('planned_steps')} steps. Saved as {early.name}; a later lesson that needs this model "
-          "trains it again.")
+          f"{extra.get('planned_steps')} steps. Saved as {early.name}; a later lesson that needs "
+          "this model trains it again.")
     return save_checkpoint(early, **fields)
 
 
@@ -182,17 +185,22 @@ def _save_portable(path: Path, payload: dict) -> None:
     weights = dict(payload["ema_weights"] or payload["weights"])
     if payload["schedule"] is not None:
         weights["schedule.betas"] = payload["schedule"]["betas"]
-    meta = {k: payload[k] for k in ("model_class", "model_config", "train_config", "extra", "target")}
+    meta = {k: payload[k] for k in ("model_class", "model_config", "train_config", "extra",
+                                    "target")}
     meta.update(format=PORTABLE_FORMAT, ema=payload["ema_weights"] is not None,
                 schedule=payload["schedule"]["name"] if payload["schedule"] else None)
-    for suffix, write in ((".safetensors", lambda f: save_file({k: v.contiguous() for k, v in weights.items()}, f)),
-                          (".json", lambda f: Path(f).write_text(json.dumps(meta, indent=1, default=_jsonable)))):
+    for suffix, write in ((".safetensors",
+                           lambda f: save_file({k: v.contiguous() for k, v in weights.items()}, f)),
+                          (".json",
+                           lambda f: Path(f).write_text(json.dumps(meta, indent=1,
+                                                                   default=_jsonable)))):
         tmp = _temporary(path, suffix)
         write(str(tmp))
         tmp.replace(path.with_suffix(suffix))
 
 
-def load_portable(path: str | Path, model_class: type[nn.Module], *, expect: object | None = None) -> Checkpoint:
+def load_portable(path: str | Path, model_class: type[nn.Module], *,
+                  expect: object | None = None) -> Checkpoint:
     """Read the .safetensors + .json pair beside ``path`` (either name, or the .pt's) without pickle."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -201,21 +209,25 @@ def load_portable(path: str | Path, model_class: type[nn.Module], *, expect: obj
     meta_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     fix = "Copy the pair again, or retrain (python -m diffuse_edu workshop)."
     if not (meta_path.is_file() and weights_path.is_file()):
-        raise CheckpointError(f"No portable checkpoint at {weights_path} with {meta_path.name}. {fix}")
+        raise CheckpointError(f"No portable checkpoint at {weights_path} with {meta_path.name}. "
+                              f"{fix}")
     try:
         meta = json.loads(meta_path.read_text())
         weights = load_file(str(weights_path))
     except (json.JSONDecodeError, SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights_path.name} or {meta_path.name} is damaged ({type(e).__name__}). {fix}") from e
+        raise CheckpointError(f"{weights_path.name} or {meta_path.name} is damaged "
+                              f"({type(e).__name__}). {fix}") from e
     if meta.get("format") != PORTABLE_FORMAT or meta.get("model_class") != model_class.__name__:
-        raise CheckpointError(f"{meta_path} does not describe a {model_class.__name__} ({PORTABLE_FORMAT}). {fix}")
+        raise CheckpointError(f"{meta_path} does not describe a {model_class.__name__} "
+                              f"({PORTABLE_FORMAT}). {fix}")
     fields = {f.name: f for f in dataclasses.fields(model_class.config_class)}
-    plain = {k: tuple(v) if isinstance(v, list) and k in fields else v for k, v in meta["model_config"].items()}
+    plain = {k: tuple(v) if isinstance(v, list) and k in fields else v for k,
+             v in meta["model_config"].items()}
     config = _config_from(plain, model_class, path, expect)
     betas = weights.pop("schedule.betas", None)
     schedule = NoiseSchedule(betas, meta["schedule"]) if betas is not None else None
-    return Checkpoint(model_class, config, schedule, weights, None, meta["train_config"], meta["extra"], [],
-                      meta.get("target"))
+    return Checkpoint(model_class, config, schedule, weights, None, meta["train_config"],
+                      meta["extra"], [], meta.get("target"))
 
 
 def file_sha256(path: Path) -> str:
@@ -234,7 +246,8 @@ def write_manifest(folder: Path, files: list[Path]) -> Path:
     entries = [dict(path=str(f.relative_to(folder)), bytes=f.stat().st_size, sha256=file_sha256(f))
                for f in sorted(files)]
     out = folder / MANIFEST
-    out.write_text(json.dumps({"format": "diffuse_edu.manifest/1", "files": entries}, indent=1) + "\n")
+    out.write_text(json.dumps({"format": "diffuse_edu.manifest/1", "files": entries},
+                              indent=1) + "\n")
     return out
 
 
@@ -256,15 +269,17 @@ def verify_manifest(folder: Path) -> list[tuple[str, bool, str]]:
 def _read(path: Path) -> dict:
     fix = "Delete it and run the lesson that makes it again (e.g. python -m diffuse_edu run 05)."
     if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}. Run lesson 05 (python -m diffuse_edu run 05) "
-                              "or let the lesson train one.")
+        raise CheckpointError(f"No checkpoint at {path}. Run lesson 05 (python -m diffuse_edu run "
+                              "05) or let the lesson train one.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # not a refused object: the bytes are damaged
+        if "unsupported global" not in str(e).lower():  # not a refused
+        # object: the bytes are damaged
             raise CheckpointError(f"{path} is truncated or corrupted (UnpicklingError). {fix}") from e
-        raise CheckpointError(f"{path} holds objects other than plain data and weights, so it is not "
-                              f"loaded (weights_only=True protects you from running code in it). {fix}") from e
+        raise CheckpointError(f"{path} holds objects other than plain data and weights, so it is "
+                              "not loaded (weights_only=True protects you from running code in "
+                              f"it). {fix}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}). {fix}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -279,16 +294,18 @@ def load_checkpoint(path: str | Path, model_class: type[nn.Module], *,
     path = Path(path)
     payload = _read(path)
     if payload["model_class"] != model_class.__name__:
-        raise CheckpointError(f"{path} holds a {payload['model_class']}, not a {model_class.__name__}: "
-                              "load it with its own class, or retrain.")
+        raise CheckpointError(f"{path} holds a {payload['model_class']}, not a "
+                              f"{model_class.__name__}: load it with its own class, or retrain.")
     config = _config_from(payload["model_config"], model_class, path, expect)
     sched = payload["schedule"]
     schedule = NoiseSchedule(sched["betas"], sched["name"]) if sched else None
     return Checkpoint(model_class, config, schedule, payload["weights"], payload["ema_weights"],
-                      payload["train_config"], payload["extra"], payload["snapshots"], payload.get("target"))
+                      payload["train_config"], payload["extra"], payload["snapshots"],
+                      payload.get("target"))
 
 
-def _config_from(plain: dict, model_class: type[nn.Module], path: Path, expect: object | None) -> object:
+def _config_from(plain: dict, model_class: type[nn.Module], path: Path,
+                 expect: object | None) -> object:
     """The model's config from plain data; refuse one that differs from ``expect``."""
     try:
         config = model_class.config_class(**plain)
@@ -320,12 +337,14 @@ def load_or_train(path: Path, model_class: type[nn.Module], config: object, stam
     if found is not None:
         return found
     with _training_lock(path):
-        found = _current(path, model_class, config, stamp, quiet=True)  # made while this process waited?
+        found = _current(path, model_class, config, stamp,
+                         quiet=True)  # made while this process waited?
         if found is not None:
             return found
         made = train()
         made["extra"] = {**made.get("extra", {}), "stamp": stamp}
-        saved = cache_checkpoint(path, **made)  # elsewhere when the clock stopped it short of its plan
+        saved = cache_checkpoint(path, **made)  # elsewhere when the clock
+        # stopped it short of its plan
     distributed.barrier()  # under torchrun: every rank reads what rank 0 wrote
     return load_checkpoint(saved, model_class, expect=config)
 
@@ -354,7 +373,8 @@ def _current(path: Path, model_class: type[nn.Module], config: object, stamp: di
 @contextlib.contextmanager
 def _training_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path``.lock while its model trains (POSIX; elsewhere, and under
-    torchrun, where every rank trains together, no lock: each process writes its file atomically)."""
+    torchrun, where every rank trains together, no lock: each process writes its file
+    atomically)."""
     try:
         import fcntl
     except ImportError:
@@ -368,7 +388,8 @@ def _training_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            print(f"Another process is training {path.name}: waiting for it, then loading what it saves.")
+            print(f"Another process is training {path.name}: waiting for it, then loading what it "
+                  "saves.")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

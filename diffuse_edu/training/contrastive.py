@@ -30,7 +30,8 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
     losses, start = [], time.perf_counter()
     model.train()
     for _ in progress(range(steps), desc="mini-CLIP"):
-        idx = torch.randint(0, len(images), (batch_size,), generator=generator, device=images.device)
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator,
+                            device=images.device)
         same = (ids[idx, None, :] == ids[None, idx, :]).all(-1)  # (B, B) identical captions
         loss = loss_fn(model(images[idx], ids[idx], mask[idx]), same)
         opt.zero_grad(set_to_none=True)
@@ -40,6 +41,6 @@ def train_clip(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor, *, st
         losses.append(loss.detach())
         if seconds is not None and time.perf_counter() - start > seconds:
             break
-    record_training("mini-CLIP", steps=len(losses), planned_steps=steps, seconds=time.perf_counter() - start,
-                    limit=seconds)
+    record_training("mini-CLIP", steps=len(losses), planned_steps=steps,
+                    seconds=time.perf_counter() - start, limit=seconds)
     return torch.stack(losses).tolist()

@@ -24,7 +24,8 @@ from diffuse_edu.progress import progress
 from diffuse_edu.training.loop import TrainConfig, adamw, learning_rate
 
 
-def distillation_step(student: nn.Module, teacher: Denoiser, optimizer: torch.optim.Optimizer, x0: Tensor, t: int,
+def distillation_step(student: nn.Module, teacher: Denoiser, optimizer: torch.optim.Optimizer,
+                      x0: Tensor, t: int,
                       t_mid: int, t_next: int, eps: Tensor, schedule: NoiseSchedule,
                       grad_clip: float | None = 1.0) -> Tensor:
     """One step of progressive distillation (Salimans & Ho 2022, Alg. 2), lesson 14: x_t from x0 and
@@ -41,35 +42,40 @@ def distillation_step(student: nn.Module, teacher: Denoiser, optimizer: torch.op
     optimizer.zero_grad(set_to_none=True)
     loss.mean().backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                       grad_clip)
     optimizer.step()
     return loss.detach()
 
 
-def distill(student: nn.Module, teacher: Denoiser, data: Tensor, schedule: NoiseSchedule, *, student_steps: int,
+def distill(student: nn.Module, teacher: Denoiser, data: Tensor, schedule: NoiseSchedule, *,
+            student_steps: int,
             config: TrainConfig, seed: int = 0, step: Callable = distillation_step,
             show_progress: bool = True) -> list[float]:
-    """One round: train ``student`` (a v-prediction network, usually a copy of the teacher's) so that
-    DDIM with ``student_steps`` steps follows ``teacher`` with twice as many. ``config`` gives the
-    steps, batch size, learning rate and its warm-up, and gradient clipping; ``step`` is
+    """One round: train ``student`` (a v-prediction network, usually a copy of the teacher's) so
+    that DDIM with ``student_steps`` steps follows ``teacher`` with twice as many. ``config`` gives
+    the steps, batch size, learning rate and its warm-up, and gradient clipping; ``step`` is
     :func:`distillation_step` or a learner's. Returns each step's mean loss. The student comes back
     in the mode it came in.
     """
-    grid = timesteps(schedule, 2 * student_steps)  # the teacher's grid, T .. 0: the student takes every other
+    grid = timesteps(schedule, 2 * student_steps)  # the teacher's grid, T .. 0: the
+    # student takes every other
     device = data.device
     host, gen = torch.Generator().manual_seed(seed), torch.Generator(device).manual_seed(seed)
-    opt = adamw([p for p in student.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+    opt = adamw([p for p in student.parameters() if p.requires_grad], lr=config.lr,
+                weight_decay=config.weight_decay)
     was_training = student.training
     student.train()
     losses = []
-    for i in progress(range(config.steps or 1), desc=f"distilling to {student_steps} steps", disable=not show_progress):
+    for i in progress(range(config.steps or 1), desc=f"distilling to {student_steps} steps",
+                      disable=not show_progress):
         for group in opt.param_groups:
             group["lr"] = learning_rate(i, config)
         k = int(torch.randint(0, student_steps, (1,), generator=host))
         idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=gen, device=device)
         x0 = data[idx]
         eps = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
-        losses.append(step(student, teacher, opt, x0, grid[2 * k], grid[2 * k + 1], grid[2 * k + 2], eps, schedule,
-                           config.grad_clip).mean())
+        losses.append(step(student, teacher, opt, x0, grid[2 * k], grid[2 * k + 1], grid[2 * k + 2],
+                           eps, schedule, config.grad_clip).mean())
     student.train(was_training)
     return torch.stack(losses).tolist()

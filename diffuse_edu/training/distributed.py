@@ -59,7 +59,8 @@ def agreed_seconds(seconds: float, device: torch.device) -> float:
     """Rank 0's elapsed seconds on every rank, so that all ranks stop at the same step."""
     if not active():
         return seconds
-    t = torch.tensor([seconds], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([seconds], dtype=torch.float64,
+                     device=device if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return float(t.item())
 

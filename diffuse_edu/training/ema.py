@@ -35,14 +35,16 @@ class EMA:
     or a learner's, lesson 05).
     """
 
-    def __init__(self, model: nn.Module, decay: float, *, trainable: Callable[[str], bool] | None = None,
+    def __init__(self, model: nn.Module, decay: float, *,
+                 trainable: Callable[[str], bool] | None = None,
                  update_fn: Callable[..., None] = ema_update):
         self.decay, self.update_fn = decay, update_fn
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.names = [n for n, _ in model.named_parameters() if trainable is None or trainable(n)]
         own = dict(self.model.named_parameters())
         self._targets = [own[n] for n in self.names]
-        self._sources: tuple[int, list[Tensor]] | None = None  # (id of the model, its averaged parameters)
+        self._sources: tuple[int, list[Tensor]] | None = None  # (id of the model,
+        # its averaged parameters)
         self.updates = 0
 
     def current_decay(self) -> float:

@@ -1,11 +1,12 @@
-"""Fine-tuning a trained model (lesson 13): DreamBooth's prior preservation, and a VAE's decoder alone.
+"""Fine-tuning a trained model (lesson 13): DreamBooth's prior preservation, and a VAE's decoder
+alone.
 
 * **Prior preservation** (Ruiz et al. 2023, Sec. 3.3, Eq. 2). Teaching a model a subject from a few
-  images with the subject's class name makes it forget what the class looked like. Before fine-tuning,
-  the model generates images of the class; every fine-tuning step then adds, with a weight, the loss
-  on as many of those images labelled with the class, so that the model keeps drawing the class as it
-  did. :class:`PriorPreservation` makes any objective of the loop do this, with the loss
-  :func:`prior_preservation_loss` (or lesson 13's learner's).
+  images with the subject's class name makes it forget what the class looked like. Before
+  fine-tuning, the model generates images of the class; every fine-tuning step then adds, with a
+  weight, the loss on as many of those images labelled with the class, so that the model keeps
+  drawing the class as it did. :class:`PriorPreservation` makes any objective of the loop do this,
+  with the loss :func:`prior_preservation_loss` (or lesson 13's learner's).
 * **The decoder alone** (the usual remedy for blurry fine detail in latent models). The encoder, and
   so the latents a latent diffusion model was trained on, stay as they are; the decoder learns to
   draw sharper edges with a squared error weighted towards them (:class:`DecoderObjective`).
@@ -23,11 +24,11 @@ from diffuse_edu.evaluation.probes import edge_magnitude
 from diffuse_edu.models.conditioning import Cond
 
 
-def prior_preservation_loss(model: Callable, objective: Callable, subject: Tensor, subject_cond: Cond,
-                            prior_pool: Tensor, prior_label: int, weight: float,
+def prior_preservation_loss(model: Callable, objective: Callable, subject: Tensor,
+                            subject_cond: Cond, prior_pool: Tensor, prior_label: int, weight: float,
                             generator: torch.Generator | None = None) -> Tensor:
-    """DreamBooth's loss per example (Ruiz et al. 2023, Eq. 2), lesson 13: ``objective``'s loss on the
-    subject's batch plus ``weight`` times its loss on as many images drawn at random (with
+    """DreamBooth's loss per example (Ruiz et al. 2023, Eq. 2), lesson 13: ``objective``'s loss on
+    the subject's batch plus ``weight`` times its loss on as many images drawn at random (with
     ``generator``) from ``prior_pool``, the class's images the model generated before fine-tuning,
     each labelled ``prior_label``.
 
@@ -43,7 +44,8 @@ def prior_preservation_loss(model: Callable, objective: Callable, subject: Tenso
 
 @dataclass(frozen=True, eq=False)
 class PriorPreservation:
-    """``objective`` on the loop's batch (the subject) plus prior preservation, for the training loop.
+    """``objective`` on the loop's batch (the subject) plus prior preservation, for the training
+    loop.
 
     ``loss`` is :func:`prior_preservation_loss` or a learner's (same signature). The loop's noise
     levels are not those the loss draws, so the loss-by-t record means little for this objective.
@@ -70,9 +72,10 @@ class PriorPreservation:
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if cond is None:
-            raise ValueError("Prior preservation needs the subject's condition: train(..., cond=Cond(labels=...)).")
-        loss = self.loss(model, self.objective, x0, cond, self.prior_pool.to(x0.device), self.prior_label,
-                         self.weight, generator)
+            raise ValueError("Prior preservation needs the subject's condition: train(..., "
+                             "cond=Cond(labels=...)).")
+        loss = self.loss(model, self.objective, x0, cond, self.prior_pool.to(x0.device),
+                         self.prior_label, self.weight, generator)
         return loss, t if t is not None else self.objective.draw(x0, generator)[0]
 
 

@@ -35,14 +35,15 @@ class SharedRandomnessError(RuntimeError):
 
 
 def side_by_side_workers(device: torch.device | str, jobs: int) -> int:
-    """How many jobs run at once: one per intra-op thread PyTorch has on a CPU (1 where a test runner
-    or the user limited the threads), one at a time on a GPU."""
+    """How many jobs run at once: one per intra-op thread PyTorch has on a CPU (1 where a test
+    runner or the user limited the threads), one at a time on a GPU."""
     if torch.device(device).type != "cpu":
         return 1
     return max(1, min(jobs, torch.get_num_threads()))
 
 
-def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *, device: torch.device | str,
+def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *,
+                     device: torch.device | str,
                      prepare: Callable[[Item], object] | None = None, desc: str | None = None,
                      workers: int | None = None) -> list[Result]:
     """``[job(item) for item in items]``, several at once on a CPU (one thread each); in order.
@@ -59,8 +60,8 @@ def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *, devic
         raise ValueError(f"workers must be at least 1, got {n}")
     if prepare is not None:
         prepared = [prepare(item) for item in items]
-        return run_side_by_side(lambda pair: job(*pair), list(zip(items, prepared)), device=device, desc=desc,
-                                workers=n)
+        return run_side_by_side(lambda pair: job(*pair), list(zip(items, prepared)), device=device,
+                                desc=desc, workers=n)
     before = torch.random.get_rng_state()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -75,7 +76,8 @@ def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *, devic
             with ThreadPoolExecutor(max_workers=n) as pool:
                 futures = [pool.submit(job, item) for item in items]
                 results = []
-                for f in futures:  # the bar moves here, in the caller's thread (a notebook widget's)
+                for f in futures:  # the bar moves here, in the caller's
+                # thread (a notebook widget's)
                     results.append(f.result())
                     bar.update()
     finally:
@@ -83,7 +85,8 @@ def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *, devic
         bar.close()
     if not torch.equal(torch.random.get_rng_state(), before):
         raise SharedRandomnessError(
-            "A job drew from PyTorch's global random generator, so with several jobs at once its draws "
-            "depended on timing. Give each job its own torch.Generator (train(..., generator=...), "
-            "torch.randn(..., generator=...)) and build models (torch.manual_seed) before the jobs.")
+            "A job drew from PyTorch's global random generator, so with several jobs at once its "
+            "draws depended on timing. Give each job its own torch.Generator (train(..., "
+            "generator=...), torch.randn(..., generator=...)) and build models "
+            "(torch.manual_seed) before the jobs.")
     return results

@@ -30,7 +30,8 @@ from diffuse_edu.training.contrastive import train_clip
 from diffuse_edu.training.loop import TrainResult, train
 from diffuse_edu.training.recipes import ClipRecipe, Recipe, ddpm_recipe, in_force
 
-#: The folder of the cache (under :func:`diffuse_edu.config.cache_dir`) that holds every cached model.
+#: The folder of the cache (under :func:`diffuse_edu.config.cache_dir`) that holds every cached
+#: model.
 MODELS = "checkpoints"
 
 
@@ -46,11 +47,14 @@ def checkpoint_path(recipe: Recipe | ClipRecipe) -> Path:
 
 
 
-def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedule, images: torch.Tensor) -> dict:
+def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedule,
+                      images: torch.Tensor) -> dict:
     """What :func:`save_checkpoint` takes for a run of ``recipe``, stamped so that
     :func:`pretrained_ddpm` accepts it (lesson 05 saves its own run this way)."""
-    extra = dict(images=len(images), steps=result.steps, seconds=result.seconds, stamp=recipe.stamp(),
-                 first_step_seconds=result.first_step_seconds, images_per_second=result.images_per_second,
+    extra = dict(images=len(images), steps=result.steps, seconds=result.seconds,
+                 stamp=recipe.stamp(),
+                 first_step_seconds=result.first_step_seconds,
+                 images_per_second=result.images_per_second,
                  planned_steps=result.planned_steps, stopped_by_clock=result.stopped_by_clock)
     return dict(model=result.model, ema=result.ema, schedule=schedule, train_config=recipe.train,
                 snapshots=result.snapshots, extra=extra, target=recipe.target)
@@ -58,7 +62,8 @@ def checkpoint_fields(recipe: Recipe, result: TrainResult, schedule: NoiseSchedu
 
 def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: int = 0,
                  text_encoder: torch.nn.Module | None = None,
-                 prepare: Callable[[torch.nn.Module], object] | None = None, **train_kwargs) -> dict:
+                 prepare: Callable[[torch.nn.Module], object] | None = None,
+                 **train_kwargs) -> dict:
     """Train ``recipe`` from scratch; return what :func:`save_checkpoint` takes.
 
     A text-conditioned recipe reads its captions through ``text_encoder`` (default: the cached
@@ -83,7 +88,8 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
     return checkpoint_fields(recipe, result, schedule, images)
 
 
-def pretrained_ddpm(recipe: Recipe | None = None, *, device: torch.device | str = "cpu") -> Checkpoint:
+def pretrained_ddpm(recipe: Recipe | None = None, *,
+                    device: torch.device | str = "cpu") -> Checkpoint:
     """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
     recipe = in_force(recipe or ddpm_recipe())
     ck = load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
@@ -113,8 +119,8 @@ def course_classifier(scale: Scale | str | None = None, *, device: torch.device 
                           folder=folder)
 
 
-def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cpu", steps: int = 400,
-                   folder: Path | None = None) -> Classifier:
+def classifier_for(train_set: data.ImageSet, *, device: torch.device | str = "cpu",
+                   steps: int = 400, folder: Path | None = None) -> Classifier:
     """A classifier (features for FID, judge of class adherence) for any image set, trained once."""
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     config = ClassifierConfig(in_channels=images.shape[1], num_classes=len(train_set.classes))
@@ -141,16 +147,20 @@ def train_clip_recipe(recipe: ClipRecipe, *, device: torch.device | str = "cpu",
     losses = train_clip(model, train_set.images.to(device), ids, mask, steps=recipe.steps,
                         seconds=recipe.seconds, batch_size=recipe.batch_size, lr=recipe.lr,
                         generator=torch.Generator(device).manual_seed(seed), loss_fn=loss_fn)
-    return dict(model=model, schedule=None, extra=dict(steps=len(losses), final_loss=losses[-1], losses=losses,
-                                                       stamp=recipe.stamp(), planned_steps=recipe.steps,
+    return dict(model=model, schedule=None,
+                extra=dict(steps=len(losses), final_loss=losses[-1], losses=losses,
+                                                       stamp=recipe.stamp(),
+                           planned_steps=recipe.steps,
                                                        stopped_by_clock=len(losses) < recipe.steps))
 
 
-def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu", seed: int = 0) -> MiniCLIP:
+def pretrained_clip(recipe: ClipRecipe, *, device: torch.device | str = "cpu",
+                    seed: int = 0) -> MiniCLIP:
     """Lesson 09's miniature CLIP for ``recipe``, trained once and cached (eval mode)."""
     recipe = in_force(recipe)
     return load_or_train(checkpoint_path(recipe), MiniCLIP, recipe.model, recipe.stamp(),
-                         lambda: train_clip_recipe(recipe, device=device, seed=seed)).build(device=device)
+                         lambda: train_clip_recipe(recipe, device=device,
+                                                   seed=seed)).build(device=device)
 
 
 def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: int = 200,
@@ -167,8 +177,8 @@ def shape_judge(size: int = 16, *, device: torch.device | str = "cpu", steps: in
                       for n, split in ((4500, "train"), (1500, "held_out")))
         images = torch.cat([seen.images, rare.images]).to(device)
         labels = torch.cat([seen.objects[:, 0], rare.objects[:, 0]]).to(device)
-        model = train_classifier(images, labels, config, steps=steps, groups=ATTRIBUTE_GROUPS, shift=0,
-                                 generator=torch.Generator().manual_seed(0))
+        model = train_classifier(images, labels, config, steps=steps, groups=ATTRIBUTE_GROUPS,
+                                 shift=0, generator=torch.Generator().manual_seed(0))
         return dict(model=model, schedule=None, extra={"data": "shapes, one per image"})
 
     stamp = dict(recipe=name, steps=steps, data="balanced pairs")

@@ -57,7 +57,8 @@ def full_value(name: str, quick: Any, full: Any) -> Any:
     number = (int, float)
     if name == "channels" and isinstance(full, tuple) and all(isinstance(c, int) for c in full):
         return narrow(UNetConfig(channels=full)).channels  # a U-Net's widths, given bare
-    if isinstance(quick, TrainConfig) and isinstance(full, TrainConfig) and quick.steps and full.steps:
+    if isinstance(quick, TrainConfig) and isinstance(full,
+                                                     TrainConfig) and quick.steps and full.steps:
         return narrow(dataclasses.replace(full, steps=min(quick.steps, full.steps)))
     if (COUNTS.search(name) and isinstance(quick, number) and isinstance(full, number)
             and not isinstance(quick, bool) and not isinstance(full, bool) and quick < full):
