@@ -25,9 +25,9 @@ class _Estimates:
 
 
 class _StandIn:
-    """A stand-in denoiser: smooth, consistent estimates (x_t = sqrt(ab) x0_hat + sqrt(1 - ab) eps_hat)
-    from x_t and t, recording the step of every call. At t = 0 its noise estimate is infinite, as a
-    real model's is meaningless there."""
+    """A stand-in denoiser: smooth, consistent estimates (x_t = sqrt(ab) x0_hat + sqrt(1 - ab)
+    eps_hat) from x_t and t, recording the step of every call. At t = 0 its noise estimate is
+    infinite, as a real model's is meaningless there."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -35,7 +35,9 @@ class _StandIn:
     def at_step(self, x: torch.Tensor, t: int, cond: object = None, *, schedule=None) -> _Estimates:
         self.calls.append(int(t))
         ab = _SCHEDULE.alpha_bar[int(t)].item()
-        x0 = torch.tanh(0.7 * x + 0.3 * torch.sin(torch.arange(x.shape[-1], dtype=x.dtype)) + 1e-4 * t)
+        x0 = torch.tanh(
+            0.7 * x + 0.3 * torch.sin(torch.arange(x.shape[-1], dtype=x.dtype)) + 1e-4 * t
+        )
         eps = x0_to_eps(x, x0, ab) if ab < 1 else torch.full_like(x, float("inf"))
         return _Estimates(x0, eps)
 
@@ -71,15 +73,35 @@ def _replace(x, known, mask, t_prev, schedule, noise, how, t=None):
     return replace_known(x, known, mask, t_prev, schedule, noise)
 
 
-def _repaint_variant(d, x_t, t, t_prev, known, mask, schedule, resample, noise, cond=None, *, last_once=True,
-                     jump="forward", jump_last=False, replace=True, replace_first=False, eta=1.0, extra=0,
-                     paste="noised"):
+def _repaint_variant(
+    d,
+    x_t,
+    t,
+    t_prev,
+    known,
+    mask,
+    schedule,
+    resample,
+    noise,
+    cond=None,
+    *,
+    last_once=True,
+    jump="forward",
+    jump_last=False,
+    replace=True,
+    replace_first=False,
+    eta=1.0,
+    extra=0,
+    paste="noised",
+):
     tries = (resample if t_prev > 0 or not last_once else 1) + extra
     for r in range(tries):
         if replace_first:
             x_t = replace_known(x_t, known, mask, t, schedule, noise())
         pred = d.at_step(x_t, t, cond, schedule=schedule)
-        x_prev = ddim_step(x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None)
+        x_prev = ddim_step(
+            x_t, pred.x0, pred.eps, t, t_prev, schedule, eta=eta, noise=noise() if eta else None
+        )
         if replace and not replace_first:
             x_prev = _replace(x_prev, known, mask, t_prev, schedule, noise(), paste, t)
         if r < tries - 1 or jump_last:
@@ -98,11 +120,12 @@ def _count_tries(what: str, calls: int, tries: int) -> None:
     if calls == tries:
         return
     if calls == 2 * tries:
-        raise Mismatch(f"{what} evaluated the network {calls} times, twice per try: a try asks the "
-                       "denoiser once, at x_t, and takes both estimates (pred.x0, pred.eps) from that call.")
-    raise Mismatch(f"{what} evaluated the network {calls} times: {calls} tries instead of {tries}. The loop "
-                   "runs resample times (range(resample)), one evaluation per try, each try but the last "
-                   "followed by a jump back to t.")
+        raise Mismatch(f"{what} evaluated the network {calls} times, twice per try: a try asks "
+                       "the denoiser once, at x_t, and takes both estimates (pred.x0, pred.eps) "
+                       "from that call.")
+    raise Mismatch(f"{what} evaluated the network {calls} times: {calls} tries instead of "
+                   f"{tries}. The loop runs resample times (range(resample)), one evaluation per "
+                   "try, each try but the last followed by a jump back to t.")
 
 
 def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
@@ -114,58 +137,75 @@ def _repaint_case(t: int, t_prev: int, resample: int, seed: int) -> Callable:
         got = fn(stand_in, x_t.clone(), t, t_prev, known.clone(), mask, _SCHEDULE, resample, noise)
         tries = resample if t_prev > 0 else 1
         if t_prev == 0 and len(stand_in.calls) > 1:
-            raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; the last step runs once: "
-                           "at t_prev = 0 there is nothing to jump back to, and a repeat would denoise the finished "
-                           "image as if it were still noisy (Lugmayr et al. 2022, Alg. 1).")
+            raise Mismatch(f"{what} evaluated the network {len(stand_in.calls)} times; the last "
+                           "step runs once: at t_prev = 0 there is nothing to jump back to, and a "
+                           "repeat would denoise the finished image as if it were still noisy "
+                           "(Lugmayr et al. 2022, Alg. 1).")
         _count_tries(what, len(stand_in.calls), tries)
         if noise.calls == 0:
-            raise Mismatch(f"{what} never called noise(): draw every random number with noise(), so that runs "
-                           "can be repeated (the step's noise, the known image's noise and the jump's noise).")
+            raise Mismatch(f"{what} never called noise(): draw every random number with noise(), "
+                           "so that runs can be repeated (the step's noise, the known image's "
+                           "noise and the jump's noise).")
 
         def wrong(**kw):
             return _repaint_variant(_StandIn(), *args, _Noise(x_t, seed), **kw)
 
         mistakes = [
-            Mistake("each try started from the same x_t: between tries, jump back from the try's x_{t_prev} to t "
-                    "with q(x_t | x_{t_prev}), so the next try starts from the previous one's result.",
+            Mistake("each try started from the same x_t: between tries, jump back from the try's "
+                    "x_{t_prev} to t with q(x_t | x_{t_prev}), so the next try starts from the "
+                    "previous one's result.",
                     wrong(jump="none")),
-            Mistake("you jumped back with q(x_t | x_0), as if x_{t_prev} were a clean image; the way back from "
-                    "t_prev to t is q(x_t | x_{t_prev}): sqrt(ab_t / ab_prev) x + sqrt(1 - ab_t / ab_prev) noise.",
+            Mistake("you jumped back with q(x_t | x_0), as if x_{t_prev} were a clean image; the "
+                    "way back from t_prev to t is q(x_t | x_{t_prev}): sqrt(ab_t / ab_prev) x + "
+                    "sqrt(1 - ab_t / ab_prev) noise.",
                     wrong(jump="from x0")),
             Mistake("you returned x_t after a last jump back; return the last try's x_{t_prev}.",
                     wrong(jump_last=True)),
-            Mistake("the known region was not put back: after each step, replace it with the known image noised to "
-                    "t_prev.", wrong(replace=False)),
-            Mistake("the known region was put back before the step, at t; put it back after the step, at t_prev, "
-                    "so that the step's result keeps it.", wrong(replace_first=True)),
-            Mistake("the known image was pasted in clean at t_prev > 0: noise it to t_prev first (q_sample with "
-                    "noise()), so that both regions carry the same noise level; only at t_prev = 0 does it go back "
-                    "as it is.", wrong(paste="clean")),
-            Mistake("the mask is inverted: 1 marks the known pixels, which come from the known image.",
+            Mistake("the known region was not put back: after each step, replace it with the "
+                    "known image noised to t_prev.", wrong(replace=False)),
+            Mistake("the known region was put back before the step, at t; put it back after the "
+                    "step, at t_prev, so that the step's result keeps it.",
+                    wrong(replace_first=True)),
+            Mistake("the known image was pasted in clean at t_prev > 0: noise it to t_prev first "
+                    "(q_sample with noise()), so that both regions carry the same noise level; "
+                    "only at t_prev = 0 does it go back as it is.", wrong(paste="clean")),
+            Mistake("the mask is inverted: 1 marks the known pixels, which come from the known "
+                    "image.",
                     wrong(paste="inverted")),
-            Mistake("the known image was noised to t, where the step starts; x_prev is at t_prev, so noise the known "
-                    "image to t_prev (q_sample(known, t_prev, ...)).", wrong(paste="at t")),
-            Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its noise.", wrong(eta=0.0)),
+            Mistake("the known image was noised to t, where the step starts; x_prev is at t_prev, "
+                    "so noise the known image to t_prev (q_sample(known, t_prev, ...)).",
+                    wrong(paste="at t")),
+            Mistake("RePaint's steps are ancestral: ddim_step with eta = 1 and noise() as its "
+                    "noise.", wrong(eta=0.0)),
         ]
-        compare(got, repaint_step(_StandIn(), *args, _Noise(x_t, seed)), what=what, mistakes=mistakes)
-        # This noise() returns the same values at every call, so a draw used twice leaves the values right:
-        # count the draws. Each try needs the step's noise, the known image's (below t_prev = 0) and, but
+        compare(
+            got, repaint_step(_StandIn(), *args, _Noise(x_t, seed)), what=what, mistakes=mistakes
+        )
+        # This noise() returns the same values at every call, so a draw used twice leaves the values
+        # right:
+        # count the draws. Each try needs the step's noise, the known image's (below t_prev = 0)
+        # and, but
         # for the last try, the jump's.
         draws = tries + (tries if t_prev > 0 else 0) + tries - 1
         if noise.calls < draws:
-            raise Mismatch(f"{what} called noise() {noise.calls} time(s) for {draws} independent draws: "
-                           "each random number needs its own call (the step's noise, the known image's "
-                           "noise at t_prev and the jump's noise, at every try). A draw used twice ties "
-                           "together what must be independent: the known region's noise and the step's, or "
-                           "one try's jump and its step.")
+            raise Mismatch(f"{what} called noise() {noise.calls} time(s) for {draws} independent "
+                           "draws: each random number needs its own call (the step's noise, the "
+                           "known image's noise at t_prev and the jump's noise, at every try). A "
+                           "draw used twice ties together what must be independent: the known "
+                           "region's noise and the step's, or one try's jump and its step.")
     return case
 
 
 def _repaint_exact_known(fn: Callable) -> None:
     x_t, known, mask = _repaint_data(8)
     got = fn(_StandIn(), x_t, 20, 0, known, mask, _SCHEDULE, 4, _Noise(x_t, 8))
-    if isinstance(got, torch.Tensor) and got.shape == known.shape and not torch.equal(got * mask, known * mask):
-        raise Mismatch("after the last step (t_prev = 0) the known region must be the known image exactly.")
+    if (
+        isinstance(got, torch.Tensor)
+        and got.shape == known.shape
+        and not torch.equal(got * mask, known * mask)
+    ):
+        raise Mismatch("after the last step (t_prev = 0) the known region must be the known image "
+                       "exactly.")
 
 
 def _repaint_unchanged(fn: Callable) -> None:
@@ -173,25 +213,35 @@ def _repaint_unchanged(fn: Callable) -> None:
     before = (x_t.clone(), known.clone())
     fn(_StandIn(), x_t, 400, 300, known, mask, _SCHEDULE, 3, _Noise(x_t, 9))
     if not (torch.equal(x_t, before[0]) and torch.equal(known, before[1])):
-        raise Mismatch("repaint_step changed x_t or the known image in place; the loop still needs them: build "
-                       "new tensors.")
+        raise Mismatch("repaint_step changed x_t or the known image in place; the loop still "
+                       "needs them: build new tensors.")
 
 
 REPAINT_STEP = Checker(
-    "repaint_step", repaint_step,
-    [_repaint_case(600, 560, 3, 0), _repaint_case(300, 200, 2, 1), _repaint_case(40, 0, 5, 2), _repaint_case(900, 850, 1, 3),
-     _repaint_exact_known, _repaint_unchanged],
+    "repaint_step",
+    repaint_step,
+    [
+        _repaint_case(600, 560, 3, 0),
+        _repaint_case(300, 200, 2, 1),
+        _repaint_case(40, 0, 5, 2),
+        _repaint_case(900, 850, 1, 3),
+        _repaint_exact_known,
+        _repaint_unchanged,
+    ],
     hints=(
-        "A try is: estimates at x_t, a step down to t_prev, the known region put back. Between tries the result "
-        "has to go back up to t, noisier, so that the next try can redo the step from there.",
-        "Going up from t_prev to t is the forward process over the steps in between, started from x_{t_prev} (not "
-        "from a clean image). Count the tries, and think about what 'going back up' means when t_prev = 0.",
+        ("A try is: estimates at x_t, a step down to t_prev, the known region put back. Between "
+         "tries the result has to go back up to t, noisier, so that the next try can redo the step "
+         "from there."),
+        ("Going up from t_prev to t is the forward process over the steps in between, started from "
+         "x_{t_prev} (not from a clean image). Count the tries, and think about what 'going back "
+         "up' means when t_prev = 0."),
     ),
     see="Lugmayr et al. 2022, Alg. 1, in lesson 11, section 3",
 )
 
 
-def _inversion_variant(d, x0, schedule, steps, t_max, cond=None, *, order="up", at_zero="t1", skip_first=False,
+def _inversion_variant(d, x0, schedule, steps, t_max, cond=None, *, order="up", at_zero="t1",
+                       skip_first=False,
                        label="start", eta=0.0):
     ts = timesteps(schedule, steps, t_max=t_max)
     ts = ts[::-1] if order == "up" else ts
@@ -217,37 +267,55 @@ def _inversion_case(steps: int, t_max: int, seed: int) -> Callable:
         if 0 in stand_in.calls:
             raise Mismatch(f"{what} {_AT_ZERO}")
         if isinstance(got, (list, tuple)):
-            raise Mismatch(f"{what} returned a {type(got).__name__}; return the final x_{{t_max}} alone.")
+            raise Mismatch(f"{what} returned a {type(got).__name__}; return the final x_{{t_max}} "
+                           "alone.")
         rising = timesteps(_SCHEDULE, steps, t_max=t_max)[::-1]
         if steps > 1 and stand_in.calls == rising[1:]:
-            raise Mismatch(f"{what} asked the network at the step's end every time (t_next = {rising[1:]}) with "
-                           "the x of the step's start: only x_t is known, so ask at t, the step's start (t = 1 for the first "
-                           "step, from t = 0).")
-        if len(stand_in.calls) not in (steps, steps - 1):  # steps - 1: the first step left out, named below
-            jump = " a single jump from x_0 with one noise estimate is not DDIM's path." if len(stand_in.calls) == 1 else ""
-            raise Mismatch(f"{what} asked the network {len(stand_in.calls)} time(s); the climb takes {steps} DDIM "
-                           f"steps, each with the estimates at its own start (one call per step).{jump}")
+            raise Mismatch(f"{what} asked the network at the step's end every time (t_next = "
+                           f"{rising[1:]}) with the x of the step's start: only x_t is known, so "
+                           "ask at t, the step's start (t = 1 for the first step, from t = 0).")
+        # steps - 1: the first step left out, named below
+        if len(stand_in.calls) not in (steps, steps - 1):
+            jump = (
+                " a single jump from x_0 with one noise estimate is not DDIM's path."
+                if len(stand_in.calls) == 1
+                else ""
+            )
+            raise Mismatch(f"{what} asked the network {len(stand_in.calls)} time(s); the climb "
+                           f"takes {steps} DDIM steps, each with the estimates at its own start "
+                           f"(one call per step).{jump}")
         mistakes = [
-            Mistake("the steps ran downwards, from t_max to 0: that is sampling. Inversion climbs: take the grid "
-                    "in rising order, from 0 to t_max.", _inversion_variant(_StandIn(), *args, order="down")),
+            Mistake("the steps ran downwards, from t_max to 0: that is sampling. Inversion "
+                    "climbs: take the grid in rising order, from 0 to t_max.",
+                    _inversion_variant(_StandIn(), *args, order="down")),
             Mistake("the first step (from t = 0) is missing: the climb starts at x_0 itself.",
                     _inversion_variant(_StandIn(), *args, skip_first=True)),
-            Mistake("the estimates were asked at the step's end, t_next; only x_t is known, so ask them at t, the "
-                    "step's start (the less noisy end).", _inversion_variant(_StandIn(), *args, label="end")),
-            Mistake("at t = 0 use x_0 itself as x0_hat (the network's estimate there is at t = 1, one step off).",
+            Mistake("the estimates were asked at the step's end, t_next; only x_t is known, so "
+                    "ask them at t, the step's start (the less noisy end).",
+                    _inversion_variant(_StandIn(), *args, label="end")),
+            Mistake("at t = 0 use x_0 itself as x0_hat (the network's estimate there is at t = 1, "
+                    "one step off).",
                     _inversion_variant(_StandIn(), *args, at_zero="x0")),
         ]
-        compare(got, ddim_inversion(_StandIn(), x0, _SCHEDULE, steps, t_max), what=what, mistakes=mistakes)
+        compare(
+            got,
+            ddim_inversion(_StandIn(), x0, _SCHEDULE, steps, t_max),
+            what=what,
+            mistakes=mistakes,
+        )
+
     return case
 
 
 _AT_ZERO = ("evaluated the network at t = 0, where it was never trained (its noise estimate is "
-            "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = 1.")
-_STEP_UPWARDS = ("Inversion runs the DDIM step upwards (t_prev > t, from t = 0 on) with eta = 0, where "
-                 "sigma must be exactly 0 without evaluating its formula: upwards 1 - alpha_bar_t / "
-                 "alpha_bar_prev is negative (a NaN square root) and 1 - alpha_bar_0 = 0 divides. Compute "
-                 "sigma only when eta > 0, in your ddim_step (section 1 checks it upwards too) and in any "
-                 "step you wrote inside ddim_inversion.")
+            "meaningless there): at t = 0 take x0_hat = x_0 itself and the noise estimate at t = "
+            "1.")
+_STEP_UPWARDS = ("Inversion runs the DDIM step upwards (t_prev > t, from t = 0 on) with eta = 0, "
+                 "where sigma must be exactly 0 without evaluating its formula: upwards 1 - "
+                 "alpha_bar_t / alpha_bar_prev is negative (a NaN square root) and 1 - "
+                 "alpha_bar_0 = 0 divides. Compute sigma only when eta > 0, in your ddim_step "
+                 "(section 1 checks it upwards too) and in any step you wrote inside "
+                 "ddim_inversion.")
 
 
 def _inversion_deterministic(fn: Callable) -> None:
@@ -259,17 +327,18 @@ def _inversion_deterministic(fn: Callable) -> None:
         torch.manual_seed(2)
         b = fn(_StandIn(), x0, _SCHEDULE, 5, 500)
     except ZeroDivisionError as e:
-        raise Mismatch(f"ddim_inversion divided by zero ({e}): usually a step with eta > 0, whose noise has no "
-                       "meaning on the way up from t = 0. Inversion is deterministic DDIM: eta = 0, no noise. "
-                       f"{_STEP_UPWARDS}") from None
-    if 0 in stand_in.calls:  # the stand-in's noise estimate is inf there: that, not the step, made the NaN
+        raise Mismatch(f"ddim_inversion divided by zero ({e}): usually a step with eta > 0, whose "
+                       "noise has no meaning on the way up from t = 0. Inversion is deterministic "
+                       f"DDIM: eta = 0, no noise. {_STEP_UPWARDS}") from None
+    # the stand-in's noise estimate is inf there: that, not the step, made the NaN
+    if 0 in stand_in.calls:
         raise Mismatch(f"ddim_inversion of 2 images in 5 steps to t_max = 500 {_AT_ZERO}")
     if isinstance(a, torch.Tensor) and not torch.isfinite(a).all():
-        raise Mismatch("ddim_inversion returned NaN or inf (a NaN is not randomness: both runs give it). "
-                       f"{_STEP_UPWARDS}")
+        raise Mismatch("ddim_inversion returned NaN or inf (a NaN is not randomness: both runs "
+                       f"give it). {_STEP_UPWARDS}")
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and not torch.allclose(a, b):
-        raise Mismatch("two inversions of the same images differ: inversion is deterministic DDIM (eta = 0, no "
-                       "noise), so that the latent it finds regenerates the image.")
+        raise Mismatch("two inversions of the same images differ: inversion is deterministic DDIM "
+                       "(eta = 0, no noise), so that the latent it finds regenerates the image.")
 
 
 class _Conditional(_StandIn):
@@ -290,9 +359,9 @@ def _inversion_passes_cond(fn: Callable) -> None:
     stand_in = _Conditional()
     fn(stand_in, x0, _SCHEDULE, 3, 300, cond)
     if not stand_in.conds or any(c is not cond for c in stand_in.conds):
-        raise Mismatch("ddim_inversion did not pass cond to the denoiser (denoiser.at_step(x, t, cond)): the "
-                       "latent must be found by the same conditional model that will regenerate the image, or "
-                       "the two paths differ.")
+        raise Mismatch("ddim_inversion did not pass cond to the denoiser (denoiser.at_step(x, t, "
+                       "cond)): the latent must be found by the same conditional model that will "
+                       "regenerate the image, or the two paths differ.")
 
 
 def _inversion_unchanged(fn: Callable) -> None:
@@ -304,14 +373,23 @@ def _inversion_unchanged(fn: Callable) -> None:
 
 
 DDIM_INVERSION = Checker(
-    "ddim_inversion", ddim_inversion,
-    [_inversion_deterministic, _inversion_case(4, 400, 0), _inversion_case(10, 900, 1), _inversion_case(1, 300, 2),
-     _inversion_unchanged, _inversion_passes_cond],
+    "ddim_inversion",
+    ddim_inversion,
+    [
+        _inversion_deterministic,
+        _inversion_case(4, 400, 0),
+        _inversion_case(10, 900, 1),
+        _inversion_case(1, 300, 2),
+        _inversion_unchanged,
+        _inversion_passes_cond,
+    ],
     hints=(
-        "Sampling walks the grid from t_max down to 0; inversion walks the same grid up. At each step only the "
-        "less noisy end is known, so the estimates come from there.",
-        "timesteps(schedule, steps, t_max=t_max) lists the grid from t_max to 0: reverse it. Your ddim_step moves "
-        "to any other step, also a noisier one. Mind t = 0, where the network was never trained.",
+        ("Sampling walks the grid from t_max down to 0; inversion walks the same grid up. At each "
+         "step only the less noisy end is known, so the estimates come from there."),
+        ("timesteps(schedule, steps, t_max=t_max) lists the grid from t_max to 0: reverse it. Your "
+         "ddim_step moves to any other step, also a noisier one. Mind t = 0, where the network was "
+         "never trained."),
     ),
-    see="Song et al. 2021, Sec. 4.3, in lesson 11, section 4: DDIM with t and t_prev swapped, estimates at the start",
+    see="Song et al. 2021, Sec. 4.3, in lesson 11, section 4: DDIM with t and t_prev swapped, "
+    "estimates at the start",
 )

@@ -1,8 +1,7 @@
 """Checkers for lesson 12, part 3: the flow-matching loss and the flow's Euler sampler.
 
-Time runs from tau = 0 (the data) to tau = 1 (the noise): x_tau = (1 - tau) x0 + tau eps, velocity u = eps - x0;
-the network sees t = tau * 1000. Sampling walks back from tau = 1 to tau = 0.
-"""
+Time runs from tau = 0 (the data) to tau = 1 (the noise): x_tau = (1 - tau) x0 + tau eps, velocity u
+= eps - x0; the network sees t = tau * 1000. Sampling walks back from tau = 1 to tau = 0."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ SCALE = 1000.0  # the network sees t = tau * SCALE
 
 
 def flow_euler(model: Callable, x: Tensor, steps: int) -> Tensor:
-    """Lesson 12's sampler, as the learner writes it: Euler from tau = 1 (``x``, unit noise) to tau = 0 in
-    ``steps`` evaluations of the velocity network ``model(x_tau, tau * 1000)``; the library's
+    """Lesson 12's sampler, as the learner writes it: Euler from tau = 1 (``x``, unit noise) to tau
+    = 0 in ``steps`` evaluations of the velocity network ``model(x_tau, tau * 1000)``; the library's
     :func:`~diffuse_edu.diffusion.samplers.sample_flow_euler` does the work."""
     return sample_flow_euler(Denoiser(model, None, Target.FLOW), x, steps=steps)
 
@@ -33,11 +32,12 @@ def _strict_time(x: Tensor, t: object) -> None:
         return
     given = (f"a Python {type(t).__name__}" if not isinstance(t, Tensor)
              else f"a tensor of shape {tuple(t.shape)}")
-    fails = ("a shape (1,) only happens to broadcast inside them" if isinstance(t, Tensor) and t.shape == (1,)
+    fails = ("a shape (1,) only happens to broadcast inside "
+             "them" if isinstance(t, Tensor) and t.shape == (1,)
              else "they reject this deep inside their time embedding")
-    raise Mismatch(f"the network was called with t as {given}; the lesson's U-Net and DiT take t as a "
-                   f"tensor of shape (B,) = ({x.shape[0]},), one time per example ({fails}). Build it with "
-                   "torch.full((x.shape[0],), tau * 1000, device=x.device).")
+    raise Mismatch(f"the network was called with t as {given}; the lesson's U-Net and DiT take t "
+                   f"as a tensor of shape (B,) = ({x.shape[0]},), one time per example ({fails}). "
+                   "Build it with torch.full((x.shape[0],), tau * 1000, device=x.device).")
 
 
 class _Velocity:
@@ -64,57 +64,97 @@ def _loss_case(seed: int) -> Callable:
         tau_ = tau.reshape(-1, 1, 1, 1)
         x_tau = (1 - tau_) * x0 + tau_ * eps
         mistakes = [
-            Mistake("the velocity points the other way: time runs from the data (tau = 0) to the noise (tau = 1), "
-                    "so dx_tau / dtau = eps - x0.", per_example_mse(net(x_tau, tau * SCALE), x0 - eps)),
-            Mistake("x_tau has its ends swapped: x_tau = (1 - tau) x0 + tau eps is the data at tau = 0 and the noise at tau = 1.",
-                    per_example_mse(net(tau_ * x0 + (1 - tau_) * eps, tau * SCALE), eps - x0)),
-            Mistake("the network must see t = tau * 1000, the range its time embedding was made for, not tau itself.",
-                    per_example_mse(net(x_tau, tau), eps - x0)),
-            Mistake("that target is the noise (DDPM's); the flow's target is the velocity eps - x0.",
-                    per_example_mse(net(x_tau, tau * SCALE), eps)),
-            Mistake("average over each example's pixels, not sum: the loss per example is a mean.",
-                    (net(x_tau, tau * SCALE) - (eps - x0)).square().flatten(1).sum(1)),
-            Mistake("the network was told 1 - tau: time runs from the data (tau = 0) to the noise (tau = 1), and the "
-                    "network sees t = tau * 1000.", per_example_mse(net(x_tau, (1 - tau) * SCALE), eps - x0)),
-            Mistake("the target is the velocity eps - x0, not the data x0.", per_example_mse(net(x_tau, tau * SCALE), x0)),
-            Mistake("the flow's path is a straight line, x_tau = (1 - tau) x0 + tau eps, with no square roots (those "
-                    "are the diffusion schedule's weights).",
-                    per_example_mse(net((1 - tau_).sqrt() * x0 + tau_.sqrt() * eps, tau * SCALE), eps - x0)),
-            Mistake("that is the absolute error (L1); the loss is the mean *squared* error against the velocity.",
-                    (net(x_tau, tau * SCALE) - (eps - x0)).abs().flatten(1).mean(1)),
+            Mistake(
+                "the velocity points the other way: time runs from the data (tau = 0) to the "
+                "noise (tau = 1), so dx_tau / dtau = eps - x0.",
+                per_example_mse(net(x_tau, tau * SCALE), x0 - eps),
+            ),
+            Mistake(
+                "x_tau has its ends swapped: x_tau = (1 - tau) x0 + tau eps is the data at "
+                "tau = 0 and the noise at tau = 1.",
+                per_example_mse(net(tau_ * x0 + (1 - tau_) * eps, tau * SCALE), eps - x0),
+            ),
+            Mistake(
+                "the network must see t = tau * 1000, the range its time embedding was made "
+                "for, not tau itself.",
+                per_example_mse(net(x_tau, tau), eps - x0),
+            ),
+            Mistake(
+                "that target is the noise (DDPM's); the flow's target is the velocity eps - x0.",
+                per_example_mse(net(x_tau, tau * SCALE), eps),
+            ),
+            Mistake(
+                "average over each example's pixels, not sum: the loss per example is a mean.",
+                (net(x_tau, tau * SCALE) - (eps - x0)).square().flatten(1).sum(1),
+            ),
+            Mistake(
+                "the network was told 1 - tau: time runs from the data (tau = 0) to the noise "
+                "(tau = 1), and the network sees t = tau * 1000.",
+                per_example_mse(net(x_tau, (1 - tau) * SCALE), eps - x0),
+            ),
+            Mistake(
+                "the target is the velocity eps - x0, not the data x0.",
+                per_example_mse(net(x_tau, tau * SCALE), x0),
+            ),
+            Mistake(
+                "the flow's path is a straight line, x_tau = (1 - tau) x0 + tau eps, with no "
+                "square roots (those are the diffusion schedule's weights).",
+                per_example_mse(
+                    net((1 - tau_).sqrt() * x0 + tau_.sqrt() * eps, tau * SCALE), eps - x0
+                ),
+            ),
+            Mistake(
+                "that is the absolute error (L1); the loss is the mean *squared* error "
+                "against the velocity.",
+                (net(x_tau, tau * SCALE) - (eps - x0)).abs().flatten(1).mean(1),
+            ),
         ]
         torch.manual_seed(seed)
         got = fn(net, x0.clone(), tau.clone(), eps.clone())
         if isinstance(got, Tensor) and got.ndim == 0:
-            raise Mismatch("flow_matching_loss returned one number; return the loss per example, shape (B,): "
-                           "the mean over each example's pixels (the training loop averages over the batch).")
+            raise Mismatch("flow_matching_loss returned one number; return the loss per example, "
+                           "shape (B,): the mean over each example's pixels (the training loop "
+                           "averages over the batch).")
         torch.manual_seed(seed + 1)
         again = fn(net, x0.clone(), tau.clone(), eps.clone())
         if isinstance(got, Tensor) and isinstance(again, Tensor) and got.shape == again.shape \
                 and not torch.allclose(got, again):
-            raise Mismatch("two calls with the same x0, tau and eps gave different losses: make x_tau from the eps "
-                           "you are given (the target uses it too); draw no random numbers yourself.")
+            raise Mismatch("two calls with the same x0, tau and eps gave different losses: make "
+                           "x_tau from the eps you are given (the target uses it too); draw no "
+                           "random numbers yourself.")
         compare(got, flow_matching_loss(net, x0, tau, eps), mistakes=mistakes,
-                what=f"flow_matching_loss on 3 examples at tau = {[round(v, 2) for v in tau.tolist()]}",
+                what="flow_matching_loss on 3 examples at tau = "
+                     f"{[round(v, 2) for v in tau.tolist()]}",
                 otherwise="does not match the lesson's loss (section 3): per example, the mean of "
-                          "(model(x_tau, tau * 1000) - (eps - x0))^2 with x_tau = (1 - tau) x0 + tau eps.")
+                          "(model(x_tau, tau * 1000) - (eps - x0))^2 with x_tau = (1 - tau) x0 + "
+                          "tau eps.")
     return case
 
 
 def _loss_is_differentiable(fn: Callable) -> None:
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
-    loss = fn(lambda x, t, cond=None: net(x), torch.randn(2, 1, 4, 4), torch.rand(2), torch.randn(2, 1, 4, 4))
+    loss = fn(
+        lambda x, t, cond=None: net(x),
+        torch.randn(2, 1, 4, 4),
+        torch.rand(2),
+        torch.randn(2, 1, 4, 4),
+    )
     if not isinstance(loss, Tensor) or not loss.requires_grad:
-        raise Mismatch("flow_matching_loss returned a loss with no gradient: compute it from the model's output "
-                       "without .detach(), .item() or torch.no_grad(), so that training can backpropagate.")
+        raise Mismatch("flow_matching_loss returned a loss with no gradient: compute it from the "
+                       "model's output without .detach(), .item() or torch.no_grad(), so that "
+                       "training can backpropagate.")
 
 
 FLOW_MATCHING_LOSS = Checker(
-    "flow_matching_loss", flow_matching_loss, [_loss_case(0), _loss_case(1), _loss_is_differentiable],
-    hints=("Make the point x_tau on the straight line between the data and the noise at time tau, and ask the network "
-           "how fast, and in which direction, that point moves as tau grows.",
-           "tau is one number per example: give it a shape that broadcasts over the pixels. The loss compares the "
-           "network's answer with the line's velocity, per example."),
+    "flow_matching_loss",
+    flow_matching_loss,
+    [_loss_case(0), _loss_case(1), _loss_is_differentiable],
+    hints=(
+        ("Make the point x_tau on the straight line between the data and the noise at time tau, "
+         "and ask the network how fast, and in which direction, that point moves as tau grows."),
+        ("tau is one number per example: give it a shape that broadcasts over the pixels. The "
+         "loss compares the network's answer with the line's velocity, per example."),
+    ),
     see="Liu et al. 2023, Eq. 1, in lesson 12, section 3",
 )
 
@@ -130,14 +170,18 @@ def _sampler_mistakes(net: _Velocity, x: Tensor, steps: int) -> list[Mistake]:
             z = z.clamp(-1, 1) if clip else z
         return z
     return [
-        Mistake("sampling starts at tau = 1 (the noise, where x is) and walks to tau = 0 (the data); yours walks "
-                "from 0 to 1.", run(times=flow_times(steps)[::-1])),
-        Mistake("the step moves by (tau_next - tau) * v, which is negative since tau_next < tau: yours moves the other way.",
+        Mistake("sampling starts at tau = 1 (the noise, where x is) and walks to tau = 0 (the "
+                "data); yours walks from 0 to 1.", run(times=flow_times(steps)[::-1])),
+        Mistake("the step moves by (tau_next - tau) * v, which is negative since tau_next < tau: "
+                "yours moves the other way.",
                 run(sign=-1.0)),
-        Mistake("Euler evaluates the velocity at the start of each step, at tau, not at tau_next.", run(at_next=True)),
+        Mistake("Euler evaluates the velocity at the start of each step, at tau, not at tau_next.",
+                run(at_next=True)),
         Mistake("the network must see t = tau * 1000, not tau itself.", run(scale=1.0)),
-        Mistake("t was rounded to a whole step; the network takes t = tau * 1000 as it is, a float.", run(rounded=True)),
-        Mistake("x was clipped to [-1, 1] along the way: only the finished sample is an image; x_tau is not.",
+        Mistake("t was rounded to a whole step; the network takes t = tau * 1000 as it is, a "
+                "float.", run(rounded=True)),
+        Mistake("x was clipped to [-1, 1] along the way: only the finished sample is an image; "
+                "x_tau is not.",
                 run(clip=True)),
     ]
 
@@ -148,29 +192,34 @@ def _sampler_case(steps: int, seed: int) -> Callable:
         reference = _Velocity(seed)
         want = flow_euler(reference, x, steps)
         net = _Velocity(seed)
-        mistakes = _sampler_mistakes(_Velocity(seed), x, steps)  # its own network: the counts stay the learner's
+        # its own network: the counts stay the learner's
+        mistakes = _sampler_mistakes(_Velocity(seed), x, steps)
         torch.manual_seed(seed)
         got = fn(net, x.clone(), steps)
         net.calls.clear()
         torch.manual_seed(seed + 1)
         again = fn(net, x.clone(), steps)
         if isinstance(got, Tensor) and isinstance(again, Tensor) and not torch.allclose(got, again):
-            raise Mismatch("two runs from the same x gave different samples: start from the x you are given (it is "
-                           "the noise at tau = 1), and draw nothing else: Euler is deterministic.")
+            raise Mismatch("two runs from the same x gave different samples: start from the x you "
+                           "are given (it is the noise at tau = 1), and draw nothing else: Euler "
+                           "is deterministic.")
         if len(net.calls) != steps:
-            raise Mismatch(f"flow_euler with steps = {steps} called the network {len(net.calls)} times; Euler "
-                           f"takes exactly {steps} steps, one network evaluation each, from tau = 1 to tau = 0.")
+            raise Mismatch(f"flow_euler with steps = {steps} called the network {len(net.calls)} "
+                           f"times; Euler takes exactly {steps} steps, one network evaluation "
+                           "each, from tau = 1 to tau = 0.")
         compare(got, want, mistakes=mistakes, what=f"flow_euler with steps = {steps}",
-                otherwise="does not match Euler's method on the lesson's evenly spaced times from tau = 1 to tau = 0 "
-                          "(section 3): x <- x + (tau_next - tau) * model(x, tau * 1000), ending at tau = 0.")
+                otherwise="does not match Euler's method on the lesson's evenly spaced times from "
+                          "tau = 1 to tau = 0 (section 3): x <- x + (tau_next - tau) * model(x, "
+                          "tau * 1000), ending at tau = 0.")
     return case
 
 
 FLOW_EULER = Checker(
     "flow_euler", flow_euler, [_sampler_case(4, 0), _sampler_case(1, 1), _sampler_case(7, 2)],
-    hints=("You start from pure noise at one end of the straight paths and follow the velocity the network "
-           "gives back to the other end, in equal steps of time.",
-           "torch.linspace gives the step boundaries. Each step asks the network for the velocity where it starts "
-           "and moves by (time difference) * velocity; which sign does the time difference have?"),
+    hints=(("You start from pure noise at one end of the straight paths and follow the velocity "
+            "the network gives back to the other end, in equal steps of time."),
+           ("torch.linspace gives the step boundaries. Each step asks the network for the velocity "
+            "where it starts and moves by (time difference) * velocity; which sign does the time "
+            "difference have?")),
     see="lesson 12, section 3: x <- x + (tau_next - tau) u(x, tau), from tau = 1 to 0",
 )

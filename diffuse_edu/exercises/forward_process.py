@@ -29,29 +29,35 @@ def _batch(t: list[int], schedule: NoiseSchedule = _LINEAR):
 def _mistakes(x0, t, schedule: NoiseSchedule, eps) -> list[Mistake]:
     ab = schedule.alpha_bar[t.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
     weights = [  # (what to tell, x0's weight, the noise's weight): x_t with the wrong weights
-        ("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots (they are "
-         "variances, the weights are standard deviations).", ab, 1 - ab),
-        ("x0's weight is alpha_bar_t, a variance; take its square root, sqrt(alpha_bar_t) (the noise's "
-         "weight is right).", ab, (1 - ab).sqrt()),
-        ("the noise's weight is 1 - alpha_bar_t, a variance; take its square root, "
-         "sqrt(1 - alpha_bar_t) (x0's weight is right).", ab.sqrt(), 1 - ab),
-        ("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
-         "sqrt(1 - alpha_bar_t).", (1 - ab).sqrt(), ab.sqrt()),
+        (("you used alpha_bar and 1 - alpha_bar as the weights; take their square roots (they are "
+          "variances, the weights are standard deviations)."), ab, 1 - ab),
+        (("x0's weight is alpha_bar_t, a variance; take its square root, sqrt(alpha_bar_t) (the "
+          "noise's weight is right)."), ab, (1 - ab).sqrt()),
+        (("the noise's weight is 1 - alpha_bar_t, a variance; take its square root, "
+          "sqrt(1 - alpha_bar_t) (x0's weight is right)."), ab.sqrt(), 1 - ab),
+        (("the two weights are swapped: x0 gets sqrt(alpha_bar_t), the noise gets "
+          "sqrt(1 - alpha_bar_t)."), (1 - ab).sqrt(), ab.sqrt()),
         ("x0 is not scaled: the signal must shrink by sqrt(alpha_bar_t) as noise grows.",
          1, (1 - ab).sqrt()),
         ("the noise is not scaled: multiply eps by sqrt(1 - alpha_bar_t).", ab.sqrt(), 1),
-        ("the noise's weight is sqrt(1 - alpha_bar_t), not 1 - sqrt(alpha_bar_t): the squares of the "
-         "two weights add up to 1, so x_t keeps unit variance.", ab.sqrt(), 1 - ab.sqrt()),
-        ("that is x0 + sigma_t eps (Karras et al.'s form, lesson 07), which is x_t / "
-         "sqrt(alpha_bar_t): multiply it by sqrt(alpha_bar_t).", 1, ((1 - ab) / ab).sqrt()),
+        (("the noise's weight is sqrt(1 - alpha_bar_t), not 1 - sqrt(alpha_bar_t): the squares of "
+          "the two weights add up to 1, so x_t keeps unit variance."), ab.sqrt(), 1 - ab.sqrt()),
+        (("that is x0 + sigma_t eps (Karras et al.'s form, lesson 07), which is x_t / "
+          "sqrt(alpha_bar_t): multiply it by sqrt(alpha_bar_t)."), 1, ((1 - ab) / ab).sqrt()),
     ]
-    off_by_one = ("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at step t "
-                  "(alpha_bar[0] = 1).")
+    off_by_one = ("t is off by one: alpha_bar has T + 1 entries and alpha_bar[t] is the value at "
+                  "step t (alpha_bar[0] = 1).")
     alphas = schedule.alphas[t.clamp(0, schedule.T)].float().reshape(-1, 1, 1, 1)
     return [Mistake(message, a * x0 + b * eps) for message, a, b in weights] + [
-        Mistake("you used alpha_t (one step) instead of alpha_bar_t (the product over all steps up to "
-                "t).", mix(x0, eps, alphas)),
-        *(Mistake(off_by_one, q_sample(x0, (t + k).clamp(0, schedule.T), schedule, eps)) for k in (-1, 1)),
+        Mistake(
+            "you used alpha_t (one step) instead of alpha_bar_t (the product over all steps "
+            "up to t).",
+            mix(x0, eps, alphas),
+        ),
+        *(
+            Mistake(off_by_one, q_sample(x0, (t + k).clamp(0, schedule.T), schedule, eps))
+            for k in (-1, 1)
+        ),
     ]
 
 
@@ -106,8 +112,12 @@ Q_SAMPLE = Checker(
     "q_sample", q_sample,
     [_shape_and_values, _dtype, _t_zero, _t_final_zero_snr, _other_schedule, _no_broadcast_trap],
     hints=(
-        "The noisy image is a weighted sum of x0 and eps; both weights come from one table of the schedule, read at each image's own t.",
-        "A weight read with t has shape (B,): reshape it so that it broadcasts over (C, H, W), and cast it to x0's dtype and device (the tables are float64 on the CPU). The weights are standard deviations, not variances.",
+        ("The noisy image is a weighted sum of x0 and eps; both weights come from one table of the "
+         "schedule, read at each image's own t."),
+        ("A weight read with t has shape (B,): reshape it so that it broadcasts over (C, H, W), "
+         "and cast it to x0's dtype and device (the tables are float64 on the CPU). The weights "
+         "are standard deviations, not variances."),
     ),
-    see="Ho et al. 2020, Eq. 4, in lesson 01, section 2: sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps",
+    see="Ho et al. 2020, Eq. 4, in lesson 01, section 2: sqrt(alpha_bar_t) x0 + sqrt(1 - "
+        "alpha_bar_t) eps",
 )
