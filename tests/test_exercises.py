@@ -1512,7 +1512,10 @@ def test_three_more_named_mistakes_per_exercise(checker, wrong, expected):
 
 #: Wrong answers listed in the dedicated tests above (their own dicts and parametrisations), by exercise.
 _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UNIT_RANGE_WRONG) + 1,  # + in place
-                     "tokenize": 4, "kl_diagonal_gaussian": 3}
+                     "tokenize": 4, "kl_diagonal_gaussian": 3,
+                     # lesson 15: listed in tests/test_score_exercises.py, which checks each message is distinct
+                     "dsm_loss": 12, "langevin_step": 8, "annealed_langevin": 8, "reverse_sde_step": 9,
+                     "hutchinson_divergence": 10}
 
 
 def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():

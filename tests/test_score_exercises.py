@@ -1,0 +1,211 @@
+"""Lesson 15's checkers: the library's answers pass, and typical wrong answers (at least seven per
+exercise) each get their own message. tests/test_exercises.py counts these lists (_LISTED_ELSEWHERE)."""
+
+import math
+import types
+
+import pytest
+import torch
+
+from diffuse_edu.diffusion import score as sc
+from diffuse_edu.exercises import run_checker
+from diffuse_edu.exercises.score import (
+    ANNEALED_LANGEVIN,
+    DSM_LOSS,
+    HUTCHINSON_DIVERGENCE,
+    LANGEVIN_STEP,
+    REVERSE_SDE_STEP,
+)
+
+
+def learners(fn):
+    """The reference as a learner's own function (a copy: the checker refuses the library's itself)."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+def full(sigma, x):
+    return torch.full((x.shape[0],), sigma, dtype=x.dtype)
+
+
+# --- dsm_loss -------------------------------------------------------------------------------------
+def _dsm(*, weight=2, target_sign=-1, target_power=1, noise_power=1, reduce="mean", at_clean=False,
+         reshape=True, scalar=False):
+    def dsm_loss(score, x0, sigma, eps):
+        s = sigma[:, None] if reshape else sigma
+        x = x0 if at_clean else x0 + s**noise_power * eps
+        sq = (score(x, sigma) - target_sign * eps / s**target_power).square()
+        per = (sq.mean(1) if reduce == "mean" else sq.sum(1)) * sigma**weight
+        return per.mean() if scalar else per
+    return dsm_loss
+
+
+def _dsm_random(score, x0, sigma, eps):
+    s = sigma[:, None]
+    e = torch.randn_like(x0)
+    return sigma**2 * (score(x0 + s * e, sigma) + e / s).square().mean(1)
+
+
+DSM_WRONG = [
+    (_dsm(weight=0), "weight w(sigma) = sigma^2 is missing"),
+    (_dsm(weight=1), "the weight is sigma; it is sigma^2"),
+    (_dsm(target_sign=1), "the target points the wrong way"),
+    (_dsm(target_power=0), "not -eps: the score of the noised data"),
+    (_dsm(target_power=2), "divides once too often"),
+    (_dsm(noise_power=2), "not its variance"),
+    (_dsm(reduce="sum"), "not sum: the loss per example is a mean"),
+    (_dsm(at_clean=True), "asked at the clean x0"),
+    (_dsm(reshape=False), "reshape it to (B, 1)"),
+    (_dsm(scalar=True), "returned one number"),
+    (_dsm_random, "draw no random numbers yourself"),
+]
+
+
+def _dsm_detached(score, x0, sigma, eps):
+    return sc.dsm_loss(score, x0, sigma, eps).detach()
+
+
+# --- langevin_step --------------------------------------------------------------------------------
+def _step(*, half=0.5, noise=lambda a: math.sqrt(a), sign=1, as_float=False, fresh=False):
+    def langevin_step(score, x, sigma, step_size, z):
+        s = score(x, sigma if as_float else full(sigma, x))
+        noise_z = torch.randn_like(x) if fresh else z
+        return x + sign * half * step_size * s + noise(step_size) * noise_z
+    return langevin_step
+
+
+LANGEVIN_WRONG = [
+    (_step(half=1.0), "the half is missing"),
+    (_step(noise=lambda a: a), "the square root is missing"),
+    (_step(sign=-1), "Langevin climbs the density"),
+    (_step(noise=lambda a: 0.0), "the noise term sqrt(step_size) z is missing"),
+    (_step(noise=lambda a: math.sqrt(2 * a)), "not sqrt(2 * step_size) * z"),
+    (_step(noise=lambda a: math.sqrt(a / 2)), "the half belongs to the score term only"),
+    (_step(as_float=True), "sigma as a Python float"),
+    (_step(fresh=True), "use the noise z you are given"),
+]
+
+
+# --- annealed_langevin ----------------------------------------------------------------------------
+def _annealed(*, size=lambda eps, s, sigmas: eps * s**2 / sigmas[-1] ** 2, backwards=False, once=False,
+              global_rng=False, extra=0):
+    def annealed_langevin(score, x, sigmas, *, steps, eps, generator=None):
+        for sigma in (sigmas[::-1] if backwards else sigmas):
+            a = size(eps, sigma, sigmas)
+            z = torch.randn(x.shape, generator=generator)
+            for k in range(steps + extra):
+                if k and not once:
+                    z = torch.randn(x.shape) if global_rng else torch.randn(x.shape, generator=generator)
+                x = sc.langevin_step(score, x, sigma, a, z)
+        return x
+    return annealed_langevin
+
+
+ANNEALED_WRONG = [
+    (_annealed(size=lambda eps, s, sigmas: eps), "uses eps at every level"),
+    (_annealed(size=lambda eps, s, sigmas: eps * s / sigmas[-1]), "scales with sigma_i / sigma_L"),
+    (_annealed(size=lambda eps, s, sigmas: eps * sigmas[-1] ** 2 / s**2), "yours is inverted"),
+    (_annealed(size=lambda eps, s, sigmas: eps * s**2 / sigmas[0] ** 2), "yours divides by the first"),
+    (_annealed(backwards=True), "runs them backwards"),
+    (_annealed(once=True), "reuses one z for all the steps of a level"),
+    (_annealed(global_rng=True), "not from PyTorch's global one"),
+    (_annealed(extra=1), "one score evaluation each"),
+]
+
+
+# --- reverse_sde_step -----------------------------------------------------------------------------
+def _sde(*, drift=lambda s, n: s**2 - n**2, noise=lambda s, n: math.sqrt(s**2 - n**2), sign=1, at_next=False,
+         as_float=False, fresh=False):
+    def reverse_sde_step(score, x, sigma, sigma_next, z):
+        at = sigma_next if at_next else sigma
+        s = score(x, at if as_float else full(at, x))
+        zz = torch.randn_like(x) if fresh else z
+        return x + sign * drift(sigma, sigma_next) * s + noise(sigma, sigma_next) * zz
+    return reverse_sde_step
+
+
+SDE_WRONG = [
+    (_sde(drift=lambda s, n: 0.5 * (s**2 - n**2), noise=lambda s, n: 0.0), "the probability-flow ODE's step"),
+    (_sde(noise=lambda s, n: 0.0), "the noise is missing"),
+    (_sde(noise=lambda s, n: s - n), "yours is sigma - sigma_next"),
+    (_sde(drift=lambda s, n: s - n), "not (sigma - sigma_next) score"),
+    (_sde(sign=-1), "add the score term, do not subtract it"),
+    (_sde(at_next=True), "not at sigma_next"),
+    (_sde(noise=lambda s, n: s**2 - n**2), "not (sigma^2 - sigma_next^2) z"),
+    (_sde(as_float=True), "sigma as a Python float"),
+    (_sde(fresh=True), "use the noise z you are given"),
+]
+
+
+# --- hutchinson_divergence ------------------------------------------------------------------------
+def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1, keep_shape=False,
+           batch_sum=False):
+    def hutchinson_divergence(score, x, sigma, z):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            for _ in range(evaluations - 1):
+                score(x, full(sigma, x))
+            s = score(x, full(sigma, x))
+            f = scale(sigma) * s
+            (vjp,) = torch.autograd.grad(s if of_score else f, x, grad_outputs=z if times_z else torch.ones_like(z))
+        prod = vjp * z if times_z else vjp
+        if keep_shape:
+            return f.detach(), prod
+        if batch_sum:
+            return f.detach(), prod.sum()
+        return f.detach(), (prod.flatten(1).sum(1) if reduce == "sum" else prod.flatten(1).mean(1))
+    return hutchinson_divergence
+
+
+def _hutch_no_tuple(score, x, sigma, z):
+    return sc.hutchinson_divergence(score, x, sigma, z)[1]
+
+
+HUTCH_WRONG = [
+    (_hutch(reduce="mean"), "yours takes their mean"),
+    (_hutch(times_z=False), "grad_outputs=z"),
+    (_hutch(of_score=True), "the divergence is of the drift f = -sigma score, not of the score"),
+    (_hutch(scale=lambda s: -1.0), "the factor sigma is missing"),
+    (_hutch(scale=lambda s: s), "dx/dsigma points down it"),
+    (_hutch(scale=lambda s: -2 * s), "the reverse SDE's drift in sigma"),
+    (_hutch(evaluations=2), "asked the score 2 times"),
+    (_hutch(keep_shape=True), "came back with x's shape"),
+    (_hutch(batch_sum=True), "came back as one number"),
+    (_hutch_no_tuple, "returns two things"),
+]
+
+ALL = ([(DSM_LOSS, w, m) for w, m in DSM_WRONG] + [(LANGEVIN_STEP, w, m) for w, m in LANGEVIN_WRONG]
+       + [(ANNEALED_LANGEVIN, w, m) for w, m in ANNEALED_WRONG] + [(REVERSE_SDE_STEP, w, m) for w, m in SDE_WRONG]
+       + [(HUTCHINSON_DIVERGENCE, w, m) for w, m in HUTCH_WRONG])
+CHECKERS = [DSM_LOSS, LANGEVIN_STEP, ANNEALED_LANGEVIN, REVERSE_SDE_STEP, HUTCHINSON_DIVERGENCE]
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.name)
+def test_the_library_answer_passes_as_a_learners(checker):
+    verdict = run_checker(learners(checker.reference), checker)
+    assert verdict.status == "passed", verdict.message
+
+
+@pytest.mark.parametrize("checker, wrong, expected", ALL, ids=[f"{c.name}-{m[:30]}" for c, _, m in ALL])
+def test_a_typical_wrong_answer_gets_its_own_message(checker, wrong, expected):
+    verdict = run_checker(wrong, checker)
+    assert verdict.status == "failed" and expected in verdict.message, verdict.message
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.name)
+def test_every_checker_names_at_least_seven_mistakes_and_hints_progressively(checker):
+    messages = {run_checker(w, c).message for c, w, _ in ALL if c is checker}
+    assert len(messages) >= 7 and not any("off by up to" in m for m in messages)
+    assert len(checker.hints) >= 2 and checker.hints[0] != checker.hints[1] and "lesson 15" in checker.see
+
+
+def test_a_dsm_loss_cut_off_from_autograd_is_caught():
+    verdict = run_checker(_dsm_detached, DSM_LOSS)
+    assert verdict.status == "failed" and "no gradient" in verdict.message
+
+
+def test_an_unfinished_exercise_is_todo():
+    def langevin_step(score, x, sigma, step_size, z):
+        raise NotImplementedError
+    assert run_checker(langevin_step, LANGEVIN_STEP).status == "unfinished"
