@@ -340,7 +340,8 @@ def compare_gradients(
         return [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(leaves, found)]
 
     def close(a: list[Tensor], b: list[Tensor]) -> bool:
-        return all(torch.allclose(x.double(), y.double(), rtol=1e-3, atol=1e-6) for x, y in zip(a, b))
+        return all(torch.allclose(x.double(), y.double(), rtol=1e-3, atol=1e-6)
+                   for x, y in zip(a, b))
 
     mine, ref = grads(got), grads(want)
     if close(mine, ref):
@@ -355,11 +356,11 @@ def compare_gradients(
         if close(g, r):
             continue
         if all(x.abs().sum() == 0 for x in g):
-            raise Mismatch(f"{what}: the values are right, but no gradient reaches {name}, so training "
-                           f"cannot move it: {otherwise}.")
+            raise Mismatch(f"{what}: the values are right, but no gradient reaches {name}, so "
+                           f"training cannot move it: {otherwise}.")
         gap = max((x - y).abs().max().item() for x, y in zip(g, r))
-        raise Mismatch(f"{what}: the values are right, but the gradient that reaches {name} differs from "
-                       f"the reference's (by up to {gap:.2g}): {otherwise}.")
+        raise Mismatch(f"{what}: the values are right, but the gradient that reaches {name} differs "
+                       f"from the reference's (by up to {gap:.2g}): {otherwise}.")
 
 
 def run_naming_crashes(call: Callable[[], object], what: str,

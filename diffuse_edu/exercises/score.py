@@ -29,9 +29,10 @@ def _strict_sigma(x: Tensor, sigma: object) -> None:
         return
     given = (f"a Python {type(sigma).__name__}" if not isinstance(sigma, Tensor)
              else f"a tensor of shape {tuple(sigma.shape)}")
-    raise Mismatch(f"score(x, sigma) was called with sigma as {given}; the lesson's score models take "
-                   f"sigma as a tensor of shape (B,) = ({x.shape[0]},), one level per example. Build it "
-                   "with torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype).")
+    raise Mismatch(f"score(x, sigma) was called with sigma as {given}; the lesson's score models "
+                   f"take sigma as a tensor of shape (B,) = ({x.shape[0]},), one level per "
+                   "example. Build it with torch.full((x.shape[0],), sigma, device=x.device, "
+                   "dtype=x.dtype).")
 
 
 class _Score:
@@ -65,7 +66,8 @@ def _deterministic(fn: Callable, args: Callable[[], tuple], name: str, what: str
     again = fn(*args())
     if isinstance(got, Tensor) and isinstance(again, Tensor) and got.shape == again.shape \
             and not torch.allclose(got, again):
-        raise Mismatch(f"two calls of {name} with the same arguments gave different results: {what}")
+        raise Mismatch(f"two calls of {name} with the same arguments gave different results: "
+                       f"{what}")
     return got
 
 
@@ -84,40 +86,52 @@ def _dsm_case(seed: int, batch: int) -> Callable:
             return weight * (sq.mean(1) if reduce == "mean" else sq.sum(1))
         x_noisy = x0 + s_ * eps
         mistakes = [
-            Mistake("the weight w(sigma) = sigma^2 is missing: without it the levels with small sigma, whose "
-                    "target -eps / sigma is huge, swamp the loss.", loss(x_noisy, -eps / s_, 1.0)),
-            Mistake("the weight is sigma; it is sigma^2, which makes sigma^2 ||score + eps / sigma||^2 = "
-                    "||sigma score + eps||^2 of size one at every level.", loss(x_noisy, -eps / s_, sigma)),
-            Mistake("the target points the wrong way: the score of N(x0, sigma^2 I) at x0 + sigma eps is "
-                    "-(x - x0) / sigma^2 = -eps / sigma, towards the clean point.",
+            Mistake("the weight w(sigma) = sigma^2 is missing: without it the levels with small "
+                    "sigma, whose target -eps / sigma is huge, swamp the loss.",
+                    loss(x_noisy, -eps / s_, 1.0)),
+            Mistake("the weight is sigma; it is sigma^2, which makes sigma^2 ||score + eps / "
+                    "sigma||^2 = ||sigma score + eps||^2 of size one at every level.",
+                    loss(x_noisy, -eps / s_, sigma)),
+            Mistake("the target points the wrong way: the score of N(x0, sigma^2 I) at x0 + sigma "
+                    "eps is -(x - x0) / sigma^2 = -eps / sigma, towards the clean point.",
                     loss(x_noisy, eps / s_, sigma**2)),
-            Mistake("the target is -eps / sigma, not -eps: the score of the noised data is the noise over "
-                    "its width (score = -eps / sigma).", loss(x_noisy, -eps, sigma**2)),
-            Mistake("the target is -eps / sigma (= -(x - x0) / sigma^2); -eps / sigma^2 divides once too "
-                    "often.", loss(x_noisy, -eps / s_**2, sigma**2)),
-            Mistake("the noised point is x0 + sigma eps (sigma is the noise's standard deviation, not its "
-                    "variance).", loss(x0 + s_**2 * eps, -eps / s_, sigma**2)),
-            Mistake("average over each example's coordinates, not sum: the loss per example is a mean.",
+            Mistake("the target is -eps / sigma, not -eps: the score of the noised data is the "
+                    "noise over its width (score = -eps / sigma).", loss(x_noisy, -eps, sigma**2)),
+            Mistake("the target is -eps / sigma (= -(x - x0) / sigma^2); -eps / sigma^2 divides "
+                    "once too often.", loss(x_noisy, -eps / s_**2, sigma**2)),
+            Mistake("the noised point is x0 + sigma eps (sigma is the noise's standard deviation, "
+                    "not its variance).", loss(x0 + s_**2 * eps, -eps / s_, sigma**2)),
+            Mistake("average over each example's coordinates, not sum: the loss per example is a "
+                    "mean.",
                     loss(x_noisy, -eps / s_, sigma**2, "sum")),
-            Mistake("the score is asked at the clean x0; it must be asked at the noised point x0 + sigma eps.",
+            Mistake("the score is asked at the clean x0; it must be asked at the noised point x0 "
+                    "+ sigma eps.",
                     loss(x0, -eps / s_, sigma**2)),
         ]
-        if batch == 2:  # with B = D = 2 an unreshaped sigma broadcasts over the coordinates silently
+        # with B = D = 2 an unreshaped sigma broadcasts over the coordinates silently
+        if batch == 2:
             s_row = sigma[None, :]
             x_row = x0 + s_row * eps
             sq = (sc(x_row, sigma) - (-eps / s_row)).square().mean(1)
             mistakes.append(Mistake(
-                "sigma has shape (B,) and x0 (B, 2): reshape it to (B, 1) before it multiplies or divides "
-                "x0 or eps, else it runs along the coordinates instead of the examples.", sigma**2 * sq))
-        got = _deterministic(fn, lambda: (_Score(seed), x0.clone(), sigma.clone(), eps.clone()), "dsm_loss",
-                             "use the eps and sigma you are given; draw no random numbers yourself.")
+                "sigma has shape (B,) and x0 (B, 2): reshape it to (B, 1) before it multiplies or "
+                "divides x0 or eps, else it runs along the coordinates instead of the "
+                "examples.", sigma**2 * sq))
+        got = _deterministic(
+            fn,
+            lambda: (_Score(seed), x0.clone(), sigma.clone(), eps.clone()),
+            "dsm_loss",
+            "use the eps and sigma you are given; draw no random numbers yourself.",
+        )
         if isinstance(got, Tensor) and got.ndim == 0:
-            raise Mismatch("dsm_loss returned one number; return the loss per example, shape (B,) (the "
-                           "training loop averages over the batch).")
+            raise Mismatch("dsm_loss returned one number; return the loss per example, shape (B,) "
+                           "(the training loop averages over the batch).")
         compare(got, dsm_loss(_Score(seed), x0, sigma, eps), mistakes=mistakes,
-                what=f"dsm_loss on {batch} points at sigma = {[round(v, 2) for v in sigma.tolist()]}",
-                otherwise="does not match the lesson's loss (section 1): per example, sigma^2 times the mean "
-                          "over coordinates of (score(x0 + sigma eps, sigma) + eps / sigma)^2.")
+                what=f"dsm_loss on {batch} points at sigma = "
+                     f"{[round(v, 2) for v in sigma.tolist()]}",
+                otherwise="does not match the lesson's loss (section 1): per example, sigma^2 "
+                          "times the mean over coordinates of (score(x0 + sigma eps, sigma) + eps "
+                          "/ sigma)^2.")
     return case
 
 
@@ -126,17 +140,27 @@ def _dsm_is_differentiable(fn: Callable) -> None:
     loss = fn(lambda x, sigma: net(x) / sigma[:, None], torch.randn(3, 2), torch.rand(3) + 0.1,
               torch.randn(3, 2))
     if not isinstance(loss, Tensor) or not loss.requires_grad:
-        raise Mismatch("dsm_loss returned a loss with no gradient: compute it from the score's output without "
-                       ".detach(), .item() or torch.no_grad(), so that training can backpropagate.")
+        raise Mismatch("dsm_loss returned a loss with no gradient: compute it from the score's "
+                       "output without .detach(), .item() or torch.no_grad(), so that training "
+                       "can backpropagate.")
 
 
 DSM_LOSS = Checker(
-    "dsm_loss", dsm_loss, [_dsm_case(1, 2), _dsm_case(0, 3), _dsm_is_differentiable],
-    hints=(("Noise the clean points at each example's own level, ask the score model there, and compare its "
-           "answer with the score of the Gaussian you noised with, which you know exactly."),
-           ("sigma is one number per example: give it shape (B, 1). The known score at x = x0 + sigma eps is "
-           "-(x - x0) / sigma^2; write it in terms of eps. Then weight each example's mean squared error by "
-           "the same power of sigma that makes it of size one.")),
+    "dsm_loss",
+    dsm_loss,
+    [_dsm_case(1, 2), _dsm_case(0, 3), _dsm_is_differentiable],
+    hints=(
+        (
+            "Noise the clean points at each example's own level, ask the score model there, and "
+            "compare its answer with the score of the Gaussian you noised with, which you know "
+            "exactly."
+        ),
+        (
+            "sigma is one number per example: give it shape (B, 1). The known score at x = x0 + "
+            "sigma eps is -(x - x0) / sigma^2; write it in terms of eps. Then weight each "
+            "example's mean squared error by the same power of sigma that makes it of size one."
+        ),
+    ),
     see="lesson 15, section 1: sigma^2 * mean((score(x0 + sigma eps, sigma) + eps / sigma)^2)",
 )
 
@@ -149,38 +173,58 @@ def _langevin_case(seed: int, sigma: float, a: float) -> Callable:
         x, z = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
         s = _score(seed)(x, torch.full((4,), sigma))
         mistakes = [
-            Mistake("the score term is (step_size / 2) * score: the half is missing.", x + a * s + math.sqrt(a) * z),
-            Mistake("the noise is sqrt(step_size) * z: the square root is missing.", x + 0.5 * a * s + a * z),
+            Mistake("the score term is (step_size / 2) * score: the half is missing.",
+                    x + a * s + math.sqrt(a) * z),
+            Mistake("the noise is sqrt(step_size) * z: the square root is missing.",
+                    x + 0.5 * a * s + a * z),
             Mistake("Langevin climbs the density: add the score, do not subtract it.",
                     x - 0.5 * a * s + math.sqrt(a) * z),
-            Mistake("the noise term sqrt(step_size) z is missing: without it the step is gradient ascent, which "
-                    "piles every point on a mode instead of sampling.", x + 0.5 * a * s),
-            Mistake("the noise is sqrt(step_size) * z, not sqrt(2 * step_size) * z: with the half on the score, "
-                    "the noise takes the whole step size.", x + 0.5 * a * s + math.sqrt(2 * a) * z),
-            Mistake("the noise is sqrt(step_size) * z: the half belongs to the score term only, not to the "
-                    "noise's variance.", x + 0.5 * a * s + math.sqrt(a / 2) * z),
+            Mistake("the noise term sqrt(step_size) z is missing: without it the step is gradient "
+                    "ascent, which piles every point on a mode instead of sampling.",
+                    x + 0.5 * a * s),
+            Mistake("the noise is sqrt(step_size) * z, not sqrt(2 * step_size) * z: with the half "
+                    "on the score, the noise takes the whole step size.",
+                    x + 0.5 * a * s + math.sqrt(2 * a) * z),
+            Mistake("the noise is sqrt(step_size) * z: the half belongs to the score term only, "
+                    "not to the noise's variance.", x + 0.5 * a * s + math.sqrt(a / 2) * z),
         ]
-        got = _deterministic(fn, lambda: (_Score(seed), x.clone(), sigma, a, z.clone()), "langevin_step",
-                             "use the noise z you are given; draw no random numbers yourself.")
+        got = _deterministic(
+            fn,
+            lambda: (_Score(seed), x.clone(), sigma, a, z.clone()),
+            "langevin_step",
+            "use the noise z you are given; draw no random numbers yourself.",
+        )
         compare(got, langevin_step(_Score(seed), x, sigma, a, z), mistakes=mistakes,
                 what=f"langevin_step at sigma = {sigma}, step_size = {a}",
-                otherwise="does not match Song & Ermon's step (section 2): x + (step_size / 2) score(x, sigma) "
-                          "+ sqrt(step_size) z.")
+                otherwise="does not match Song & Ermon's step (section 2): x + (step_size / 2) "
+                          "score(x, sigma) + sqrt(step_size) z.")
     return case
 
 
 LANGEVIN_STEP = Checker(
-    "langevin_step", langevin_step, [_langevin_case(0, 0.5, 0.1), _langevin_case(1, 2.0, 0.03)],
-    hints=(("One step moves up the slope of log p (the score) by half the step size and adds fresh noise whose "
-           "variance is the step size."),
-           ("The score model wants sigma as a (B,) tensor: torch.full((x.shape[0],), sigma, ...). The noise term "
-           "is a standard deviation times z.")),
+    "langevin_step",
+    langevin_step,
+    [_langevin_case(0, 0.5, 0.1), _langevin_case(1, 2.0, 0.03)],
+    hints=(
+        (
+            "One step moves up the slope of log p (the score) by half the step size and adds "
+            "fresh noise whose variance is the step size."
+        ),
+        (
+            "The score model wants sigma as a (B,) tensor: torch.full((x.shape[0],), sigma, ...). "
+            "The noise term is a standard deviation times z."
+        ),
+    ),
     see="Song & Ermon 2019, Alg. 1, line 6, in lesson 15, section 2",
 )
 
 
-def _annealed_mistakes(seed: int, x: Tensor, sigmas: list[float], steps: int, eps: float) -> list[Mistake]:
-    def run(*, sizes: Callable[[float], float], order: list[float] | None = None, once: bool = False):
+def _annealed_mistakes(
+    seed: int, x: Tensor, sigmas: list[float], steps: int, eps: float
+) -> list[Mistake]:
+    def run(
+        *, sizes: Callable[[float], float], order: list[float] | None = None, once: bool = False
+    ):
         g, z_x = torch.Generator().manual_seed(seed + 100), x.clone()
         for sigma in order or sigmas:
             z = torch.randn(x.shape, generator=g)
@@ -191,18 +235,23 @@ def _annealed_mistakes(seed: int, x: Tensor, sigmas: list[float], steps: int, ep
         return z_x
     last = sigmas[-1]
     return [
-        Mistake("the step size at level sigma_i is eps * sigma_i^2 / sigma_L^2; yours uses eps at every level.",
+        Mistake("the step size at level sigma_i is eps * sigma_i^2 / sigma_L^2; yours uses eps at "
+                "every level.",
                 run(sizes=lambda s: eps)),
-        Mistake("the step size is eps * sigma_i^2 / sigma_L^2, squared: yours scales with sigma_i / sigma_L.",
+        Mistake("the step size is eps * sigma_i^2 / sigma_L^2, squared: yours scales with sigma_i "
+                "/ sigma_L.",
                 run(sizes=lambda s: eps * s / last)),
-        Mistake("the step size is eps * sigma_i^2 / sigma_L^2, large at the large levels; yours is inverted.",
+        Mistake("the step size is eps * sigma_i^2 / sigma_L^2, large at the large levels; yours "
+                "is inverted.",
                 run(sizes=lambda s: eps * last**2 / s**2)),
-        Mistake("the levels are walked from the first (largest) to the last (smallest), as given; yours runs "
-                "them backwards.", run(sizes=lambda s: eps * s**2 / last**2, order=sigmas[::-1])),
-        Mistake("a_i = eps * sigma_i^2 / sigma_L^2 divides by the last, smallest level sigma_L = sigmas[-1]; "
-                "yours divides by the first.", run(sizes=lambda s: eps * s**2 / sigmas[0] ** 2)),
-        Mistake("every Langevin step draws fresh noise z (torch.randn(x.shape, generator=generator)); yours "
-                "reuses one z for all the steps of a level.",
+        Mistake("the levels are walked from the first (largest) to the last (smallest), as given; "
+                "yours runs them backwards.",
+                run(sizes=lambda s: eps * s**2 / last**2, order=sigmas[::-1])),
+        Mistake("a_i = eps * sigma_i^2 / sigma_L^2 divides by the last, smallest level sigma_L = "
+                "sigmas[-1]; yours divides by the first.",
+                run(sizes=lambda s: eps * s**2 / sigmas[0] ** 2)),
+        Mistake("every Langevin step draws fresh noise z (torch.randn(x.shape, "
+                "generator=generator)); yours reuses one z for all the steps of a level.",
                 run(sizes=lambda s: eps * s**2 / last**2, once=True)),
     ]
 
@@ -216,33 +265,51 @@ def _annealed_case(seed: int, levels: int, steps: int) -> Callable:
                                  generator=torch.Generator().manual_seed(seed + 100))
         net = _Score(seed)
         torch.manual_seed(0)
-        got = fn(net, x.clone(), sigmas, steps=steps, eps=eps, generator=torch.Generator().manual_seed(seed + 100))
+        got = fn(
+            net,
+            x.clone(),
+            sigmas,
+            steps=steps,
+            eps=eps,
+            generator=torch.Generator().manual_seed(seed + 100),
+        )
         torch.manual_seed(1)
         again = fn(_Score(seed), x.clone(), sigmas, steps=steps, eps=eps,
                    generator=torch.Generator().manual_seed(seed + 100))
         if isinstance(got, Tensor) and isinstance(again, Tensor) and got.shape == again.shape \
                 and not torch.allclose(got, again):
-            raise Mismatch("two runs with generators seeded alike gave different samples: draw every z with the "
-                           "generator you are given, torch.randn(x.shape, generator=generator), not from "
-                           "PyTorch's global one.")
+            raise Mismatch("two runs with generators seeded alike gave different samples: draw "
+                           "every z with the generator you are given, torch.randn(x.shape, "
+                           "generator=generator), not from PyTorch's global one.")
         if len(net.calls) != levels * steps:
-            raise Mismatch(f"annealed_langevin with {levels} levels and steps = {steps} asked the score "
-                           f"{len(net.calls)} times; it takes `steps` Langevin steps at each level, one score "
-                           f"evaluation each: {levels * steps}.")
+            raise Mismatch(f"annealed_langevin with {levels} levels and steps = {steps} asked the "
+                           f"score {len(net.calls)} times; it takes `steps` Langevin steps at "
+                           f"each level, one score evaluation each: {levels * steps}.")
         compare(got, want, mistakes=_annealed_mistakes(seed, x, sigmas, steps, eps),
                 what=f"annealed_langevin over sigmas {sigmas} with steps = {steps}, eps = {eps}",
-                otherwise="does not match Song & Ermon's Alg. 1 (section 2): for each sigma_i in order, a_i = "
-                          "eps * sigma_i^2 / sigma_L^2, then `steps` times: z = torch.randn(x.shape, "
-                          "generator=generator), x = langevin_step(score, x, sigma_i, a_i, z).", atol=1e-5)
+                otherwise="does not match Song & Ermon's Alg. 1 (section 2): for each sigma_i in "
+                          "order, a_i = eps * sigma_i^2 / sigma_L^2, then `steps` times: z = "
+                          "torch.randn(x.shape, generator=generator), x = langevin_step(score, x, "
+                          "sigma_i, a_i, z).", atol=1e-5)
     return case
 
 
 ANNEALED_LANGEVIN = Checker(
-    "annealed_langevin", annealed_langevin, [_annealed_case(0, 3, 2), _annealed_case(1, 4, 3)],
-    hints=(("Walk down the ladder of levels; at each, run a few Langevin steps with a step size that shrinks "
-           "with the level, so that the noise each step adds matches the width of that level."),
-           ("The step size at level sigma_i is eps times the square of the ratio of sigma_i to the last (smallest) "
-           "level. Draw a fresh z with the generator you are given before every step.")),
+    "annealed_langevin",
+    annealed_langevin,
+    [_annealed_case(0, 3, 2), _annealed_case(1, 4, 3)],
+    hints=(
+        (
+            "Walk down the ladder of levels; at each, run a few Langevin steps with a step size "
+            "that shrinks with the level, so that the noise each step adds matches the width of "
+            "that level."
+        ),
+        (
+            "The step size at level sigma_i is eps times the square of the ratio of sigma_i to "
+            "the last (smallest) level. Draw a fresh z with the generator you are given before "
+            "every step."
+        ),
+    ),
     see="Song & Ermon 2019, Alg. 1, in lesson 15, section 2",
 )
 
@@ -257,45 +324,62 @@ def _sde_case(seed: int, sigma: float, sigma_next: float) -> Callable:
         s_next = _score(seed)(x, torch.full((4,), sigma_next))
         d = sigma**2 - sigma_next**2
         mistakes = [
-            Mistake("that is the probability-flow ODE's step (half the drift, no noise): the reverse SDE moves by "
-                    "the whole (sigma^2 - sigma_next^2) score and adds noise.", x + 0.5 * d * s),
-            Mistake("the drift is right but the noise is missing: the reverse SDE adds sqrt(sigma^2 - "
-                    "sigma_next^2) z at every step.", x + d * s),
-            Mistake("the noise's standard deviation is sqrt(sigma^2 - sigma_next^2), the width of the noise "
-                    "the step removes; yours is sigma - sigma_next.", x + d * s + (sigma - sigma_next) * z),
-            Mistake("the step is measured in sigma^2 (the SDE is Brownian motion in sigma^2): the drift is "
-                    "(sigma^2 - sigma_next^2) score, not (sigma - sigma_next) score.",
+            Mistake("that is the probability-flow ODE's step (half the drift, no noise): the "
+                    "reverse SDE moves by the whole (sigma^2 - sigma_next^2) score and adds noise.",
+                    x + 0.5 * d * s),
+            Mistake("the drift is right but the noise is missing: the reverse SDE adds "
+                    "sqrt(sigma^2 - sigma_next^2) z at every step.", x + d * s),
+            Mistake("the noise's standard deviation is sqrt(sigma^2 - sigma_next^2), the width of "
+                    "the noise the step removes; yours is sigma - sigma_next.",
+                    x + d * s + (sigma - sigma_next) * z),
+            Mistake("the step is measured in sigma^2 (the SDE is Brownian motion in sigma^2): the "
+                    "drift is (sigma^2 - sigma_next^2) score, not (sigma - sigma_next) score.",
                     x + (sigma - sigma_next) * s + math.sqrt(d) * z),
-            Mistake("the reverse SDE climbs towards the data: add the score term, do not subtract it.",
+            Mistake("the reverse SDE climbs towards the data: add the score term, do not subtract "
+                    "it.",
                     x - d * s + math.sqrt(d) * z),
-            Mistake("Euler-Maruyama evaluates the score where the step starts, at sigma, not at sigma_next.",
+            Mistake("Euler-Maruyama evaluates the score where the step starts, at sigma, not at "
+                    "sigma_next.",
                     x + d * s_next + math.sqrt(d) * z),
             Mistake("the noise is sqrt(sigma^2 - sigma_next^2) z, not (sigma^2 - sigma_next^2) z.",
                     x + d * s + d * z),
         ]
         got = _deterministic(fn, lambda: (_Score(seed), x.clone(), sigma, sigma_next, z.clone()),
-                             "reverse_sde_step", "use the noise z you are given; draw no random numbers yourself.")
+                             "reverse_sde_step", "use the noise z you are given; draw no random "
+                                                 "numbers yourself.")
         compare(got, reverse_sde_step(_Score(seed), x, sigma, sigma_next, z), mistakes=mistakes,
                 what=f"reverse_sde_step from sigma = {sigma} to {sigma_next}",
-                otherwise="does not match the lesson's Euler-Maruyama step (section 3): x + (sigma^2 - "
-                          "sigma_next^2) score(x, sigma) + sqrt(sigma^2 - sigma_next^2) z.")
+                otherwise="does not match the lesson's Euler-Maruyama step (section 3): x + "
+                          "(sigma^2 - sigma_next^2) score(x, sigma) + sqrt(sigma^2 - "
+                          "sigma_next^2) z.")
     return case
 
 
 REVERSE_SDE_STEP = Checker(
-    "reverse_sde_step", reverse_sde_step,
+    "reverse_sde_step",
+    reverse_sde_step,
     [_sde_case(0, 2.0, 1.2), _sde_case(1, 0.5, 0.0), _sde_case(2, 5.0, 4.5)],
-    hints=(("In the variable sigma^2 the forward process is Brownian motion; the reverse SDE's drift is minus the "
-           "score per unit of sigma^2, and each step also adds Brownian noise for the sigma^2 it covers."),
-           ("Let d = sigma^2 - sigma_next^2 (positive: sigma falls). The drift moves by d times the score at the "
-           "step's start; the noise's standard deviation is the square root of d.")),
+    hints=(
+        (
+            "In the variable sigma^2 the forward process is Brownian motion; the reverse SDE's "
+            "drift is minus the score per unit of sigma^2, and each step also adds Brownian noise "
+            "for the sigma^2 it covers."
+        ),
+        (
+            "Let d = sigma^2 - sigma_next^2 (positive: sigma falls). The drift moves by d times "
+            "the score at the step's start; the noise's standard deviation is the square root of "
+            "d."
+        ),
+    ),
     see="Song et al. 2021, Eq. 6 and Eq. 47, in lesson 15, section 3",
 )
 
 
 # --- 4. The probability-flow ODE and Hutchinson's divergence -----------------------------------
 
-def _drift_mistakes(seed: int, x: Tensor, sigma: float, z: Tensor) -> list[tuple[Tensor, Tensor, str]]:
+def _drift_mistakes(
+    seed: int, x: Tensor, sigma: float, z: Tensor
+) -> list[tuple[Tensor, Tensor, str]]:
     """(f, div) of typical wrong answers, each with its message."""
     def parts(scale: float, reduce: str = "sum", times_z: bool = True, of: str = "f"):
         with torch.enable_grad():
@@ -308,17 +392,45 @@ def _drift_mistakes(seed: int, x: Tensor, sigma: float, z: Tensor) -> list[tuple
         div = prod.sum(1) if reduce == "sum" else prod.mean(1)
         return f.detach(), div
     return [
-        (*parts(-sigma, "mean"), ("the divergence is a trace, the sum over coordinates of z * (z^T J); yours "
-                                "takes their mean.")),
-        (*parts(-sigma, times_z=False), ("Hutchinson's estimate is z^T J z: the vector-Jacobian product must be "
-                                       "taken with z (grad_outputs=z) and then multiplied by z again and summed.")),
-        (*parts(-sigma, of="score"), ("the divergence is of the drift f = -sigma score, not of the score: "
-                                     "take the vector-Jacobian product of f.")),
-        (*parts(-1.0), "the drift is dx/dsigma = -sigma score(x, sigma): the factor sigma is missing."),
-        (*parts(sigma), ("the drift is -sigma score(x, sigma): as sigma falls the ODE moves up the score, so "
-                        "dx/dsigma points down it.")),
-        (*parts(-2 * sigma), ("-2 sigma score is the reverse SDE's drift in sigma; the probability-flow ODE has "
-                             "half of it, -sigma score (no noise to balance).")),
+        (
+            *parts(-sigma, "mean"),
+            (
+                "the divergence is a trace, the sum over coordinates of z * (z^T J); yours "
+                "takes their mean."
+            ),
+        ),
+        (
+            *parts(-sigma, times_z=False),
+            (
+                "Hutchinson's estimate is z^T J z: the vector-Jacobian product must be "
+                "taken with z (grad_outputs=z) and then multiplied by z again and summed."
+            ),
+        ),
+        (
+            *parts(-sigma, of="score"),
+            (
+                "the divergence is of the drift f = -sigma score, not of the score: "
+                "take the vector-Jacobian product of f."
+            ),
+        ),
+        (
+            *parts(-1.0),
+            "the drift is dx/dsigma = -sigma score(x, sigma): the factor sigma is missing.",
+        ),
+        (
+            *parts(sigma),
+            (
+                "the drift is -sigma score(x, sigma): as sigma falls the ODE moves up the score, "
+                "so dx/dsigma points down it."
+            ),
+        ),
+        (
+            *parts(-2 * sigma),
+            (
+                "-2 sigma score is the reverse SDE's drift in sigma; the probability-flow ODE has "
+                "half of it, -sigma score (no noise to balance)."
+            ),
+        ),
     ]
 
 
@@ -331,40 +443,63 @@ def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...]) -> Callabl
         net = _Score(seed)
         got = fn(net, x.clone(), sigma, z.clone())
         if not (isinstance(got, tuple) and len(got) == 2):
-            raise Mismatch("hutchinson_divergence returns two things, (f, divergence): the drift, like x, and "
-                           "the estimate, one number per example.")
+            raise Mismatch("hutchinson_divergence returns two things, (f, divergence): the drift, "
+                           "like x, and the estimate, one number per example.")
         f, div = got
         if len(net.calls) != 1:
-            raise Mismatch(f"hutchinson_divergence asked the score {len(net.calls)} times; one evaluation and one "
-                           "vector-Jacobian product (torch.autograd.grad with grad_outputs=z) are all it needs.")
+            raise Mismatch(f"hutchinson_divergence asked the score {len(net.calls)} times; one "
+                           "evaluation and one vector-Jacobian product (torch.autograd.grad with "
+                           "grad_outputs=z) are all it needs.")
         what = f"hutchinson_divergence at sigma = {sigma} on points of shape {shape}"
         if isinstance(div, Tensor) and div.shape == x.shape:
-            raise Mismatch(f"{what}: the divergence came back with x's shape {tuple(x.shape)}; it is one number "
-                           "per example: sum z * (z^T J) over each example's coordinates.")
+            raise Mismatch(f"{what}: the divergence came back with x's shape {tuple(x.shape)}; it "
+                           "is one number per example: sum z * (z^T J) over each example's "
+                           "coordinates.")
         if isinstance(div, Tensor) and div.ndim == 0:
-            raise Mismatch(f"{what}: the divergence came back as one number; sum over each example's "
-                           "coordinates only, one estimate per example, shape (B,).")
+            raise Mismatch(f"{what}: the divergence came back as one number; sum over each "
+                           "example's coordinates only, one estimate per example, shape (B,).")
         for wrong_f, wrong_div, message in _drift_mistakes(seed, x, sigma, z):
-            if isinstance(f, Tensor) and isinstance(div, Tensor) and f.shape == wrong_f.shape \
-                    and div.shape == wrong_div.shape and torch.allclose(f.detach(), wrong_f, atol=1e-5) \
-                    and torch.allclose(div.detach(), wrong_div, atol=1e-5) and not (
-                        torch.allclose(f.detach(), want_f, atol=1e-5)
-                        and torch.allclose(div.detach(), want_div, atol=1e-5)):
+            if (
+                isinstance(f, Tensor)
+                and isinstance(div, Tensor)
+                and f.shape == wrong_f.shape
+                and div.shape == wrong_div.shape
+                and torch.allclose(f.detach(), wrong_f, atol=1e-5)
+                and torch.allclose(div.detach(), wrong_div, atol=1e-5)
+                and not (
+                    torch.allclose(f.detach(), want_f, atol=1e-5)
+                    and torch.allclose(div.detach(), want_div, atol=1e-5)
+                )
+            ):
                 raise Mismatch(f"{what}: {message}")
         compare(f.detach() if isinstance(f, Tensor) else f, want_f, what=f"{what}, the drift f",
                 otherwise="the drift is dx/dsigma = -sigma score(x, sigma) (section 4).")
-        compare(div.detach() if isinstance(div, Tensor) else div, want_div, what=f"{what}, the divergence",
-                otherwise="the estimate is z^T (df/dx) z: the vector-Jacobian product of f with z, times z, "
-                          "summed over each example's coordinates (section 4).")
+        compare(div.detach() if isinstance(div, Tensor) else div, want_div, what=f"{what}, the "
+                                                                                 "divergence",
+                otherwise="the estimate is z^T (df/dx) z: the vector-Jacobian product of f with "
+                          "z, times z, summed over each example's coordinates (section 4).")
     return case
 
 
 HUTCHINSON_DIVERGENCE = Checker(
-    "hutchinson_divergence", hutchinson_divergence,
-    [_divergence_case(0, 0.7, (5, 2)), _divergence_case(1, 3.0, (3, 2)), _divergence_case(2, 0.2, (2, 4))],
-    hints=(("Compute the ODE's drift at x with x tracked by autograd, then get z^T J (J the drift's Jacobian) from "
-           "a single backward pass: the trace estimate is that row vector dotted with z."),
-           ("Inside torch.enable_grad(): x = x.detach().requires_grad_(True); f = ... ; torch.autograd.grad(f, x, "
-           "grad_outputs=z) gives z^T df/dx. Multiply by z and sum over each example's coordinates.")),
+    "hutchinson_divergence",
+    hutchinson_divergence,
+    [
+        _divergence_case(0, 0.7, (5, 2)),
+        _divergence_case(1, 3.0, (3, 2)),
+        _divergence_case(2, 0.2, (2, 4)),
+    ],
+    hints=(
+        (
+            "Compute the ODE's drift at x with x tracked by autograd, then get z^T J (J the "
+            "drift's Jacobian) from a single backward pass: the trace estimate is that row vector "
+            "dotted with z."
+        ),
+        (
+            "Inside torch.enable_grad(): x = x.detach().requires_grad_(True); f = ... ; "
+            "torch.autograd.grad(f, x, grad_outputs=z) gives z^T df/dx. Multiply by z and sum "
+            "over each example's coordinates."
+        ),
+    ),
     see="Grathwohl et al. 2019, Eq. 7, in lesson 15, section 4",
 )
