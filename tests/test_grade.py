@@ -332,3 +332,26 @@ def test_the_grader_checks_every_solution_again_and_agrees():
         nb = json.loads((config.PROJECT_ROOT / "solutions" / f"{lesson}.ipynb").read_text())
         found = recheck(nb, exercises)
         assert {k: v["status"] for k, v in found.items()} == {e["name"]: "passed" for e in exercises}, lesson
+
+
+def test_the_librarys_own_answer_is_flagged_not_passed(capsys):
+    import torch
+
+    from diffuse_edu import exercises
+    from diffuse_edu.exercises.welcome import TO_UNIT_RANGE
+
+    ref = TO_UNIT_RANGE.reference
+
+    def wrapper(x, max_value=255.0):  # the learner's name, the library's work
+        return ref(x, max_value)
+
+    def own(x, max_value=255.0):
+        return x.float() / max_value * 2 - 1
+
+    for fn in (ref, wrapper):
+        assert exercises.check(fn, TO_UNIT_RANGE) is ref
+        assert exercises.VERDICTS[-1].status == "library"
+    assert "[library]" in capsys.readouterr().out
+    assert exercises.check(own, TO_UNIT_RANGE) is own and exercises.VERDICTS[-1].status == "passed"
+    assert exercises.run_checker(ref, TO_UNIT_RANGE).status == "passed"  # the checkers' own tests still run it
+    assert torch.equal(own(torch.tensor([0, 255])), torch.tensor([-1.0, 1.0]))

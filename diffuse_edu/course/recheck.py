@@ -46,7 +46,7 @@ def _checker(spec: str):
 
 def recheck(notebook: dict, exercises: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     """Exercise name -> {"status", "message"} from checking ``notebook``'s exercise cells again."""
-    from diffuse_edu.exercises import run_checker  # taken before any of the learner's code runs
+    from diffuse_edu.exercises import borrowed_verdict, run_checker  # before any of the learner's code runs
 
     checkers = {e["name"]: _checker(e["checker"]) for e in exercises}
     scope: dict = {"__name__": "__main__"}
@@ -76,7 +76,7 @@ def recheck(notebook: dict, exercises: list[dict[str, str]]) -> dict[str, dict[s
             if not callable(fn):
                 found[name] = {"status": NOT_RECHECKED, "message": f"its cell defines no function {name}"}
                 continue
-            verdict = run_checker(fn, checker)
+            verdict = borrowed_verdict(fn, checker) or run_checker(fn, checker)
             if verdict.status == "failed" and "raised NameError" in verdict.message:
                 found[name] = {"status": NOT_RECHECKED,
                                "message": f"it uses names that other cells define ({verdict.message})"}
