@@ -45,6 +45,9 @@ lesson                modules
                       ``data.subject``, ``evaluation.probes``
 14 distillation       ``diffusion.distillation`` (``distillation_target``), ``training.distill``
                       (``distillation_step``, ``distill``)
+15 scores and SDEs    ``diffusion.score`` (``dsm_loss``, ``langevin_step``, ``annealed_langevin``,
+                      ``reverse_sde_step``, ``hutchinson_divergence``, ``ode_log_likelihood``),
+                      ``evaluation.sample_sets`` (``energy_distance``)
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),
