@@ -20,8 +20,9 @@ lesson                modules
                       ``models.attention`` (``attention_block``), ``evaluation.profiling``,
                       ``evaluation.probes``
 04 time embeddings    ``models.time_embedding`` (``scale_shift``), ``evaluation.probes`` (loss by t)
-05 training a DDPM    ``training.loop`` (``training_step``), ``training.ema``, ``training.checkpoints``,
-                      ``training.recipes``, ``training.pretrained``, ``evaluation.baseline``
+05 training a DDPM    ``training.loop`` (``training_step``), ``training.ema``,
+                      ``training.checkpoints``, ``training.recipes``, ``training.pretrained``,
+                      ``evaluation.baseline``
 06 FID                ``evaluation.fid``, ``evaluation.features``, ``models.classifier``,
                       ``evaluation.probes``
 07 samplers           ``diffusion.samplers``, ``diffusion.denoisers``, ``diffusion.prediction``

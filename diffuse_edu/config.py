@@ -212,7 +212,8 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 
 
 def thread_env(jobs: int) -> dict[str, str]:
-    """The environment that gives a child process its share (:func:`threads_per_job`) of the cores."""
+    """The environment that gives a child process its share (:func:`threads_per_job`) of the
+    cores."""
     n = str(threads_per_job(jobs))
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 

@@ -31,7 +31,8 @@ END = re.compile(r"^\s*# END SOLUTION\s*$")
 HINT = re.compile(r"^\s*# HINT:")
 #: An exercise's check line: ``name = check(name, CHECKER)``.
 CHECK = re.compile(r"^(\w+) = check\((\w+), (\w+)\)\s*$")
-#: Each lesson's exercises, in order, with their checkers (written by the build, read by the grader).
+#: Each lesson's exercises, in order, with their checkers (written by the build, read by the
+#: grader).
 MANIFEST = Path(__file__).with_name("lessons.json")
 
 KERNEL_METADATA = {
@@ -102,7 +103,8 @@ def build(solutions: Path, notebooks: Path) -> list[Path]:
 
 
 def out_of_sync(solutions: Path, notebooks: Path) -> list[str]:
-    """Problems between ``solutions/`` and ``notebooks/``; empty when the build would change nothing."""
+    """Problems between ``solutions/`` and ``notebooks/``; empty when the build would change
+    nothing."""
     problems = []
     wanted = {p.name for p in solutions.glob("*.ipynb")}
     have = {p.name for p in notebooks.glob("*.ipynb")}
@@ -115,7 +117,8 @@ def out_of_sync(solutions: Path, notebooks: Path) -> list[str]:
                             "(run `python -m diffuse_edu build`)")
     for name in sorted(wanted & have):
         if (notebooks / name).read_text() != student_version(solutions / name):
-            problems.append(f"{name}: differs from its solution (run `python -m diffuse_edu build`)")
+            problems.append(f"{name}: differs from its solution "
+                            "(run `python -m diffuse_edu build`)")
     return problems
 
 
@@ -142,7 +145,8 @@ def lesson_exercises(solution: Path) -> list[dict[str, str]]:
             for line in cell.source.splitlines():
                 if match := CHECK.match(line):
                     name, constant = match.group(1), match.group(3)
-                    found.append({"name": name, "checker": f"{_checker_module(constant)}:{constant}"})
+                    found.append({"name": name,
+                                  "checker": f"{_checker_module(constant)}:{constant}"})
     return found
 
 

@@ -11,8 +11,9 @@
                                     results table
     check NOTEBOOK                  run a learner's notebook and report each exercise's verdict
     grade FOLDER [--timeout S] [--memory MB] [--jobs N] [--out DIR] [--isolate]
-                                    run every learner's notebooks (each in a scratch copy, with time
-                                    and memory limits; --isolate: in a sandbox) and tabulate the verdicts
+                                    run every learner's notebooks (each in a scratch copy, with
+                                    time and memory limits; --isolate: in a sandbox) and tabulate
+                                    the verdicts
     workshop [--scale S]            prepare a workshop: train and cache every model the lessons load
     export nbgrader DIR             the course as an nbgrader course directory (source/<lesson>/)
     export nbgrader-submission DIR --notebook NB --student ID
@@ -48,7 +49,8 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     if args.action == "fetch":
         if args.target not in data.CARDS:
-            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.", file=sys.stderr)
+            print(f"Unknown data set {args.target!r}; known: {', '.join(data.CARDS)}.",
+                  file=sys.stderr)
             return 2
         print(f"saved {data.fetch(args.target)}")
         return 0
@@ -71,7 +73,8 @@ def _build(args: argparse.Namespace) -> int:
     if table not in (root / "README.md").read_text():
         problems.append("README.md: the results table is not what results/ and today's lessons say")
     if builder.read_manifest() != builder.exercise_manifest(root / "solutions"):
-        problems.append(f"{builder.MANIFEST.name}: the lessons' exercises are not what solutions/ checks")
+        problems.append(f"{builder.MANIFEST.name}: the lessons' exercises are not what solutions/ "
+                        "checks")
     if args.check:
         print("\n".join(problems) or "notebooks/ matches solutions/.")
         return 1 if problems else 0
@@ -93,8 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{path.stem}")
     summary = run_notebook(path, scale=args.scale, out=out)
     print(f"{path.name} at {summary['scale']} scale: {summary['seconds']} s on {summary['device']}")
-    print(f"wrote {out}/metrics.json, {out / path.name} (the executed notebook) and {len(summary['figures'])} "
-          "figure(s)")
+    print(f"wrote {out}/metrics.json, {out / path.name} (the executed notebook) and "
+          f"{len(summary['figures'])} figure(s)")
     _update_results_table(out.parent)
     return 0
 
@@ -111,7 +114,8 @@ def _update_results_table(folder: Path) -> None:
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    """Every lesson headless; with --out pointing at the project's results/, the README's table too."""
+    """Every lesson headless; with --out pointing at the project's results/, the README's table
+    too."""
     from diffuse_edu.course.runner import lessons_dir, run_all
 
     out = Path(args.out or "runs")
@@ -120,14 +124,19 @@ def _run_all(args: argparse.Namespace) -> int:
     left = len(list(lessons_dir().glob("[0-9]*.ipynb"))) - len(summaries)
     current = sum(1 for s in summaries.values() if s.get("skipped") == "current")
     too_long = [name for name, s in summaries.items() if s.get("skipped") == "too long"]
-    stopped = [name for name, s in summaries.items() if s.get("unfinished") and not s.get("skipped")]
-    failed = [name for name, s in summaries.items() if s.get("error") and not s.get("skipped") and name not in stopped]
+    stopped = [name for name, s in summaries.items()
+               if s.get("unfinished") and not s.get("skipped")]
+    failed = [name for name, s in summaries.items()
+              if s.get("error") and not s.get("skipped") and name not in stopped]
     ran = len(summaries) - current - len(too_long)
-    print(f"{ran - len(failed) - len(stopped)} of {ran} lessons ran" + (f"; failed: {', '.join(failed)}" if failed else "")
+    print(f"{ran - len(failed) - len(stopped)} of {ran} lessons ran"
+          + (f"; failed: {', '.join(failed)}" if failed else "")
           + (f"; stopped unfinished at the budget: {', '.join(stopped)}" if stopped else "")
           + (f"; {current} already current (skipped)" if current else "")
-          + (f"; passed over as too long for this budget: {', '.join(too_long)}" if too_long else "")
-          + (f"; {left} not started within the budget (run the same command again)" if left else ""))
+          + (f"; passed over as too long for this budget: {', '.join(too_long)}"
+             if too_long else "")
+          + (f"; {left} not started within the budget (run the same command again)"
+             if left else ""))
     return 1 if failed or stopped else 0
 
 
@@ -154,13 +163,14 @@ def _check(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from diffuse_edu.course.grade import grade
 
-    grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory, out=Path(args.out) if args.out else None,
-          jobs=args.jobs, isolate=args.isolate)
+    grade(Path(args.folder), timeout=args.timeout, memory_mb=args.memory,
+          out=Path(args.out) if args.out else None, jobs=args.jobs, isolate=args.isolate)
     return 0
 
 
 def _workshop(args: argparse.Namespace) -> int:
-    """Train (or verify) every cached model the lessons load, so a room of learners need not wait."""
+    """Train (or verify) every cached model the lessons load, so a room of learners need not
+    wait."""
     from diffuse_edu.course import workshop
     from diffuse_edu.training import distributed
 
@@ -179,14 +189,16 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.folder)
     if args.format == "nbgrader-submission":
         if not (args.notebook and args.student):
-            print("export nbgrader-submission COURSE --notebook NOTEBOOK --student ID", file=sys.stderr)
+            print("export nbgrader-submission COURSE --notebook NOTEBOOK --student ID",
+                  file=sys.stderr)
             return 2
         target = nbgrader.import_submission(Path(args.notebook), out, args.student, args.lesson)
         print(f"wrote {target}; in {out}: `nbgrader autograde {target.parent.name}`")
         return 0
     written = nbgrader.export(root / "solutions", out)
-    print(f"wrote {len(written)} lessons to {out / 'source'} and {out / 'nbgrader_config.py'}; in {out}: "
-          "`nbgrader generate_assignment LESSON`, release, collect, then `nbgrader autograde LESSON`")
+    print(f"wrote {len(written)} lessons to {out / 'source'} and {out / 'nbgrader_config.py'}; in "
+          f"{out}: `nbgrader generate_assignment LESSON`, release, collect, then `nbgrader "
+          "autograde LESSON`")
     return 0
 
 
@@ -194,10 +206,11 @@ def _bench(args: argparse.Namespace) -> int:
     from diffuse_edu.course import bench
 
     scale = None if args.scale == "auto" else config.Scale(args.scale)
-    bench.run(scale=scale, train_steps=args.train_steps, samples=args.samples, sample_batch=args.sample_batch,
-              samplers=args.samplers, compile=args.compile_mode or args.compile, train_batch=args.train_batch,
-              profile=args.profile, quality=args.quality,
-              quality_seconds=args.quality_seconds, out=Path(args.out) if args.out else None)
+    bench.run(scale=scale, train_steps=args.train_steps, samples=args.samples,
+              sample_batch=args.sample_batch, samplers=args.samplers,
+              compile=args.compile_mode or args.compile, train_batch=args.train_batch,
+              profile=args.profile, quality=args.quality, quality_seconds=args.quality_seconds,
+              out=Path(args.out) if args.out else None)
     return 0
 
 
@@ -244,53 +257,72 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="with all: run every lesson, also those whose results in --out are current")
     r.add_argument("--budget", type=_positive(float), default=None, metavar="SECONDS",
-                   help="with all: start no lesson past this many seconds, nor one whose last run in --out "
-                        "took longer than what is left; a lesson still running at the end is stopped and "
-                        "recorded as unfinished (later runs pass over it); run again to resume")
+                   help="with all: start no lesson past this many seconds, nor one whose last run "
+                        "in --out took longer than what is left; a lesson still running at the "
+                        "end is stopped and recorded as unfinished (later runs pass over it); run "
+                        "again to resume")
     r.set_defaults(func=_run)
     c = sub.add_parser("check", help="check a learner's notebook")
     c.add_argument("notebook", help="path to the notebook, or a lesson number")
     c.set_defaults(func=_check)
-    gr = sub.add_parser("grade", help="run every learner's notebooks in a folder and tabulate the verdicts")
-    gr.add_argument("folder", help="one .ipynb per learner, or one sub-folder of notebooks per learner")
+    gr = sub.add_parser("grade",
+                        help="run every learner's notebooks in a folder and tabulate the verdicts")
+    gr.add_argument("folder",
+                    help="one .ipynb per learner, or one sub-folder of notebooks per learner")
     gr.add_argument("--timeout", type=_positive(float), default=300.0,
                     help="seconds each notebook may run (default 300)")
     gr.add_argument("--memory", type=_positive(float), default=4000.0,
-                    help="MB of memory each notebook may hold (default 4000); past it the notebook is stopped")
+                    help="MB of memory each notebook may hold (default 4000); past it the "
+                         "notebook is stopped")
     gr.add_argument("--jobs", type=_positive(int), default=1,
-                    help="notebooks graded at a time (default 1; at most the cores); each may hold --memory MB, "
-                         "and side by side each runs slower against its --timeout")
-    gr.add_argument("--out", help="where grades.csv, grades.md and the executed notebooks go (default FOLDER-grades, "
-                                  "beside the class folder)")
+                    help="notebooks graded at a time (default 1; at most the cores); each may "
+                         "hold --memory MB, and side by side each runs slower against its "
+                         "--timeout")
+    gr.add_argument("--out",
+                    help="where grades.csv, grades.md and the executed notebooks go (default "
+                         "FOLDER-grades, beside the class folder)")
     gr.add_argument("--isolate", action="store_true",
-                    help="run each notebook in a sandbox (bubblewrap, or unshare) where it sees only its own "
-                         "scratch copy and no other process")
+                    help="run each notebook in a sandbox (bubblewrap, or unshare) where it sees "
+                         "only its own scratch copy and no other process")
     gr.set_defaults(func=_grade)
     w = sub.add_parser("workshop", help="train and cache every model the lessons load")
-    w.add_argument("--scale", default="full", choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
-    w.add_argument("--retrain", action="store_true", help="train afresh even where a checkpoint exists")
+    w.add_argument("--scale", default="full",
+                   choices=[s.value for s in config.Scale if s is not config.Scale.AUTO])
+    w.add_argument("--retrain", action="store_true",
+                   help="train afresh even where a checkpoint exists")
     w.set_defaults(func=_workshop)
     ex = sub.add_parser("export", help="export the course for a grading tool")
     ex.add_argument("format", choices=["nbgrader", "nbgrader-submission"],
-                    help="nbgrader: a course directory with source/<lesson>/; nbgrader-submission: a learner's "
-                         "notebook from notebooks/ put into that course's submitted/ folder, for autograde")
+                    help="nbgrader: a course directory with source/<lesson>/; "
+                         "nbgrader-submission: a learner's notebook from notebooks/ put into that "
+                         "course's submitted/ folder, for autograde")
     ex.add_argument("folder", help="the course directory")
     ex.add_argument("--notebook", help="nbgrader-submission: the learner's worked course notebook")
     ex.add_argument("--student", help="nbgrader-submission: the learner's nbgrader student id")
-    ex.add_argument("--lesson", help="nbgrader-submission: the lesson (default: the notebook's file name)")
+    ex.add_argument("--lesson",
+                    help="nbgrader-submission: the lesson (default: the notebook's file name)")
     ex.set_defaults(func=_export)
     sb = sub.add_parser("bench", help="training and sampling speed on this machine")
     sb.add_argument("--scale", default="auto", choices=[s.value for s in config.Scale])
-    sb.add_argument("--train-steps", type=_positive(int), help="training steps timed (default 30 quick, 300 full)")
-    sb.add_argument("--samples", type=_positive(int), help="samples per sampler (default 64 quick, 10,000 full)")
-    sb.add_argument("--sample-batch", type=_positive(int), help="sampling batch size (default 64 quick, 2,500 full)")
-    sb.add_argument("--samplers", nargs="+", help="names from diffuse_edu.course.bench.SAMPLERS (default: all; none: training only)")
+    sb.add_argument("--train-steps", type=_positive(int),
+                    help="training steps timed (default 30 quick, 300 full)")
+    sb.add_argument("--samples", type=_positive(int),
+                    help="samples per sampler (default 64 quick, 10,000 full)")
+    sb.add_argument("--sample-batch", type=_positive(int),
+                    help="sampling batch size (default 64 quick, 2,500 full)")
+    sb.add_argument("--samplers", nargs="+",
+                    help="names from diffuse_edu.course.bench.SAMPLERS (default: all; none: "
+                         "training only)")
     sb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the training step (default: on a GPU, as the recipe does)")
-    sb.add_argument("--compile-mode", help="a torch.compile mode for training, e.g. reduce-overhead (CUDA graphs)")
-    sb.add_argument("--train-batch", type=_positive(int), help="training batch size (default: the recipe's)")
-    sb.add_argument("--profile", action="store_true", help="also show where a training step's time goes")
-    sb.add_argument("--quality", action="store_true", help="also compare FID of eager and fast sampling")
+    sb.add_argument("--compile-mode",
+                    help="a torch.compile mode for training, e.g. reduce-overhead (CUDA graphs)")
+    sb.add_argument("--train-batch", type=_positive(int),
+                    help="training batch size (default: the recipe's)")
+    sb.add_argument("--profile", action="store_true",
+                    help="also show where a training step's time goes")
+    sb.add_argument("--quality", action="store_true",
+                    help="also compare FID of eager and fast sampling")
     sb.add_argument("--quality-seconds", type=float, help="training budget for --quality")
     sb.add_argument("--out", help="also write the numbers to this JSON file")
     sb.set_defaults(func=_bench)
@@ -301,9 +333,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "data" and args.action != "list" and not args.target:
-        parser().error(f"data {args.action} needs a {'name' if args.action == 'fetch' else 'folder'}.")
+        parser().error(f"data {args.action} needs a "
+                       f"{'name' if args.action == 'fetch' else 'folder'}.")
     try:
         return args.func(args)
-    except config.CourseError as e:  # the library's own, explained errors; anything else is a bug: traceback
+    except config.CourseError as e:
+        # the library's own, explained errors; anything else is a bug: traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

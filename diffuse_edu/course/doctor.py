@@ -35,13 +35,15 @@ def _packages() -> list[Finding]:
             mod = importlib.import_module(name)
             found.append(Finding(name, True, getattr(mod, "__version__", "installed")))
         except ImportError:
-            found.append(Finding(name, False, "missing", "pip install -e .  (from the project root)"))
+            found.append(Finding(name, False, "missing",
+                                 "pip install -e .  (from the project root)"))
     for name, use in OPTIONAL.items():
         try:
             mod = importlib.import_module(name)
             found.append(Finding(name, True, getattr(mod, "__version__", "installed")))
         except ImportError:
-            found.append(Finding(name, False, f"missing: needed for {use}", f"pip install {name.lower()}"))
+            found.append(Finding(name, False, f"missing: needed for {use}",
+                                 f"pip install {name.lower()}"))
     return found
 
 
@@ -55,7 +57,8 @@ def _device_and_scale() -> list[Finding]:
 
     scale, kind = config.get_scale(), config.accelerator()
     env = os.environ.get(config.SCALE_ENV)
-    found = {"cuda": "a CUDA GPU is present", "mps": "Apple's MPS is present", "cpu": "no GPU"}[kind]
+    found = {"cuda": "a CUDA GPU is present", "mps": "Apple's MPS is present",
+             "cpu": "no GPU"}[kind]
     why = f"from ${config.SCALE_ENV}={env}" if env else f"auto: {found}"
     findings = [Finding("device", True, device_name()),
                 Finding("scale", True, f"{scale.value} ({why})")]
@@ -73,7 +76,8 @@ def _precision(device: str) -> Finding:
     name = Precision(precision_dtype(TrainConfig(), device)).name
     if device != "cuda":
         return Finding("training precision", True, f"{name} (the CPU)")
-    # a GPU without fast bfloat16 (a T4) trains in float16 with a gradient scaler, about 4x float32's speed
+    # a GPU without fast bfloat16 (a T4) trains in float16 with a gradient scaler, about 4x
+    # float32's speed
     return Finding("training precision", True, name + ("" if "bfloat16" in name else
                                                        " (this GPU has no fast bfloat16)"))
 
@@ -85,7 +89,8 @@ def _data() -> list[Finding]:
         if where == "missing":
             fix = (f"online: python -m diffuse_edu data fetch {name}; offline: "
                    f"python -m diffuse_edu data stage FOLDER (with {card.npz})")
-            need = "optional (CIFAR-10 lessons only)" if name == "cifar10" else "needed at full scale"
+            need = ("optional (CIFAR-10 lessons only)" if name == "cifar10"
+                    else "needed at full scale")
             findings.append(Finding(f"data: {name}", name == "cifar10", f"missing, {need}", fix))
         else:
             findings.append(Finding(f"data: {name}", True, where))
@@ -102,7 +107,8 @@ def _models() -> list[Finding]:
 
     cache = config.cache_dir()
     if not (cache / MANIFEST).is_file():
-        return [Finding("trained models", True, "no workshop manifest: lessons train what they need")]
+        return [Finding("trained models", True,
+                        "no workshop manifest: lessons train what they need")]
     results = verify_manifest(cache)
     bad = [(path, why) for path, ok, why in results if not ok]
     if not bad:

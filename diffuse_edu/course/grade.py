@@ -50,17 +50,18 @@ class Graded:
 
 
 def find_learners(folder: Path, *, skip: Path | None = None) -> dict[str, list[Path]]:
-    """Learner -> notebooks: each ``.ipynb`` in ``folder`` is a learner (named by the file), and each
-    sub-folder holding notebooks is one (named by the folder), but ``skip`` (the grader's own output,
-    which keeps the executed notebooks)."""
+    """Learner -> notebooks: each ``.ipynb`` in ``folder`` is a learner (named by the file), and
+    each sub-folder holding notebooks is one (named by the folder), but ``skip`` (the grader's own
+    output, which keeps the executed notebooks)."""
     if not folder.is_dir():
-        raise config.CourseError(f"{folder} is not a folder: give grade the class folder, with one .ipynb per "
-                                 "learner or one folder of notebooks per learner.")
+        raise config.CourseError(f"{folder} is not a folder: give grade the class folder, with "
+                                 "one .ipynb per learner or one folder of notebooks per learner.")
     learners: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix == ".ipynb":
             learners[path.stem] = [path]
-        elif path.is_dir() and not path.name.startswith(".") and (skip is None or path.resolve() != skip.resolve()):
+        elif (path.is_dir() and not path.name.startswith(".")
+              and (skip is None or path.resolve() != skip.resolve())):
             books = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
             if books:
                 learners[path.name] = books
@@ -74,9 +75,11 @@ def notebook_problem(path: Path) -> str | None:
     except UnicodeDecodeError:
         return "not a notebook: the file is not text (UTF-8)"
     except json.JSONDecodeError as e:
-        return f"not a notebook: not valid JSON ({e.msg} at line {e.lineno}); the file may be truncated"
+        return (f"not a notebook: not valid JSON ({e.msg} at line {e.lineno}); the file may be "
+                "truncated")
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or nb.get("nbformat") != 4:
-        return "not a notebook: valid JSON, but not a Jupyter notebook (nbformat 4, a list of cells)"
+        return ("not a notebook: valid JSON, but not a Jupyter notebook (nbformat 4, a list of "
+                "cells)")
     return None
 
 
@@ -160,9 +163,10 @@ def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float,
     token = uuid.uuid4().hex
     start = time.perf_counter()
     with open(log if log is not None else os.devnull, "wb") as errors:
+        # preexec_fn: None but on macOS
         proc = subprocess.Popen([sys.executable, "-c", _SHIM, *args], env={**env, RUN_ENV: token},
                                 stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
-                                preexec_fn=_address_limit(memory_mb))  # noqa: PLW1509 - None but on macOS
+                                preexec_fn=_address_limit(memory_mb))  # noqa: PLW1509
         try:
             return _watch(proc, start, token=token, timeout=timeout, memory_mb=memory_mb)
         finally:
@@ -171,7 +175,8 @@ def run_limited(args: list[str], *, env: dict, timeout: float, memory_mb: float,
 
 def _watch(proc: subprocess.Popen, start: float, *, token: str, timeout: float,
            memory_mb: float) -> tuple[str | None, float]:
-    """Wait for ``proc``, stopping it past ``timeout`` seconds or ``memory_mb`` held by its processes."""
+    """Wait for ``proc``, stopping it past ``timeout`` seconds or ``memory_mb`` held by its
+    processes."""
     stopped, checked = None, 0.0
     while proc.poll() is None:
         now = time.perf_counter()
@@ -188,7 +193,8 @@ def _watch(proc: subprocess.Popen, start: float, *, token: str, timeout: float,
     _kill_all(token, proc.pid)
     proc.wait()
     if stopped is None and proc.returncode == -signal.SIGKILL:
-        stopped = "stopped: something killed the process that ran it (did the notebook kill its parent?)"
+        stopped = ("stopped: something killed the process that ran it (did the notebook kill its "
+                   "parent?)")
     return stopped, time.perf_counter() - start
 
 
@@ -198,8 +204,8 @@ def sandbox_tool() -> str | None:
     if shutil.which("bwrap"):
         return "bwrap"
     if shutil.which("unshare"):
-        probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
-                                "--mount-proc", "true"], capture_output=True, check=False)
+        probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid",
+                                "--fork", "--mount-proc", "true"], capture_output=True, check=False)
         if probe.returncode == 0:
             return "unshare"
     return None
@@ -215,19 +221,21 @@ exec "$@"
 """
 
 
-def sandboxed(args: list[str], tool: str, *, keep: Path, hide: list[Path], stage: Path) -> list[str]:
-    """``args`` run by ``tool`` (:func:`sandbox_tool`) so that it sees only ``keep`` of the folders in
-    ``hide`` (the class folder, the grade tables, the other learners' scratch copies) and no other
-    process (a /proc of its own; its parent is not the grader). ``stage``: an empty folder outside
-    ``hide`` (``unshare`` moves the scratch copy through it)."""
+def sandboxed(args: list[str], tool: str, *, keep: Path, hide: list[Path],
+              stage: Path) -> list[str]:
+    """``args`` run by ``tool`` (:func:`sandbox_tool`) so that it sees only ``keep`` of the folders
+    in ``hide`` (the class folder, the grade tables, the other learners' scratch copies) and no
+    other process (a /proc of its own; its parent is not the grader). ``stage``: an empty folder
+    outside ``hide`` (``unshare`` moves the scratch copy through it)."""
     hide = [h for h in hide if h.is_dir()]
     if tool == "bwrap":
         covered = [a for h in hide for a in ("--tmpfs", str(h))]
-        return ["bwrap", "--dev-bind", "/", "/", *covered, "--bind", str(keep), str(keep), "--unshare-pid",
-                "--proc", "/proc", "--die-with-parent", "--", *args]
+        return ["bwrap", "--dev-bind", "/", "/", *covered, "--bind", str(keep), str(keep),
+                "--unshare-pid", "--proc", "/proc", "--die-with-parent", "--", *args]
     if tool == "unshare":
-        return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
-                "sh", "-c", _UNSHARE_SCRIPT, "sh", str(keep), str(stage), *map(str, hide), "--", *args]
+        return ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
+                "--mount-proc", "sh", "-c", _UNSHARE_SCRIPT, "sh", str(keep), str(stage),
+                *map(str, hide), "--", *args]
     raise config.CourseError(f"No sandbox called {tool!r}: bwrap or unshare.")
 
 
@@ -241,24 +249,27 @@ def lesson_of(path: Path, manifest: dict[str, list[dict]]) -> str | None:
                          if c.get("cell_type") == "code")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    score = {lesson: sum(bool(re.search(rf"^\s*(def|class) {e['name']}\b|^{e['name']} = check\(", code, re.MULTILINE))
+    score = {lesson: sum(bool(re.search(rf"^\s*(def|class) {e['name']}\b|^{e['name']} = check\(",
+                                        code, re.MULTILINE))
                          for e in exercises) for lesson, exercises in manifest.items()}
     best = max(score, key=score.get, default=None)
     return best if best is not None and score[best] > 0 else None
 
 
-def merge_verdicts(run: list[dict], again: dict[str, dict], expected: list[str], *, stopped: bool) -> list[dict]:
-    """One entry per exercise: the lesson's exercises in order (``expected``; one that the notebook's
-    run never checked is "missing"), then any others the run checked. A verdict the grader's own
-    check (``again``) contradicts is failed, with both messages; ``rechecked`` says whether the
-    grader's check agreed ("yes"), could not run ("no: why") or disagreed."""
+def merge_verdicts(run: list[dict], again: dict[str, dict], expected: list[str], *,
+                   stopped: bool) -> list[dict]:
+    """One entry per exercise: the lesson's exercises in order (``expected``; one that the
+    notebook's run never checked is "missing"), then any others the run checked. A verdict the
+    grader's own check (``again``) contradicts is failed, with both messages; ``rechecked`` says
+    whether the grader's check agreed ("yes"), could not run ("no: why") or disagreed."""
     last = {v["name"]: v for v in run}
     out = []
     for name in [*expected, *(n for n in last if n not in expected)]:
         verdict = dict(last.get(name) or {
             "name": name, "status": "missing",
             "message": ("its cell never ran: the notebook stopped before it" if stopped else
-                        "never checked: the notebook has no check line for it, or its cell never ran")})
+                        "never checked: the notebook has no check line for it, or its cell never "
+                        "ran")})
         second = again.get(name)
         if second is None:
             verdict["rechecked"] = "no"
@@ -266,8 +277,8 @@ def merge_verdicts(run: list[dict], again: dict[str, dict], expected: list[str],
             verdict["rechecked"] = f"no: {second['message']}"
         elif verdict["status"] == "passed" and second["status"] != "passed":
             verdict.update(status="failed", rechecked="disagreed",
-                           message=f"passed in the notebook's own run, but not when the grader checked its cell "
-                                   f"again: {second['message']}")
+                           message="passed in the notebook's own run, but not when the grader "
+                                   f"checked its cell again: {second['message']}")
         else:
             verdict["rechecked"] = "yes"
         out.append(verdict)
@@ -314,7 +325,8 @@ def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float
         pristine = Path(tmp) / "submitted.ipynb"  # the notebook as submitted, for the second check
         shutil.copyfile(path, pristine)
         log = Path(tmp) / "stderr.txt"
-        stopped, seconds = _run_child(["-m", "diffuse_edu", "run", str(copy), "--scale", "quick", "--out", str(out)],
+        stopped, seconds = _run_child(["-m", "diffuse_edu", "run", str(copy), "--scale", "quick",
+                                       "--out", str(out)],
                                       Path(tmp), limits, log=log)
         metrics = out / "metrics.json"
         executed = out / path.name
@@ -330,7 +342,8 @@ def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float
         try:
             summary = json.loads(metrics.read_text())
         except ValueError:
-            return Graded(learner, path.name, "did not run (its results file is not JSON: was it overwritten?)",
+            return Graded(learner, path.name,
+                          "did not run (its results file is not JSON: was it overwritten?)",
                           seconds)
         again = _recheck(pristine, lesson, Path(tmp), limits) if lesson else {}
     error = str(summary.get("error") or "")
@@ -341,34 +354,42 @@ def grade_notebook(learner: str, path: Path, *, timeout: float, memory_mb: float
     details = [{k: str(v.get(k, "")) for k in ("name", "status", "message")}
                for v in summary.get("exercise_details", []) if isinstance(v, dict)]
     expected = [e["name"] for e in manifest.get(lesson, [])] if lesson else []
-    return Graded(learner, path.name, run, seconds, merge_verdicts(details, again, expected, stopped=bool(error)))
+    return Graded(learner, path.name, run, seconds,
+                  merge_verdicts(details, again, expected, stopped=bool(error)))
 
 
-def _run_child(args: list[str], tmp: Path, limits: Limits, *, log: Path) -> tuple[str | None, float]:
-    """``python ARGS`` under ``limits``: in its sandbox, where one is asked for, seeing only ``tmp``."""
+def _run_child(args: list[str], tmp: Path, limits: Limits, *,
+               log: Path) -> tuple[str | None, float]:
+    """``python ARGS`` under ``limits``: in its sandbox, where one is asked for, seeing only
+    ``tmp``."""
     env = {**os.environ, config.SCALE_ENV: "quick", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
            **(config.thread_env(limits.side_by_side) if limits.side_by_side > 1 else {})}
     command = [sys.executable, *args]
     if limits.sandbox:
         with tempfile.TemporaryDirectory(prefix="diffuse-edu-stage-") as stage:
-            command = sandboxed(command, limits.sandbox, keep=tmp, hide=list(limits.hide), stage=Path(stage))
-            return run_limited(command, env=env, timeout=limits.timeout, memory_mb=limits.memory_mb, log=log)
-    return run_limited(command, env=env, timeout=limits.timeout, memory_mb=limits.memory_mb, log=log)
+            command = sandboxed(command, limits.sandbox, keep=tmp, hide=list(limits.hide),
+                                stage=Path(stage))
+            return run_limited(command, env=env, timeout=limits.timeout, memory_mb=limits.memory_mb,
+                               log=log)
+    return run_limited(command, env=env, timeout=limits.timeout, memory_mb=limits.memory_mb,
+                       log=log)
 
 
 def _recheck(notebook: Path, lesson: str, tmp: Path, limits: Limits) -> dict[str, dict]:
     """The grader's own check of each exercise cell (:mod:`diffuse_edu.course.recheck`); empty where
     it could not run."""
     out = tmp / "recheck.json"
-    stopped, _ = _run_child(["-m", "diffuse_edu.course.recheck", str(notebook), lesson, str(out)], tmp,
-                            replace(limits, timeout=min(limits.timeout, RECHECK_TIMEOUT_S)), log=tmp / "recheck.txt")
+    stopped, _ = _run_child(["-m", "diffuse_edu.course.recheck", str(notebook), lesson, str(out)],
+                            tmp, replace(limits, timeout=min(limits.timeout, RECHECK_TIMEOUT_S)),
+                            log=tmp / "recheck.txt")
     try:
         found = json.loads(out.read_text())
     except (OSError, ValueError):
         found = {}
     if stopped or not isinstance(found, dict):
         return {}
-    return {k: v for k, v in found.items() if isinstance(v, dict) and {"status", "message"} <= v.keys()}
+    return {k: v for k, v in found.items()
+            if isinstance(v, dict) and {"status", "message"} <= v.keys()}
 
 
 #: The grader's second check runs only the exercise cells: a minute is ample.
@@ -381,10 +402,12 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
     csv_path, md_path = out / "grades.csv", out / "grades.md"
     table = io.StringIO(newline="")
     w = csv.writer(table)
-    w.writerow(["learner", "notebook", "run", "seconds", "exercise", "verdict", "message", "rechecked"])
+    w.writerow(["learner", "notebook", "run", "seconds", "exercise", "verdict", "message",
+                "rechecked"])
     for r in rows:
         for ex in r.exercises or [{"name": "", "status": "", "message": ""}]:
-            w.writerow([_inert(c) for c in (r.learner, r.notebook, r.run, f"{r.seconds:.1f}", ex["name"], ex["status"],
+            w.writerow([_inert(c) for c in (r.learner, r.notebook, r.run, f"{r.seconds:.1f}",
+                                            ex["name"], ex["status"],
                                             "" if ex["status"] == "passed" else ex["message"],
                                             ex.get("rechecked", ""))])
     _replace(csv_path, table.getvalue())
@@ -392,21 +415,25 @@ def write_tables(rows: list[Graded], out: Path) -> tuple[Path, Path]:
     failures = []
     for r in rows:
         done = sum(ex["status"] == "passed" for ex in r.exercises)
-        verdicts = ", ".join(f"{ex['name']}: {ex['status']}" for ex in r.exercises) or "none checked"
-        lines.append(f"| {r.learner} | {r.notebook} | {_cell(r.run)} | {done}/{len(r.exercises)} | {verdicts} |")
-        failures += [f"- {r.learner}, {r.notebook}, `{ex['name']}` ({ex['status']}): {_cell(ex['message'])}"
+        verdicts = (", ".join(f"{ex['name']}: {ex['status']}" for ex in r.exercises)
+                    or "none checked")
+        lines.append(f"| {r.learner} | {r.notebook} | {_cell(r.run)} | {done}/{len(r.exercises)} "
+                     f"| {verdicts} |")
+        failures += [f"- {r.learner}, {r.notebook}, `{ex['name']}` ({ex['status']}): "
+                     f"{_cell(ex['message'])}"
                      for ex in r.exercises if ex["status"] in ("failed", "missing", "library")]
     text = "\n".join(lines) + "\n"
     if failures:
-        text += ("\nWhat the checkers said about exercises failed, missing or answered with the library's own "
-                 "version:\n\n" + "\n".join(failures) + "\n")
+        text += ("\nWhat the checkers said about exercises failed, missing or answered with the "
+                 "library's own version:\n\n" + "\n".join(failures) + "\n")
     _replace(md_path, text)
     return csv_path, md_path
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all: a file beside it, then renamed over it. The rename replaces
-    whatever ``path`` is, a link a learner's notebook planted included, and never writes through it."""
+    """Write ``path`` whole or not at all: a file beside it, then renamed over it. The rename
+    replaces whatever ``path`` is, a link a learner's notebook planted included, and never writes
+    through it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", newline="") as f:
         f.write(text)
@@ -414,8 +441,8 @@ def _replace(path: Path, text: str) -> None:
 
 
 def _inert(text: str) -> str:
-    """A CSV cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, a tab or a
-    carriage return: a learner can name a file or an exercise so) gets a leading apostrophe."""
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, a tab or
+    a carriage return: a learner can name a file or an exercise so) gets a leading apostrophe."""
     text = str(text)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
@@ -425,33 +452,37 @@ def _cell(text: str) -> str:
 
 
 def default_tables(folder: Path) -> Path:
-    """Where the tables go by default: beside the class folder, not in it (FOLDER-grades), out of reach
-    of a notebook that writes to ``../``."""
+    """Where the tables go by default: beside the class folder, not in it (FOLDER-grades), out of
+    reach of a notebook that writes to ``../``."""
     folder = folder.resolve()
     return folder.parent / f"{folder.name}-grades"
 
 
 def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
           out: Path | None = None, jobs: int = 1, isolate: bool = False) -> list[Graded]:
-    """Grade every learner in ``folder``, ``jobs`` notebooks at a time (each holds up to ``memory_mb``);
-    write the tables to ``out`` (default :func:`default_tables`), rows in the learners' order. With
-    ``isolate``, each notebook runs in a sandbox (:func:`sandbox_tool`) that shows it only its own
-    scratch copy and no other process."""
+    """Grade every learner in ``folder``, ``jobs`` notebooks at a time (each holds up to
+    ``memory_mb``); write the tables to ``out`` (default :func:`default_tables`), rows in the
+    learners' order. With ``isolate``, each notebook runs in a sandbox (:func:`sandbox_tool`) that
+    shows it only its own scratch copy and no other process."""
     tables = out or default_tables(folder)  # also the executed notebooks, under executed/LEARNER/
     learners = find_learners(folder, skip=tables)
     if not learners:
-        raise config.CourseError(f"No notebooks in {folder}: put one .ipynb per learner there, or one "
-                                "folder of notebooks per learner.")
+        raise config.CourseError(f"No notebooks in {folder}: put one .ipynb per learner there, or "
+                                 "one folder of notebooks per learner.")
     if not (isinstance(jobs, int) and jobs >= 1):
         raise config.CourseError(f"grade needs at least one job at a time, got jobs = {jobs!r}.")
     sandbox = sandbox_tool() if isolate else None
     if isolate and sandbox is None:
-        raise config.CourseError("grade --isolate needs bubblewrap (`apt install bubblewrap`) or util-linux's "
-                                 "unshare with user namespaces enabled (`sysctl kernel.unprivileged_userns_clone=1`); "
-                                 "neither works here. Grade without --isolate inside a container instead.")
-    books = [(learner, path, folder / learner if (folder / learner).is_dir() else None)  # a learner's folder, copied whole
+        raise config.CourseError("grade --isolate needs bubblewrap (`apt install bubblewrap`) or "
+                                 "util-linux's unshare with user namespaces enabled (`sysctl "
+                                 "kernel.unprivileged_userns_clone=1`); neither works here. Grade "
+                                 "without --isolate inside a container instead.")
+    books = [(learner, path,
+              # a learner's folder, copied whole
+              folder / learner if (folder / learner).is_dir() else None)
              for learner, paths in learners.items() for path in paths]
-    print(f"grading {len(books)} notebook(s) of {len(learners)} learner(s), {min(jobs, len(books))} at a time"
+    print(f"grading {len(books)} notebook(s) of {len(learners)} learner(s), "
+          f"{min(jobs, len(books))} at a time"
           + (f", each in a {sandbox} sandbox" if sandbox else "") + " ...", flush=True)
     tables.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="diffuse-edu-grade-") as root:
@@ -460,10 +491,11 @@ def grade(folder: Path, *, timeout: float = 300.0, memory_mb: float = 4000.0,
         def one(book: tuple[str, Path, Path | None]) -> Graded:
             learner, path, own = book
             row = grade_notebook(learner, path, timeout=timeout, memory_mb=memory_mb, files=own,
-                                 side_by_side=min(jobs, len(books)), keep=tables / "executed", sandbox=sandbox,
-                                 hide=hide, scratch_root=Path(root))
-            print(f"  {learner}, {path.name}: {row.run}, {sum(e['status'] == 'passed' for e in row.exercises)}/"
-                  f"{len(row.exercises)} exercises passed ({row.seconds:.0f} s)", flush=True)
+                                 side_by_side=min(jobs, len(books)), keep=tables / "executed",
+                                 sandbox=sandbox, hide=hide, scratch_root=Path(root))
+            print(f"  {learner}, {path.name}: {row.run}, "
+                  f"{sum(e['status'] == 'passed' for e in row.exercises)}/{len(row.exercises)} "
+                  f"exercises passed ({row.seconds:.0f} s)", flush=True)
             return row
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:  # each notebook runs in its own process

@@ -18,7 +18,8 @@ from diffuse_edu import __version__
 
 REPOSITORY = "https://github.com/diffuse-edu/diffuse-edu"
 SOURCE_ENV = "DIFFUSE_EDU_SOURCE"
-DOWNLOAD_ENV = "DIFFUSE_EDU_DOWNLOAD"  # diffuse_edu.data.staged.DOWNLOAD_ENV (without importing torch here)
+# diffuse_edu.data.staged.DOWNLOAD_ENV (without importing torch here)
+DOWNLOAD_ENV = "DIFFUSE_EDU_DOWNLOAD"
 MARK = "# Hosted notebooks (Colab, Kaggle)"
 
 
@@ -65,12 +66,14 @@ def lesson_path(lesson: str) -> str:
 def colab_url(lesson: str, version: str = __version__) -> str:
     """Open the student version of ``lesson`` (e.g. "05_training") in Google Colab."""
     owner_repo = REPOSITORY.removeprefix("https://github.com/")
-    return f"https://colab.research.google.com/github/{owner_repo}/blob/{tag(version)}/{lesson_path(lesson)}"
+    return (f"https://colab.research.google.com/github/{owner_repo}/blob/{tag(version)}/"
+            f"{lesson_path(lesson)}")
 
 
 def kaggle_url(lesson: str, version: str = __version__) -> str:
     """Open the student version of ``lesson`` in a Kaggle notebook."""
-    return f"https://kaggle.com/kernels/welcome?src={REPOSITORY}/blob/{tag(version)}/{lesson_path(lesson)}"
+    return (f"https://kaggle.com/kernels/welcome?src={REPOSITORY}/blob/{tag(version)}/"
+            f"{lesson_path(lesson)}")
 
 
 def with_setup_cell(cells: list, make_cell) -> list:
@@ -86,5 +89,6 @@ def first_code_cell(cells: list) -> str | None:
 
 
 def cell_text(cell: dict) -> str:
-    """A notebook cell's source as one string (nbformat stores it as a string or a list of lines)."""
+    """A notebook cell's source as one string (nbformat stores it as a string or a list of
+    lines)."""
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]

@@ -36,15 +36,16 @@ SCHEMA = 3
 STUB = 'raise NotImplementedError("Exercise not finished yet.")'
 
 
-#: nbgrader's limit on one cell while it autogrades (seconds): the slowest quick-scale cell takes about
-#: two minutes alone on two cores, several times that on a grader running many kernels at once.
+#: nbgrader's limit on one cell while it autogrades (seconds): the slowest quick-scale cell takes
+#: about two minutes alone on two cores, several times that on a grader running many kernels at
+#: once.
 CELL_TIMEOUT_S = 600
 
 
 def _meta(grade_id: str, *, solution: bool = False, grade: bool = False, locked: bool = True,
           points: int | None = None) -> dict:
-    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": SCHEMA, "solution": solution,
-            "task": False}
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": SCHEMA,
+            "solution": solution, "task": False}
     if points is not None:
         meta["points"] = points
     return {"nbgrader": meta}
@@ -77,19 +78,21 @@ def hints_outside(solution: str) -> str:
 
 
 def exercise_cells(source: str, index: int) -> list[dict]:
-    """An exercise cell as nbgrader wants it: the solution (its hints above the answer), a locked cell
-    that runs the course's checks, and one locked, autograded cell per exercise, worth a point each
-    (a cell with two exercises is not all-or-nothing)."""
+    """An exercise cell as nbgrader wants it: the solution (its hints above the answer), a locked
+    cell that runs the course's checks, and one locked, autograded cell per exercise, worth a point
+    each (a cell with two exercises is not all-or-nothing)."""
     lines = source.rstrip("\n").splitlines()
     checks = [i for i, line in enumerate(lines) if CHECK.match(line)]
     if not checks:
-        raise ValueError(f"cell {index}: an exercise cell must end with `name = check(name, CHECKER)`.")
+        raise ValueError(f"cell {index}: an exercise cell must end with `name = check(name, "
+                         "CHECKER)`.")
     names = [CHECK.match(lines[i]).group(1) for i in checks]
     solution = hints_outside("\n".join(lines[: checks[0]]).rstrip("\n"))
     run_checks = "\n".join(lines[checks[0]:])
     return [_cell("code", solution, _meta(names[0], solution=True, locked=False)),
             _cell("code", run_checks, _meta(f"{names[0]}_checks")),
-            *(_cell("code", f'from diffuse_edu.exercises import require_passed\n\nrequire_passed("{n}")',
+            *(_cell("code",
+                    f'from diffuse_edu.exercises import require_passed\n\nrequire_passed("{n}")',
                     _meta(f"{n}_passed", grade=True, points=1)) for n in names)]
 
 
@@ -107,7 +110,8 @@ def nbgrader_notebook(solution: Path) -> dict:
 
 
 def export(solutions: Path, out: Path) -> list[Path]:
-    """Write the nbgrader course directory ``out`` from ``solutions``; return the notebooks written."""
+    """Write the nbgrader course directory ``out`` from ``solutions``; return the notebooks
+    written."""
     written, lessons = [], []
     for path in sorted(solutions.glob("[0-9]*.ipynb")):
         target = out / "source" / path.stem / path.name
@@ -116,13 +120,15 @@ def export(solutions: Path, out: Path) -> list[Path]:
         written.append(target)
         lessons.append(path.stem)
     config = [
-        "# nbgrader's settings for the diffuse-edu course (written by `python -m diffuse_edu export nbgrader`).",
+        ("# nbgrader's settings for the diffuse-edu course "
+         "(written by `python -m diffuse_edu export nbgrader`)."),
         "c = get_config()  # noqa: F821 (nbgrader provides it)",
         'c.CourseDirectory.course_id = "diffuse-edu"',
         f"# lessons: {', '.join(lessons)}",
         f'c.ClearSolutions.code_stub = {{"python": {"# YOUR CODE HERE" + chr(10) + STUB!r}}}',
         "c.ClearSolutions.enforce_metadata = True",
-        "# Autograding runs each lesson at quick scale (its kernels inherit this), where a cell trains for",
+        ("# Autograding runs each lesson at quick scale (its kernels inherit this), "
+         "where a cell trains for"),
         "# up to two minutes: nbgrader's default of 30 s per cell would stop lesson 05 four times.",
         "import os  # noqa: E402",
         'os.environ.setdefault("DIFFUSE_EDU_SCALE", "quick")',
@@ -147,7 +153,8 @@ def submission(notebook: Path, release: Path) -> tuple[dict, list[str]]:
         lines = source.rstrip("\n").splitlines()
         checks = [i for i, line in enumerate(lines) if CHECK.match(line)]
         if checks:
-            answers[CHECK.match(lines[checks[0]]).group(1)] = "\n".join(lines[: checks[0]]).rstrip("\n")
+            answers[CHECK.match(lines[checks[0]]).group(1)] = (
+                "\n".join(lines[: checks[0]]).rstrip("\n"))
     nb = json.loads(release.read_text(encoding="utf-8"))
     missing = []
     for cell in nb["cells"]:
@@ -157,20 +164,23 @@ def submission(notebook: Path, release: Path) -> tuple[dict, list[str]]:
                 cell["source"] = answers[meta["grade_id"]]
             else:
                 missing.append(meta["grade_id"])
-    if len(missing) == sum(bool(c.get("metadata", {}).get("nbgrader", {}).get("solution")) for c in nb["cells"]):
-        raise CourseError(f"{notebook} has none of the exercises of {release.stem} (no `name = check(name, ...)` "
-                          "line of this lesson): is it the right lesson?")
+    if len(missing) == sum(bool(c.get("metadata", {}).get("nbgrader", {}).get("solution"))
+                           for c in nb["cells"]):
+        raise CourseError(f"{notebook} has none of the exercises of {release.stem} (no `name = "
+                          "check(name, ...)` line of this lesson): is it the right lesson?")
     return nb, missing
 
 
-def import_submission(notebook: Path, course: Path, student: str, lesson: str | None = None) -> Path:
-    """Write ``notebook`` (a learner's course notebook) as ``course/submitted/student/<lesson>/`` for
-    ``nbgrader autograde``; ``lesson`` defaults to the notebook's file name."""
+def import_submission(notebook: Path, course: Path, student: str,
+                      lesson: str | None = None) -> Path:
+    """Write ``notebook`` (a learner's course notebook) as ``course/submitted/student/<lesson>/``
+    for ``nbgrader autograde``; ``lesson`` defaults to the notebook's file name."""
     lesson = lesson or notebook.stem
     release = course / "release" / lesson / f"{lesson}.ipynb"
     if not release.is_file():
-        raise CourseError(f"No release of {lesson} in {course}: run `nbgrader generate_assignment {lesson}` there "
-                          "first (or name the lesson with --lesson if the file was renamed).")
+        raise CourseError(f"No release of {lesson} in {course}: run `nbgrader generate_assignment "
+                          f"{lesson}` there first (or name the lesson with --lesson if the file "
+                          "was renamed).")
     nb, missing = submission(notebook, release)
     target = course / "submitted" / student / lesson / f"{lesson}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ def make_grid(images: Tensor, nrow: int | None = None, *, pad: int = 1) -> Tenso
     rows = math.ceil(n / nrow)
     filled = images.new_ones(rows * nrow, c, h + pad, w + pad)  # white padding
     filled[:n, :, pad:, pad:] = images
-    grid = rearrange(filled, "(r k) c h w -> c (r h) (k w)", r=rows, k=nrow)  # (C, rows*H', nrow*W')
+    # (C, rows*H', nrow*W')
+    grid = rearrange(filled, "(r k) c h w -> c (r h) (k w)", r=rows, k=nrow)
     return torch.nn.functional.pad(grid, (0, pad, 0, pad), value=1.0)
 
 
@@ -39,14 +40,16 @@ def image_grid(
     images: Tensor, nrow: int | None = None, *, ax: Axes | None = None, title: str = "",
     row_labels: Sequence[str] = (),
 ) -> Axes:
-    """Draw images in [-1, 1] (N, C, H, W) as one grid on ``ax`` (a new figure if None); ``row_labels``
-    names each row of the grid at its left."""
+    """Draw images in [-1, 1] (N, C, H, W) as one grid on ``ax`` (a new figure if None);
+    ``row_labels`` names each row of the grid at its left."""
     if images.ndim != 4:
-        raise ValueError(f"image_grid needs images of shape (N, C, H, W), got {tuple(images.shape)}.")
+        raise ValueError("image_grid needs images of shape (N, C, H, W), got "
+                         f"{tuple(images.shape)}.")
     nrow = nrow or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / nrow)
     if row_labels and len(row_labels) != rows:
-        raise ValueError(f"image_grid got {len(row_labels)} row labels for {rows} rows of {nrow} images.")
+        raise ValueError(f"image_grid got {len(row_labels)} row labels for {rows} rows of {nrow} "
+                         "images.")
     grid = (make_grid(images.detach().float().cpu().clamp(-1, 1), nrow) + 1) / 2  # (C, H, W)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
@@ -76,7 +79,8 @@ def as_sentence(text: str) -> str:
 
 def show(fig: Figure, caption: str) -> None:
     """Put a one-line caption under ``fig`` (what to notice), as a sentence, and display it."""
-    fig.text(0.5, -0.01, as_sentence(caption), ha="center", va="top", wrap=True, fontsize=9, style="italic")
+    fig.text(0.5, -0.01, as_sentence(caption), ha="center", va="top", wrap=True, fontsize=9,
+             style="italic")
     plt.show()
 
 

@@ -46,7 +46,8 @@ def _checker(spec: str):
 
 def recheck(notebook: dict, exercises: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     """Exercise name -> {"status", "message"} from checking ``notebook``'s exercise cells again."""
-    from diffuse_edu.exercises import borrowed_verdict, run_checker  # before any of the learner's code runs
+    # before any of the learner's code runs
+    from diffuse_edu.exercises import borrowed_verdict, run_checker
 
     checkers = {e["name"]: _checker(e["checker"]) for e in exercises}
     scope: dict = {"__name__": "__main__"}
@@ -55,17 +56,20 @@ def recheck(notebook: dict, exercises: list[dict[str, str]]) -> dict[str, dict[s
         if cell.get("cell_type") != "code":
             continue
         lines = cell_text(cell).splitlines()
-        names = [m.group(1) for line in lines if (m := CHECK.match(line)) and m.group(1) in checkers]
+        names = [m.group(1) for line in lines
+                 if (m := CHECK.match(line)) and m.group(1) in checkers]
         if not names:
             try:
-                exec(compile(_only(cell_text(cell), IMPORTS), f"<cell {index}: imports>", "exec"), scope)  # noqa: S102
-            except Exception:  # noqa: BLE001, S110 - an import that fails here fails the exercise below
-                pass
+                exec(compile(_only(cell_text(cell), IMPORTS),  # noqa: S102
+                             f"<cell {index}: imports>", "exec"), scope)
+            except Exception:  # noqa: BLE001, S110
+                pass  # an import that fails here fails the exercise below
             continue
         body = "\n".join(line for line in lines if not CHECK.match(line))
         try:  # its definitions alone first: the cell's other lines may use what earlier cells made
             exec(compile(_only(body, DEFINITIONS), f"<cell {index}>", "exec"), scope)  # noqa: S102
-            if not all(callable(scope.get(n)) for n in names):  # defined some other way: the whole cell
+            if not all(callable(scope.get(n)) for n in names):
+                # defined some other way: the whole cell
                 exec(compile(body, f"<cell {index}>", "exec"), scope)  # noqa: S102
         except Exception as e:  # noqa: BLE001
             why = f"its cell needs what other cells made ({type(e).__name__}: {e})"
@@ -74,12 +78,14 @@ def recheck(notebook: dict, exercises: list[dict[str, str]]) -> dict[str, dict[s
         for name in names:
             fn, checker = scope.get(name), checkers[name]
             if not callable(fn):
-                found[name] = {"status": NOT_RECHECKED, "message": f"its cell defines no function {name}"}
+                found[name] = {"status": NOT_RECHECKED,
+                               "message": f"its cell defines no function {name}"}
                 continue
             verdict = borrowed_verdict(fn, checker) or run_checker(fn, checker)
             if verdict.status == "failed" and "raised NameError" in verdict.message:
                 found[name] = {"status": NOT_RECHECKED,
-                               "message": f"it uses names that other cells define ({verdict.message})"}
+                               "message": "it uses names that other cells define "
+                                          f"({verdict.message})"}
             else:
                 found[name] = {"status": verdict.status, "message": verdict.message}
             scope[name] = fn if verdict.status == "passed" else checker.reference  # as check() does

@@ -86,7 +86,8 @@ class Verdict(str):
     caveat: str
     statistic: str | None  # printed in place of "t = ..., p = ..." (an interval, say)
 
-    def __new__(cls, word: str, *, test: str, df: float, t: float, statistic: str | None = None) -> Verdict:
+    def __new__(cls, word: str, *, test: str, df: float, t: float,
+                statistic: str | None = None) -> Verdict:
         verdict = super().__new__(cls, word)
         verdict.test, verdict.df, verdict.t, verdict.statistic = test, df, t, statistic
         verdict.p = 1.0 if math.isnan(t) else stats.t_two_sided_p(t, df)
@@ -103,8 +104,10 @@ class Verdict(str):
     def detail(self) -> str:
         """The test, its degrees of freedom, t and p: "paired t-test, 2 df: t = 5.10, p = 0.036"."""
         dof = f"{self.df:.0f}" if abs(self.df - round(self.df)) < 0.05 else f"{self.df:.1f}"
-        t = ("no spread" if math.isinf(self.t) or math.isnan(self.t) else f"t = {self.t:.2f}, p = {self.p:.3g}")
-        return f"{self.test}, {dof} df: {self.statistic or t}" + (f"; {self.caveat}" if self.caveat else "")
+        t = ("no spread" if math.isinf(self.t) or math.isnan(self.t)
+             else f"t = {self.t:.2f}, p = {self.p:.3g}")
+        return (f"{self.test}, {dof} df: {self.statistic or t}"
+                + (f"; {self.caveat}" if self.caveat else ""))
 
     def __str__(self) -> str:
         return f"{self.word} ({self.detail()})"
@@ -114,11 +117,12 @@ class Verdict(str):
 
 
 def _finite(values: object, who: str) -> torch.Tensor:
-    """The measurements as a float64 vector; NaN or inf refused (a diverged run is not a measurement)."""
+    """The measurements as a float64 vector; NaN or inf refused (a diverged run is not a
+    measurement)."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if not torch.isfinite(v).all():
-        raise ValueError(f"{who} got a value that is not finite ({v.tolist()}): a run diverged or a metric failed. "
-                         "Find out why before judging the claim.")
+        raise ValueError(f"{who} got a value that is not finite ({v.tolist()}): a run diverged or "
+                         "a metric failed. Find out why before judging the claim.")
     return v
 
 
@@ -139,7 +143,8 @@ def _judge(diff: float, se: float, df: float, test: str, alpha: float) -> Verdic
     return Verdict(word, test=test, df=df, t=t)
 
 
-def difference_verdict(smaller: object, larger: object, *, alpha: float = 0.05) -> tuple[Verdict, float, float]:
+def difference_verdict(smaller: object, larger: object, *,
+                       alpha: float = 0.05) -> tuple[Verdict, float, float]:
     """Does the claim "``larger`` exceeds ``smaller``" hold over repeated runs (seeds) that the two
     arms do not share? Welch's t-test (Welch 1947): the standard error of the difference of the
     means and its Welch-Satterthwaite degrees of freedom. Each argument is one measurement per run;
@@ -149,28 +154,32 @@ def difference_verdict(smaller: object, larger: object, *, alpha: float = 0.05) 
     """
     a, b = (_finite(v, "difference_verdict") for v in (smaller, larger))
     if a.numel() < 2 and b.numel() < 2:
-        raise ValueError("difference_verdict needs at least two runs in one arm: one run each gives no spread.")
+        raise ValueError("difference_verdict needs at least two runs in one arm: one run each "
+                         "gives no spread.")
     va, vb = (v.var().item() if v.numel() > 1 else 0.0 for v in (a, b))
     se = (va / a.numel() + vb / b.numel()) ** 0.5
     diff = b.mean().item() - a.mean().item()
     df = stats.welch_df(va, a.numel(), vb, b.numel())
-    test = "Welch's t-test" if a.numel() > 1 and b.numel() > 1 else "one-sample t-test against a fixed value"
+    test = ("Welch's t-test" if a.numel() > 1 and b.numel() > 1
+            else "one-sample t-test against a fixed value")
     return _judge(diff, se, df, test, alpha), diff, se
 
 
-def paired_verdict(before: object, after: object, *, alpha: float = 0.05) -> tuple[Verdict, float, float]:
-    """Does "``after`` exceeds ``before``" hold, pair by pair? Each argument holds one measurement per
-    unit that both arms share, in the same order: a training seed, a noise seed whose starting noise
-    both arms sample from, or an image both arms edit. The verdict is the paired t-test (n - 1
-    degrees of freedom) on the per-unit differences, so that what varies from unit to unit for
-    both arms cancels.
+def paired_verdict(before: object, after: object, *,
+                   alpha: float = 0.05) -> tuple[Verdict, float, float]:
+    """Does "``after`` exceeds ``before``" hold, pair by pair? Each argument holds one measurement
+    per unit that both arms share, in the same order: a training seed, a noise seed whose starting
+    noise both arms sample from, or an image both arms edit. The verdict is the paired t-test (n - 1
+    degrees of freedom) on the per-unit differences, so that what varies from unit to unit for both
+    arms cancels.
 
     Returns (verdict, mean difference, its standard error); see :func:`_judge`.
     """
     before_, after_ = (_finite(v, "paired_verdict") for v in (before, after))
     if before_.numel() != after_.numel():
-        raise ValueError(f"paired_verdict pairs the arms unit by unit, but got {before_.numel()} and {after_.numel()} "
-                         "measurements: give both arms the same seeds (or images), in the same order.")
+        raise ValueError(f"paired_verdict pairs the arms unit by unit, but got {before_.numel()} "
+                         f"and {after_.numel()} measurements: give both arms the same seeds (or "
+                         "images), in the same order.")
     diff = after_ - before_
     if diff.numel() < 2:
         raise ValueError("paired_verdict needs at least two seeds: one run gives no spread.")
@@ -189,7 +198,8 @@ def similarity_verdict(difference: float, se: float, margin: float, *, df: float
       resolved difference smaller than the margin is what "similar" allows);
     - "better" when the interval lies above zero;
     - "worse" when it lies below -``margin``: worse by more than the margin, not merely resolved;
-    - else "inconclusive (within the spread)", among them a resolved loss that may be inside the margin.
+    - else "inconclusive (within the spread)", among them a resolved loss that may be inside the
+      margin.
     """
     half = stats.t_critical(df, alpha=alpha) * se
     if abs(difference) + half < margin:
@@ -200,6 +210,8 @@ def similarity_verdict(difference: float, se: float, margin: float, *, df: float
         word = "worse"
     else:
         word = "inconclusive (within the spread)"
-    t = difference / se if se > 0 else (math.copysign(math.inf, difference) if difference else math.nan)
-    interval = f"{1 - alpha:.0%} interval {difference - half:+.3g} to {difference + half:+.3g} against +-{margin:.3g}"
+    t = difference / se if se > 0 else (math.copysign(math.inf, difference) if difference
+                                        else math.nan)
+    interval = (f"{1 - alpha:.0%} interval {difference - half:+.3g} to {difference + half:+.3g} "
+                f"against +-{margin:.3g}")
     return Verdict(word, test="Student's t interval", df=df, t=t, statistic=interval)

@@ -13,7 +13,8 @@ import json
 import re
 from pathlib import Path
 
-BEGIN = "<!-- results table: written by `python -m diffuse_edu run all --scale full --out results/` -->"
+BEGIN = ("<!-- results table: written by "
+         "`python -m diffuse_edu run all --scale full --out results/` -->")
 END = "<!-- end of results table -->"
 
 
@@ -49,17 +50,20 @@ def claim_summary(metrics: dict) -> str:
         if not words:
             continue
         counts = {w: words.count(w) for w in VERDICTS if w in words}
-        verdict = next(iter(counts)) if len(counts) == 1 else ", ".join(f"{n} {w}" for w, n in counts.items())
+        verdict = (next(iter(counts)) if len(counts) == 1
+                   else ", ".join(f"{n} {w}" for w, n in counts.items()))
         lines.append(f"{name}: {verdict}")
     return "<br>".join(lines).replace("|", "\\|")
 
 
-def results_table(lessons: list[str], folder: Path, lesson_hashes: dict[str, str] | None = None) -> str:
+def results_table(lessons: list[str], folder: Path,
+                  lesson_hashes: dict[str, str] | None = None) -> str:
     """A Markdown table: for each lesson, its full-scale run in ``folder`` (machine, when, minutes,
     the verdicts of its claims) or "not yet run". With ``lesson_hashes`` (lesson -> the hash of its
     cells today, as :func:`diffuse_edu.course.runner.stamp` makes it), a run of another version of
     the lesson says so."""
-    rows = ["| lesson | full-scale run | machine | finished | minutes | claims at full scale | command |",
+    rows = [("| lesson | full-scale run | machine | finished | minutes | claims at full scale | "
+             "command |"),
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for lesson in lessons:
         metrics = folder / lesson / "metrics.json"
@@ -67,14 +71,18 @@ def results_table(lessons: list[str], folder: Path, lesson_hashes: dict[str, str
         if run is None or run.get("scale") != "full":
             rows.append(f"| {lesson} | not yet run | | | | | |")
             continue
-        status = (f"did not finish: {run['error']}" if run.get("unfinished") else f"failed in {run['error']}"
+        status = (f"did not finish: {run['error']}" if run.get("unfinished")
+                  else f"failed in {run['error']}"
                   if run.get("error") else f"[recorded]({folder.name}/{lesson}/metrics.json)")
-        if lesson_hashes is not None and (run.get("stamp") or {}).get("lesson") != lesson_hashes.get(lesson):
+        if (lesson_hashes is not None
+                and (run.get("stamp") or {}).get("lesson") != lesson_hashes.get(lesson)):
             status += " (an earlier version of the lesson)"
-        minutes = f"{run['seconds'] / 60:.1f}" if isinstance(run.get("seconds"), (int, float)) else ""
+        minutes = (f"{run['seconds'] / 60:.1f}" if isinstance(run.get("seconds"), (int, float))
+                   else "")
         minutes = f"more than {minutes}" if run.get("unfinished") and minutes else minutes
-        rows.append(f"| {lesson} | {status} | {run.get('device', '')} | {run.get('finished', '')} | "
-                    f"{minutes} | {claim_summary(run.get('metrics', {}))} | `{run.get('command') or ''}` |")
+        rows.append(f"| {lesson} | {status} | {run.get('device', '')} | {run.get('finished', '')} "
+                    f"| {minutes} | {claim_summary(run.get('metrics', {}))} | "
+                    f"`{run.get('command') or ''}` |")
     return "\n".join(rows)
 
 
@@ -83,7 +91,8 @@ def current_table(root: Path) -> str:
     from diffuse_edu.course.runner import lessons_dir, stamp
 
     paths = sorted(lessons_dir().glob("[0-9]*.ipynb"))
-    return results_table([p.stem for p in paths], root / "results", {p.stem: stamp(p)["lesson"] for p in paths})
+    return results_table([p.stem for p in paths], root / "results",
+                         {p.stem: stamp(p)["lesson"] for p in paths})
 
 
 def update_readme(readme: Path, table: str) -> bool:

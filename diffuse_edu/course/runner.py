@@ -55,7 +55,8 @@ class OutOfBudget(BaseException):
 def _time_limit(seconds: float | None):
     """Raise :class:`OutOfBudget` in this thread once ``seconds`` have passed (a POSIX timer; where
     there is none, or off the main thread, no limit)."""
-    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if (seconds is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
         yield
         return
 
@@ -90,7 +91,8 @@ def find_lesson(lesson: str | os.PathLike) -> Path:
             raise LessonNotFound(f"No notebook at {path}.")
         return path.resolve()
     if not str(lesson).isdigit():
-        raise LessonNotFound(f"A lesson is a number such as 01 or a path to a notebook, not {lesson!r}.")
+        raise LessonNotFound("A lesson is a number such as 01 or a path to a notebook, not "
+                             f"{lesson!r}.")
     matches = sorted(lessons_dir().glob(f"{int(lesson):02d}_*.ipynb"))
     if not matches:
         known = ", ".join(p.stem for p in sorted(lessons_dir().glob("[0-9]*.ipynb")))
@@ -131,7 +133,8 @@ class _FigureSaver:
     """Replaces plt.show: saves every open figure to OUT as NN_<title>.png, then closes it."""
 
     def __init__(self, out: Path):
-        self.out, self.paths = out, []  # every figure saved, in order (the cells' outputs take them from here)
+        # every figure saved, in order (the cells' outputs take them from here)
+        self.out, self.paths = out, []
 
     def __call__(self, *args, **kwargs) -> None:
         import matplotlib.pyplot as plt
@@ -185,11 +188,13 @@ def stamp(path: Path) -> dict[str, str]:
     package = Path(__file__).resolve().parents[1]
     for source in sorted(package.rglob("*.py")):
         library.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
-    return {"lesson": lesson.hexdigest()[:16], "library": library.hexdigest()[:16], "version": __version__}
+    return {"lesson": lesson.hexdigest()[:16], "library": library.hexdigest()[:16],
+            "version": __version__}
 
 
 def _recorded(out: Path, scale: str) -> dict | None:
-    """The run recorded in ``out/metrics.json`` when it ran at ``scale`` (None if none can be read)."""
+    """The run recorded in ``out/metrics.json`` when it ran at ``scale`` (None if none can be
+    read)."""
     try:
         done = json.loads((out / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -220,7 +225,8 @@ class _Tee(io.TextIOBase):
             self.echo.flush()
 
 
-def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time_limit: float | None = None) -> dict:
+def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False,
+                 time_limit: float | None = None) -> dict:
     """Execute a notebook's code cells headless at ``scale``, writing results to ``out``.
 
     With ``quiet`` the lesson's printed output is swallowed (the verdicts are in the result). With
@@ -232,7 +238,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out).resolve()  # the lesson runs in its own folder: a relative out would move with it
+    # the lesson runs in its own folder: a relative out would move with it
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
     env_before = os.environ.get(config.SCALE_ENV)
@@ -244,7 +251,8 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
     shown, plt.show = plt.show, saver
     namespace = {"__name__": "__main__", "display": print}
     start, cwd = time.perf_counter(), Path.cwd()
-    error, outputs = None, {}  # outputs: code cell number -> (printed text, figure file names, error)
+    # outputs: code cell number -> (printed text, figure file names, error)
+    error, outputs = None, {}
     unfinished, i, tee, shown_before = False, 0, _Tee(None), 0
     smoking = os.environ.get(config.SMOKE_ENV) == "1" and not config.smoke()
     if smoking:  # a smoke run of the full scale: by_scale's full values and the recipes made small
@@ -258,26 +266,29 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
             for i, source in enumerate(cells, start=1):
                 tee, shown_before = _Tee(None if quiet else sys.stdout), len(saver.paths)
                 try:
-                    with contextlib.redirect_stdout(tee), config.explain_out_of_memory(f"running code cell {i}",
-                                                                                       config.CELL_MEMORY_KNOB):
+                    with contextlib.redirect_stdout(tee), config.explain_out_of_memory(
+                            f"running code cell {i}", config.CELL_MEMORY_KNOB):
                         exec(compile(source, f"<{path.name}, code cell {i}>", "exec"), namespace)
                         saver()  # figures the cell left open belong to it
-                except (Exception, SystemExit) as e:  # a cell that calls exit() stopped the lesson too
+                except (Exception, SystemExit) as e:
+                    # a cell that calls exit() stopped the lesson too
                     error = f"code cell {i}: {type(e).__name__}: {e}"
                     outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
                     raise LessonError(f"{path.name} failed in {error}") from e
                 outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], None)
     except OutOfBudget:
         unfinished = True
-        error = (f"code cell {i}: stopped at the time limit after {time.perf_counter() - start:.0f} s, before the "
-                 "lesson finished (run it alone, on a machine held longer)")
+        error = (f"code cell {i}: stopped at the time limit after "
+                 f"{time.perf_counter() - start:.0f} s, before the lesson finished (run it alone, "
+                 "on a machine held longer)")
         outputs[i] = (tee.buffer_.getvalue(), saver.paths[shown_before:], error)
         raise LessonError(f"{path.name}: {error}") from None
     finally:
         os.chdir(cwd)
         plt.show = shown
         saver()  # figures left open at the end
-        summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error, unfinished)
+        summary = _write_results(path, out, scale, time.perf_counter() - start, saver.paths, error,
+                                 unfinished)
         write_executed(path, out, outputs)
         config.set_scale(None)
         if smoking:
@@ -293,9 +304,10 @@ def run_notebook(path: Path, *, scale: str, out: Path, quiet: bool = False, time
 NOTEBOOK_LIMIT = 5 * 1024 * 1024
 
 
-def write_executed(path: Path, out: Path, outputs: dict[int, tuple[str, list[str], str | None]]) -> Path:
-    """``out/<lesson>.ipynb``: the notebook with each code cell's printed text and figures (read back
-    from ``out``) as its outputs, the cells not run left empty. Past :data:`NOTEBOOK_LIMIT` the
+def write_executed(path: Path, out: Path,
+                   outputs: dict[int, tuple[str, list[str], str | None]]) -> Path:
+    """``out/<lesson>.ipynb``: the notebook with each code cell's printed text and figures (read
+    back from ``out``) as its outputs, the cells not run left empty. Past :data:`NOTEBOOK_LIMIT` the
     figures are embedded at half resolution."""
     nb = json.loads(path.read_text(encoding="utf-8"))
 
@@ -314,7 +326,8 @@ def write_executed(path: Path, out: Path, outputs: dict[int, tuple[str, list[str
                 cell_outputs.append({"output_type": "stream", "name": "stdout", "text": printed})
             for name in figures:
                 cell_outputs.append({"output_type": "display_data", "metadata": {},
-                                     "data": {"image/png": _png(out / name, shrink), "text/plain": [name]}})
+                                     "data": {"image/png": _png(out / name, shrink),
+                                              "text/plain": [name]}})
             if failed:
                 cell_outputs.append({"output_type": "error", "ename": failed.split(":")[1].strip(),
                                      "evalue": failed, "traceback": [failed]})
@@ -341,7 +354,8 @@ def _png(file: Path, shrink: bool) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None = None) -> dict[str, dict]:
+def run_all(*, scale: str, out: Path, force: bool = False,
+            budget: float | None = None) -> dict[str, dict]:
     """Every lesson in order, each into ``out/<lesson>``; a failing lesson does not stop the rest.
     A lesson whose results there are current (:func:`is_current`) is skipped unless ``force`` (its
     summary, read back, says ``"skipped": "current"``).
@@ -356,7 +370,8 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
     for path in sorted(lessons_dir().glob("[0-9]*.ipynb")):
         done = out / path.stem / "metrics.json"
         if not force and is_current(path, out / path.stem, scale):
-            print(f"== {path.stem}: results in {out / path.stem} are current (same lesson, same library): skipped",
+            print(f"== {path.stem}: results in {out / path.stem} are current (same lesson, same "
+                  "library): skipped",
                   flush=True)
             summaries[path.stem] = {**json.loads(done.read_text()), "skipped": "current"}
             continue
@@ -367,19 +382,22 @@ def run_all(*, scale: str, out: Path, force: bool = False, budget: float | None 
             last = float(seconds) if isinstance(seconds, (int, float)) else None
             stopped = bool(last_run.get("unfinished")) and last_run.get("stamp") == stamp(path)
             if left > 0 and stopped and last is not None and 2 * last > left:
-                print(f"== {path.stem}: passed over: its last run was stopped unfinished after {last:.0f} s, and "
-                      f"{left:.0f} s are left. Run it alone on a machine held longer: python -m diffuse_edu run "
-                      f"{path.stem[:2]} --scale {scale} --out {out / path.stem}", flush=True)
+                print(f"== {path.stem}: passed over: its last run was stopped unfinished after "
+                      f"{last:.0f} s, and {left:.0f} s are left. Run it alone on a machine held "
+                      f"longer: python -m diffuse_edu run {path.stem[:2]} --scale {scale} --out "
+                      f"{out / path.stem}", flush=True)
                 summaries[path.stem] = {**last_run, "skipped": "too long"}
                 continue
             if left <= 0 or (last is not None and last > left and not stopped):
                 took = f"; its last run here took {last:.0f} s" if last is not None else ""
-                print(f"== {path.stem}: not started, {max(left, 0):.0f} s left of the {budget:.0f} s budget{took}. "
-                      "Run the same command again to go on from here.", flush=True)
+                print(f"== {path.stem}: not started, {max(left, 0):.0f} s left of the "
+                      f"{budget:.0f} s budget{took}. Run the same command again to go on from "
+                      "here.", flush=True)
                 break
         print(f"== {path.stem}", flush=True)
         try:
-            summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem, time_limit=left)
+            summaries[path.stem] = run_notebook(path, scale=scale, out=out / path.stem,
+                                                time_limit=left)
         except LessonError as e:
             print(f"!! {e}")
             summaries[path.stem] = json.loads(done.read_text())
@@ -402,7 +420,8 @@ def _write_results(path: Path, out: Path, scale: str, seconds: float, figures: l
         "exercise_details": [dataclasses.asdict(v) for v in exercises.VERDICTS],
         "figures": figures,
         "error": error,
-        "unfinished": unfinished,  # stopped at the time limit: ``seconds`` is how long it ran, not what it needs
+        # stopped at the time limit: ``seconds`` is how long it ran, not what it needs
+        "unfinished": unfinished,
         # trainings the clock stopped short of their planned steps: the verdicts above say so too
         "stopped_by_clock": list(STOPPED_BY_CLOCK),
         "stamp": stamp(path),

@@ -30,8 +30,8 @@ def cached_models(scale: config.Scale | str) -> list[tuple[str, Callable[[torch.
 
 
 def judges(scale: config.Scale | str) -> list[tuple[str, Callable[[torch.device], object]]]:
-    """The classifiers that measure the lessons' samples at ``scale`` (no lesson teaches them; several
-    lessons load them), as (what it is, load or train and cache)."""
+    """The classifiers that measure the lessons' samples at ``scale`` (no lesson teaches them;
+    several lessons load them), as (what it is, load or train and cache)."""
     scale = config.resolve_scale(scale)
     shape_size = 16 if scale is config.Scale.QUICK else 32
     models: list[tuple[str, Callable[[torch.device], object]]] = [
@@ -41,7 +41,8 @@ def judges(scale: config.Scale | str) -> list[tuple[str, Callable[[torch.device]
          lambda device: pretrained.shape_judge(shape_size, device=device))]
     if scale is config.Scale.FULL:
         models.append(("lesson 08's Fashion-MNIST classifier",
-                       lambda device: pretrained.classifier_for(data.load_fashion_mnist("train"), device=device)))
+                       lambda device: pretrained.classifier_for(data.load_fashion_mnist("train"),
+                                                                device=device)))
     return models
 
 
@@ -56,14 +57,17 @@ def prepare_judges(scale: config.Scale | str, device: torch.device | str = "cpu"
 
 
 def model_files(cache: Path) -> list[Path]:
-    """The cached models' files in ``cache`` (and in the ``features`` folder older versions used)."""
+    """The cached models' files in ``cache`` (and in the ``features`` folder older versions
+    used)."""
     return sorted(f for sub in (pretrained.MODELS, "features") for f in (cache / sub).glob("*")
-                  if f.suffix in MODEL_FILES and f.is_file() and ".stopped-early." not in f.name)  # not undertrained ones
+                  # not undertrained ones
+                  if f.suffix in MODEL_FILES and f.is_file() and ".stopped-early." not in f.name)
 
 
-def prepare(scale: config.Scale, *, retrain: bool = False, device: torch.device | None = None) -> Path | None:
-    """Load or train every model of :func:`cached_models`; with ``retrain``, delete every cached model
-    first. Returns the manifest written (None on ranks other than 0 under torchrun)."""
+def prepare(scale: config.Scale, *, retrain: bool = False,
+            device: torch.device | None = None) -> Path | None:
+    """Load or train every model of :func:`cached_models`; with ``retrain``, delete every cached
+    model first. Returns the manifest written (None on ranks other than 0 under torchrun)."""
     config.set_scale(scale)
     device = device or config.default_device()
     cache = config.cache_dir()
@@ -75,7 +79,8 @@ def prepare(scale: config.Scale, *, retrain: bool = False, device: torch.device 
     for what, load in cached_models(scale):
         ck = load(device)
         extra = getattr(ck, "extra", None)
-        detail = f" ({extra.get('steps')} steps, {extra.get('seconds') or 0:.0f} s)" if extra else ""
+        detail = (f" ({extra.get('steps')} steps, {extra.get('seconds') or 0:.0f} s)" if extra
+                  else "")
         print(f"ready: {what}{detail}")
     if not distributed.is_main():
         return None
