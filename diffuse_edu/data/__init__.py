@@ -7,7 +7,8 @@
 * :mod:`~diffuse_edu.data.staged`: MNIST, Fashion-MNIST and CIFAR-10 from a data folder or
   torchvision, checked against their cards;
 * :mod:`~diffuse_edu.data.captioned`: captioned shapes and digits for lesson 09;
-* :mod:`~diffuse_edu.data.canvas`: brightness, wider canvases and aspect-ratio buckets for lesson 12;
+* :mod:`~diffuse_edu.data.canvas`: brightness, wider canvases and aspect-ratio buckets for
+  lesson 12;
 * :mod:`~diffuse_edu.data.subject`: a new subject made from the data for lesson 13.
 
 Every image loader returns images in [-1, 1], shape (N, C, H, W).

@@ -113,7 +113,8 @@ def _held_out(colour: Tensor, shape: Tensor) -> Tensor:
     return torch.stack([(colour == c) & (shape == s) for c, s in pairs]).any(0)
 
 
-def _draw_attributes(n: int, two_shapes: float, split: str, g: torch.Generator) -> tuple[Tensor, Tensor]:
+def _draw_attributes(n: int, two_shapes: float, split: str,
+                     g: torch.Generator) -> tuple[Tensor, Tensor]:
     """Attributes per scene, redrawn until each scene fits its split (see the module)."""
     sizes = torch.tensor([len(v) for v in ATTRIBUTES.values()])
     objects = torch.full((n, 2, 4), -1, dtype=torch.long)
@@ -160,7 +161,8 @@ def _centres(objects: Tensor, relation: Tensor, size: int, g: torch.Generator) -
 
 
 def _render(objects: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Anti-aliased shapes on black. Shapes: objects (n, 2, 4), centres (n, 2, 2) -> (n, 3, H, W), (n, 2, H, W)."""
+    """Anti-aliased shapes on black. Shapes: objects (n, 2, 4), centres (n, 2, 2) -> (n, 3, H, W),
+    (n, 2, H, W)."""
     s = size * _SUPERSAMPLE
     coords = (torch.arange(s) + 0.5) / _SUPERSAMPLE  # subpixel centres in pixels
     y, x = coords.view(1, s, 1), coords.view(1, 1, s)
@@ -174,8 +176,10 @@ def _render(objects: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor
         r = radii[o[:, 2].clamp_min(0)].view(-1, 1, 1)
         dx, dy = x - cx, y - cy  # (n, s, s)
         inside = torch.stack([dx ** 2 + dy ** 2 <= r ** 2,  # circle
-                              (dx.abs() <= r * 0.85) & (dy.abs() <= r * 0.85),  # square (equal area-ish)
-                              (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2 * 1.1)])  # triangle, apex up
+                              # square (equal area-ish)
+                              (dx.abs() <= r * 0.85) & (dy.abs() <= r * 0.85),
+                              # triangle, apex up
+                              (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2 * 1.1)])
         cover = inside[o[:, 1].clamp_min(0), torch.arange(len(o))].float() * present.view(-1, 1, 1)
         cover = F.avg_pool2d(cover.unsqueeze(1), _SUPERSAMPLE)  # (n, 1, H, W) in [0, 1]
         colour = palette[o[:, 0].clamp_min(0)].view(-1, 3, 1, 1)
@@ -214,7 +218,8 @@ def captioned_mnist(split: str = "train", *, seed: int = 0) -> CaptionedImages:
 
 
 def digit_captions(labels: Tensor, *, seed: int = 0) -> tuple[str, ...]:
-    """One templated caption per digit label ("a handwritten seven"), the template drawn from ``seed``."""
+    """One templated caption per digit label ("a handwritten seven"), the template drawn from
+    ``seed``."""
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(0, len(DIGIT_TEMPLATES), (len(labels),), generator=g)
     return tuple(DIGIT_TEMPLATES[int(k)].format(DIGIT_WORDS[int(y)]) for k, y in zip(pick, labels))

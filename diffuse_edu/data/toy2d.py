@@ -48,7 +48,8 @@ def gaussian_ring_with_modes(
 
 
 def mode_coverage(samples: Tensor, centres: Tensor, *, radius: float) -> Tensor:
-    """How many samples lie within ``radius`` of each centre. Shapes: (n, d), (K, d) -> (K,) int64."""
+    """How many samples lie within ``radius`` of each centre. Shapes: (n, d), (K, d) -> (K,)
+    int64."""
     dist = torch.cdist(samples.float(), centres.float())  # (n, K)
     nearest = dist.argmin(dim=1)
     close = dist.gather(1, nearest[:, None])[:, 0] <= radius

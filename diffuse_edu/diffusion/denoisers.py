@@ -153,7 +153,8 @@ class Denoiser:
 
 
 def declared_target(model: Callable) -> Target | None:
-    """What ``model`` says it predicts (its ``predicts`` attribute), or None when it does not say."""
+    """What ``model`` says it predicts (its ``predicts`` attribute), or None when it does not
+    say."""
     value = getattr(model, "predicts", None)
     return None if value is None else as_target(value)
 
@@ -211,7 +212,8 @@ def as_denoiser(model: Callable, schedule: NoiseSchedule | None, *,
         own = getattr(model, "schedule", None)  # a network built from a
         # checkpoint knows its schedule
         if isinstance(own,
-                      NoiseSchedule) and declared_target(model) is not Target.FLOW:  # a flow fits any
+                      NoiseSchedule) and declared_target(model) is not Target.FLOW:
+            # a flow fits any
             if schedule is not None and not own.same_as(schedule):
                 raise ValueError(f"The network was trained on the {own.name!r} schedule but the "
                                  f"sampler was given {schedule.name!r}: pass its own schedule (or "

@@ -39,7 +39,8 @@ def per_example_mse(pred: Tensor, target: Tensor) -> Tensor:
 
 def given_or_drawn(draw: Callable, x0: Tensor, generator: torch.Generator | None, t: Tensor | None,
                    eps: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(t, eps): the ones given, the others from ``draw(x0, generator)`` (an objective's ``draw``)."""
+    """(t, eps): the ones given, the others from ``draw(x0, generator)`` (an objective's
+    ``draw``)."""
     if t is not None and eps is not None:
         return t, eps
     t_drawn, eps_drawn = draw(x0, generator)
@@ -143,7 +144,8 @@ class FlowMatching:
     def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
                  generator: torch.Generator | None = None, t: Tensor | None = None,
                  eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(loss per example (B,), tau (B,)); tau and eps are drawn unless given (``t`` is tau here)."""
+        """(loss per example (B,), tau (B,)); tau and eps are drawn unless given (``t`` is tau
+        here)."""
         t, eps = given_or_drawn(self.draw, x0, generator, t, eps)
         if self.loss is flow_matching_loss:
             return flow_matching_loss(model, x0, t, eps, cond, time_scale=self.time_scale), t

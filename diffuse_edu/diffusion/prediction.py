@@ -38,7 +38,8 @@ def as_target(value: Target | str) -> Target:
         return Target(value)
     except ValueError:
         raise ValueError(f"Unknown target {value!r}: use one of "
-                         f"{', '.join(repr(t.value) for t in Target)} (or Target.V, ...).") from None
+                         f"{', '.join(repr(t.value) for t in Target)} "
+                         "(or Target.V, ...).") from None
 
 
 def eps_to_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor | float) -> Tensor:
@@ -58,7 +59,8 @@ def v_to_x0(x_t: Tensor, v: Tensor, alpha_bar: Tensor | float) -> Tensor:
 
 
 def x0_to_v(x_t: Tensor, x0: Tensor, alpha_bar: Tensor | float) -> Tensor:
-    """The v that implies ``x0`` at x_t: (sqrt(ab) x_t - x0) / sqrt(1 - ab) (lesson 14's students learn it)."""
+    """The v that implies ``x0`` at x_t: (sqrt(ab) x_t - x0) / sqrt(1 - ab) (lesson 14's students
+    learn it)."""
     return (alpha_bar**0.5 * x_t - x0) / (1 - alpha_bar) ** 0.5
 
 

@@ -197,7 +197,8 @@ def sigmas_evenly_in_t(schedule: NoiseSchedule, steps: int) -> Tensor:
 
 
 def euler_step(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor) -> Tensor:
-    """x + (sigma_next - sigma) d with d = (x - D(x; sigma)) / sigma (Karras et al. 2022, Alg. 1)."""
+    """x + (sigma_next - sigma) d with d = (x - D(x; sigma)) / sigma (Karras et al. 2022,
+    Alg. 1)."""
     return x + (sigma_next - sigma) * (x - denoised) / sigma
 
 
@@ -218,7 +219,8 @@ def heun_step(x: Tensor, sigma: float, sigma_next: float,
 
 def _grid(model: Callable, x: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Callable,
           clip: float | None) -> tuple[Denoiser, list[float], Tensor]:
-    """The denoiser, the sigma grid as host numbers, and the unit noise scaled to the first level."""
+    """The denoiser, the sigma grid as host numbers, and the unit noise scaled to the first
+    level."""
     schedule = _needs_schedule(schedule, "A sigma-space sampler", model)
     sig = sigmas(schedule, steps).clamp(max=sigma_max(schedule)).tolist()
     return as_denoiser(model, schedule, clip=clip), sig, x * (1 + sig[0] ** 2) ** 0.5

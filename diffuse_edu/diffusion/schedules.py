@@ -87,7 +87,8 @@ class NoiseSchedule:
         return self.snr.rsqrt()
 
     def on(self, values: Tensor, like: Tensor) -> Tensor:
-        """``values`` (one of this schedule's tables) on ``like``'s device and in its dtype, cached."""
+        """``values`` (one of this schedule's tables) on ``like``'s device and in its dtype,
+        cached."""
         key = (id(values), like.device, like.dtype)
         hit = self._on_device.get(key)
         if hit is None or hit[0] is not values:
@@ -140,7 +141,8 @@ class NoiseSchedule:
         # = 1 / (1 + sigma^2)
 
     def sigma_at(self, t: Tensor) -> Tensor:
-        """The noise level sigma at fractional steps t (see :meth:`alpha_bar_at`). Shapes: like t."""
+        """The noise level sigma at fractional steps t (see :meth:`alpha_bar_at`). Shapes: like
+        t."""
         ab = self.alpha_bar_at(t)
         return ((1 - ab) / ab).sqrt()
 
@@ -154,7 +156,8 @@ class NoiseSchedule:
         like = sigma if sigma.is_floating_point() else sigma.double()
         ls_table, root = self.on(self.log_sigma, like), self.on(self.alpha_bar, like).sqrt()
         ls = sigma.clamp_min(0).log()
-        hi = torch.searchsorted(ls_table, ls.reshape(-1).contiguous()).reshape(ls.shape).clamp(1, self.T)
+        hi = torch.searchsorted(ls_table,
+                                ls.reshape(-1).contiguous()).reshape(ls.shape).clamp(1, self.T)
         lo = hi - 1
         finite = torch.isfinite(ls_table[lo]) & torch.isfinite(ls_table[hi])
         w_log = (ls - _finite(ls_table[lo])) / torch.where(finite, ls_table[hi] - ls_table[lo], 1.0)
@@ -165,7 +168,8 @@ class NoiseSchedule:
 
     @cached_property
     def log_sigma(self) -> Tensor:
-        """log sigma_t = -log-SNR / 2: -inf at t = 0, +inf at t = T of a zero-terminal-SNR schedule."""
+        """log sigma_t = -log-SNR / 2: -inf at t = 0, +inf at t = T of a zero-terminal-SNR
+        schedule."""
         return -0.5 * self.log_snr
 
     def same_as(self, other: NoiseSchedule | None) -> bool:
@@ -201,7 +205,8 @@ def linear_schedule(
 def scaled_linear_schedule(
     T: int = 1000, *, beta_start: float = 0.00085, beta_end: float = 0.012
 ) -> NoiseSchedule:
-    """Square roots of the betas evenly spaced: Stable Diffusion's schedule (Rombach et al. 2022)."""
+    """Square roots of the betas evenly spaced: Stable Diffusion's schedule
+    (Rombach et al. 2022)."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
     return NoiseSchedule(torch.cat([betas.new_zeros(1), betas]), "scaled linear")
 

@@ -22,7 +22,8 @@ from diffuse_edu.models.clip import MiniCLIP
 
 
 @torch.no_grad()
-def predict_attributes(judge: Classifier, images: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
+def predict_attributes(judge: Classifier, images: Tensor,
+                       batch_size: int = 1024) -> dict[str, Tensor]:
     """The judge's reading of each image: attribute name -> (N,) index into ATTRIBUTES[name]."""
     logits = torch.cat([judge(b) for b in images.split(batch_size)])
     return {name: part.argmax(1) for name,
@@ -44,7 +45,8 @@ def attribute_accuracy(judge: Classifier, images: Tensor, wanted: Tensor) -> dic
 
 @torch.no_grad()
 def clip_score(model: MiniCLIP, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-    """100 * max(cos(image, caption), 0) per pair. Shapes: images (B, C, S, S), ids and mask (B, L) -> (B,)."""
+    """100 * max(cos(image, caption), 0) per pair. Shapes: images (B, C, S, S), ids and mask (B, L)
+    -> (B,)."""
     cos = (model.embed_images(images) * model.embed_texts(ids, mask)).sum(-1)
     return 100 * cos.clamp_min(0)
 

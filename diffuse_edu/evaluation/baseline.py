@@ -19,7 +19,8 @@ from diffuse_edu.progress import progress
 
 def diffusers_unet(sample_size: int, channels: int, widths: tuple[int, ...],
                    layers_per_block: int) -> nn.Module:
-    """A UNet2DModel as diffusers' unconditional training example builds it (attention at the bottom)."""
+    """A UNet2DModel as diffusers' unconditional training example builds it (attention at the
+    bottom)."""
     from diffusers import UNet2DModel
 
     down = ["DownBlock2D"] * (len(widths) - 1) + ["AttnDownBlock2D"]

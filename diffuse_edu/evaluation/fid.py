@@ -14,7 +14,8 @@ from torch import Tensor
 
 
 def mean_and_covariance(features: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and unbiased covariance of feature vectors, in float64. Shapes: (N, D) -> (D,), (D, D)."""
+    """Mean and unbiased covariance of feature vectors, in float64. Shapes: (N, D) -> (D,),
+    (D, D)."""
     f = features.double()
     mu = f.mean(0)
     centred = f - mu
@@ -67,7 +68,8 @@ def fid_with_spread(features: Tensor, reference: Tensor, *, draws: int = 20,
 
 def _with_bootstrap(statistic: Callable[[Tensor | slice], float], features: Tensor, draws: int,
                     generator: torch.Generator | None) -> tuple[float, float]:
-    """``statistic`` of all rows, and its standard deviation over ``draws`` resamplings of the rows."""
+    """``statistic`` of all rows, and its standard deviation over ``draws`` resamplings of the
+    rows."""
     n = features.shape[0]
     boot = [statistic(torch.randint(0, n, (n,),
                                     generator=generator).to(features.device)) for _ in range(draws)]

@@ -18,7 +18,8 @@ from torch import Tensor
 
 
 def radial_frequency(h: int, w: int, *, device: torch.device | None = None) -> Tensor:
-    """|f| of each 2-D FFT bin, as a share of the Nyquist frequency (0 .. sqrt(2)). Shapes: (h, w)."""
+    """|f| of each 2-D FFT bin, as a share of the Nyquist frequency (0 .. sqrt(2)). Shapes:
+    (h, w)."""
     fy = torch.fft.fftfreq(h, device=device)[:, None]
     fx = torch.fft.fftfreq(w, device=device)[None, :]
     return torch.sqrt(fx**2 + fy**2) / 0.5
@@ -69,7 +70,8 @@ def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[float, 
     return precision, recall
 
 
-def nearest_neighbour(queries: Tensor, reference: Tensor, batch: int = 1024) -> tuple[Tensor, Tensor]:
+def nearest_neighbour(queries: Tensor, reference: Tensor,
+                      batch: int = 1024) -> tuple[Tensor, Tensor]:
     """L2 distance from each query to its nearest reference, and that reference's index.
 
     Shapes: queries (M, ...), reference (N, ...) -> (M,), (M,).
@@ -94,8 +96,8 @@ def bucket_edges(t_max: float, buckets: int) -> Tensor:
 
 @torch.no_grad()
 def loss_by_t(model: Callable, x0: Tensor, objective: Callable, *, buckets: int = 10,
-              draws: int = 1,
-              generator: torch.Generator | None = None, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+              draws: int = 1, generator: torch.Generator | None = None,
+              batch_size: int = 512) -> tuple[Tensor, Tensor]:
     """A trained model's loss under ``objective`` (the one it was trained with: its target and
     schedule) in ``buckets`` equal ranges of the noise level, each image at a random level per
     bucket.
@@ -221,7 +223,8 @@ def thin_stroke_error(rebuilt: Tensor, original: Tensor) -> Tensor:
     """Mean |rebuilt - original| over the original's thin-stroke pixels, per image.
     Shapes: (N, C, H, W) twice -> (N,)."""
     thin = thin_strokes(original)
-    return ((rebuilt - original).abs() * thin).flatten(1).sum(1) / thin.flatten(1).sum(1).clamp_min(1)
+    return ((rebuilt - original).abs() * thin).flatten(1).sum(1) / (
+        thin.flatten(1).sum(1).clamp_min(1))
 
 
 def edge_magnitude(images: Tensor) -> Tensor:

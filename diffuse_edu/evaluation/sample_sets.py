@@ -1,4 +1,5 @@
-"""Distances between two sets of samples (lesson 15): how far a sampler's points lie from the data's."""
+"""Distances between two sets of samples (lesson 15): how far a sampler's points lie from the
+data's."""
 
 from __future__ import annotations
 

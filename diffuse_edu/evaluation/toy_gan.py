@@ -28,7 +28,8 @@ def train_gan(
     latent_dim: int = 2, lr: float = 1e-3, generator: torch.Generator | None = None,
     show_progress: bool = True,
 ) -> nn.Module:
-    """Train a GAN on points ``data`` (N, d); return the generator, a map z (B, latent) -> (B, d)."""
+    """Train a GAN on points ``data`` (N, d); return the generator, a map z (B, latent)
+    -> (B, d)."""
     dim = data.shape[1]
     gen, disc = mlp(latent_dim, hidden, depth, dim), mlp(dim, hidden, depth, 1)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))

@@ -44,9 +44,12 @@ class Checker:
     name: str  # the function's name in the notebook
     reference: Callable  # the library's version, used when the learner's is unfinished or wrong
     cases: Sequence[Callable[[Callable], None]]  # each calls fn and raises Mismatch if wrong
-    hints: Sequence[str] = ()  # progressive: a first nudge, then a more specific one (never the key line)
-    see: str = ""  # where the lesson states what to compute ("Eq. 4, section 1"): named when no known mistake fits
-    changes_inputs: bool = False  # True where changing a tensor argument in place is the job (the EMA update)
+    # progressive: a first nudge, then a more specific one (never the key line)
+    hints: Sequence[str] = ()
+    # where the lesson states what to compute ("Eq. 4, section 1"): named when no known mistake fits
+    see: str = ""
+    # True where changing a tensor argument in place is the job (the EMA update)
+    changes_inputs: bool = False
 
     def __post_init__(self) -> None:
         CHECKERS[self.name] = self
@@ -57,7 +60,8 @@ class Verdict:
     """The outcome of checking one exercise."""
 
     name: str
-    status: str  # "passed", "unfinished", "failed" or "library" (the library's own answer was given)
+    # "passed", "unfinished", "failed" or "library" (the library's own answer was given)
+    status: str
     message: str
     passed_cases: int = 0
     total_cases: int = 0
@@ -73,10 +77,10 @@ _HINTS_SHOWN: dict[str, int] = {}
 def hint(name: str | Callable) -> None:
     """Print the next hint for exercise ``name``: a first nudge, then a second one.
 
-    ``name`` is the exercise's name ("guided_forward") or the function itself (``hint(guided_forward)``,
-    whether the learner's or the checked one). Every exercise of the course is known as soon as
-    ``diffuse_edu`` is installed, even before a lesson's imports ran. It prints and returns nothing,
-    so a bare ``hint(...)`` shows its text once.
+    ``name`` is the exercise's name ("guided_forward") or the function itself
+    (``hint(guided_forward)``, whether the learner's or the checked one). Every exercise of the
+    course is known as soon as ``diffuse_edu`` is installed, even before a lesson's imports ran. It
+    prints and returns nothing, so a bare ``hint(...)`` shows its text once.
     """
     if callable(name):
         name = getattr(name, "__name__", str(name))
@@ -84,7 +88,8 @@ def hint(name: str | Callable) -> None:
     if checker is None:
         close = difflib.get_close_matches(str(name), _every_checker(), n=1, cutoff=0.5)
         known = ", ".join(sorted(_every_checker()))
-        raise KeyError(f"No exercise called {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+        raise KeyError(f"No exercise called {name!r}"
+                       + (f"; did you mean {close[0]!r}?" if close else "")
                        + f" The course's exercises are: {known}.")
     if not checker.hints:
         text = f"{name} has no hints: its docstring and the lesson's text say what to compute."
@@ -130,15 +135,18 @@ def run_checker(fn: Callable, checker: Checker) -> Verdict:
             if changed and "in place" not in message:  # the change explains the wrong value better
                 message = _in_place_message(checker.name, changed)
             elif checker.see and UNNAMED in message:  # a wrong value that matches no known mistake
-                message += f" It matches none of the usual mistakes: compare your code with {checker.see}."
+                message += (" It matches none of the usual mistakes: compare your code with "
+                            f"{checker.see}.")
             return Verdict(checker.name, "failed", message, i, total)
         except Exception as e:  # the learner's code crashed: say where, briefly
             return Verdict(checker.name, "failed",
                            f"{checker.name} raised {type(e).__name__}: {e}{_learner_frame(e)}"
                            f"{_explain(e) or _signature_advice(e, fn, checker)}", i, total)
         if changed:
-            return Verdict(checker.name, "failed", _in_place_message(checker.name, changed), i, total)
-    return Verdict(checker.name, "passed", f"{checker.name} passed all {total} checks.", total, total)
+            return Verdict(checker.name, "failed", _in_place_message(checker.name, changed), i,
+                           total)
+    return Verdict(checker.name, "passed", f"{checker.name} passed all {total} checks.", total,
+                   total)
 
 
 def borrowed_verdict(fn: Callable, checker: Checker) -> Verdict | None:
@@ -146,8 +154,9 @@ def borrowed_verdict(fn: Callable, checker: Checker) -> Verdict | None:
     borrowed = library_version(fn, checker)
     if not borrowed:
         return None
-    return Verdict(checker.name, "library", f"{checker.name} is the library's own answer ({borrowed}), not "
-                   "yours: nothing was checked. Write your own version to pass.", 0, len(checker.cases))
+    return Verdict(checker.name, "library",
+                   f"{checker.name} is the library's own answer ({borrowed}), not yours: nothing "
+                   "was checked. Write your own version to pass.", 0, len(checker.cases))
 
 
 def library_version(fn: Callable, checker: Checker) -> str | None:
@@ -202,9 +211,10 @@ def _watch_in_place(fn: Callable, changed: list[str]) -> Callable:
             named = [*((f"number {k + 1}", a) for k, a in enumerate(args)), *kwargs.items()]
         before = []
         for name, value in named:
-            items = ([(f"{name}[{k}]", v) for k, v in enumerate(value)] if isinstance(value, (list, tuple))
-                     else [(name, value)])
-            before += [(label, t, t.detach().clone()) for label, t in items if isinstance(t, Tensor)]
+            items = ([(f"{name}[{k}]", v) for k, v in enumerate(value)]
+                     if isinstance(value, (list, tuple)) else [(name, value)])
+            before += [(label, t, t.detach().clone()) for label, t in items
+                       if isinstance(t, Tensor)]
         out = fn(*args, **kwargs)
         for label, tensor, copy in before:
             same = (tensor.shape == copy.shape and tensor.dtype == copy.dtype
@@ -218,10 +228,10 @@ def _watch_in_place(fn: Callable, changed: list[str]) -> Callable:
 
 def _in_place_message(name: str, changed: Sequence[str]) -> str:
     which = ", ".join(f"`{label}`" for label in changed)
-    return (f"{name} changed its argument {which} in place (a method ending in _, such as add_, an "
-            "x += ..., or an indexed assignment x[...] = ...), yet the lesson goes on using what it "
-            "passed in (the same noise for the next sampler, the same batch): build new tensors "
-            "instead (x = x + ...).")
+    return (f"{name} changed its argument {which} in place (a method ending in _, such as add_, "
+            "an x += ..., or an indexed assignment x[...] = ...), yet the lesson goes on using "
+            "what it passed in (the same noise for the next sampler, the same batch): build new "
+            "tensors instead (x = x + ...).")
 
 
 def _explain(e: BaseException) -> str:
@@ -231,9 +241,10 @@ def _explain(e: BaseException) -> str:
         return (". This usually means a per-image value of shape (B,) was multiplied with images "
                 "of shape (B, C, H, W) without reshaping it to (B, 1, 1, 1).")
     if isinstance(e, AttributeError) and ("'int' object" in text or "'float' object" in text):
-        return (". A network takes the noise level as a tensor with one entry per example, not a Python number: "
-                "torch.full((B,), t, device=x.device).")
-    if "expected scalar type" in text or "dtype" in text or ("type" in text and "should be the same" in text):
+        return (". A network takes the noise level as a tensor with one entry per example, not a "
+                "Python number: torch.full((B,), t, device=x.device).")
+    if ("expected scalar type" in text or "dtype" in text
+            or ("type" in text and "should be the same" in text)):
         return ". Two tensors of different dtypes met: cast one with .to(other.dtype)."
     return ""
 
@@ -246,13 +257,15 @@ def _signature_advice(e: BaseException, fn: Callable, checker: Checker) -> str:
     if not (isinstance(e, TypeError) and any(text.startswith(f"{name}()") for name in own)
             and any(k in text for k in ("positional argument", "keyword argument", "required"))):
         return ""
-    return (". The checker calls it the way the exercise cell's def line says: keep that line as it was (every "
-            "parameter, in that order, keyword-only ones after the *, even those your version does not use).")
+    return (". The checker calls it the way the exercise cell's def line says: keep that line as "
+            "it was (every parameter, in that order, keyword-only ones after the *, even those "
+            "your version does not use).")
 
 
 def _learner_frame(e: BaseException) -> str:
     frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if "diffuse_edu" not in f.filename and "/torch/" not in f.filename and "/einops/" not in f.filename]
+              if "diffuse_edu" not in f.filename and "/torch/" not in f.filename
+              and "/einops/" not in f.filename]
     return f" (at line: {frames[-1].line})" if frames and frames[-1].line else ""
 
 
@@ -273,8 +286,8 @@ def check(fn: Callable, checker: Checker, *, quiet: bool = False) -> Callable:
     else:
         nudge = f"\n       Stuck? hint({checker.name!r}) gives a nudge." if checker.hints else ""
         text = (f"[x] {checker.name}: {verdict.message}{nudge}\n"
-                f"       ({verdict.passed_cases} of {verdict.total_cases} checks passed before this "
-                f"one; the notebook carries on with {ref}.)")
+                f"       ({verdict.passed_cases} of {verdict.total_cases} checks passed before "
+                f"this one; the notebook carries on with {ref}.)")
         chosen = checker.reference
     if not quiet:
         print(text)
@@ -291,7 +304,8 @@ class Mistake:
 
     message: str
     answer: Tensor
-    atol: float | None = None  # a looser tolerance, for mistakes whose round-off differs from the answer's
+    # a looser tolerance, for mistakes whose round-off differs from the answer's
+    atol: float | None = None
 
 
 def compare(
@@ -307,20 +321,23 @@ def compare(
     if not isinstance(got, Tensor):
         raise Mismatch(f"{what} returned {type(got).__name__}; expected a torch.Tensor.")
     if got.shape != want.shape:
-        for mistake in mistakes:  # a known mistake that changes the shape (a missing layer, swapped axes)
-            if mistake.answer.shape == got.shape and mistake.answer.dtype == got.dtype and torch.allclose(
-                    got.detach().double(), mistake.answer.detach().double(), rtol=rtol, atol=mistake.atol or atol):
+        for mistake in mistakes:
+            # a known mistake that changes the shape (a missing layer, swapped axes)
+            if (mistake.answer.shape == got.shape and mistake.answer.dtype == got.dtype
+                    and torch.allclose(got.detach().double(), mistake.answer.detach().double(),
+                                       rtol=rtol, atol=mistake.atol or atol)):
                 raise Mismatch(f"{what} returned shape {tuple(got.shape)}: {mistake.message}")
         raise Mismatch(f"{what} returned shape {tuple(got.shape)}; expected {tuple(want.shape)}.")
     if got.dtype != want.dtype:
         if want.dtype == torch.int64:
-            raise Mismatch(f"{what} returned dtype {got.dtype}; expected torch.int64, the dtype indices (token "
-                           "ids, labels) have in PyTorch: build it with dtype=torch.long or convert with .long().")
+            raise Mismatch(f"{what} returned dtype {got.dtype}; expected torch.int64, the dtype "
+                           "indices (token ids, labels) have in PyTorch: build it with "
+                           "dtype=torch.long or convert with .long().")
         if not want.is_floating_point():
             raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}.")
-        raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}, the inputs' dtype. "
-                       "Some tensor made or looked up along the way has another dtype (a table, "
-                       "torch.tensor(...), torch.arange(...)): cast it with .to(x.dtype).")
+        raise Mismatch(f"{what} returned dtype {got.dtype}; expected {want.dtype}, the inputs' "
+                       "dtype. Some tensor made or looked up along the way has another dtype (a "
+                       "table, torch.tensor(...), torch.arange(...)): cast it with .to(x.dtype).")
     if want.dtype == torch.bool:  # a mask: say where, in its own words
         wrong = got != want
         if not wrong.any():
@@ -331,8 +348,9 @@ def compare(
         if otherwise:
             raise Mismatch(f"{what}: {otherwise}")
         idx = tuple(int(i) for i in torch.nonzero(wrong)[0])
-        raise Mismatch(f"{what} differs from the expected mask at {int(wrong.sum())} of {want.numel()} places (first at "
-                       f"index {idx}: got {bool(got[idx])}, expected {bool(want[idx])}).")
+        raise Mismatch(f"{what} differs from the expected mask at {int(wrong.sum())} of "
+                       f"{want.numel()} places (first at index {idx}: got {bool(got[idx])}, "
+                       f"expected {bool(want[idx])}).")
     g, w = got.detach().double(), want.detach().double()
     if torch.isnan(g).any() and not torch.isnan(w).any():
         idx = tuple(int(i) for i in torch.nonzero(torch.isnan(g))[0])
@@ -405,15 +423,15 @@ def compare_gradients(
             raise Mismatch(f"{what}: the values are right, but no gradient reaches {name}, so "
                            f"training cannot move it: {otherwise}.")
         gap = max((x - y).abs().max().item() for x, y in zip(g, r))
-        raise Mismatch(f"{what}: the values are right, but the gradient that reaches {name} differs "
-                       f"from the reference's (by up to {gap:.2g}): {otherwise}.")
+        raise Mismatch(f"{what}: the values are right, but the gradient that reaches {name} "
+                       f"differs from the reference's (by up to {gap:.2g}): {otherwise}.")
 
 
 def run_naming_crashes(call: Callable[[], object], what: str,
                        crashes: Sequence[tuple[Callable[[], object], str]]) -> object:
-    """``call()``; if it raises, and one of the typical wrong answers in ``crashes`` (each a call that
-    reproduces a mistake, and its message) raises the very same error, a :class:`Mismatch` naming that
-    mistake. Any other error propagates unchanged, for the usual handling."""
+    """``call()``; if it raises, and one of the typical wrong answers in ``crashes`` (each a call
+    that reproduces a mistake, and its message) raises the very same error, a :class:`Mismatch`
+    naming that mistake. Any other error propagates unchanged, for the usual handling."""
     try:
         return call()
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
@@ -431,7 +449,8 @@ def run_naming_crashes(call: Callable[[], object], what: str,
 
 def require_passed(name: str) -> None:
     """Raise AssertionError unless the last check of exercise ``name`` in this process passed: the
-    autograded cell of an nbgrader export (``python -m diffuse_edu export nbgrader``) ends with it."""
+    autograded cell of an nbgrader export (``python -m diffuse_edu export nbgrader``) ends with
+    it."""
     verdict = next((v for v in reversed(VERDICTS) if v.name == name), None)
     if verdict is None:
         raise AssertionError(f"{name} was never checked: run its exercise cell first.")

@@ -90,7 +90,8 @@ class MiniCLIP(nn.Module):
         return F.normalize(self.text_proj(TextEncoder.pooled(self.text(ids, mask), mask)), dim=-1)
 
     def forward(self, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """Logits image i vs caption j. Shapes: images (B, C, S, S), ids and mask (B, L) -> (B, B)."""
+        """Logits image i vs caption j. Shapes: images (B, C, S, S), ids and mask (B, L)
+        -> (B, B)."""
         scale = self.log_temperature.clamp(max=math.log(100)).exp()  # ibid.: clipped at 100
         return scale * self.embed_images(images) @ self.embed_texts(ids, mask).T
 

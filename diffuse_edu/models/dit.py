@@ -82,7 +82,8 @@ def position_embedding(h: int, w: int, width: int, *, device: torch.device | Non
                                                          device=device) / quarter)  # (width/4,)
     rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
                                 indexing="ij")
-    parts = [f(pos.flatten()[:, None].float() * freqs) for pos in (rows, cols) for f in (torch.sin, torch.cos)]
+    parts = [f(pos.flatten()[:, None].float() * freqs) for pos in (rows, cols)
+             for f in (torch.sin, torch.cos)]
     return torch.cat(parts, dim=1)  # (h w, width)
 
 
@@ -101,7 +102,8 @@ def dit_block(block: DiTBlock, x: Tensor, c: Tensor) -> Tensor:
 
     Shapes: x (B, N, D), c (B, D) -> (B, N, D).
     """
-    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = block.modulation(c).chunk(6, dim=1)  # (B, D) each
+    # (B, D) each
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = block.modulation(c).chunk(6, dim=1)
     x = x + gate_a[:, None] * block.attention(modulate(block.norm1(x), shift_a, scale_a))
     return x + gate_m[:, None] * block.mlp(modulate(block.norm2(x), shift_m, scale_m))
 
@@ -138,8 +140,9 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        if zero:  # adaLN-Zero: every gate (and shift, scale) starts at 0, so the
-        # block starts as the identity
+        if zero:
+            # adaLN-Zero: every gate (and shift, scale) starts at 0, so the block starts as the
+            # identity
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
 
@@ -192,7 +195,8 @@ class DiT(nn.Module):
         self.final = FinalLayer(cfg.width, p * p * c_out, zero=cfg.adaln_zero)
 
     def conditioning(self, t: Tensor, cond: Cond | None) -> Tensor:
-        """The vector c every block is modulated by: time plus class label (if any). Shapes: (B, D)."""
+        """The vector c every block is modulated by: time plus class label (if any). Shapes:
+        (B, D)."""
         c = self.time_emb(t)
         if self.label_emb is not None:
             labels = cond.labels if cond is not None and cond.labels is not None else None

@@ -150,7 +150,8 @@ def inject_lora(model: nn.Module, *, rank: int, alpha: float | None = None,
 
 
 def is_lora(name: str) -> bool:
-    """Whether a parameter name belongs to an adapter (the filter ``train(trainable=...)`` takes)."""
+    """Whether a parameter name belongs to an adapter (the filter ``train(trainable=...)``
+    takes)."""
     return ".lora_A." in name or ".lora_B." in name or name.startswith(("lora_A.", "lora_B."))
 
 
@@ -190,7 +191,8 @@ def unmerge_lora(model: nn.Module) -> int:
 
 def use_lora_pieces(model: nn.Module, *, forward: Callable | None = None,
                     delta: Callable | None = None) -> int:
-    """Make every adapter of ``model`` run a learner's ``forward(layer, x)`` and ``delta(layer)``."""
+    """Make every adapter of ``model`` run a learner's ``forward(layer, x)`` and
+    ``delta(layer)``."""
     found = adapters(model)
     for m in found:
         if forward is not None:

@@ -63,7 +63,8 @@ class TextEncoderConfig:
 
 
 class TextBlock(nn.Module):
-    """x + MHA(LN(x)) with a padding mask, then x + MLP(LN(x)). Shapes: (B, L, D), mask (B, L) -> (B, L, D)."""
+    """x + MHA(LN(x)) with a padding mask, then x + MLP(LN(x)). Shapes: (B, L, D), mask (B, L)
+    -> (B, L, D)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: int):
         super().__init__()
@@ -97,7 +98,8 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, texts: Sequence[str],
                  device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        """:func:`tokenize` with this encoder's vocabulary and length, on ``device`` (default: the weights')."""
+        """:func:`tokenize` with this encoder's vocabulary and length, on ``device`` (default: the
+        weights')."""
         ids, mask = tokenize(texts, self.config.vocab, self.config.max_len)
         device = device or self.position.device
         return ids.to(device), mask.to(device)
@@ -115,7 +117,8 @@ class TextEncoder(nn.Module):
 
     @staticmethod
     def pooled(features: Tensor, mask: Tensor) -> Tensor:
-        """The feature at each caption's ``<eos>`` (its last real token). Shapes: (B, L, D) -> (B, D)."""
+        """The feature at each caption's ``<eos>`` (its last real token). Shapes: (B, L, D)
+        -> (B, D)."""
         last = mask.long().sum(1) - 1  # (B,)
         return features[torch.arange(features.shape[0], device=features.device), last]
 

@@ -215,7 +215,8 @@ def unet_forward(unet: UNet, x: Tensor, t: Tensor, cond: Cond | None = None) -> 
     return unet.out(h)
 
 
-def encode(unet: UNet, x: Tensor, emb: Tensor | None, cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
+def encode(unet: UNet, x: Tensor, emb: Tensor | None,
+           cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
     """The stem and the encoder: the lowest-resolution features and the skip stack (one map per
     level but the last, full resolution first), as :func:`unet_forward` runs them."""
     h, skips = unet.stem(x), []

@@ -116,7 +116,8 @@ class VAE(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: Tensor) -> Tensor:
-        """x_hat from a latent (no squashing: images live in [-1, 1] and the loss keeps them there)."""
+        """x_hat from a latent (no squashing: images live in [-1, 1] and the loss keeps them
+        there)."""
         return self.decoder(z)
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

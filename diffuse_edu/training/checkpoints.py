@@ -81,7 +81,8 @@ class Checkpoint:
 
     def denoiser(self, *, ema: bool = True, device: torch.device | str = "cpu",
                  clip: float | None = None, fast: bool = True) -> Denoiser:
-        """The model as the D(x; sigma) every sampler runs: its own schedule, read as its own target."""
+        """The model as the D(x; sigma) every sampler runs: its own schedule, read as its own
+        target."""
         if self.target is None:
             raise CheckpointError("This checkpoint does not record what its model predicts (an "
                                   "older file, or not a denoiser): retrain it, or wrap the model "
@@ -201,7 +202,8 @@ def _save_portable(path: Path, payload: dict) -> None:
 
 def load_portable(path: str | Path, model_class: type[nn.Module], *,
                   expect: object | None = None) -> Checkpoint:
-    """Read the .safetensors + .json pair beside ``path`` (either name, or the .pt's) without pickle."""
+    """Read the .safetensors + .json pair beside ``path`` (either name, or the .pt's) without
+    pickle."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -274,14 +276,16 @@ def _read(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # not a refused
-        # object: the bytes are damaged
-            raise CheckpointError(f"{path} is truncated or corrupted (UnpicklingError). {fix}") from e
+        if "unsupported global" not in str(e).lower():
+            # not a refused object: the bytes are damaged
+            raise CheckpointError(f"{path} is truncated or corrupted (UnpicklingError). "
+                                  f"{fix}") from e
         raise CheckpointError(f"{path} holds objects other than plain data and weights, so it is "
                               "not loaded (weights_only=True protects you from running code in "
                               f"it). {fix}") from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}). {fix}") from e
+        raise CheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}). "
+                              f"{fix}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a diffuse-edu checkpoint ({FORMAT}). {fix}")
     return payload
@@ -310,7 +314,8 @@ def _config_from(plain: dict, model_class: type[nn.Module], path: Path,
     try:
         config = model_class.config_class(**plain)
     except TypeError as e:
-        raise CheckpointError(f"{path} was made by another version of diffuse-edu ({e}); retrain.") from e
+        raise CheckpointError(f"{path} was made by another version of diffuse-edu ({e}); "
+                              "retrain.") from e
     if expect is not None and config != expect:
         diffs = [f"{k}: {getattr(expect, k)!r} expected, {getattr(config, k)!r} in the file"
                  for k in _plain_config(expect) if getattr(expect, k) != getattr(config, k)]
@@ -351,7 +356,8 @@ def load_or_train(path: Path, model_class: type[nn.Module], config: object, stam
 
 def _current(path: Path, model_class: type[nn.Module], config: object, stamp: dict, *,
              quiet: bool) -> Checkpoint | None:
-    """The checkpoint at ``path`` if it is usable and made with ``stamp``; else None (saying why)."""
+    """The checkpoint at ``path`` if it is usable and made with ``stamp``; else None
+    (saying why)."""
     if not path.exists():
         if not quiet:
             print(f"No checkpoint at {path}: training one now.")

@@ -98,6 +98,7 @@ class DecoderObjective:
         with torch.no_grad():
             mean, _ = model.encode(x0)  # the latents stay those the latent model knows
         edges = edge_magnitude(x0)
-        weights = 1 + self.edge_weight * edges / edges.flatten(1).mean(1).clamp_min(1e-8).reshape(-1, 1, 1, 1)
+        weights = 1 + self.edge_weight * edges / (
+            edges.flatten(1).mean(1).clamp_min(1e-8).reshape(-1, 1, 1, 1))
         error = (model.decode(mean).float() - x0.float()).square() * weights
         return error.flatten(1).mean(1), torch.zeros(x0.shape[0], device=x0.device)

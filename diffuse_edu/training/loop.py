@@ -138,8 +138,10 @@ def shortfall_text() -> str:
     """One line naming this process's trainings stopped by the clock, or ''."""
     if not STOPPED_BY_CLOCK:
         return ""
-    each = "; ".join(f"{r['desc']} at {r['steps']} of {r['planned_steps']} steps" for r in STOPPED_BY_CLOCK)
-    return f"the clock stopped training short of its plan ({each}): these results come from undertrained models"
+    each = "; ".join(f"{r['desc']} at {r['steps']} of {r['planned_steps']} steps"
+                     for r in STOPPED_BY_CLOCK)
+    return (f"the clock stopped training short of its plan ({each}): these results come from "
+            "undertrained models")
 
 
 def record_training(desc: str, *, steps: int, planned_steps: int | None, seconds: float,
@@ -219,7 +221,8 @@ def precision_dtype(config: TrainConfig, device: torch.device | str) -> torch.dt
 def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
                generator: torch.Generator | None = None, t: Tensor | None = None,
-               eps: Tensor | None = None, precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
+               eps: Tensor | None = None,
+               precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One optimiser step; returns (loss per example (B,), noise levels (B,), the gradient's global
     norm before clipping ()), all detached.
 
@@ -238,7 +241,8 @@ def train_step(step_model: Callable, opt: torch.optim.Optimizer, objective: Call
     (per_example.mean() if scaler is None else scaler.scale(per_example.mean())).backward()
     if scaler is not None:
         scaler.unscale_(opt)  # clipping and the reported norm see the true gradients
-    limit = config.grad_clip if config.grad_clip is not None else float("inf")  # inf: measure, do not clip
+    # inf: measure, do not clip
+    limit = config.grad_clip if config.grad_clip is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit, foreach=True)
     if scaler is None:
         opt.step()
@@ -278,7 +282,8 @@ def as_step_fn(step: Callable) -> Callable:
     def step_fn(step_model: Callable, opt: torch.optim.Optimizer, objective: Callable, x0: Tensor,
                 config: TrainConfig, *, params: list[Tensor], bf16: bool, cond: Cond | None = None,
                 generator: torch.Generator | None = None, t: Tensor | None = None,
-                eps: Tensor | None = None, precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                eps: Tensor | None = None,
+                precision: Precision | None = None) -> tuple[Tensor, Tensor, Tensor]:
         # a learner's step calls optimizer.step() itself, so it cannot take a gradient scaler: under
         # float16 it runs in float32 (bfloat16 needs no scaler)
         if getattr(objective, "target", None) is not Target.V or cond is not None:
@@ -299,21 +304,23 @@ def adamw(params: Iterable[Tensor], **kwargs) -> torch.optim.AdamW:
     quick-scale networks spend much of a step in the optimiser. Other devices get PyTorch's default
     implementation."""
     params = list(params)
-    fused = bool(params) and all(p.device.type in ("cpu",
-                                                   "cuda") and p.dtype.is_floating_point for p in params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                                 for p in params)
     return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 
 def _setup(model: nn.Module, data: Tensor | Buckets, config: TrainConfig,
            trainable: Callable[[str], bool] | None) -> tuple[Callable, Tensor | Buckets,
                                                              list[Tensor], torch.optim.Optimizer]:
-    """The model to step (laid out and compiled), the data, the trained parameters, the optimiser."""
+    """The model to step (laid out and compiled), the data, the trained parameters, the
+    optimiser."""
     cuda = data.device.type == "cuda"
     images = isinstance(data, Buckets) or data.ndim == 4
     if config.channels_last and images and (cuda or torch.backends.mkldnn.is_available()):
         model = model.to(memory_format=torch.channels_last)
         if isinstance(data, Buckets):
-            data = Buckets(tuple(s.contiguous(memory_format=torch.channels_last) for s in data.sets), data.seed)
+            data = Buckets(tuple(s.contiguous(memory_format=torch.channels_last)
+                                 for s in data.sets), data.seed)
         else:
             data = data.contiguous(memory_format=torch.channels_last)
     params = []
@@ -498,8 +505,8 @@ def _train(model: nn.Module, data: Tensor | Buckets, objective: Callable, config
             first, start = time.perf_counter() - start, time.perf_counter()
         if world == 1 or step % 25 == 0:  # several ranks agree on rank 0's clock now and then
             spent = distributed.agreed_seconds(time.perf_counter() - start, device)
-        if config.snapshots and main and _budget_fraction(step, spent,
-                                                          config) >= (len(snapshots) + 1) / config.snapshots:
+        if (config.snapshots and main and _budget_fraction(step, spent, config)
+                >= (len(snapshots) + 1) / config.snapshots):
             snapshots.append(dict(step=step, seconds=spent,
                                   weights=_cpu_state(ema.model if ema else model)))
         if callback is not None and callback_every and step % callback_every == 0 and main:
@@ -547,7 +554,8 @@ def train_denoiser(model: nn.Module, data: Tensor, schedule: NoiseSchedule, *, s
     """
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0,
                          weight_decay=0.01, grad_clip=None, ema_decay=None, loss_buckets=1)
-    objective = DiffusionObjective(schedule) if loss_fn is None else LossFnObjective(schedule, loss_fn=loss_fn)
+    objective = (DiffusionObjective(schedule) if loss_fn is None
+                 else LossFnObjective(schedule, loss_fn=loss_fn))
     return train(model, data, objective, config, generator=generator,
                  cond=None if labels is None else Cond(labels=labels), desc=desc,
                  show_progress=show_progress).losses

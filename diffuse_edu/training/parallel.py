@@ -76,8 +76,8 @@ def run_side_by_side(job: Callable[..., Result], items: Iterable[Item], *,
             with ThreadPoolExecutor(max_workers=n) as pool:
                 futures = [pool.submit(job, item) for item in items]
                 results = []
-                for f in futures:  # the bar moves here, in the caller's
-                # thread (a notebook widget's)
+                for f in futures:
+                    # the bar moves here, in the caller's thread (a notebook widget's)
                     results.append(f.result())
                     bar.update()
     finally:

@@ -74,7 +74,8 @@ def train_recipe(recipe: Recipe, *, device: torch.device | str = "cpu", seed: in
     train_set = recipe.data()
     images, schedule, cond, null = train_set.images.to(device), recipe.schedule(), None, None
     if recipe.text is not None:  # the frozen text encoder's features of every caption, once
-        encoder = text_encoder if text_encoder is not None else pretrained_clip(recipe.text, device=device).text
+        encoder = (text_encoder if text_encoder is not None
+                   else pretrained_clip(recipe.text, device=device).text)
         cond, null = encoder.condition(train_set.captions), recipe.null_cond(encoder)
     elif recipe.conditional:
         cond, null = Cond(labels=train_set.labels.to(device)), recipe.null_cond()

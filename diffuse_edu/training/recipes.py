@@ -172,7 +172,8 @@ CDDPM_FULL_FASHION = replace(CDDPM_FULL, name="cddpm_fashion_mnist",
                              data=functools.partial(data.load_fashion_mnist, "train"))
 
 
-_SHAPE_VOCAB, _DIGIT_VOCAB = build_vocab([" ".join(SHAPE_WORDS)]), build_vocab([" ".join(DIGIT_CAPTION_WORDS)])
+_SHAPE_VOCAB, _DIGIT_VOCAB = (build_vocab([" ".join(SHAPE_WORDS)]),
+                              build_vocab([" ".join(DIGIT_CAPTION_WORDS)]))
 CLIP_QUICK = ClipRecipe(  # lesson 09's mini-CLIP
     name="clip_shapes16", data=functools.partial(make_shapes, 8000, size=16),
     model=MiniCLIPConfig(_SHAPE_VOCAB, text_width=32, image_widths=(16, 32, 64)), steps=160,
