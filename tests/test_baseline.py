@@ -10,9 +10,11 @@ def test_diffusers_baseline_trains_for_its_budget_and_samples():
     torch.manual_seed(0)
     unet = diffusers_unet(8, 1, (32, 32), 1)
     images = torch.rand(16, 1, 8, 8) * 2 - 1
-    out = train_diffusers(unet, images, seconds=1.0, batch_size=4, generator=torch.Generator().manual_seed(0))
+    out = train_diffusers(unet, images, seconds=1.0, batch_size=4,
+                          generator=torch.Generator().manual_seed(0))
     assert out["steps"] >= 1 and out["seconds"] >= 1.0 and out["images_per_second"] > 0
-    x = sample_diffusers(unet.eval(), 3, (1, 8, 8), steps=3, generator=torch.Generator().manual_seed(0))
+    x = sample_diffusers(unet.eval(), 3, (1, 8, 8), steps=3,
+                         generator=torch.Generator().manual_seed(0))
     assert x.shape == (3, 1, 8, 8) and x.abs().max() <= 1
 
 
@@ -41,14 +43,16 @@ def test_the_comparison_lesson_05_runs_at_full_scale_scores_both_models():
     from diffuse_edu.models.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
-    config = UNetConfig(channels=(32, 32), attention_levels=(), groups=4)  # diffusers' GroupNorm takes 32 groups
+    # diffusers' GroupNorm takes 32 groups
+    config = UNetConfig(channels=(32, 32), attention_levels=(), groups=4)
     recipe = SimpleNamespace(model=config, train=SimpleNamespace(batch_size=8))
     result = SimpleNamespace(ema=UNet(config).eval(), seconds=0.5, images_per_second=100.0)
     images = torch.rand(32, 1, 8, 8) * 2 - 1
     classifier = Classifier(ClassifierConfig(in_channels=1, num_classes=10, widths=(8, 16))).eval()
-    out = compare_with_diffusers(result, images[:24], images, recipe, classifier=classifier, reference=images[8:],
-                                 device=torch.device("cpu"))
-    assert out["train_seconds_diffusers"] >= 0.5 and out["fid_ours"] >= 0 and out["fid_diffusers"] >= 0
+    out = compare_with_diffusers(result, images[:24], images, recipe, classifier=classifier,
+                                 reference=images[8:], device=torch.device("cpu"))
+    assert (out["train_seconds_diffusers"] >= 0.5 and out["fid_ours"] >= 0
+            and out["fid_diffusers"] >= 0)
     assert out["gflops_per_image_ours"] > 0 and out["gflops_per_image_diffusers"] > 0
     assert out["precision_diffusers"] == "float32"  # a CPU
     assert out["fid_ratio_diffusers_over_ours"] == out["fid_diffusers"] / out["fid_ours"]

@@ -36,24 +36,29 @@ def test_one_and_two_subjects_are_counted_on_real_canvases():
 def test_buckets_draw_one_shape_per_batch_and_train():
     square, wide = DIGITS[:64], place(DIGITS[64:96], 16, generator=torch.Generator().manual_seed(1))
     buckets = Buckets((square, wide), seed=3)
-    shapes = [tuple(buckets.draw(8, torch.Generator().manual_seed(i)).shape[-2:]) for i in range(40)]
-    assert set(shapes) == {(8, 8), (8, 16)} and shapes.count((8, 8)) > shapes.count((8, 16))  # 2:1 by size
+    shapes = [tuple(buckets.draw(8, torch.Generator().manual_seed(i)).shape[-2:])
+              for i in range(40)]
+    # 2:1 by size
+    assert set(shapes) == {(8, 8), (8, 16)} and shapes.count((8, 8)) > shapes.count((8, 16))
     again = Buckets((square, wide), seed=3)
-    assert [tuple(again.draw(8).shape[-2:]) for _ in range(40)] == shapes  # the order repeats with the seed
+    # the order repeats with the seed
+    assert [tuple(again.draw(8).shape[-2:]) for _ in range(40)] == shapes
     torch.manual_seed(0)
     model = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2))
-    result = train(model, buckets, DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=6, batch_size=8),
-                   show_progress=False)
+    result = train(model, buckets, DiffusionObjective(cosine_schedule(100)),
+                   TrainConfig(steps=6, batch_size=8), show_progress=False)
     assert result.steps == 6
     with pytest.raises(ValueError, match="takes no conditions"):
         from diffuse_edu.models.conditioning import Cond
-        train(model, buckets, DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=1, batch_size=8),
+        train(model, buckets, DiffusionObjective(cosine_schedule(100)),
+              TrainConfig(steps=1, batch_size=8),
               cond=Cond(labels=torch.zeros(96, dtype=torch.long)), show_progress=False)
 
 
 def test_receptive_field_of_a_local_and_a_global_map():
     conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-    field = receptive_field(lambda x, t, c=None: conv(x), torch.randn(1, 1, 8, 8), torch.tensor([1]), (4, 4))
+    field = receptive_field(lambda x, t, c=None: conv(x), torch.randn(1, 1, 8, 8),
+                            torch.tensor([1]), (4, 4))
     assert field.shape == (8, 8) and (field > 0).sum() <= 9 and field[4, 4] > 0
     mean_all = lambda x, t, c=None: x.mean().expand_as(x)  # noqa: E731
     assert (receptive_field(mean_all, torch.randn(1, 1, 8, 8), torch.tensor([1]), (0, 0)) > 0).all()

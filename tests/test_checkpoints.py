@@ -38,15 +38,16 @@ def test_a_v_model_is_sampled_right_from_its_checkpoint_alone(tmp_path):
     torch.manual_seed(0)
     schedule = cosine_schedule(50)
     images = torch.rand(32, 1, 8, 8) * 2 - 1
-    result = train(UNet(CFG), images, DiffusionObjective(schedule, Target.V), TrainConfig(steps=2, batch_size=8),
-                   show_progress=False)
+    result = train(UNet(CFG), images, DiffusionObjective(schedule, Target.V),
+                   TrainConfig(steps=2, batch_size=8), show_progress=False)
     path = save_checkpoint(tmp_path / "v.pt", model=result.model, ema=result.ema, schedule=schedule)
     ck = load_checkpoint(path, UNet)
     assert ck.target == "v"
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     right = sample_ddim(Denoiser(result.ema, schedule, Target.V), x, schedule, steps=5)
     torch.testing.assert_close(sample_ddim(ck.denoiser(), x, ck.schedule, steps=5), right)
-    torch.testing.assert_close(sample_ddim(ck.build(), x, ck.schedule, steps=5), right)  # the network says "v"
+    # the network says "v"
+    torch.testing.assert_close(sample_ddim(ck.build(), x, ck.schedule, steps=5), right)
     as_eps = sample_ddim(Denoiser(ck.build(), schedule, Target.EPS), x, schedule, steps=5)
     assert (as_eps - right).abs().max() > 1e-3  # read as eps it would be another (wrong) sampler
 
@@ -74,7 +75,9 @@ def test_round_trip(saved):
 def test_other_config_is_refused_with_the_difference(saved):
     path, _, _ = saved
     other = UNetConfig(channels=(16, 32), attention_levels=(1,), groups=4, heads=2)
-    with pytest.raises(CheckpointError, match=r"different model \(channels: \(16, 32\) expected, \(8, 16\) in the file\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"different model \(channels: \(16, 32\) expected, "
+                             r"\(8, 16\) in the file\)"):
         load_checkpoint(path, UNet, expect=other)
 
 
@@ -154,7 +157,8 @@ def test_load_or_train_trains_once_then_loads_and_retrains_on_a_new_stamp(tmp_pa
     path = tmp_path / "lt.pt"
     first = load_or_train(path, UNet, CFG, {"recipe": "a"}, fit)
     again = load_or_train(path, UNet, CFG, {"recipe": "a"}, fit)
-    assert len(calls) == 1 and again.extra == {"n": 1, "stamp": {"recipe": "a"}} and first.extra == again.extra
+    assert (len(calls) == 1 and again.extra == {"n": 1, "stamp": {"recipe": "a"}}
+            and first.extra == again.extra)
     load_or_train(path, UNet, CFG, {"recipe": "b"}, fit)
     assert len(calls) == 2 and "out of date" in capsys.readouterr().out
     other = UNetConfig(channels=(16, 32), attention_levels=(1,), groups=4, heads=2)
@@ -186,11 +190,14 @@ def test_a_training_the_clock_stopped_short_is_reported_and_never_cached(tmp_pat
     out = capsys.readouterr().out
     assert ck.extra["stopped_by_clock"] and ck.extra["steps"] < 10_000
     assert f"stopped at {ck.extra['steps']} of 10000 steps" in out and "not cached" in out.lower()
-    assert not path.exists() and stopped_early_path(path).exists()  # kept aside, under a name no lesson loads
-    assert loop.STOPPED_BY_CLOCK == [dict(desc="tiny", steps=ck.extra["steps"], planned_steps=10_000,
+    # kept aside, under a name no lesson loads
+    assert not path.exists() and stopped_early_path(path).exists()
+    assert loop.STOPPED_BY_CLOCK == [dict(desc="tiny", steps=ck.extra["steps"],
+                                          planned_steps=10_000,
                                           seconds=loop.STOPPED_BY_CLOCK[0]["seconds"])]
     assert "tiny at" in str(report.paired_verdict([0, 0, 0], [1, 2, 3])[0])  # every verdict says so
-    again = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: fit(0.05))  # not loaded: trained again
+    # not loaded: trained again
+    again = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: fit(0.05))
     assert again.extra["steps"] < 10_000 and "No checkpoint" in capsys.readouterr().out
     from diffuse_edu.course.workshop import model_files
 
@@ -198,10 +205,13 @@ def test_a_training_the_clock_stopped_short_is_reported_and_never_cached(tmp_pat
     (cache / "checkpoints").mkdir(parents=True)
     for name in ("m.pt", "m.stopped-early.pt", "m.stopped-early.safetensors"):
         (cache / "checkpoints" / name).write_bytes(b"x")
-    assert [f.name for f in model_files(cache)] == ["m.pt"]  # an undertrained model is never in a manifest
-    full = load_or_train(path, UNet, CFG, {"recipe": "short"}, lambda: {**fit(0.05), "extra": {"steps": 1}})
+    # an undertrained model is never in a manifest
+    assert [f.name for f in model_files(cache)] == ["m.pt"]
+    full = load_or_train(path, UNet, CFG, {"recipe": "short"},
+                         lambda: {**fit(0.05), "extra": {"steps": 1}})
     assert path.exists() and full.extra["steps"] == 1
-    assert not list(tmp_path.glob("*.stopped-early.*"))  # the undertrained files of the earlier runs are gone
+    # the undertrained files of the earlier runs are gone
+    assert not list(tmp_path.glob("*.stopped-early.*"))
     report.reset()  # the next lesson starts with a clean record
     assert not loop.STOPPED_BY_CLOCK
 
@@ -211,11 +221,15 @@ def test_a_training_that_reaches_its_steps_is_not_stopped_by_the_clock():
     from diffuse_edu.training.loop import train
 
     result = train(UNet(CFG), torch.randn(8, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
-                   TrainConfig(steps=3, seconds=600, batch_size=2, snapshots=0), show_progress=False)
-    assert result.steps == 3 and result.planned_steps == 3 and not result.stopped_by_clock and result.shortfall() is None
+                   TrainConfig(steps=3, seconds=600, batch_size=2, snapshots=0),
+                   show_progress=False)
+    assert (result.steps == 3 and result.planned_steps == 3 and not result.stopped_by_clock
+            and result.shortfall() is None)
     timed = train(UNet(CFG), torch.randn(8, 1, 8, 8), DiffusionObjective(cosine_schedule(100)),
-                  TrainConfig(steps=None, seconds=0.05, batch_size=2, snapshots=0), show_progress=False)
-    assert not timed.stopped_by_clock  # a time budget alone is the plan ("train for the 5 minutes we have")
+                  TrainConfig(steps=None, seconds=0.05, batch_size=2, snapshots=0),
+                  show_progress=False)
+    # a time budget alone is the plan ("train for the 5 minutes we have")
+    assert not timed.stopped_by_clock
 
 
 CHILD = """
@@ -239,7 +253,8 @@ print("loaded")
 
 
 def test_two_processes_that_need_the_same_model_train_it_once(tmp_path):
-    """Two lessons side by side (parallel CI) that need the same missing model: one trains, the other waits."""
+    """Two lessons side by side (parallel CI) that need the same missing model: one trains, the
+    other waits."""
     import subprocess
     import sys
 
@@ -267,7 +282,8 @@ def test_the_portable_pair_loads_without_pickle_and_gives_the_same_model(saved):
 
     from safetensors.torch import load_file
 
-    assert set(load_file(str(path.with_suffix(".safetensors")))) == set(ema.state_dict()) | {"schedule.betas"}
+    assert (set(load_file(str(path.with_suffix(".safetensors"))))
+            == set(ema.state_dict()) | {"schedule.betas"})
     assert json.loads(path.with_suffix(".json").read_text())["model_config"]["channels"] == [8, 16]
 
 
@@ -295,10 +311,13 @@ def test_manifest_catches_missing_and_changed_files(saved):
     path.with_suffix(".json").write_text("{}")
     path.with_suffix(".safetensors").unlink()
     status = {p: why for p, ok, why in verify_manifest(path.parent) if not ok}
-    assert status == {"m.json": "differs from the manifest (damaged or replaced)", "m.safetensors": "missing"}
+    assert (status
+            == {"m.json": "differs from the manifest (damaged or replaced)",
+                "m.safetensors": "missing"})
 
 
-def test_a_network_built_from_a_checkpoint_samples_on_its_own_schedule_and_refuses_another(tmp_path):
+def test_a_network_built_from_a_checkpoint_samples_on_its_own_schedule_and_refuses_another(
+        tmp_path):
     from diffuse_edu.diffusion.samplers import sample_ddim
     from diffuse_edu.diffusion.schedules import linear_schedule
 
@@ -310,8 +329,11 @@ def test_a_network_built_from_a_checkpoint_samples_on_its_own_schedule_and_refus
     assert built.schedule.same_as(schedule)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(sample_ddim(built, x, None, steps=4), sample_ddim(built, x, schedule, steps=4))
-        torch.testing.assert_close(sample_ddim(ck.denoiser(), x, None, steps=4),  # a Denoiser carries it too
+        torch.testing.assert_close(sample_ddim(built, x, None, steps=4),
                                    sample_ddim(built, x, schedule, steps=4))
-    with pytest.raises(ValueError, match="trained on the 'cosine.*but the sampler was given 'linear"):
+        # a Denoiser carries it too
+        torch.testing.assert_close(sample_ddim(ck.denoiser(), x, None, steps=4),
+                                   sample_ddim(built, x, schedule, steps=4))
+    with pytest.raises(ValueError,
+                       match="trained on the 'cosine.*but the sampler was given 'linear"):
         sample_ddim(built, x, linear_schedule(50), steps=4)

@@ -12,7 +12,8 @@ def _cond(b=6, length=3, d=4):
 
 def test_nothing_or_everything_is_dropped_at_p_zero_and_one():
     cond = _cond()
-    null = Cond(labels=torch.tensor(10), context=torch.zeros(3, 4), context_mask=torch.tensor([True, False, False]))
+    null = Cond(labels=torch.tensor(10), context=torch.zeros(3, 4),
+                context_mask=torch.tensor([True, False, False]))
     kept = drop_condition(cond, null, 0.0)
     assert torch.equal(kept.labels, cond.labels) and torch.equal(kept.context, cond.context)
     gone = drop_condition(cond, null, 1.0)
@@ -22,7 +23,8 @@ def test_nothing_or_everything_is_dropped_at_p_zero_and_one():
 
 def test_the_same_examples_lose_every_field():
     cond = _cond(b=200)
-    null = Cond(labels=torch.tensor(-1), context=torch.zeros(3, 4), context_mask=torch.zeros(3, dtype=torch.bool))
+    null = Cond(labels=torch.tensor(-1), context=torch.zeros(3, 4),
+                context_mask=torch.zeros(3, dtype=torch.bool))
     out = drop_condition(cond, null, 0.5, generator=torch.Generator().manual_seed(1))
     dropped = out.labels == -1
     assert 60 < dropped.sum() < 140

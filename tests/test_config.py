@@ -59,14 +59,16 @@ def test_a_read_only_data_folder_is_not_used_as_the_cache(tmp_path, monkeypatch)
     shared.mkdir()
     monkeypatch.setenv(config.DATA_ENV, str(shared))
     assert config.cache_dir() == shared.resolve()
-    shared.chmod(0o555)  # as the staged copy beside the project: no write bits (root could still write)
+    # as the staged copy beside the project: no write bits (root could still write)
+    shared.chmod(0o555)
     try:
         assert config.cache_dir() != shared.resolve()
     finally:
         shared.chmod(0o755)
 
 
-@pytest.mark.parametrize(("cuda", "mps", "expected"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+@pytest.mark.parametrize(("cuda", "mps", "expected"),
+                         [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
 def test_auto_picks_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, expected):
     import torch
 
@@ -92,7 +94,8 @@ class _Hungry(torch.nn.Module):
 
 
 _ERRORS = [
-    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.19 GiB total capacity)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.19 GiB "
+                           "total capacity)"),
     RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)"),
 ]
 
@@ -122,8 +125,10 @@ def test_out_of_memory_while_training_or_extracting_features_names_what_to_lower
 
 
 @pytest.mark.parametrize("error", _ERRORS)
-def test_out_of_memory_in_a_notebook_cell_or_a_headless_lesson_names_what_to_lower(error, tmp_path, capsys):
-    """The samplers are plain math (they import only torch): the kernel and the runner explain for them."""
+def test_out_of_memory_in_a_notebook_cell_or_a_headless_lesson_names_what_to_lower(
+        error, tmp_path, capsys):
+    """The samplers are plain math (they import only torch): the kernel and the runner explain for
+    them."""
     from IPython.core.interactiveshell import InteractiveShell
 
     from diffuse_edu.course.runner import LessonError, run_notebook
@@ -150,8 +155,9 @@ def test_out_of_memory_in_a_notebook_cell_or_a_headless_lesson_names_what_to_low
 
     lesson = tmp_path / "99_memory.ipynb"
     lesson.write_text(json.dumps({"cells": [
-        {"cell_type": "code", "source": f"raise RuntimeError({str(error)!r})", "metadata": {}, "outputs": [],
-         "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        {"cell_type": "code", "source": f"raise RuntimeError({str(error)!r})", "metadata": {},
+         "outputs": [], "execution_count": None}], "metadata": {}, "nbformat": 4,
+                                  "nbformat_minor": 5}))
     with pytest.raises(LessonError, match="(?s)while running code cell 1.*samples at once"):
         run_notebook(lesson, scale="quick", out=tmp_path / "out", quiet=True)
 

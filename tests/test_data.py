@@ -17,7 +17,8 @@ def test_digits_are_16x16_in_unit_range():
 def test_course_images_takes_a_scale_by_name_as_well():
     """A scale given as its name picks the same set as the member (not MNIST by accident)."""
     from diffuse_edu.config import Scale
-    assert torch.equal(data.course_images("test", "quick").images, data.course_images("test", Scale.QUICK).images)
+    assert torch.equal(data.course_images("test", "quick").images,
+                       data.course_images("test", Scale.QUICK).images)
     assert data.course_images("test", "quick").images.shape[-1] == 16
 
 
@@ -109,12 +110,14 @@ def test_stage_copies_and_checks(empty_data_dir, tmp_path):
     src.mkdir()
     _fake_keras_npz(src / "cifar10.npz")
     staged = data.stage(src)
-    assert [p.name for p in staged] == ["cifar10.npz"] and (empty_data_dir / "cifar10.npz").is_file()
+    assert ([p.name for p in staged] == ["cifar10.npz"]
+            and (empty_data_dir / "cifar10.npz").is_file())
     with pytest.raises(data.DataMissingError, match="No data set files"):
         data.stage(tmp_path / "home")
 
 
-@pytest.mark.skipif(SHARED is None or not (SHARED / "mnist.npz").exists(), reason="staged MNIST not present")
+@pytest.mark.skipif(SHARED is None or not (SHARED / "mnist.npz").exists(),
+                    reason="staged MNIST not present")
 def test_staged_mnist_matches_its_card(monkeypatch):
     monkeypatch.setenv(config.DATA_ENV, str(SHARED))
     train = data.load_mnist("train")
@@ -148,10 +151,12 @@ def test_torchvision_layout_is_found_and_read(empty_data_dir):
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     test_images = rng.integers(0, 256, (5, 28, 28))
-    for prefix, n, images in (("train", 7, rng.integers(0, 256, (7, 28, 28))), ("t10k", 5, test_images)):
+    for prefix, n, images in (("train", 7, rng.integers(0, 256, (7, 28, 28))),
+                              ("t10k", 5, test_images)):
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     assert data.availability()["mnist"].endswith("MNIST (torchvision files)")
     s = data.load_mnist("test")
     assert s.images.shape == (5, 1, 32, 32)
-    torch.testing.assert_close(s.images[:, 0, 2:30, 2:30], data.to_unit_range(test_images.astype(np.uint8)))
+    torch.testing.assert_close(s.images[:, 0, 2:30, 2:30],
+                               data.to_unit_range(test_images.astype(np.uint8)))

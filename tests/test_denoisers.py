@@ -80,7 +80,8 @@ SAMPLERS = {
     "ddim": lambda m, x: sample_ddim(m, x, SCHEDULE, steps=8),
     "ddim eta 0.5": lambda m, x: sample_ddim(m, x, SCHEDULE, steps=8, eta=0.5,
                                              generator=torch.Generator().manual_seed(1)),
-    "ddpm": lambda m, x: sample_ddpm(m, x, SCHEDULE, steps=10, generator=torch.Generator().manual_seed(2)),
+    "ddpm": lambda m, x: sample_ddpm(m, x, SCHEDULE, steps=10,
+                                     generator=torch.Generator().manual_seed(2)),
     "euler": lambda m, x: sample_euler(m, x, SCHEDULE, steps=6),
     "heun": lambda m, x: sample_heun(m, x, SCHEDULE, steps=5),
     "dpm++ 2m": lambda m, x: sample_dpmpp_2m(m, x, SCHEDULE, steps=6),
@@ -105,7 +106,8 @@ def test_the_adapter_returns_x0_in_sigma_space_for_each_target():
 
     def oracle(target):  # a network that predicts its target exactly
         ab = 1 / (1 + sigma**2)
-        values = {Target.EPS: eps, Target.X0: x0, Target.V: eps_x0_to_v(eps, x0, ab), Target.FLOW: eps - x0}
+        values = {Target.EPS: eps, Target.X0: x0, Target.V: eps_x0_to_v(eps, x0, ab),
+                  Target.FLOW: eps - x0}
         return lambda *_: values[target]
 
     for target in Target:
@@ -120,14 +122,16 @@ def test_t_at_sigma_hits_the_steps_and_inverts_the_continuous_alpha_bar():
     ab = SCHEDULE.alpha_bar_at(t)
     back = SCHEDULE.t_at_sigma(((1 - ab) / ab).sqrt())
     torch.testing.assert_close(back, t)
-    torch.testing.assert_close(SCHEDULE.alpha_bar_at(torch.arange(0, 201, dtype=torch.float64)), SCHEDULE.alpha_bar)
+    torch.testing.assert_close(SCHEDULE.alpha_bar_at(torch.arange(0, 201, dtype=torch.float64)),
+                               SCHEDULE.alpha_bar)
 
 
 def test_the_conversions_reach_an_infinite_sigma_at_zero_terminal_snr():
     zero = rescale_zero_terminal_snr(SCHEDULE)
     t = torch.tensor([199.0, 199.5, 200.0], dtype=torch.float64)
     sig = zero.sigma_at(t)
-    assert math.isfinite(sig[0]) and math.isfinite(sig[1]) and sig[1] > sig[0] and sig[2] == math.inf
+    assert (math.isfinite(sig[0]) and math.isfinite(sig[1]) and sig[1] > sig[0]
+            and sig[2] == math.inf)
     torch.testing.assert_close(zero.t_at_sigma(sig), t)
     assert zero.t_at_sigma(float("inf")).item() == 200 and zero.t_at_sigma(0.0).item() == 0
     grid = sigmas_evenly_in_t(zero, 5)
@@ -137,8 +141,10 @@ def test_the_conversions_reach_an_infinite_sigma_at_zero_terminal_snr():
 def test_misuse_is_named():
     with pytest.raises(ValueError, match="needs the schedule"):
         Denoiser(eps_net, None, Target.V)
-    # a network that declares nothing, sampled without a schedule: it may be a flow missing its declaration
-    with pytest.raises(ValueError, match="does not declare what it predicts .* model.predicts = 'flow'"):
+    # a network that declares nothing, sampled without a schedule: it may be a flow missing its
+    # declaration
+    with pytest.raises(ValueError,
+                       match="does not declare what it predicts .* model.predicts = 'flow'"):
         as_denoiser(lambda x, t, cond=None: x, None)
 
     def v_declared(x, t, cond=None):
@@ -156,10 +162,14 @@ def test_misuse_is_named():
 def test_a_denoiser_sampled_on_another_schedule_is_refused():
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     other = linear_schedule(200)
-    for sampler in (lambda m: sample_ddim(m, x, other, steps=4), lambda m: sample_euler(m, x, other, steps=4)):
-        with pytest.raises(ValueError, match="trained on the 'cosine' schedule but the sampler was given 'linear'"):
+    for sampler in (lambda m: sample_ddim(m, x, other, steps=4),
+                    lambda m: sample_euler(m, x, other, steps=4)):
+        with pytest.raises(ValueError,
+                           match="trained on the 'cosine' schedule but the sampler was given "
+                                 "'linear'"):
             sampler(WRAPPED["v"])
-    assert sample_ddim(WRAPPED["v"], x, cosine_schedule(200), steps=4).shape == x.shape  # equal betas: fine
+    # equal betas: fine
+    assert sample_ddim(WRAPPED["v"], x, cosine_schedule(200), steps=4).shape == x.shape
     assert sample_ddim(WRAPPED["flow"], x, other, steps=4).shape == x.shape  # a flow fits any grid
 
 
@@ -168,8 +178,10 @@ def test_a_flow_model_samples_on_any_grid_or_is_refused_with_the_samplers_that_f
     flow = Denoiser(flow_net, None, Target.FLOW)
     a = sample_ddim(flow, x, SCHEDULE, steps=8)
     torch.testing.assert_close(a, sample_ddim(eps_net, x, SCHEDULE, steps=8), rtol=1e-6, atol=1e-6)
-    for run in (lambda: sample_ddim(flow, x, None, steps=8), lambda: sample_ddpm(flow, x, None, steps=8),
-                lambda: sample_heun(flow, x, None, steps=4), lambda: invert_ddim(flow, x, None, steps=4)):
+    for run in (lambda: sample_ddim(flow, x, None, steps=8),
+                lambda: sample_ddpm(flow, x, None, steps=8),
+                lambda: sample_heun(flow, x, None, steps=4),
+                lambda: invert_ddim(flow, x, None, steps=4)):
         with pytest.raises(ValueError, match="sample_flow_euler"):
             run()
     with pytest.raises(ValueError, match="samples a flow model; this one predicts v"):
@@ -203,14 +215,17 @@ def test_zero_terminal_snr_ddim_of_a_v_model_is_finite_and_follows_the_models_ow
     out = sample_ddim(v_model, x, zero, steps=10)
     assert torch.isfinite(out).all()
     first = []
-    sample_ddim(v_model, x, zero, steps=10, callback=lambda i, t, z: first.append(z) if i == 0 else None)
+    sample_ddim(v_model, x, zero, steps=10,
+                callback=lambda i, t, z: first.append(z) if i == 0 else None)
     T, t1 = zero.T, timesteps_of(zero, 10)[1]
     x0_hat = v_to_x0(x, v_model(x, torch.full((4,), T)), 0.0)  # = -v at alpha_bar = 0
-    expected = zero.alpha_bar[t1].item() ** 0.5 * x0_hat + (1 - zero.alpha_bar[t1].item()) ** 0.5 * x
+    expected = (zero.alpha_bar[t1].item() ** 0.5 * x0_hat
+                + (1 - zero.alpha_bar[t1].item()) ** 0.5 * x)
     torch.testing.assert_close(first[0], expected)
     assert torch.isfinite(sample_euler(v_model, x, zero, steps=6)).all()
     assert torch.isfinite(sample_dpmpp_2m(v_model, x, zero, steps=6)).all()
-    assert torch.isfinite(sample_ddpm(v_model, x, zero, steps=10, generator=torch.Generator().manual_seed(0))).all()
+    assert torch.isfinite(sample_ddpm(v_model, x, zero, steps=10,
+                                      generator=torch.Generator().manual_seed(0))).all()
     with pytest.raises(ValueError, match="eps-prediction model cannot be sampled from step 200"):
         sample_ddim(eps_net, x, zero, steps=10)
 
@@ -250,7 +265,8 @@ def test_one_sigma_as_a_float_a_0d_or_a_1_tensor_is_the_same_call():
     x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     for name, d in {"eps": Denoiser(eps_net, SCHEDULE), **WRAPPED}.items():
         want = d(x, 0.7)
-        for sigma in (torch.tensor(0.7, dtype=torch.float64), torch.tensor([0.7], dtype=torch.float64)):
+        for sigma in (torch.tensor(0.7, dtype=torch.float64),
+                      torch.tensor([0.7], dtype=torch.float64)):
             torch.testing.assert_close(d(x, sigma), want, msg=name)
         with pytest.raises(ValueError, match="one noise level or one per example"):
             d(x, torch.tensor([0.7, 0.8], dtype=torch.float64))
@@ -263,12 +279,14 @@ def test_plain_networks_are_read_as_what_they_declare():
         return v_net(x_t, t)
     v_declared.predicts = "v"
     assert declared_target(v_declared) is Target.V and declared_target(eps_net) is None
-    torch.testing.assert_close(sample_ddim(v_declared, x, SCHEDULE, steps=5), sample_ddim(eps_net, x, SCHEDULE, steps=5))
+    torch.testing.assert_close(sample_ddim(v_declared, x, SCHEDULE, steps=5),
+                               sample_ddim(eps_net, x, SCHEDULE, steps=5))
     assert as_denoiser(v_declared, SCHEDULE).target is Target.V
 
 
 def test_inversion_of_an_x0_model_matches_the_eps_model():
-    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.5
+    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3),
+                     dtype=torch.float64) * 0.5
     a = invert_ddim(eps_net, x0, SCHEDULE, steps=10, t_max=150)
     b = invert_ddim(WRAPPED["x0"], x0, SCHEDULE, steps=10, t_max=150)
     torch.testing.assert_close(a, b)
@@ -286,7 +304,8 @@ def test_the_fast_path_on_the_cpu_is_the_model_itself_and_is_made_once():
             return x
 
     out = fast_path(Net(), compile=False)(x.double(), None)
-    assert out.dtype == torch.float32  # float32 out (bfloat16 autocast only where the GPU supports it)
+    # float32 out (bfloat16 autocast only where the GPU supports it)
+    assert out.dtype == torch.float32
     assert not bf16_supported("cpu")
 
 
@@ -310,7 +329,8 @@ def test_a_target_by_name_is_the_same_target():
     assert by_name.target is Target.V
     x = torch.randn(2, 1, 4, 4)
     torch.testing.assert_close(by_name(x, 1.5), by_member(x, 1.5))
-    with pytest.raises(ValueError, match="Unknown target 'velocity': use one of 'eps', 'x0', 'v', 'flow'"):
+    with pytest.raises(ValueError,
+                       match="Unknown target 'velocity': use one of 'eps', 'x0', 'v', 'flow'"):
         Denoiser(net, schedule, "velocity")
     from diffuse_edu.diffusion.objectives import DiffusionObjective
 

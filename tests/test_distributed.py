@@ -47,17 +47,22 @@ def test_two_ranks_follow_one_process_and_rank_0_writes(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     subprocess.run([sys.executable, str(script), str(one)], check=True, timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(two)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), str(two)], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single, rank0, rank1 = (torch.load(p, weights_only=True) for p in (one / "rank0.pt", two / "rank0.pt",
+    single, rank0, rank1 = (torch.load(p, weights_only=True)
+                            for p in (one / "rank0.pt", two / "rank0.pt",
                                                                           two / "rank1.pt"))
-    assert len(rank0["losses"]) == 12 and rank0["losses"] == rank1["losses"]  # the global loss, on both
-    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5)
+    # the global loss, on both
+    assert len(rank0["losses"]) == 12 and rank0["losses"] == rank1["losses"]
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(single["losses"]),
+                               rtol=1e-4, atol=1e-5)
     for k, w in single["weights"].items():
         torch.testing.assert_close(rank0["weights"][k], w, rtol=1e-3, atol=1e-5)
         assert torch.equal(rank0["weights"][k], rank1["weights"][k])  # DDP keeps the ranks equal
     assert rank0["snapshots"] == 2 and rank1["snapshots"] == 0  # EMA and snapshots on rank 0
-    assert rank0["budget_steps"] == rank1["budget_steps"] >= 25  # one clock (rank 0's) ends both at one step
+    # one clock (rank 0's) ends both at one step
+    assert rank0["budget_steps"] == rank1["budget_steps"] >= 25
     written = sorted(p.name for p in two.iterdir())
     assert written == ["model.json", "model.pt", "model.safetensors", "rank0.pt", "rank1.pt"]

@@ -1,4 +1,5 @@
-"""Lesson 12's Diffusion Transformer: patches, adaLN-Zero (identity at init), the U-Net's interface."""
+"""Lesson 12's Diffusion Transformer: patches, adaLN-Zero (identity at init), the U-Net's
+interface."""
 
 import pytest
 import torch
@@ -27,8 +28,10 @@ def test_patchify_and_unpatchify_are_inverse_and_tokens_are_patches():
     tokens = patchify(x, 2)
     assert tokens.shape == (2, 6, 12)
     torch.testing.assert_close(unpatchify(tokens, 2, 4, 6), x)
-    # token 1 is the second 2x2 block of the first row of blocks; its features run p1, p2, then channels
-    expected = torch.stack([x[0, c, i, 2 + j] for i in range(2) for j in range(2) for c in range(3)])
+    # token 1 is the second 2x2 block of the first row of blocks; its features run p1, p2, then
+    # channels
+    expected = torch.stack([x[0, c, i, 2 + j] for i in range(2) for j in range(2)
+                            for c in range(3)])
     torch.testing.assert_close(tokens[0, 1], expected)
     with pytest.raises(ValueError, match="divisible by the patch size 2"):
         patchify(torch.zeros(1, 1, 5, 4), 2)
@@ -47,7 +50,8 @@ def test_a_fresh_adaln_zero_block_is_the_identity_and_a_fresh_dit_outputs_zero()
 
 def test_the_dit_has_the_unets_interface_any_size_and_labels():
     torch.manual_seed(0)
-    model = DiT(DiTConfig(in_channels=3, patch=4, width=32, depth=1, heads=2, num_classes=10, adaln_zero=False))
+    model = DiT(DiTConfig(in_channels=3, patch=4, width=32, depth=1, heads=2, num_classes=10,
+                          adaln_zero=False))
     for h, w in ((8, 8), (8, 16), (12, 4)):
         assert model(torch.randn(2, 3, h, w), torch.tensor([1, 500])).shape == (2, 3, h, w)
     a = model(torch.zeros(1, 3, 8, 8), torch.tensor([5]), Cond(labels=torch.tensor([3])))
@@ -71,7 +75,8 @@ def test_the_training_loop_trains_a_dit_and_samplers_run_it():
     images = torch.rand(64, 1, 8, 8) * 2 - 1
     model = DiT(SMALL)
     result = train(model, images, DiffusionObjective(schedule, Target.V),
-                   TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup_steps=5), show_progress=False)
+                   TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup_steps=5),
+                   show_progress=False)
     assert sum(result.losses[-10:]) < sum(result.losses[:10]) and model.predicts == "v"
     out = sample_ddim(result.ema, torch.randn(4, 1, 8, 8), schedule, steps=5)
     assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all()

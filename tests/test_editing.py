@@ -24,7 +24,8 @@ def test_q_forward_composes_with_q_sample():
     x0, e1, e2 = (torch.randn(2, 1, 4, 4, dtype=torch.float64) for _ in range(3))
     x_s = q_sample(x0, 300, SCHEDULE, e1)
     ratio = (SCHEDULE.alpha_bar[700] / SCHEDULE.alpha_bar[300]).item()
-    torch.testing.assert_close(q_forward(x_s, 300, 700, SCHEDULE, torch.zeros_like(x_s)), ratio**0.5 * x_s)
+    torch.testing.assert_close(q_forward(x_s, 300, 700, SCHEDULE, torch.zeros_like(x_s)),
+                               ratio**0.5 * x_s)
     # the two noises add up to q(x_700 | x_0)'s: sqrt(ab_700) x0 plus variance 1 - ab_700
     combined = q_forward(x_s, 300, 700, SCHEDULE, e2) - SCHEDULE.alpha_bar[700].sqrt().item() * x0
     var = ratio * (1 - SCHEDULE.alpha_bar[300].item()) + (1 - ratio)
@@ -41,7 +42,8 @@ def test_inpainting_keeps_the_known_region_exactly_and_recovers_the_rest_with_an
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :, :4] = 1  # the left half is known
     known = full * mask + 5.0 * (1 - mask)  # the unknown half holds nonsense: it must not leak
-    out = inpaint(oracle_for(full), known, mask, SCHEDULE, steps=10, resample=resample, eta=0.0, generator=g)
+    out = inpaint(oracle_for(full), known, mask, SCHEDULE, steps=10, resample=resample, eta=0.0,
+                  generator=g)
     assert torch.equal(out[..., :, :4], known[..., :, :4])
     torch.testing.assert_close(out[..., :, 4:], full[..., :, 4:], atol=1e-4, rtol=1e-4)
 
@@ -56,9 +58,11 @@ def test_repaint_runs_the_last_step_once_as_lugmayr_et_al_algorithm_1():
         return torch.zeros_like(x)
     known, mask = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
     mask[..., 2:] = 0
-    inpaint(spy, known, mask, SCHEDULE, steps=4, resample=3, generator=torch.Generator().manual_seed(0))
+    inpaint(spy, known, mask, SCHEDULE, steps=4, resample=3,
+            generator=torch.Generator().manual_seed(0))
     ts = [t for t, _ in calls]
-    assert ts == [1000] * 3 + [750] * 3 + [500] * 3 + [250]  # (steps - 1) * resample + 1 evaluations
+    # (steps - 1) * resample + 1 evaluations
+    assert ts == [1000] * 3 + [750] * 3 + [500] * 3 + [250]
 
 
 def gaussian_prior_model(centre: torch.Tensor, tau: float):
@@ -78,12 +82,14 @@ def test_sdedit_strength_moves_from_the_guide_to_the_model():
     for strength in (0.05, 0.5, 1.0):
         out = sdedit(model, guide, SCHEDULE, strength=strength, steps=50, generator=g)
         dist[strength] = ((out - guide).abs().mean().item(), (out - centre).abs().mean().item())
-    assert dist[0.05][0] < dist[0.5][0] < dist[1.0][0]  # the stronger, the further from the guide ...
+    # the stronger, the further from the guide ...
+    assert dist[0.05][0] < dist[0.5][0] < dist[1.0][0]
     assert dist[0.05][1] > dist[0.5][1] > dist[1.0][1]  # ... and the closer to what the model knows
     assert dist[0.05][0] < 0.5 * dist[1.0][0] and dist[1.0][1] < 0.15
     with pytest.raises(ValueError, match="strength"):
         sdedit(model, guide, SCHEDULE, strength=0.0, steps=10)
-    with pytest.raises(ValueError, match="got none: pass the model's schedule"):  # was an AttributeError
+    with pytest.raises(ValueError, match="got none: pass the model's schedule"):
+        # was an AttributeError
         sdedit(lambda x, t, cond=None: x, guide, None, strength=0.5, steps=10)
 
 
@@ -95,7 +101,8 @@ def test_sdedit_takes_the_schedule_a_denoiser_carries():
     guide = torch.rand(2, 1, 8, 8)
     denoiser = Denoiser(net, SCHEDULE, Target.EPS)
     with torch.no_grad():
-        given, carried = (sdedit(denoiser, guide, s, strength=0.5, steps=6, generator=torch.Generator().manual_seed(0))
+        given, carried = (sdedit(denoiser, guide, s, strength=0.5, steps=6,
+                                 generator=torch.Generator().manual_seed(0))
                           for s in (SCHEDULE, None))
     torch.testing.assert_close(given, carried)
 
@@ -126,11 +133,13 @@ def test_inpaint_runs_a_learners_repaint_step_and_ddim_inversion_is_invert_ddim(
         calls.append(args[2:4])
         return repaint_step(*args, **kw)
 
-    a = inpaint(net, known, mask, schedule, steps=5, resample=3, generator=torch.Generator().manual_seed(1),
-                repaint=mine)
-    b = inpaint(net, known, mask, schedule, steps=5, resample=3, generator=torch.Generator().manual_seed(1))
+    a = inpaint(net, known, mask, schedule, steps=5, resample=3,
+                generator=torch.Generator().manual_seed(1), repaint=mine)
+    b = inpaint(net, known, mask, schedule, steps=5, resample=3,
+                generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and len(calls) == 5 and calls[-1][1] == 0
     from diffuse_edu.diffusion.denoisers import as_denoiser
     with torch.no_grad():
-        torch.testing.assert_close(ddim_inversion(as_denoiser(net, schedule), known, schedule, 10, 80),
+        torch.testing.assert_close(ddim_inversion(as_denoiser(net, schedule), known, schedule, 10,
+                                                  80),
                                    invert_ddim(net, known, schedule, steps=10, t_max=80))

@@ -16,9 +16,11 @@ from diffuse_edu.training.pretrained import course_classifier
 def test_classifier_learns_digits_and_gives_features():
     train, test = data.load_digits("train"), data.load_digits("test")
     torch.manual_seed(0)
-    clf = train_classifier(train.images, train.labels, steps=150, generator=torch.Generator().manual_seed(0))
+    clf = train_classifier(train.images, train.labels, steps=150,
+                           generator=torch.Generator().manual_seed(0))
     assert accuracy(clf, test.images, test.labels) > 0.85
-    assert extract(clf, test.images[:5]).shape == (5, 64) and extract(clf, test.images[:5]).dtype == torch.float64
+    assert (extract(clf, test.images[:5]).shape == (5, 64)
+            and extract(clf, test.images[:5]).dtype == torch.float64)
 
 
 def test_course_classifier_is_reused_and_a_broken_or_stale_cache_is_replaced(tmp_path, capsys):
@@ -39,13 +41,15 @@ def test_course_classifier_is_reused_and_a_broken_or_stale_cache_is_replaced(tmp
 def test_inception_missing_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     assert not inception_available()
-    with pytest.raises(FileNotFoundError, match="Inception-v3 weights are not on this machine.*IMAGENET1K_V1"):
+    with pytest.raises(FileNotFoundError,
+                       match="Inception-v3 weights are not on this machine.*IMAGENET1K_V1"):
         inception_features()
 
 
 def test_classifier_shapes():
     clf = Classifier(ClassifierConfig(in_channels=3, widths=(8, 16), feature_dim=12))
-    assert clf(torch.zeros(2, 3, 32, 32)).shape == (2, 10) and clf.features(torch.zeros(2, 3, 32, 32)).shape == (2, 12)
+    assert (clf(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+            and clf.features(torch.zeros(2, 3, 32, 32)).shape == (2, 12))
     assert config.cache_dir().name  # the cache folder is defined
 
 

@@ -18,7 +18,8 @@ from diffuse_edu.training.loop import TrainConfig, train
 
 def test_the_loss_is_zero_for_the_true_velocity_and_not_for_its_reverse():
     g = torch.Generator().manual_seed(0)
-    x0, eps, tau = torch.randn(4, 1, 4, 4, generator=g), torch.randn(4, 1, 4, 4, generator=g), torch.rand(4, generator=g)
+    x0, eps, tau = (torch.randn(4, 1, 4, 4, generator=g), torch.randn(4, 1, 4, 4, generator=g),
+                    torch.rand(4, generator=g))
     true_v = lambda x_tau, t, cond=None: eps - x0  # noqa: E731
     assert flow_matching_loss(true_v, x0, tau, eps).abs().max() == 0
     assert flow_matching_loss(lambda x_tau, t, cond=None: x0 - eps, x0, tau, eps).min() > 0.5
@@ -54,7 +55,8 @@ def test_flow_times_run_from_noise_to_data_and_shift_spends_steps_at_high_noise(
     assert flow_times(4) == [1.0, 0.75, 0.5, 0.25, 0.0]
     shifted = flow_times(4, shift=3.0)
     assert shifted[0] == 1.0 and shifted[-1] == 0.0
-    assert all(a > b for a, b in zip(shifted[1:-1], flow_times(4)[1:-1]))  # every inner time nearer the noise
+    # every inner time nearer the noise
+    assert all(a > b for a, b in zip(shifted[1:-1], flow_times(4)[1:-1]))
     net = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
     net.predicts = "flow"
     x = torch.randn(2, 1, 4, 4)

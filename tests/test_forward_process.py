@@ -18,7 +18,8 @@ LINEAR = linear_schedule(1000)
 
 
 def test_closed_form_moments_match_the_chained_process(generator):
-    """Run the chain over many draws; mean and std at t agree with q(x_t | x_0) (Ho et al. 2020, Eq. 4)."""
+    """Run the chain over many draws; mean and std at t agree with q(x_t | x_0) (Ho et al. 2020,
+    Eq. 4)."""
     n = 20_000
     x0 = torch.linspace(-1, 1, 6).reshape(1, 1, 2, 3).expand(n, -1, -1, -1)
     seen = {}
@@ -30,8 +31,10 @@ def test_closed_form_moments_match_the_chained_process(generator):
         stderr = (1 - ab) ** 0.5 / n**0.5
         err = (xt.mean(0) - ab**0.5 * x0[0]).abs().max().item()
         assert err < 5 * stderr, f"mean off at t={t}: {err} vs stderr {stderr}"
-        torch.testing.assert_close(xt.std(0), torch.full_like(xt[0], (1 - ab) ** 0.5), rtol=0.03, atol=0)
-        closed = q_sample(x0, torch.full((n,), t), LINEAR, torch.randn(x0.shape, generator=generator))
+        torch.testing.assert_close(xt.std(0), torch.full_like(xt[0], (1 - ab) ** 0.5), rtol=0.03,
+                                   atol=0)
+        closed = q_sample(x0, torch.full((n,), t), LINEAR,
+                          torch.randn(x0.shape, generator=generator))
         assert (closed.mean(0) - xt.mean(0)).abs().max().item() < 7 * stderr
 
 
@@ -67,14 +70,16 @@ def test_one_step_of_the_chain_is_the_closed_form_at_t1():
 @pytest.mark.parametrize("t", [1, 2, 300, 1000])
 def test_posterior_is_gaussian_conditioning(schedule, t):
     """Eq. 6-7 of Ho et al. 2020 equal conditioning the joint Gaussian of (x_{t-1}, x_t) on x_t."""
-    x0, xt = torch.tensor([[0.7, -0.2]], dtype=torch.float64), torch.tensor([[0.1, 1.3]], dtype=torch.float64)
+    x0, xt = (torch.tensor([[0.7, -0.2]], dtype=torch.float64),
+              torch.tensor([[0.1, 1.3]], dtype=torch.float64))
     ab_prev, alpha = schedule.alpha_bar[t - 1].item(), schedule.alphas[t].item()
     mu1, var1 = ab_prev**0.5 * x0, 1 - ab_prev  # x_{t-1} | x_0
     mu2, var2 = alpha**0.5 * mu1, alpha * var1 + (1 - alpha)  # x_t | x_0
     cov = alpha**0.5 * var1
     mean, variance = q_posterior(x0, xt, t, schedule)
     torch.testing.assert_close(mean, mu1 + cov / var2 * (xt - mu2))
-    torch.testing.assert_close(variance.squeeze(), torch.tensor(var1 - cov**2 / var2, dtype=torch.float64))
+    torch.testing.assert_close(variance.squeeze(),
+                               torch.tensor(var1 - cov**2 / var2, dtype=torch.float64))
 
 
 def test_posterior_needs_t_at_least_one():

@@ -28,7 +28,8 @@ class SyncError:
 
 
 @pytest.mark.parametrize("objective", [DiffusionObjective(cosine_schedule(1000)),
-                                       DiffusionObjective(cosine_schedule(1000), Target.V, continuous=True),
+                                       DiffusionObjective(cosine_schedule(1000), Target.V,
+                                                          continuous=True),
                                        FlowMatching()])
 def test_a_training_step_does_not_sync(objective):
     device = torch.device("cuda")
@@ -38,13 +39,15 @@ def test_a_training_step_does_not_sync(objective):
     ema = EMA(model, 0.999)
     x0 = torch.randn(8, 1, 16, 16, device=device)
     g = torch.Generator(device).manual_seed(0)
-    cond = drop_condition(Cond(labels=torch.arange(8, device=device)), Cond(labels=torch.tensor(10, device=device)),
-                          0.1, generator=g)
+    cond = drop_condition(Cond(labels=torch.arange(8, device=device)),
+                          Cond(labels=torch.tensor(10, device=device)), 0.1, generator=g)
     config = TrainConfig(steps=1, grad_clip=1.0)
-    train_step(model, opt, objective, x0, config, params=params, bf16=True, cond=cond, generator=g)  # warm-up
+    # warm-up
+    train_step(model, opt, objective, x0, config, params=params, bf16=True, cond=cond, generator=g)
     with SyncError():
         for _ in range(2):
-            train_step(model, opt, objective, x0, config, params=params, bf16=True, cond=cond, generator=g)
+            train_step(model, opt, objective, x0, config, params=params, bf16=True, cond=cond,
+                       generator=g)
             ema.update(model)
 
 
@@ -83,16 +86,20 @@ def test_training_with_cuda_graphs_follows_the_compiled_run():
     data = torch.rand(64, 1, 16, 16, device=device) * 2 - 1
     labels = torch.arange(64, device=device) % 10
     objective = DiffusionObjective(cosine_schedule(1000), Target.V)
-    config = TrainConfig(steps=12, batch_size=16, ema_decay=0.9, cond_dropout=0.2, snapshots=2, compile=True)
+    config = TrainConfig(steps=12, batch_size=16, ema_decay=0.9, cond_dropout=0.2, snapshots=2,
+                         compile=True)
     seen = []
 
     def run(mode):
         torch.manual_seed(0)
         return train(UNet(CFG).to(device), data, objective, replace(config, compile=mode),
-                     cond=Cond(labels=labels), null_cond=Cond(labels=torch.tensor(10, device=device)),
-                     generator=torch.Generator(device).manual_seed(0), show_progress=False, callback_every=5,
-                     callback=lambda step, s, ema: seen.append(ema.model(data[:2], torch.tensor([5, 9], device=device),
-                                                                          Cond(labels=labels[:2])).isfinite().all().item()))
+                     cond=Cond(labels=labels),
+                     null_cond=Cond(labels=torch.tensor(10, device=device)),
+                     generator=torch.Generator(device).manual_seed(0), show_progress=False,
+                     callback_every=5,
+                     callback=lambda step, s, ema: seen.append(
+                         ema.model(data[:2], torch.tensor([5, 9], device=device),
+                                   Cond(labels=labels[:2])).isfinite().all().item()))
 
     plain, graphs = run(True), run("reduce-overhead")
     assert graphs.steps == 12 and len(graphs.snapshots) == 2 and seen == [True] * 4
@@ -111,11 +118,13 @@ def test_the_objective_compiled_in_trains_like_the_model_compiled_alone():
     data = torch.rand(64, 1, 16, 16, device=device) * 2 - 1
     labels = torch.arange(64, device=device) % 10
     objective = DiffusionObjective(cosine_schedule(1000), Target.V)
-    config = TrainConfig(steps=12, batch_size=16, ema_decay=0.9, cond_dropout=0.2, compile="reduce-overhead")
+    config = TrainConfig(steps=12, batch_size=16, ema_decay=0.9, cond_dropout=0.2,
+                         compile="reduce-overhead")
 
     def run(**how):
         torch.manual_seed(0)
-        return train(UNet(CFG).to(device), data, objective, replace(config, **how), cond=Cond(labels=labels),
+        return train(UNet(CFG).to(device), data, objective, replace(config, **how),
+                     cond=Cond(labels=labels),
                      null_cond=Cond(labels=torch.tensor(10, device=device)),
                      generator=torch.Generator(device).manual_seed(0), show_progress=False)
 

@@ -18,8 +18,10 @@ NULL = Cond(labels=torch.tensor(10))
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2, num_classes=10)).eval()
-    with torch.no_grad():  # give the label embedding some effect (it starts random, the blocks at zero)
+    net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2,
+                          num_classes=10)).eval()
+    with torch.no_grad():
+        # give the label embedding some effect (it starts random, the blocks at zero)
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return net
@@ -27,13 +29,15 @@ def model():
 
 def _inputs(b=3):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(b, 1, 8, 8, generator=g), torch.tensor([5, 50, 95]), Cond(labels=torch.tensor([1, 4, 7]))
+    return (torch.randn(b, 1, 8, 8, generator=g), torch.tensor([5, 50, 95]),
+            Cond(labels=torch.tensor([1, 4, 7])))
 
 
 @torch.no_grad()
 def test_scale_one_is_the_conditional_model_and_zero_the_unconditional(model):
     x, t, cond = _inputs()
-    torch.testing.assert_close(Guided(model, 1.0, NULL)(x, t, cond), model(x, t, cond), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(Guided(model, 1.0, NULL)(x, t, cond), model(x, t, cond), rtol=1e-5,
+                               atol=1e-6)
     uncond = model(x, t, Cond(labels=torch.full((3,), 10)))
     torch.testing.assert_close(Guided(model, 0.0, NULL)(x, t, cond), uncond, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(uncond, model(x, t, cond))  # the label does matter
@@ -62,7 +66,8 @@ def test_one_batched_forward_per_evaluation(model):
 
     x, _, cond = _inputs()
     sample_dpmpp_2m(Guided(spy, 3.0, NULL), x, SCHEDULE, steps=4, cond=cond)
-    assert len(calls) == 4 and all(b == 6 and labels == [1, 4, 7, 10, 10, 10] for b, labels in calls)
+    assert (len(calls) == 4
+            and all(b == 6 and labels == [1, 4, 7, 10, 10, 10] for b, labels in calls))
 
 
 @torch.no_grad()
@@ -72,8 +77,10 @@ def test_interval_guides_only_inside_and_the_learners_formula_is_used(model):
     limited = Guided(model, 5.0, NULL, interval=(40, 60))(x, t, cond)
     conditional = model(x, t, cond)
     torch.testing.assert_close(limited[1], guided[1])  # t = 50: inside
-    torch.testing.assert_close(limited[[0, 2]], conditional[[0, 2]], rtol=1e-5, atol=1e-6)  # outside
-    mine = Guided(model, 5.0, NULL, forward=lambda m, x, t, c, n, s, r, i: torch.zeros_like(x))(x, t, cond)
+    # outside
+    torch.testing.assert_close(limited[[0, 2]], conditional[[0, 2]], rtol=1e-5, atol=1e-6)
+    mine = Guided(model, 5.0, NULL,
+                  forward=lambda m, x, t, c, n, s, r, i: torch.zeros_like(x))(x, t, cond)
     assert mine.abs().max() == 0
 
 
@@ -101,7 +108,8 @@ def test_the_training_loop_runs_the_learners_condition_dropout():
 
     net = UNet(UNetConfig(in_channels=1, channels=(8, 16), attention_levels=(), num_classes=10))
     images, labels = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
-    train(net, images, DiffusionObjective(SCHEDULE), TrainConfig(steps=3, batch_size=8, cond_dropout=0.2, ema_decay=None),
+    train(net, images, DiffusionObjective(SCHEDULE),
+          TrainConfig(steps=3, batch_size=8, cond_dropout=0.2, ema_decay=None),
           cond=Cond(labels=labels), null_cond=NULL, drop_fn=label_dropout(spy), show_progress=False)
     assert len(seen) == 3 and all(p == 0.2 and n == 10 and len(lb) == 8 for lb, p, n in seen)
 

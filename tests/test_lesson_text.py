@@ -42,21 +42,25 @@ def told_text(nb) -> str:
     """The markdown a learner reads about what ran: every markdown cell but an exercise's own text
     (the one right before an exercise cell, which may well speak of the function they write)."""
     cells = nb.cells
-    return "\n".join(c.source for c, after in zip(cells, [*cells[1:], None]) if c.cell_type == "markdown"
+    return "\n".join(c.source for c, after in zip(cells, [*cells[1:], None])
+                     if c.cell_type == "markdown"
                      and not (after is not None and "# BEGIN SOLUTION" in after.source))
 
 
-LATER_RUN = ["03", "05", "07", "08", "09", "10", "11", "12", "13", "14", "15"]  # lessons whose exercises later drive experiments
+# lessons whose exercises later drive experiments
+LATER_RUN = ["03", "05", "07", "08", "09", "10", "11", "12", "13", "14", "15"]
 
 
 @pytest.mark.parametrize("number", LATER_RUN)
 def test_a_lesson_says_whose_version_ran_through_the_one_helper(number):
     nb = lesson(number)
     code = code_of(nb)
-    assert "whose(" in code, f"lesson {number} never prints whose version of its exercises ran (exercises.whose)"
+    assert "whose(" in code, (f"lesson {number} never prints whose version of its exercises ran "
+                              "(exercises.whose)")
     assert '__module__ == "__main__"' not in code and "__module__ == '__main__'" not in code, (
         f"lesson {number} tests whose version ran by hand: use exercises.whose")
-    assert "(yours)" not in code and '"DDIM (your ' not in code, f"lesson {number} labels a result as yours outright"
+    assert ("(yours)" not in code
+            and '"DDIM (your ' not in code), f"lesson {number} labels a result as yours outright"
 
 
 @pytest.mark.parametrize("number", LATER_RUN)
@@ -68,7 +72,8 @@ def test_what_the_learner_reads_never_claims_their_version_ran(number):
     text = told_text(nb)
     for name in checked:
         assert not re.search(rf"\byour `?{name}\b", text), f"lesson {number} says 'your {name}' ran"
-    generic = re.findall(r"\b(?:with|runs?|through|by) your (?:loss|block|step|pieces|tokenizer|Euler sampler|"
+    generic = re.findall(r"\b(?:with|runs?|through|by) your "
+                         r"(?:loss|block|step|pieces|tokenizer|Euler sampler|"
                          r"guided forward pass|delta|two functions)\b", text)
     assert not generic, f"lesson {number}: {generic}"
     assert "Your two functions now run" not in text
@@ -93,11 +98,13 @@ def uses(symbol: str, math: str) -> bool:
 def test_one_symbol_one_meaning(symbol, lessons):
     numbers = [p.name[:2] for p in sorted((ROOT / "solutions").glob("*.ipynb"))]
     found = {n for n in numbers if uses(symbol, math_of(n))}
-    assert found <= lessons, f"${symbol}$ appears in lessons {sorted(found - lessons)}, where it means something else"
+    assert found <= lessons, (f"${symbol}$ appears in lessons {sorted(found - lessons)}, where it "
+                              "means something else")
 
 
 def test_v_is_the_v_target_only():
-    assert not uses("v", math_of("10")), "lesson 10 calls its decoder's variance v (v is the v target)"
+    assert not uses("v",
+                    math_of("10")), "lesson 10 calls its decoder's variance v (v is the v target)"
 
 
 def test_the_symbols_table_lists_each_symbol_once_with_its_lesson():
@@ -105,7 +112,8 @@ def test_the_symbols_table_lists_each_symbol_once_with_its_lesson():
     rows = [line.split(" | ") for line in cell.splitlines() if line.startswith("| `")]
     assert rows and all(len(r) == 4 and re.fullmatch(r"\d\d \|", r[-1].strip()) for r in rows), (
         "every row of the notation table names the lesson that introduces its symbol")
-    symbols = [re.split(r"\s*=|,", r[1].strip().strip("$"))[0].strip() for r in rows if r[1].strip()]
+    symbols = [re.split(r"\s*=|,", r[1].strip().strip("$"))[0].strip() for r in rows
+               if r[1].strip()]
     repeated = {s for s in symbols if symbols.count(s) > 1}
     assert not repeated, f"listed more than once: {repeated}"
     for symbol in ("\\lambda", "s", "u", "v"):
@@ -115,8 +123,10 @@ def test_the_symbols_table_lists_each_symbol_once_with_its_lesson():
 def test_the_conventions_an_exercise_relies_on_are_stated():
     dit = lesson("12")
     exercise = next(c.source for c in dit.cells if "def dit_block(" in c.source)
-    assert "block = DiTBlock(" in exercise and "print(block)" in exercise, "lesson 12 has no block to print"
-    assert "`block.attention(h)`" in "\n".join(c.source for c in dit.cells if c.cell_type == "markdown")
+    assert ("block = DiTBlock(" in exercise
+            and "print(block)" in exercise), "lesson 12 has no block to print"
+    assert "`block.attention(h)`" in "\n".join(c.source for c in dit.cells
+                                               if c.cell_type == "markdown")
     assert "`x0_to_v(x_t, x0, alpha_bar)`" in told_text(lesson("14")) + "\n".join(
         c.source for c in lesson("14").cells if c.cell_type == "markdown")
     repaint = next(c.source for c in lesson("11").cells if "Exercise: RePaint's step" in c.source)

@@ -11,8 +11,10 @@ def test_checkerboard_is_all_high_frequency_and_blur_removes_it():
     board = ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2 - 1).float()[None, None]
     energy = high_frequency_energy(board)
     total = (board - board.mean()).pow(2).sum()
-    torch.testing.assert_close(energy[0], total)  # Parseval: all energy sits at the Nyquist frequency
-    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(board, (1, 1, 1, 1), mode="circular"), 3, 1)
+    # Parseval: all energy sits at the Nyquist frequency
+    torch.testing.assert_close(energy[0], total)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(board, (1, 1, 1, 1),
+                                                                     mode="circular"), 3, 1)
     assert high_frequency_energy(blurred) < 0.2 * energy
 
 
@@ -25,7 +27,8 @@ from diffuse_edu.evaluation.probes import in_manifold, nearest_neighbour, precis
 
 
 def _features(n, d, shift=0.0, scale=1.0, seed=0):
-    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(99), dtype=torch.float64) / d**0.5
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(99),
+                      dtype=torch.float64) / d**0.5
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, d, generator=g, dtype=torch.float64) @ mix) * scale + shift
 
@@ -35,7 +38,8 @@ def test_sqrtm_matches_scipy():
     _, cov = mean_and_covariance(_features(500, 12))
     ours = sqrtm_psd(cov)
     torch.testing.assert_close(ours @ ours, cov)
-    torch.testing.assert_close(ours, torch.from_numpy(np.real(scipy_linalg.sqrtm(cov.numpy()))), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(ours, torch.from_numpy(np.real(scipy_linalg.sqrtm(cov.numpy()))),
+                               rtol=1e-6, atol=1e-8)
 
 
 def test_fid_of_a_set_with_itself_is_zero():
@@ -45,7 +49,8 @@ def test_fid_of_a_set_with_itself_is_zero():
 
 def test_fid_closed_form_for_shifted_and_scaled_gaussians():
     """Same covariance S, means differ by m: FID = |m|^2; covariance c^2 S: FID = (1 - c)^2 Tr S."""
-    mu, cov = torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    mu, cov = (torch.zeros(3, dtype=torch.float64),
+               torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
     m = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     assert frechet_distance(mu, cov, m, cov) == pytest.approx(m.square().sum().item())
     assert frechet_distance(mu, cov, mu, 4 * cov) == pytest.approx(6.0)
@@ -80,7 +85,8 @@ def test_precision_recall_tell_fidelity_from_diversity():
 
 
 def test_in_manifold_marks_each_sample_and_averages_to_precision():
-    real = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # each one's 1st neighbour: 1 away
+    # each one's 1st neighbour: 1 away
+    real = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     queries = torch.tensor([[0.5, 0.5], [0.0, 0.9], [3.0, 3.0], [1.0, 2.1]])
     inside = in_manifold(real, queries, k=1)
     assert inside.tolist() == [True, True, False, False] and inside.dtype == torch.bool
@@ -101,7 +107,8 @@ def test_fid_with_spread_is_fid_and_its_spread_shrinks_with_more_samples():
 
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(2000, 4, generator=g, dtype=torch.float64)
-    small, large = torch.randn(100, 4, generator=g, dtype=torch.float64), torch.randn(1600, 4, generator=g, dtype=torch.float64)
+    small, large = (torch.randn(100, 4, generator=g, dtype=torch.float64),
+                    torch.randn(1600, 4, generator=g, dtype=torch.float64))
     value, spread = fid_with_spread(small, ref, generator=torch.Generator().manual_seed(1))
     assert value == fid(small, ref) and spread > 0
     assert fid_with_spread(large, ref, generator=torch.Generator().manual_seed(1))[1] < spread / 2
@@ -114,7 +121,9 @@ def test_a_paired_fid_difference_resolves_what_the_unpaired_spreads_hide():
     reference = torch.randn(2000, 8, generator=g)
     a = torch.randn(200, 8, generator=g)  # one draw of samples ...
     b = a + 0.15  # ... and the same draw, shifted a little: FID(b) > FID(a), shared noise otherwise
-    (fa, sa), (fb, sb) = (fid_with_spread(x, reference, generator=torch.Generator().manual_seed(1)) for x in (a, b))
+    (fa, sa), (fb, sb) = (fid_with_spread(x, reference,
+                                          generator=torch.Generator().manual_seed(1))
+                          for x in (a, b))
     diff, sd = paired_fid_difference(a, b, reference, generator=torch.Generator().manual_seed(1))
     assert diff == pytest.approx(fb - fa, rel=1e-6)
     unpaired = (sa**2 + sb**2) ** 0.5

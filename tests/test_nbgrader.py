@@ -39,21 +39,25 @@ def test_every_exercise_becomes_a_solution_cell_and_a_graded_check():
         graded = [m for m in metas if m["grade"]]
         checked = sum(1 for c in solution["cells"] if c["cell_type"] == "code"
                       for line in _source(c).splitlines() if CHECK.match(line))
-        assert len(graded) == checked and all(m["points"] == 1 and m["locked"] for m in graded)  # a point each
+        # a point each
+        assert len(graded) == checked and all(m["points"] == 1 and m["locked"] for m in graded)
         for cell in nb["cells"]:
-            if cell["metadata"]["nbgrader"]["solution"]:  # the hints sit above the answer, kept by the release
+            if cell["metadata"]["nbgrader"]["solution"]:
+                # the hints sit above the answer, kept by the release
                 lines = _source(cell).splitlines()
                 begins = [i for i, line in enumerate(lines) if BEGIN.match(line)]
                 inside = [i for b in begins for i in range(b, len(lines)) if HINT.match(lines[i])
                           and not any(END.match(x) for x in lines[b:i])]
-                assert not inside, f"{path.name}: a HINT line inside an answer is lost in the release"
+                assert not inside, (f"{path.name}: a HINT line inside an answer is lost in the "
+                                    "release")
         assert len({m["grade_id"] for m in metas}) == len(metas), f"{path.name}: grade ids repeat"
         assert all(m["locked"] for m in metas if not m["solution"]), "every other cell is read-only"
 
 
 def test_an_exercise_cell_without_its_check_is_refused():
     with pytest.raises(ValueError, match="must end with"):
-        export_nbgrader.exercise_cells("def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n", 3)
+        export_nbgrader.exercise_cells("def f(x):\n    # BEGIN SOLUTION\n    return x\n    # END "
+                                       "SOLUTION\n", 3)
 
 
 def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
@@ -79,7 +83,8 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
         folder = course / "submitted" / student / LESSON
         folder.mkdir(parents=True)
         (folder / f"{LESSON}.ipynb").write_text(json.dumps(nb))
-    # cat and dee worked in the course's own notebooks/ (no nbgrader ids): brought in by the course's command
+    # cat and dee worked in the course's own notebooks/ (no nbgrader ids): brought in by the
+    # course's command
     worked = json.loads((config.PROJECT_ROOT / "notebooks" / f"{LESSON}.ipynb").read_text())
     unfinished = tmp_path / "dee" / f"{LESSON}.ipynb"
     unfinished.parent.mkdir()
@@ -105,20 +110,24 @@ def test_nbgrader_generates_and_autogrades_a_lesson(tmp_path):
         assert ada.max_score == len(answers) > 0
         assert ada.score == ada.max_score, "the complete notebook gets every point"
         assert ben.score == 0, "the unfinished notebook gets none"
-        assert gradebook.find_submission(LESSON, "cat").score == ada.max_score  # worked in notebooks/
+        # worked in notebooks/
+        assert gradebook.find_submission(LESSON, "cat").score == ada.max_score
         assert gradebook.find_submission(LESSON, "dee").score == 0
 
 
 def test_a_two_exercise_cell_gives_a_point_per_exercise_and_keeps_its_hints():
-    source = ("def f(x):\n    # BEGIN SOLUTION\n    # HINT: add one.\n    return x + 1\n    # END SOLUTION\n\n"
-              "def g(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n\n"
-              "f = check(f, F)\ng = check(g, G)\n")
+    source = ("def f(x):\n    # BEGIN SOLUTION\n    # HINT: add one.\n    return x + 1\n    # END "
+              "SOLUTION\n\ndef g(x):\n    # BEGIN SOLUTION\n    return x\n    # END SOLUTION\n\nf "
+              "= check(f, F)\ng = check(g, G)\n")
     answer, checks, *graded = export_nbgrader.exercise_cells(source, 4)
     assert _source(answer).splitlines()[1:3] == ["    # HINT: add one.", "    # BEGIN SOLUTION"]
-    assert _source(checks) == "f = check(f, F)\ng = check(g, G)" and not checks["metadata"]["nbgrader"]["grade"]
-    assert [(c["metadata"]["nbgrader"]["grade_id"], c["metadata"]["nbgrader"]["points"]) for c in graded] == [
+    assert (_source(checks) == "f = check(f, F)\ng = check(g, G)"
+            and not checks["metadata"]["nbgrader"]["grade"])
+    assert [(c["metadata"]["nbgrader"]["grade_id"], c["metadata"]["nbgrader"]["points"])
+            for c in graded] == [
         ("f_passed", 1), ("g_passed", 1)]
-    assert ['require_passed("f")' in _source(graded[0]), 'require_passed("g")' in _source(graded[1])] == [True, True]
+    assert ['require_passed("f")' in _source(graded[0]),
+            'require_passed("g")' in _source(graded[1])] == [True, True]
 
 
 def test_a_submission_from_another_lesson_is_refused_with_a_message(tmp_path):
@@ -134,15 +143,19 @@ def test_a_submission_from_another_lesson_is_refused_with_a_message(tmp_path):
         export_nbgrader.import_submission(other, course, "eve", lesson="07_samplers")
 
 
-def test_the_exported_config_pins_the_quick_scale_and_a_cell_timeout_that_fits_it(tmp_path, monkeypatch):
+def test_the_exported_config_pins_the_quick_scale_and_a_cell_timeout_that_fits_it(
+        tmp_path, monkeypatch):
     from traitlets.config import Config
 
     export_nbgrader.export(config.PROJECT_ROOT / "solutions", tmp_path / "course")
-    monkeypatch.setenv("DIFFUSE_EDU_SCALE", "unset")  # so that the end of the test restores what was there
+    # so that the end of the test restores what was there
+    monkeypatch.setenv("DIFFUSE_EDU_SCALE", "unset")
     monkeypatch.delenv("DIFFUSE_EDU_SCALE")
     c = Config()
     exec((tmp_path / "course" / "nbgrader_config.py").read_text(), {"get_config": lambda: c})
-    assert c.Execute.timeout == export_nbgrader.CELL_TIMEOUT_S >= 300  # nbgrader's default, 30 s, stopped lesson 05
+    # nbgrader's default, 30 s, stopped lesson 05
+    assert c.Execute.timeout == export_nbgrader.CELL_TIMEOUT_S >= 300
     import os
 
-    assert os.environ["DIFFUSE_EDU_SCALE"] == "quick" and c.CourseDirectory.course_id == "diffuse-edu"
+    assert (os.environ["DIFFUSE_EDU_SCALE"] == "quick"
+            and c.CourseDirectory.course_id == "diffuse-edu")

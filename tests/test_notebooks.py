@@ -25,7 +25,8 @@ def test_out_of_sync_notices_an_edit(tmp_path):
     nbformat.write(nb, sol / "00_a.ipynb")
     assert notebooks.out_of_sync(sol, stu) == [
         "00_a.ipynb: in solutions/ but not built into notebooks/",
-        "00_a.ipynb: its first code cell is not the hosted setup cell (run `python -m diffuse_edu build`)"]
+        ("00_a.ipynb: its first code cell is not the hosted setup cell "
+         "(run `python -m diffuse_edu build`)")]
     (sol / "00_a.ipynb").write_text(notebooks.clean_text(sol / "00_a.ipynb"))
     notebooks.build(sol, stu)
     assert notebooks.out_of_sync(sol, stu) == []
@@ -60,7 +61,8 @@ def test_notebooks_are_committed_clean(folder):
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
-                assert not cell["outputs"] and cell["execution_count"] is None, f"{path.name} has outputs"
+                assert (not cell["outputs"]
+                        and cell["execution_count"] is None), f"{path.name} has outputs"
         assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, f"{path.name} metadata"
 
 
@@ -74,7 +76,8 @@ def test_lesson_shape(path):
     assert "**Goal.**" in text and "## Summary" in text and "Further exercises" in text
     for cell in code:
         if "# BEGIN SOLUTION" in cell:
-            assert "# HINT: stuck? hint(" in cell and "check(" in cell, "an exercise points to hint() and has a checker"
+            assert ("# HINT: stuck? hint(" in cell
+                    and "check(" in cell), "an exercise points to hint() and has a checker"
     student = notebooks.student_version(path)
     assert "# BEGIN SOLUTION" not in student and "# END SOLUTION" not in student
 
@@ -91,17 +94,22 @@ def _root_conftest():
 def test_a_solution_printing_a_failed_or_unfinished_verdict_is_found():
     find = _root_conftest().unpassed_verdicts
     outputs = [{"output_type": "stream", "name": "stdout",
-                "text": "[ok] q_sample passed all 4 checks.\n[x] flow_euler: yours moves the other way.\n"},
-               {"output_type": "stream", "name": "stdout", "text": "[todo] ddim_step is not written yet.\n"},
+                "text": "[ok] q_sample passed all 4 checks.\n[x] flow_euler: yours moves the "
+                        "other way.\n"},
+               {"output_type": "stream", "name": "stdout",
+                "text": "[todo] ddim_step is not written yet.\n"},
                {"output_type": "execute_result", "data": {"text/plain": "'[x] in a value'"}},
                {"output_type": "stream", "name": "stdout", "text": "a line with [x] inside\n"}]
-    assert find(outputs) == ["[x] flow_euler: yours moves the other way.", "[todo] ddim_step is not written yet."]
+    assert (find(outputs)
+            == ["[x] flow_euler: yours moves the other way.",
+                "[todo] ddim_step is not written yet."])
     assert find([{"output_type": "stream", "text": "[ok] all passed\n"}]) == []
 
 
 def test_the_judges_are_cached_first_only_for_a_run_with_notebooks():
     runs = _root_conftest().runs_notebooks
-    assert runs(["tests", "notebooks", "solutions"]) and runs(["solutions/08_guidance.ipynb::Cell 3"])
+    assert (runs(["tests", "notebooks", "solutions"])
+            and runs(["solutions/08_guidance.ipynb::Cell 3"]))
     assert runs([str(ROOT / "notebooks")])
     assert not runs(["tests"]) and not runs(["tests/test_recipes.py::test_recipes_by_scale"])
 
@@ -112,19 +120,22 @@ def test_caching_the_judges_first_reports_and_never_stops_the_run(monkeypatch, c
     from diffuse_edu.course import workshop
     hooks = _root_conftest()
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # as the controller
-    session = SimpleNamespace(config=SimpleNamespace(args=["notebooks"],
-                                                     pluginmanager=SimpleNamespace(get_plugin=lambda name: None)))
+    session = SimpleNamespace(config=SimpleNamespace(
+        args=["notebooks"], pluginmanager=SimpleNamespace(get_plugin=lambda name: None)))
     monkeypatch.setattr(workshop, "prepare_judges", lambda scale: ["a judge", "another"])
     hooks.pytest_sessionstart(session)
-    assert "judges cached before the notebooks" in capsys.readouterr().out and len(hooks._judges_seconds) == 1
+    assert ("judges cached before the notebooks" in capsys.readouterr().out
+            and len(hooks._judges_seconds) == 1)
 
     def missing(scale):
-        raise FileNotFoundError("MNIST is not in the data folder: run python -m diffuse_edu data fetch mnist")
+        raise FileNotFoundError("MNIST is not in the data folder: run python -m diffuse_edu data "
+                                "fetch mnist")
     monkeypatch.setattr(workshop, "prepare_judges", missing)
     hooks.pytest_sessionstart(session)  # no exception: the notebooks say what is missing
     out = capsys.readouterr().out
     assert "could not be cached" in out and "data fetch mnist" in out
-    hooks.pytest_sessionstart(SimpleNamespace(config=SimpleNamespace(args=["tests"])))  # no notebooks: nothing
+    # no notebooks: nothing
+    hooks.pytest_sessionstart(SimpleNamespace(config=SimpleNamespace(args=["tests"])))
     assert capsys.readouterr().out == ""
 
 
@@ -136,12 +147,16 @@ def test_nbval_fails_a_solution_cell_whose_exercise_did_not_pass(tmp_path):
 
     folder = tmp_path / "solutions"
     folder.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('[ok] a passed all 2 checks.')"),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('[ok] a passed all 2 "
+                                                                   "checks.')"),
                                          nbformat.v4.new_code_cell("print('[x] b: off by one.')")])
     nbformat.write(nb, folder / "99_made_up.ipynb")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-o", "addopts=",
-                          "--nbval-lax", "--nbval-kernel-startup-timeout=300", "-q", str(folder / "99_made_up.ipynb")],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
+                          "no:cacheprovider", "-o", "addopts=", "--nbval-lax",
+                          "--nbval-kernel-startup-timeout=300", "-q",
+                          str(folder / "99_made_up.ipynb")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "1 failed, 1 passed" in run.stdout and "did not pass its checker" in run.stdout, run.stdout
+    assert ("1 failed, 1 passed" in run.stdout
+            and "did not pass its checker" in run.stdout), run.stdout

@@ -51,13 +51,15 @@ def test_x0_loss_is_the_eps_loss_over_snr_on_the_same_output():
 def test_eps_loss_is_ho_et_al_eq_14():
     ab = ab_of(T, X0)
     x_t = ab.sqrt() * X0 + (1 - ab).sqrt() * EPS
-    assert eps_loss(eps_net, X0, T, EPS, SCHEDULE).item() == pytest.approx(((eps_net(x_t, T) - EPS) ** 2).mean().item())
+    assert (eps_loss(eps_net, X0, T, EPS, SCHEDULE).item()
+            == pytest.approx(((eps_net(x_t, T) - EPS) ** 2).mean().item()))
 
 
 def test_draws_lie_in_range_and_continuous_draws_are_fractional():
     _, t = DiffusionObjective(SCHEDULE)(eps_net, X0, generator=torch.Generator().manual_seed(1))
     assert t.dtype == torch.int64 and 1 <= t.min() and t.max() <= 100
-    loss, t = DiffusionObjective(SCHEDULE, continuous=True)(eps_net, X0, generator=torch.Generator().manual_seed(1))
+    loss, t = DiffusionObjective(SCHEDULE, continuous=True)(
+        eps_net, X0, generator=torch.Generator().manual_seed(1))
     assert t.dtype.is_floating_point and 1 <= t.min() and t.max() <= 100 and (t != t.round()).any()
     assert loss.shape == (16,)
 
@@ -86,8 +88,10 @@ def test_flow_matching_path_and_target():
 
 
 def test_low_precision_outputs_are_upcast_and_double_kept():
-    assert per_example_mse(torch.ones(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3)).dtype == torch.float32
-    assert per_example_mse(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3)).dtype == torch.float64
+    assert (per_example_mse(torch.ones(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3)).dtype
+            == torch.float32)
+    assert (per_example_mse(torch.ones(2, 3, dtype=torch.float64), torch.zeros(2, 3)).dtype
+            == torch.float64)
 
 
 def test_objectives_refuse_targets_they_cannot_train():

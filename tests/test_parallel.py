@@ -1,4 +1,5 @@
-"""Jobs side by side: the same results as one after another, and randomness that cannot leak between jobs."""
+"""Jobs side by side: the same results as one after another, and randomness that cannot leak between
+jobs."""
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ def _trainings(seeds, workers):
         nets[s] = UNet(CONFIG)
 
     def job(seed):
-        return train(nets[seed], data, objective, TrainConfig(steps=6, batch_size=16, warmup_steps=2),
+        return train(nets[seed], data, objective,
+                     TrainConfig(steps=6, batch_size=16, warmup_steps=2),
                      generator=torch.Generator().manual_seed(seed), show_progress=False).losses
 
     return run_side_by_side(job, seeds, device="cpu", workers=workers)
@@ -48,7 +50,8 @@ def test_threads_come_back_and_errors_pass_through():
     with pytest.raises(ZeroDivisionError):
         run_side_by_side(lambda x: 1 / x, [1, 0], device="cpu", workers=2)
     assert torch.get_num_threads() == threads
-    assert run_side_by_side(lambda x: torch.get_num_threads(), [0, 1], device="cpu", workers=2) == [1, 1]
+    assert (run_side_by_side(lambda x: torch.get_num_threads(), [0, 1], device="cpu", workers=2)
+            == [1, 1])
 
 
 def test_workers_follow_the_threads_on_a_cpu_and_are_one_on_a_gpu():
@@ -70,6 +73,7 @@ def test_prepare_runs_first_in_order_and_may_seed_the_global_generator():
         torch.manual_seed(seed)
         return torch.randn(2)
 
-    got = run_side_by_side(lambda seed, noise: (seed, noise), [3, 4], device="cpu", prepare=prepare, workers=2)
+    got = run_side_by_side(lambda seed, noise: (seed, noise), [3, 4], device="cpu", prepare=prepare,
+                           workers=2)
     assert [s for s, _ in got] == [3, 4]
     assert torch.equal(got[0][1], torch.manual_seed(3) and torch.randn(2))

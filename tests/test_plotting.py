@@ -39,7 +39,8 @@ def test_image_grid_names_each_row_at_its_centre():
 
 
 def test_plot_schedules_draws_every_schedule_with_labels():
-    schedules = [linear_schedule(100), cosine_schedule(100), rescale_zero_terminal_snr(linear_schedule(100))]
+    schedules = [linear_schedule(100), cosine_schedule(100),
+                 rescale_zero_terminal_snr(linear_schedule(100))]
     fig, axes = plotting.plot_schedules(schedules)
     for ax in axes:
         assert len(ax.lines) == 3 and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
@@ -63,8 +64,9 @@ def test_show_adds_the_caption(monkeypatch):
 def test_captions_read_as_sentences_and_symbols_stay_as_written():
     from diffuse_edu.course.plotting import as_sentence
 
-    assert as_sentence("the U-Net reaches a lower loss: holds.") == "The U-Net reaches a lower loss: holds."
+    assert (as_sentence("the U-Net reaches a lower loss: holds.")
+            == "The U-Net reaches a lower loss: holds.")
     assert as_sentence("at 4 NFE the student wins") == "At 4 NFE the student wins"
-    for kept in ("t = 0: MSE", "v-prediction alone", "x0_hat is off", "adaLN-Zero trains", "eps_theta(x_t)",
-                 "Already a sentence.", "2 seeds", ""):
+    for kept in ("t = 0: MSE", "v-prediction alone", "x0_hat is off", "adaLN-Zero trains",
+                 "eps_theta(x_t)", "Already a sentence.", "2 seeds", ""):
         assert as_sentence(kept) == kept

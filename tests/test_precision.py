@@ -1,6 +1,6 @@
-"""The training precision: bfloat16 where a GPU has it, float16 with a gradient scaler where it has not
-(a free T4), float32 on a CPU. The scaler's logic is tested here on the CPU; on a GPU, tests/test_gpu.py
-forces float16."""
+"""The training precision: bfloat16 where a GPU has it, float16 with a gradient scaler where it has
+not (a free T4), float32 on a CPU. The scaler's logic is tested here on the CPU; on a GPU,
+tests/test_gpu.py forces float16."""
 
 import copy
 
@@ -22,7 +22,8 @@ def test_the_precision_follows_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(loop, "bf16_supported", lambda device: True)  # an A100 or an H100
     assert precision_dtype(TrainConfig(), "cuda") is torch.bfloat16
-    assert precision_dtype(TrainConfig(bf16=False), "cuda") is torch.float16  # float16 forced on such a GPU
+    # float16 forced on such a GPU
+    assert precision_dtype(TrainConfig(bf16=False), "cuda") is torch.float16
     monkeypatch.setattr(loop, "bf16_supported", lambda device: False)  # a T4: no fast bfloat16
     assert precision_dtype(TrainConfig(), "cuda") is torch.float16
     assert precision_dtype(TrainConfig(fp16=False), "cuda") is None
@@ -36,8 +37,9 @@ def _step(precision, seed=0):
     x0 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     objective = DiffusionObjective(cosine_schedule(100))
     t, eps = objective.draw(x0, torch.Generator().manual_seed(2))
-    loss, _, norm = train_step(model, opt, objective, x0, TrainConfig(grad_clip=0.5), params=list(model.parameters()),
-                               bf16=False, t=t, eps=eps, precision=precision)
+    loss, _, norm = train_step(model, opt, objective, x0, TrainConfig(grad_clip=0.5),
+                               params=list(model.parameters()), bf16=False, t=t, eps=eps,
+                               precision=precision)
     return model, loss, norm
 
 
@@ -46,7 +48,8 @@ def test_a_scaled_step_unscales_before_clipping_and_lands_where_the_plain_step_d
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     scaled_model, scaled_loss, scaled_norm = _step(Precision(None, scaler))
     torch.testing.assert_close(scaled_loss, plain_loss)
-    torch.testing.assert_close(scaled_norm, plain_norm, rtol=1e-4, atol=1e-6)  # the true norm, not 4096 times it
+    # the true norm, not 4096 times it
+    torch.testing.assert_close(scaled_norm, plain_norm, rtol=1e-4, atol=1e-6)
     for a, b in zip(plain_model.parameters(), scaled_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert scaler.get_scale() == 2.0**12  # no overflow: the scale stays
@@ -61,12 +64,15 @@ def test_a_step_whose_gradients_overflow_is_skipped_and_the_scale_lowered():
 
     def overflowing(model_, x0, **kw):
         out = model_(x0, torch.full((x0.shape[0],), 5))
-        return (out * 3e38).square().flatten(1).mean(1), torch.full((x0.shape[0],), 5)  # inf in float32
+        # inf in float32
+        return (out * 3e38).square().flatten(1).mean(1), torch.full((x0.shape[0],), 5)
 
     loss, _, _ = train_step(model, opt, overflowing, torch.randn(2, 1, 8, 8), TrainConfig(),
-                            params=list(model.parameters()), bf16=False, precision=Precision(None, scaler))
+                            params=list(model.parameters()), bf16=False,
+                            precision=Precision(None, scaler))
     assert not torch.isfinite(loss).all()
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the step was skipped
+    # the step was skipped
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert scaler.get_scale() < 2.0**12
 
 
@@ -75,7 +81,8 @@ def test_doctor_says_which_precision_training_uses(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(loop, "bf16_supported", lambda device: False)
     finding = doctor._precision("cuda")
-    assert "float16 autocast with a gradient scaler" in finding.detail and "no fast bfloat16" in finding.detail
+    assert ("float16 autocast with a gradient scaler" in finding.detail
+            and "no fast bfloat16" in finding.detail)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

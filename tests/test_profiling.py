@@ -21,12 +21,15 @@ def test_linear_flops_are_two_per_multiply_add():
 def test_group_by_part_sums_leaves_once():
     values = {"": 10, "a": 6, "a.0": 2, "a.1": 4, "b": 4}
     assert group_by_part(values) == {"a": 6, "b": 4}
-    assert group_by_part({"enc.0.x": 1, "enc.1.y": 2, "mid.z": 3}, deeper=("enc",)) == {"enc.0": 1, "enc.1": 2, "mid": 3}
+    assert (group_by_part({"enc.0.x": 1, "enc.1.y": 2, "mid.z": 3}, deeper=("enc",))
+            == {"enc.0": 1, "enc.1": 2, "mid": 3})
 
 
 def test_shape_table_follows_the_unet():
     model = UNet(UNetConfig())
     rows = shape_table(model, torch.zeros(1, 1, 16, 16), torch.tensor([3]), kinds=(Stage,))
-    assert [r.name for r in rows] == ["encoder.0.0", "encoder.1.0", "encoder.2.0", "middle", "decoder.1.0", "decoder.0.0"]
+    assert ([r.name for r in rows]
+            == ["encoder.0.0", "encoder.1.0", "encoder.2.0", "middle", "decoder.1.0",
+                "decoder.0.0"])
     assert rows[3].shape == (1, 64, 4, 4) and rows[-1].shape == (1, 16, 16, 16)
     assert sum(count_parameters(m) for m in model.children()) == count_parameters(model)

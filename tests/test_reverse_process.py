@@ -27,7 +27,8 @@ def test_predict_x0_inverts_q_sample():
 
 
 def test_ddpm_step_is_the_posterior_given_the_true_noise():
-    """With eps_hat = eps, the step's mean and variance are those of q(x_{t-1} | x_t, x_0) (Ho et al. Eq. 7)."""
+    """With eps_hat = eps, the step's mean and variance are those of q(x_{t-1} | x_t, x_0) (Ho et
+    al. Eq. 7)."""
     s = linear_schedule(1000)
     x0, eps = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     for t in (2, 100, 999):
@@ -35,7 +36,8 @@ def test_ddpm_step_is_the_posterior_given_the_true_noise():
         mean, var = q_posterior(x0, x_t, t, s)
         torch.testing.assert_close(ddpm_step(x_t, eps, t, s, torch.zeros_like(x_t)), mean)
         noise = torch.ones_like(x_t)
-        torch.testing.assert_close(ddpm_step(x_t, eps, t, s, noise) - mean, var.sqrt().expand_as(x_t))
+        torch.testing.assert_close(ddpm_step(x_t, eps, t, s, noise) - mean,
+                                   var.sqrt().expand_as(x_t))
 
 
 def test_sampling_with_the_oracle_denoiser_recovers_a_point_mass():
@@ -51,7 +53,8 @@ def test_sampling_with_the_oracle_denoiser_recovers_a_point_mass():
 
 
 def test_score_of_standard_normal_data():
-    """For x_0 ~ N(0, I) every x_t is N(0, I) too: the optimal eps_hat = sqrt(1 - ab) x_t, score = -x_t."""
+    """For x_0 ~ N(0, I) every x_t is N(0, I) too: the optimal eps_hat = sqrt(1 - ab) x_t, score
+    = -x_t."""
     x, t = torch.randn(4, 2), torch.tensor([3, 10, 20, 40])
     eps_hat = (1 - SCHEDULE.at(SCHEDULE.alpha_bar, t, x)).sqrt() * x
     torch.testing.assert_close(score(eps_hat, t, SCHEDULE), -x)
@@ -72,7 +75,8 @@ def test_training_lowers_the_loss_and_is_seeded():
 
 def test_loss_by_t_buckets():
     edges, losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), torch.randn(64, 2),
-                              DiffusionObjective(SCHEDULE), buckets=5, generator=torch.Generator().manual_seed(0))
+                              DiffusionObjective(SCHEDULE), buckets=5,
+                              generator=torch.Generator().manual_seed(0))
     assert edges.tolist() == [0, 10, 20, 30, 40, 50] and losses.shape == (5,)
     torch.testing.assert_close(losses, torch.ones(5), rtol=0.25, atol=0)  # E||eps||^2 / dim = 1
 
@@ -91,6 +95,7 @@ def test_loss_by_t_judges_a_model_by_its_own_target():
     _, eps_losses = loss_by_t(perfect_v, x0, DiffusionObjective(SCHEDULE), buckets=5,
                               generator=torch.Generator().manual_seed(0), batch_size=64)
     assert eps_losses.min() > 0.01
-    flow_edges, flow_losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), x0, FlowMatching(), buckets=4,
+    flow_edges, flow_losses = loss_by_t(lambda x, t, c=None: torch.zeros_like(x), x0,
+                                        FlowMatching(), buckets=4,
                                         generator=torch.Generator().manual_seed(0))
     assert flow_edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0] and flow_losses.shape == (4,)

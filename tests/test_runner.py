@@ -31,7 +31,8 @@ save_samples(torch.zeros(hp.n, 1, 4, 4))
 
 def _notebook(tmp_path, *cells):
     path = tmp_path / "07_demo.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), path)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]),
+                   path)
     return path
 
 
@@ -54,10 +55,12 @@ def test_a_rerun_leaves_no_figure_or_samples_of_the_run_before(tmp_path):
     for name in ("05_the_model_after_37_s.png", "samples.npz", "notes.txt", "my_plot.png"):
         (out / name).write_bytes(b"old")
     runner.run_notebook(_notebook(tmp_path, "x = 1"), scale="quick", out=out, quiet=True)
-    assert sorted(p.name for p in out.iterdir()) == ["07_demo.ipynb", "metrics.json", "my_plot.png", "notes.txt"]
+    assert (sorted(p.name for p in out.iterdir())
+            == ["07_demo.ipynb", "metrics.json", "my_plot.png", "notes.txt"])
 
 
-def test_a_training_stopped_by_the_clock_is_in_metrics_json_and_the_next_lesson_starts_clean(tmp_path):
+def test_a_training_stopped_by_the_clock_is_in_metrics_json_and_the_next_lesson_starts_clean(
+        tmp_path):
     short = """
 import torch
 from diffuse_edu.diffusion.objectives import DiffusionObjective
@@ -74,7 +77,8 @@ metric("claim", str(paired_verdict([0, 0, 0], [1, 2, 3])[0]))
     runner.run_notebook(_notebook(tmp_path, short), scale="quick", out=out, quiet=True)
     saved = json.loads((out / "metrics.json").read_text())
     [stopped] = saved["stopped_by_clock"]
-    assert stopped["desc"] == "tiny" and stopped["planned_steps"] == 100_000 and stopped["steps"] < 100_000
+    assert (stopped["desc"] == "tiny" and stopped["planned_steps"] == 100_000
+            and stopped["steps"] < 100_000)
     assert f"tiny at {stopped['steps']} of 100000 steps" in saved["metrics"]["claim"]
     runner.run_notebook(_notebook(tmp_path, "x = 1"), scale="quick", out=out, quiet=True)
     assert json.loads((out / "metrics.json").read_text())["stopped_by_clock"] == []
@@ -83,8 +87,10 @@ metric("claim", str(paired_verdict([0, 0, 0], [1, 2, 3])[0]))
 def test_a_cell_that_exits_is_a_stop_not_a_finished_lesson(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(runner.LessonError, match="code cell 2: SystemExit"):
-        runner.run_notebook(_notebook(tmp_path, "x = 1", "raise SystemExit(3)", "y = 2"), scale="quick", out=out, quiet=True)
-    assert json.loads((out / "metrics.json").read_text())["error"].startswith("code cell 2: SystemExit")
+        runner.run_notebook(_notebook(tmp_path, "x = 1", "raise SystemExit(3)", "y = 2"),
+                            scale="quick", out=out, quiet=True)
+    assert json.loads((out / "metrics.json").read_text())["error"].startswith("code cell 2: "
+                                                                              "SystemExit")
 
 
 def test_a_failing_cell_is_named(tmp_path):
@@ -150,7 +156,8 @@ def test_the_cli_explains_the_librarys_errors_and_keeps_the_traceback_of_a_bug(m
 
 
 @pytest.mark.parametrize("argv", [["bench", "--train-steps", "0"], ["bench", "--samples", "-3"],
-                                  ["bench", "--sample-batch", "x"], ["grade", ".", "--timeout", "0"],
+                                  ["bench", "--sample-batch", "x"],
+                                  ["grade", ".", "--timeout", "0"],
                                   ["grade", ".", "--timeout", "-1"]])
 def test_out_of_range_options_are_refused_by_name(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -158,7 +165,8 @@ def test_out_of_range_options_are_refused_by_name(argv, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     option = next(a for a in argv if a.startswith("--"))
-    assert ("must be above 0" in err or "is not a whole number" in err) and f"argument {option}:" in err
+    assert (("must be above 0" in err or "is not a whole number" in err)
+            and f"argument {option}:" in err)
 
 
 def test_bench_refuses_zero_counts_from_python_too():
@@ -188,7 +196,8 @@ def test_doctor_warns_about_full_scale_on_cpu(monkeypatch):
     monkeypatch.setenv(config.SCALE_ENV, "full")
     monkeypatch.setattr(config.torch.cuda, "is_available", lambda: False)
     topics = {f.topic: f for f in doctor.diagnose()}
-    assert not topics["full scale on CPU"].ok and "DIFFUSE_EDU_SCALE=quick" in topics["full scale on CPU"].fix
+    assert (not topics["full scale on CPU"].ok
+            and "DIFFUSE_EDU_SCALE=quick" in topics["full scale on CPU"].fix)
 
 
 def test_readme_results_table_is_what_the_results_folder_says():
@@ -209,8 +218,9 @@ def test_results_table_rows_and_readme_update(tmp_path):
     (tmp_path / "results" / "05_training" / "metrics.json").write_text(json.dumps(dict(
         scale="full", device="cuda: NVIDIA H100", finished="2026-11-26 20:00:00 UTC", seconds=321.0,
         command="python -m diffuse_edu run all --scale full --out results/", error=None,
-        stamp=dict(lesson="abc"), metrics={"claim/a_b": "holds", "claims/c": {"x": "holds", "y": "inconclusive (within)",
-                                                                           "n": 3, "flag": False}})))
+        stamp=dict(lesson="abc"), metrics={"claim/a_b": "holds",
+                                           "claims/c": {"x": "holds", "y": "inconclusive (within)",
+                                                        "n": 3, "flag": False}})))
     (tmp_path / "results" / "06_fid").mkdir()
     (tmp_path / "results" / "06_fid" / "metrics.json").write_text(json.dumps(dict(scale="quick")))
     table = results.results_table(["05_training", "06_fid", "07_samplers"], tmp_path / "results")
@@ -219,14 +229,16 @@ def test_results_table_rows_and_readme_update(tmp_path):
     assert "(an earlier version" not in table
     newer = results.results_table(["05_training"], tmp_path / "results", {"05_training": "def"})
     assert "metrics.json) (an earlier version of the lesson) |" in newer
-    assert "| 06_fid | not yet run |" in table and "| 07_samplers | not yet run |" in table  # quick never counts
+    # quick never counts
+    assert "| 06_fid | not yet run |" in table and "| 07_samplers | not yet run |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{results.BEGIN}\nold\n{results.END}\noutro\n")
     assert results.update_readme(readme, table) and not results.update_readme(readme, table)
     assert readme.read_text() == f"intro\n{results.BEGIN}\n{table}\n{results.END}\noutro\n"
 
 
-def test_run_all_runs_every_lesson_and_a_failure_does_not_stop_the_rest(tmp_path, monkeypatch, capsys):
+def test_run_all_runs_every_lesson_and_a_failure_does_not_stop_the_rest(
+        tmp_path, monkeypatch, capsys):
     lessons = tmp_path / "solutions"
     lessons.mkdir()
     for name, source in (("00_fine", "x = 1"), ("01_broken", "1 / 0"), ("02_fine", "y = 2")):
@@ -235,9 +247,11 @@ def test_run_all_runs_every_lesson_and_a_failure_does_not_stop_the_rest(tmp_path
         nbformat.write(nb, lessons / f"{name}.ipynb")
     monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
     assert cli.main(["run", "all", "--scale", "quick", "--out", str(tmp_path / "out")]) == 1
-    done = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/metrics.json")}
+    done = {p.parent.name: json.loads(p.read_text())
+            for p in (tmp_path / "out").glob("*/metrics.json")}
     assert set(done) == {"00_fine", "01_broken", "02_fine"}
-    assert done["01_broken"]["error"].startswith("code cell 1: ZeroDivisionError") and done["02_fine"]["error"] is None
+    assert (done["01_broken"]["error"].startswith("code cell 1: ZeroDivisionError")
+            and done["02_fine"]["error"] is None)
     assert "2 of 3 lessons ran; failed: 01_broken" in capsys.readouterr().out
 
 
@@ -260,7 +274,8 @@ def test_a_large_executed_notebook_embeds_its_figures_smaller(tmp_path, monkeypa
     monkeypatch.setattr(runner, "NOTEBOOK_LIMIT", 1000)
     out = tmp_path / "out"
     runner.run_notebook(_notebook(tmp_path, LESSON), scale="quick", out=out, quiet=True)
-    embedded = base64.b64decode(nbformat.read(out / "07_demo.ipynb", as_version=4).cells[0].outputs[0]["data"]["image/png"])
+    embedded = base64.b64decode(
+        nbformat.read(out / "07_demo.ipynb", as_version=4).cells[0].outputs[0]["data"]["image/png"])
     assert 0 < len(embedded) < (out / "01_a_line.png").stat().st_size
 
 
@@ -269,7 +284,8 @@ def _course(tmp_path, monkeypatch, *names):
     lessons = tmp_path / "solutions"
     lessons.mkdir()
     for name in names:
-        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), lessons / f"{name}.ipynb")
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]),
+                       lessons / f"{name}.ipynb")
     monkeypatch.setattr(runner, "lessons_dir", lambda: lessons)
     return lessons
 
@@ -278,7 +294,8 @@ def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, 
     lessons = _course(tmp_path, monkeypatch, "00_a", "01_b")
     out = tmp_path / "out"
     runner.run_all(scale="quick", out=out)
-    assert json.loads((out / "00_a" / "metrics.json").read_text())["stamp"] == runner.stamp(lessons / "00_a.ipynb")
+    assert (json.loads((out / "00_a" / "metrics.json").read_text())["stamp"]
+            == runner.stamp(lessons / "00_a.ipynb"))
     capsys.readouterr()
     nb = nbformat.read(lessons / "01_b.ipynb", as_version=4)
     nb.cells[0].source = "x = 2"  # the lesson changed: its results are out of date
@@ -286,25 +303,32 @@ def test_run_all_skips_lessons_whose_results_are_current(tmp_path, monkeypatch, 
     runner.run_all(scale="quick", out=out)
     said = capsys.readouterr().out
     assert "00_a: results in" in said and "are current" in said and "== 01_b\n" in said
-    assert not runner.is_current(lessons / "00_a.ipynb", out / "00_a", "full")  # another scale is not current
+    # another scale is not current
+    assert not runner.is_current(lessons / "00_a.ipynb", out / "00_a", "full")
     runner.run_all(scale="quick", out=out, force=True)
     assert "are current" not in capsys.readouterr().out
 
 
-def test_run_all_within_a_budget_starts_no_lesson_that_will_not_fit_and_resumes(tmp_path, monkeypatch, capsys):
+def test_run_all_within_a_budget_starts_no_lesson_that_will_not_fit_and_resumes(
+        tmp_path, monkeypatch, capsys):
     _course(tmp_path, monkeypatch, "00_a", "01_b", "02_c")
     out = tmp_path / "out"
     (out / "01_b").mkdir(parents=True)  # an earlier, interrupted attempt at 01_b that took 500 s
-    (out / "01_b" / "metrics.json").write_text(json.dumps(dict(seconds=500.0, scale="quick", requested_scale="quick",
-                                                                error="code cell 3: KeyboardInterrupt")))
+    (out / "01_b" / "metrics.json").write_text(json.dumps(dict(seconds=500.0, scale="quick",
+                                                               requested_scale="quick",
+                                                               error="code cell 3: "
+                                                                     "KeyboardInterrupt")))
     done = runner.run_all(scale="quick", out=out, budget=100)
     said = capsys.readouterr().out
-    assert list(done) == ["00_a"]  # 01_b would not fit in what is left; 02_c waits for it (in order)
-    assert "01_b: not started" in said and "its last run here took 500 s" in said and "Run the same command again" in said
+    # 01_b would not fit in what is left; 02_c waits for it (in order)
+    assert list(done) == ["00_a"]
+    assert ("01_b: not started" in said and "its last run here took 500 s" in said
+            and "Run the same command again" in said)
     assert not (out / "02_c").exists()
     done = runner.run_all(scale="quick", out=out, budget=1000)  # the next job goes on from there
     said = capsys.readouterr().out
-    assert list(done) == ["00_a", "01_b", "02_c"] and "00_a: results in" in said and "== 01_b\n" in said
+    assert (list(done) == ["00_a", "01_b", "02_c"] and "00_a: results in" in said
+            and "== 01_b\n" in said)
     assert all(not s.get("error") for s in done.values())
 
 
@@ -317,15 +341,17 @@ def test_a_lesson_still_running_at_the_end_of_the_budget_is_stopped_recorded_and
 
     lessons = _course(tmp_path, monkeypatch, "00_a", "01_slow", "02_c")
     nb = nbformat.read(lessons / "01_slow.ipynb", as_version=4)
-    nb.cells = [nbformat.v4.new_code_cell("print('training...')\nimport time\nwhile True:\n    try:\n"
-                                          "        time.sleep(0.05)\n    except Exception:\n        pass")]
+    nb.cells = [nbformat.v4.new_code_cell("print('training...')\nimport time\nwhile True:\n    "
+                                          "try:\n        time.sleep(0.05)\n    except Exception:\n"
+                                          "        pass")]
     nbformat.write(nb, lessons / "01_slow.ipynb")
     out = tmp_path / "out"
     started = time.perf_counter()
     done = runner.run_all(scale="quick", out=out, budget=2.0)
     assert time.perf_counter() - started < 30  # stopped at the budget, not left to run
     record = json.loads((out / "01_slow" / "metrics.json").read_text())
-    assert record["unfinished"] and 1.0 < record["seconds"] < 25 and "stopped at the time limit" in record["error"]
+    assert (record["unfinished"] and 1.0 < record["seconds"] < 25
+            and "stopped at the time limit" in record["error"])
     executed = nbformat.read(out / "01_slow" / "01_slow.ipynb", as_version=4)
     assert "training..." in "".join(o.get("text", "") for o in executed.cells[0].outputs)
     assert list(done) == ["00_a", "01_slow"] and not (out / "02_c").exists()
@@ -339,7 +365,8 @@ def test_a_lesson_still_running_at_the_end_of_the_budget_is_stopped_recorded_and
     assert runner.is_current(lessons / "02_c.ipynb", out / "02_c", "quick")
 
     monkeypatch.setattr(cli, "_update_results_table", lambda out: None)
-    assert cli.main(["run", "all", "--scale", "quick", "--out", str(out), "--budget", str(again)]) == 0
+    assert (cli.main(["run", "all", "--scale", "quick", "--out", str(out), "--budget", str(again)])
+            == 0)
     assert "passed over as too long for this budget: 01_slow" in capsys.readouterr().out
 
 
@@ -351,11 +378,14 @@ def test_a_lesson_stopped_unfinished_reads_so_in_the_results_table(tmp_path):
         scale="full", seconds=420.0, unfinished=True, device="cuda: H100", metrics={},
         error="code cell 9: stopped at the time limit after 420 s, before the lesson finished")))
     row = results.results_table(["12_x"], tmp_path).splitlines()[-1]
-    assert "did not finish: code cell 9: stopped at the time limit" in row and "more than 7.0" in row
+    assert ("did not finish: code cell 9: stopped at the time limit" in row
+            and "more than 7.0" in row)
 
 
-def test_a_relative_out_folder_is_where_the_caller_stands_not_where_the_lesson_runs(tmp_path, monkeypatch):
-    """`run all --out results/` from the project root: the lesson runs in solutions/, its files go to results/."""
+def test_a_relative_out_folder_is_where_the_caller_stands_not_where_the_lesson_runs(
+        tmp_path, monkeypatch):
+    """`run all --out results/` from the project root: the lesson runs in solutions/, its files go
+    to results/."""
     lessons, caller = tmp_path / "solutions", tmp_path / "root"
     lessons.mkdir()
     caller.mkdir()
@@ -376,7 +406,8 @@ def test_cli_run_all_says_what_ran_what_was_current_and_what_is_left(tmp_path, m
     assert cli.main(["run", "all", "--scale", "quick", "--out", out, "--budget", "600"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("2 of 2 lessons ran")
     assert cli.main(["run", "all", "--scale", "quick", "--out", out, "--budget", "600"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("0 of 0 lessons ran; 2 already current (skipped)")
+    assert capsys.readouterr().out.rstrip().endswith("0 of 0 lessons ran; 2 already current "
+                                                     "(skipped)")
     with pytest.raises(SystemExit):
         cli.main(["run", "all", "--out", out, "--budget", "0"])
     assert "--budget" in capsys.readouterr().err

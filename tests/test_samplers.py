@@ -17,12 +17,14 @@ def test_timesteps_run_from_T_to_0():
 
 
 def test_ddim_eta_one_reproduces_the_ddpm_posterior():
-    """With t_prev = t - 1 and eta = 1, DDIM's variance is the posterior's, beta_tilde (Song et al. Eq. 16)."""
+    """With t_prev = t - 1 and eta = 1, DDIM's variance is the posterior's, beta_tilde (Song et
+    al. Eq. 16)."""
     x0, eps = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     for t in (2, 10, 500, 1000):
         x_t = q_sample(x0, t, LINEAR, eps)
         mean, var = q_posterior(x0, x_t, t, LINEAR)
-        deterministic = ddim_step(x_t, x0, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.zeros_like(x_t))
+        deterministic = ddim_step(x_t, x0, eps, t, t - 1, LINEAR, eta=1.0,
+                                  noise=torch.zeros_like(x_t))
         torch.testing.assert_close(deterministic, mean)
         ones = ddim_step(x_t, x0, eps, t, t - 1, LINEAR, eta=1.0, noise=torch.ones_like(x_t))
         torch.testing.assert_close(ones - deterministic, var.sqrt().expand_as(x_t))
@@ -31,8 +33,10 @@ def test_ddim_eta_one_reproduces_the_ddpm_posterior():
 def test_ddim_eta_zero_is_deterministic_and_needs_no_noise():
     model = lambda x, t, c=None: 0.3 * x
     x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = sample_ddim(model, x, cosine_schedule(100), steps=10, generator=torch.Generator().manual_seed(1))
-    b = sample_ddim(model, x, cosine_schedule(100), steps=10, generator=torch.Generator().manual_seed(2))
+    a = sample_ddim(model, x, cosine_schedule(100), steps=10,
+                    generator=torch.Generator().manual_seed(1))
+    b = sample_ddim(model, x, cosine_schedule(100), steps=10,
+                    generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
 
 
@@ -89,16 +93,20 @@ def test_prediction_conversions_round_trip():
 def test_t_at_sigma_inverts_the_schedule():
     for t in (1, 2, 37, 500, 999, 1000):
         assert LINEAR.t_at_sigma(LINEAR.sigma[t].item()).item() == pytest.approx(t, abs=1e-6)
-    assert LINEAR.t_at_sigma(1e-9).item() == pytest.approx(0, abs=1e-6) and LINEAR.t_at_sigma(1e9).item() == 1000
+    assert (LINEAR.t_at_sigma(1e-9).item() == pytest.approx(0, abs=1e-6)
+            and LINEAR.t_at_sigma(1e9).item() == 1000)
 
 
 def test_sigma_grids():
     k = karras_sigmas(LINEAR, 10)
-    assert k.shape == (11,) and k[-1] == 0 and bool((k[:-1] > 0).all()) and bool((k[1:] < k[:-1]).all())
-    assert k[0].item() == pytest.approx(80.0) and k[-2].item() == pytest.approx(LINEAR.sigma[1].item())
+    assert (k.shape == (11,) and k[-1] == 0 and bool((k[:-1] > 0).all())
+            and bool((k[1:] < k[:-1]).all()))
+    assert (k[0].item() == pytest.approx(80.0)
+            and k[-2].item() == pytest.approx(LINEAR.sigma[1].item()))
     e = sigmas_evenly_in_t(LINEAR, 4)
     torch.testing.assert_close(e[[0, 3]], LINEAR.sigma[[1000, 1]])
-    for bad in (float("inf"), float("nan"), 0.0):  # inf and NaN spread through the whole grid otherwise
+    for bad in (float("inf"), float("nan"), 0.0):
+        # inf and NaN spread through the whole grid otherwise
         with pytest.raises(ValueError, match="finite sigma_max"):
             karras_sigmas(LINEAR, 10, sigma_max=bad)
 
@@ -115,7 +123,8 @@ def test_ode_samplers_land_on_a_point_mass(sampler):
     """With the exact denoiser of a one-point data set, every ODE sampler ends on that point."""
     target = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
 
-    def oracle(x_t, t, c=None):  # eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab), ab at the (fractional) t
+    def oracle(x_t, t, c=None):
+        # eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab), ab at the (fractional) t
         abt = LINEAR.alpha_bar_at(t.double())[:, None]
         return (x_t - abt.sqrt() * target) / (1 - abt).sqrt()
     out = sampler(oracle, torch.randn(4, 2, dtype=torch.float64), LINEAR, steps=12)
@@ -123,7 +132,8 @@ def test_ode_samplers_land_on_a_point_mass(sampler):
 
 
 def test_heun_step_is_second_order():
-    """On dx/dsigma = x / sigma * k (exact solution x ~ sigma^k), Heun's error shrinks ~4x when h halves."""
+    """On dx/dsigma = x / sigma * k (exact solution x ~ sigma^k), Heun's error shrinks ~4x when h
+    halves."""
     k = 0.5
 
     def denoise(x, s):  # (x - D) / s = k x / s  =>  D = (1 - k) x
@@ -155,7 +165,8 @@ def test_ddim_inversion_round_trips():
             x = ddim_step(x, predict_x0(x, eps_hat, t, LINEAR), eps_hat, t, t_prev, LINEAR)
         errors[steps] = (x - x0).abs().max().item()
     assert errors[50] < 0.04  # pixels span [-1, 1]
-    assert errors[100] < 0.6 * errors[50] and errors[200] < 0.6 * errors[100]  # first order: ~halves
+    # first order: ~halves
+    assert errors[100] < 0.6 * errors[50] and errors[200] < 0.6 * errors[100]
 
 
 def test_slerp_keeps_norm_and_endpoints():
@@ -164,7 +175,8 @@ def test_slerp_keeps_norm_and_endpoints():
     torch.testing.assert_close(slerp(a, b, 0.0), a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(slerp(a, b, 1.0), b, rtol=1e-5, atol=1e-5)
     mid = slerp(a, b, 0.5)
-    assert (mid.norm(dim=1) / a.norm(dim=1) - 1).abs().max() < 0.05  # a straight line would shrink ~30%
+    # a straight line would shrink ~30%
+    assert (mid.norm(dim=1) / a.norm(dim=1) - 1).abs().max() < 0.05
     assert ((0.5 * (a + b)).norm(dim=1) / a.norm(dim=1)).max() < 0.8
 
 
@@ -177,8 +189,8 @@ def test_ddim_euler_in_sigma_and_first_order_dpm_solver_take_the_same_step():
 
     s_ = cosine_schedule(1000)
     g = torch.Generator().manual_seed(0)
-    x_t, eps_hat = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 1, 4, 4, generator=g,
-                                                                                               dtype=torch.float64)
+    x_t, eps_hat = (torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64),
+                    torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64))
     for t, s in ((600, 450), (999, 700), (50, 1)):
         a_t, a_s = s_.alpha_bar[t].item() ** 0.5, s_.alpha_bar[s].item() ** 0.5
         vp_t, vp_s = (1 - a_t**2) ** 0.5, (1 - a_s**2) ** 0.5

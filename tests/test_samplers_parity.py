@@ -1,4 +1,5 @@
-"""Our samplers against diffusers' schedulers, on one fixed toy model (an independent implementation).
+"""Our samplers against diffusers' schedulers, on one fixed toy model (an independent
+implementation).
 
 The toy "network" predicts eps from x and diffusers' time index i; our time step is t = i + 1.
 Where the two libraries place their steps differently, the test hands ours diffusers' grid, so
@@ -33,12 +34,14 @@ def toy_ours(x, t, cond=None):
 
 
 def _noise(seed=0):
-    return torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_matches_DDIMScheduler(eta):
-    sched = diffusers.DDIMScheduler(**KW, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
+    sched = diffusers.DDIMScheduler(**KW, timestep_spacing="trailing", set_alpha_to_one=True,
+                                    clip_sample=False)
     sched.set_timesteps(20)
     x, g = _noise(), torch.Generator().manual_seed(5)
     theirs = []
@@ -46,8 +49,8 @@ def test_ddim_matches_DDIMScheduler(eta):
         x = sched.step(toy_theirs(x, i), i, x, eta=eta, generator=g).prev_sample
         theirs.append(x)
     ours = []
-    sample_ddim(toy_ours, _noise(), SCHEDULE, steps=20, eta=eta, generator=torch.Generator().manual_seed(5),
-                callback=lambda k, t, z: ours.append(z))
+    sample_ddim(toy_ours, _noise(), SCHEDULE, steps=20, eta=eta,
+                generator=torch.Generator().manual_seed(5), callback=lambda k, t, z: ours.append(z))
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -74,7 +77,8 @@ def test_euler_matches_EulerDiscreteScheduler():
     sched = diffusers.EulerDiscreteScheduler(**KW)
     sched.set_timesteps(25)
     theirs = _run_k_style(sched, _noise(2))
-    ours = sample_euler(toy_ours, _noise(2), SCHEDULE, steps=25, sigmas=lambda s, n: sched.sigmas.double())
+    ours = sample_euler(toy_ours, _noise(2), SCHEDULE, steps=25,
+                        sigmas=lambda s, n: sched.sigmas.double())
     # diffusers calls the network at its evenly spaced t; we recover t from sigma by interpolating
     # log-sigma, a fraction of a step away; the toy model barely depends on t, so 1e-4 holds.
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
@@ -84,18 +88,21 @@ def test_heun_matches_HeunDiscreteScheduler():
     sched = diffusers.HeunDiscreteScheduler(**KW)
     sched.set_timesteps(10)
     theirs = _run_k_style(sched, _noise(3))
-    unique = torch.cat([sched.sigmas[:1], sched.sigmas[1::2]]).double()  # diffusers repeats each inner sigma
+    # diffusers repeats each inner sigma
+    unique = torch.cat([sched.sigmas[:1], sched.sigmas[1::2]]).double()
     ours = sample_heun(toy_ours, _noise(3), SCHEDULE, steps=10, sigmas=lambda s, n: unique)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("steps", [8, 20])
 def test_dpmpp_2m_matches_DPMSolverMultistepScheduler(steps):
-    sched = diffusers.DPMSolverMultistepScheduler(**KW, solver_order=2, algorithm_type="dpmsolver++",
+    sched = diffusers.DPMSolverMultistepScheduler(**KW, solver_order=2,
+                                                  algorithm_type="dpmsolver++",
                                                   final_sigmas_type="zero")
     sched.set_timesteps(steps)
     x = _noise(4)
     for i in sched.timesteps:
         x = sched.step(toy_theirs(x, i), i, x).prev_sample
-    ours = sample_dpmpp_2m(toy_ours, _noise(4), SCHEDULE, steps=steps, sigmas=lambda s, n: sched.sigmas.double())
+    ours = sample_dpmpp_2m(toy_ours, _noise(4), SCHEDULE, steps=steps,
+                           sigmas=lambda s, n: sched.sigmas.double())
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)

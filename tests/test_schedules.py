@@ -10,7 +10,8 @@ from diffuse_edu.diffusion.schedules import (
 )
 
 ALL = [linear_schedule(1000), scaled_linear_schedule(1000), cosine_schedule(1000),
-       rescale_zero_terminal_snr(linear_schedule(1000)), rescale_zero_terminal_snr(cosine_schedule(1000))]
+       rescale_zero_terminal_snr(linear_schedule(1000)),
+       rescale_zero_terminal_snr(cosine_schedule(1000))]
 
 
 @pytest.mark.parametrize("schedule", ALL, ids=lambda s: s.name)
@@ -51,8 +52,9 @@ def test_at_broadcasts_and_casts():
     assert v[0].item() == 1.0
 
 
-@pytest.mark.parametrize("t, error", [(torch.tensor([11]), ValueError), (torch.tensor([-1]), ValueError),
-                                      (torch.tensor([0.5]), TypeError)])
+@pytest.mark.parametrize("t, error",
+                         [(torch.tensor([11]), ValueError), (torch.tensor([-1]), ValueError),
+                          (torch.tensor([0.5]), TypeError)])
 def test_at_rejects_bad_time_steps(t, error):
     s = linear_schedule(10)
     with pytest.raises(error, match="t must"):
@@ -72,15 +74,20 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.mark.parametrize("ours, kwargs", [
     (linear_schedule(1000), dict(beta_schedule="linear")),
-    (scaled_linear_schedule(1000), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
+    (scaled_linear_schedule(1000),
+     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
     (cosine_schedule(1000), dict(beta_schedule="squaredcos_cap_v2")),
-    (rescale_zero_terminal_snr(linear_schedule(1000)), dict(beta_schedule="linear", rescale_betas_zero_snr=True)),
+    (rescale_zero_terminal_snr(linear_schedule(1000)),
+     dict(beta_schedule="linear", rescale_betas_zero_snr=True)),
     (rescale_zero_terminal_snr(scaled_linear_schedule(1000)),
-     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)),
+     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+          rescale_betas_zero_snr=True)),
     (rescale_zero_terminal_snr(cosine_schedule(1000)),
      dict(beta_schedule="squaredcos_cap_v2", rescale_betas_zero_snr=True)),
-], ids=["linear", "scaled_linear", "cosine", "linear_zero_snr", "scaled_linear_zero_snr", "cosine_zero_snr"])
+], ids=["linear", "scaled_linear", "cosine", "linear_zero_snr", "scaled_linear_zero_snr",
+        "cosine_zero_snr"])
 def test_alpha_bar_matches_diffusers(ours, kwargs):
     theirs = diffusers.DDPMScheduler(num_train_timesteps=1000, **kwargs)
-    ref = theirs.alphas_cumprod.double()  # diffusers computes in float32; its index i is our t = i + 1
+    # diffusers computes in float32; its index i is our t = i + 1
+    ref = theirs.alphas_cumprod.double()
     torch.testing.assert_close(ours.alpha_bar[1:], ref, rtol=2e-5, atol=1e-6)

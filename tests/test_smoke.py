@@ -20,22 +20,28 @@ def smoking():
 
 
 def test_networks_are_narrowed_once_and_keep_their_structure():
-    unet = UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,), num_classes=10)
+    unet = UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(2,),
+                      num_classes=10)
     small = smoke.narrow(unet)
-    assert small.channels == (8, 16, 32) and small.blocks_per_level == 2 and small.attention_levels == (2,)
+    assert (small.channels == (8, 16, 32) and small.blocks_per_level == 2
+            and small.attention_levels == (2,))
     assert small.num_classes == 10 and smoke.narrow(small) == small  # twice changes nothing more
     dit = smoke.narrow(DiTConfig(width=384, depth=8, heads=6, patch=2))
     assert (dit.width, dit.depth, dit.heads, dit.patch) == (48, 2, 6, 2)
-    assert smoke.narrow(VAEConfig(channels=(64, 128, 128), latent_channels=4)).channels == (8, 16, 32)
+    assert (smoke.narrow(VAEConfig(channels=(64, 128, 128), latent_channels=4)).channels
+            == (8, 16, 32))
     recipe = smoke.narrow(recipes.TDDPM_FULL)
-    assert recipe.model.channels == (8, 16, 32) and recipe.model.context_dim == recipes.TDDPM_FULL.model.context_dim
+    assert (recipe.model.channels == (8, 16, 32)
+            and recipe.model.context_dim == recipes.TDDPM_FULL.model.context_dim)
     assert recipe.train.steps == 2 and recipe.train.seconds is None and not recipe.train.compile
-    assert recipe.text.steps == 2 and recipe.text.model.text_width == recipe.model.context_dim  # they must meet
+    # they must meet
+    assert recipe.text.steps == 2 and recipe.text.model.text_width == recipe.model.context_dim
 
 
 def test_by_scale_gives_quick_counts_and_narrow_configurations_at_full_scale(smoking):
-    hp = config.by_scale("full", samples=(160, 5000), steps=(20, 50), seeds=(3, 3), digits=(False, True),
-                         size=(16, 32), lr=(3e-4, 1e-3), channels=((16, 32, 64), (32, 64, 128)),
+    hp = config.by_scale("full", samples=(160, 5000), steps=(20, 50), seeds=(3, 3),
+                         digits=(False, True), size=(16, 32), lr=(3e-4, 1e-3),
+                         channels=((16, 32, 64), (32, 64, 128)),
                          unet=(UNetConfig(channels=(16, 32)), UNetConfig(channels=(64, 128, 256))),
                          train=(TrainConfig(steps=90), TrainConfig(steps=2000, snapshots=4)))
     assert (hp.samples, hp.steps, hp.seeds, hp.digits) == (160, 20, 3, True)
@@ -72,8 +78,10 @@ def test_training_trains_the_configuration_it_is_given_in_a_smoke_run_too(monkey
     narrowed = smoke.narrow(TrainConfig(steps=None, seconds=300, batch_size=4))
     result = train(net, data, objective, narrowed, show_progress=False)
     assert result.steps == 2  # a time budget, narrowed: two steps
-    assert smoke.narrow(TrainConfig(steps=5000, snapshots=4)).steps == 4  # many steps: one per snapshot
-    assert smoke.narrow(TrainConfig(steps=1500)).steps == 1500  # a lesson's own count: its curves count on it
+    # many steps: one per snapshot
+    assert smoke.narrow(TrainConfig(steps=5000, snapshots=4)).steps == 4
+    # a lesson's own count: its curves count on it
+    assert smoke.narrow(TrainConfig(steps=1500)).steps == 1500
 
 
 def test_the_runner_makes_a_lesson_a_smoke_run_for_the_variable_and_ends_it(monkeypatch, tmp_path):

@@ -9,8 +9,9 @@ from scipy import stats as sp
 from diffuse_edu.evaluation import stats
 
 
-@pytest.mark.parametrize("a, b, x", [(1.0, 0.5, 0.3), (0.5, 0.5, 0.9), (15.0, 0.5, 0.97), (2.5, 7.0, 0.2),
-                                     (40.0, 0.5, 0.5), (0.3, 0.5, 0.01)])
+@pytest.mark.parametrize("a, b, x",
+                         [(1.0, 0.5, 0.3), (0.5, 0.5, 0.9), (15.0, 0.5, 0.97), (2.5, 7.0, 0.2),
+                          (40.0, 0.5, 0.5), (0.3, 0.5, 0.01)])
 def test_incomplete_beta_matches_scipy(a, b, x):
     assert stats.betainc(a, b, x) == pytest.approx(special.betainc(a, b, x), rel=1e-10, abs=1e-14)
 
@@ -42,5 +43,6 @@ def test_welch_df_matches_the_welch_satterthwaite_equation_and_scipy():
     expected = (va / 3 + vb / 4) ** 2 / ((va / 3) ** 2 / 2 + (vb / 4) ** 2 / 3)
     assert df == pytest.approx(expected)
     t = (sum(b) / 4 - sum(a) / 3) / (va / 3 + vb / 4) ** 0.5
-    assert stats.t_two_sided_p(t, df) == pytest.approx(sp.ttest_ind(b, a, equal_var=False).pvalue, rel=1e-9)
+    assert (stats.t_two_sided_p(t, df)
+            == pytest.approx(sp.ttest_ind(b, a, equal_var=False).pvalue, rel=1e-9))
     assert stats.welch_df(0.0, 1, vb, 4) == pytest.approx(3)  # a fixed reference adds no term

@@ -40,7 +40,8 @@ def test_held_out_pairs_never_in_training_and_always_in_held_out():
     pairs = {(colours.index(c), shapes.index(s)) for c, s in HELD_OUT}
     for split, want in (("train", False), ("test", False), ("held_out", True)):
         s = make_shapes(400, split=split)
-        has = [any((int(o[0]), int(o[1])) in pairs for o in objs if o[0] >= 0) for objs in s.objects]
+        has = [any((int(o[0]), int(o[1])) in pairs for o in objs if o[0] >= 0)
+               for objs in s.objects]
         assert all(h == want for h in has), split
 
 
@@ -50,7 +51,8 @@ def test_captions_say_what_is_drawn():
         o, cap = s.objects[i], s.captions[i]
         assert ATTRIBUTES["colour"][o[0, 0]] in cap and ATTRIBUTES["shape"][o[0, 1]] in cap
         if s.relation[i] < 0:
-            assert cap.endswith(ATTRIBUTES["position"][o[0, 3]]) and ATTRIBUTES["size"][o[0, 2]] in cap
+            assert (cap.endswith(ATTRIBUTES["position"][o[0, 3]])
+                    and ATTRIBUTES["size"][o[0, 2]] in cap)
             assert s.masks[i, 0].any() and not s.masks[i, 1].any()
         else:
             assert ATTRIBUTES["colour"][o[1, 0]] in cap and o[0, 0] != o[1, 0]
@@ -66,7 +68,8 @@ def test_colour_binding_counts_a_swap_and_a_leak():
     swapped = colour_binding(two.images, two.objects.flip(1), two.relation)
     assert swapped["swapped"] == 1.0 and swapped["bound"] == 0.0
     objs = two.objects.clone()
-    objs[:, 1, 0] = objs[:, 0, 0]  # ask for the first colour twice: what the image shows is not "leaked"
+    # ask for the first colour twice: what the image shows is not "leaked"
+    objs[:, 1, 0] = objs[:, 0, 0]
     assert colour_binding(two.images, objs, two.relation)["bound"] == 0.0
 
 
@@ -112,7 +115,8 @@ def test_mini_clip_shapes_and_error_message():
 
 def test_attention_weights_match_the_attention_output():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 5, 8, generator=g), torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
+    q, k, v = (torch.randn(2, 5, 8, generator=g), torch.randn(2, 6, 8, generator=g),
+               torch.randn(2, 6, 8, generator=g))
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
     w = attention_weights(q, k, 2, mask)  # (B, h, Lq, Lk)
     assert torch.allclose(w.sum(-1), torch.ones(2, 2, 5)) and (w[1, :, :, 3:] == 0).all()
@@ -122,12 +126,14 @@ def test_attention_weights_match_the_attention_output():
 
 def test_unet_cross_attention_can_run_a_learners_function_and_be_recorded():
     torch.manual_seed(0)
-    net = UNet(UNetConfig(in_channels=3, channels=(16, 32), attention_levels=(1,), context_dim=8)).eval()
+    net = UNet(UNetConfig(in_channels=3, channels=(16, 32), attention_levels=(1,),
+                          context_dim=8)).eval()
     for m in net.modules():
         if isinstance(m, CrossAttention):
             torch.nn.init.normal_(m.to_out.weight)  # zero-initialised: give the context an effect
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 500])
-    cond = Cond(context=torch.randn(2, 4, 8), context_mask=torch.tensor([[True] * 4, [True, True, False, False]]))
+    cond = Cond(context=torch.randn(2, 4, 8),
+                context_mask=torch.tensor([[True] * 4, [True, True, False, False]]))
     calls = []
 
     def mine(q, k, v, heads, mask=None):
@@ -136,7 +142,8 @@ def test_unet_cross_attention_can_run_a_learners_function_and_be_recorded():
 
     with torch.no_grad():
         before = net(x, t, cond)
-        assert use_attention(net, mine) == 4  # self- and cross-attention at level 1 and in the middle
+        # self- and cross-attention at level 1 and in the middle
+        assert use_attention(net, mine) == 4
         with recorded_cross_attention(net) as blocks:
             after = net(x, t, cond)
     assert calls and torch.allclose(before, after)
@@ -148,12 +155,14 @@ def test_a_learners_cross_attention_block_runs_in_the_unet_and_is_still_recorded
     from diffuse_edu.models.attention import cross_attention_block, use_cross_attention_block
 
     torch.manual_seed(0)
-    net = UNet(UNetConfig(in_channels=3, channels=(16, 32), attention_levels=(1,), context_dim=8)).eval()
+    net = UNet(UNetConfig(in_channels=3, channels=(16, 32), attention_levels=(1,),
+                          context_dim=8)).eval()
     for m in net.modules():
         if isinstance(m, CrossAttention):
             torch.nn.init.normal_(m.to_out.weight)
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 500])
-    cond = Cond(context=torch.randn(2, 4, 8), context_mask=torch.tensor([[True] * 4, [True, True, False, False]]))
+    cond = Cond(context=torch.randn(2, 4, 8),
+                context_mask=torch.tensor([[True] * 4, [True, True, False, False]]))
     calls = []
 
     def mine(block, x, context, mask=None):

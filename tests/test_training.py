@@ -111,30 +111,35 @@ def test_compile_loss_puts_the_objective_in_the_compiled_graph_and_trains_the_sa
     from diffuse_edu.models.conditioning import Cond
 
     compiled, real = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append(fn) or real(fn, backend="aot_eager"))
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, mode=None: compiled.append(fn) or real(fn, backend="aot_eager"))
     images, labels = _digits(64), torch.arange(64) % 10
     objective = DiffusionObjective(cosine_schedule(100), Target.V)
-    config = TrainConfig(steps=4, batch_size=8, ema_decay=0.9, warmup_steps=0, cond_dropout=0.25, channels_last=False)
+    config = TrainConfig(steps=4, batch_size=8, ema_decay=0.9, warmup_steps=0, cond_dropout=0.25,
+                         channels_last=False)
 
     def run(**how):
         torch.manual_seed(0)
         model = UNet(UNetConfig(channels=(8, 16), attention_levels=(), groups=4, num_classes=10))
-        return train(model, images, objective, TrainConfig(**{**config.__dict__, **how}), cond=Cond(labels=labels),
-                     null_cond=Cond(labels=torch.tensor(10)), generator=torch.Generator().manual_seed(1),
-                     show_progress=False)
+        return train(model, images, objective, TrainConfig(**{**config.__dict__, **how}),
+                     cond=Cond(labels=labels), null_cond=Cond(labels=torch.tensor(10)),
+                     generator=torch.Generator().manual_seed(1), show_progress=False)
 
     plain = run()
     from torch._dynamo.utils import counters
     counters.clear()
     fused = run(compile=True, compile_loss=True)
-    assert not counters["graph_break"], f"the compiled loss breaks its graph: {dict(counters['graph_break'])}"
-    assert len(compiled) == 1 and not isinstance(compiled[0], torch.nn.Module)  # the loss, not the model
+    assert not counters["graph_break"], ("the compiled loss breaks its graph: "
+                                         f"{dict(counters['graph_break'])}")
+    # the loss, not the model
+    assert len(compiled) == 1 and not isinstance(compiled[0], torch.nn.Module)
     assert fused.losses == pytest.approx(plain.losses, rel=1e-4)
     for a, b in zip(fused.ema.parameters(), plain.ema.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
     assert fused.model.predicts == "v"
     run(compile=True)
-    assert len(compiled) == 2 and isinstance(compiled[1], torch.nn.Module)  # without compile_loss: the model
+    # without compile_loss: the model
+    assert len(compiled) == 2 and isinstance(compiled[1], torch.nn.Module)
     run(compile_loss=True)  # compile_loss needs compile: nothing compiled
     assert len(compiled) == 2
 
@@ -183,17 +188,19 @@ def test_callback_time_does_not_count():
     cfg = TrainConfig(steps=None, seconds=1.5, batch_size=16, warmup_steps=1)
     calls = []
     result = train(_warm_model(), _digits(), DiffusionObjective(cosine_schedule(100)), cfg,
-                   callback=lambda step, secs, ema: (calls.append(step), time.sleep(0.2)), callback_every=10)
+                   callback=lambda step, secs, ema: (calls.append(step), time.sleep(0.2)),
+                   callback_every=10)
     assert calls and len(calls) == result.steps // 10
-    assert result.seconds <= 1.5 * 1.03 + 2 * result.seconds / result.steps  # the sleeps are not counted
+    # the sleeps are not counted
+    assert result.seconds <= 1.5 * 1.03 + 2 * result.seconds / result.steps
 
 
 def test_same_seed_same_weights():
     states = []
     for _ in range(2):
         torch.manual_seed(0)
-        r = train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), TrainConfig(steps=5, batch_size=8),
-                  generator=torch.Generator().manual_seed(3))
+        r = train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)),
+                  TrainConfig(steps=5, batch_size=8), generator=torch.Generator().manual_seed(3))
         states.append(r.ema.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -204,8 +211,8 @@ def test_trainable_filter_is_respected_by_optimiser_clipping_and_ema():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     only_out = lambda name: name.startswith("out.")
     cfg = TrainConfig(steps=5, batch_size=8, warmup_steps=1, weight_decay=0.1)
-    result = train(model, _digits(), DiffusionObjective(cosine_schedule(100)), cfg, trainable=only_out,
-                   generator=torch.Generator().manual_seed(0))
+    result = train(model, _digits(), DiffusionObjective(cosine_schedule(100)), cfg,
+                   trainable=only_out, generator=torch.Generator().manual_seed(0))
     for name, p in model.named_parameters():
         changed = not torch.equal(p, before[name])
         assert changed == only_out(name), name
@@ -213,7 +220,8 @@ def test_trainable_filter_is_respected_by_optimiser_clipping_and_ema():
     assert all(torch.equal(ema[n], before[n]) for n in before if not only_out(n))
     assert any(not torch.equal(ema[n], before[n]) for n in before if only_out(n))
     with pytest.raises(ValueError, match="leaves no parameter"):
-        train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), cfg, trainable=lambda n: False)
+        train(UNet(SMALL), _digits(), DiffusionObjective(cosine_schedule(100)), cfg,
+              trainable=lambda n: False)
 
 
 def test_condition_dropout_trains_with_the_null_label_for_that_share():
@@ -224,7 +232,8 @@ def test_condition_dropout_trains_with_the_null_label_for_that_share():
     class Spy(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2, num_classes=10))
+            self.net = UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4, heads=2,
+                                       num_classes=10))
 
         def forward(self, x, t, cond=None):
             seen.append(cond.labels.clone())
@@ -238,7 +247,8 @@ def test_condition_dropout_trains_with_the_null_label_for_that_share():
     share = (torch.cat(seen) == 10).double().mean().item()
     assert 0.22 < share < 0.38  # 0.3 of 1,280 labels, within sampling noise
     with pytest.raises(ValueError, match="null condition"):
-        train(Spy(), images, DiffusionObjective(cosine_schedule(100)), cfg, cond=Cond(labels=labels))
+        train(Spy(), images, DiffusionObjective(cosine_schedule(100)), cfg,
+              cond=Cond(labels=labels))
 
 
 def test_flow_matching_trains_with_the_same_loop():
@@ -246,7 +256,8 @@ def test_flow_matching_trains_with_the_same_loop():
 
     torch.manual_seed(0)
     cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=5, loss_buckets=4)
-    result = train(UNet(SMALL), _digits(), FlowMatching(), cfg, generator=torch.Generator().manual_seed(0))
+    result = train(UNet(SMALL), _digits(), FlowMatching(), cfg,
+                   generator=torch.Generator().manual_seed(0))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
     torch.testing.assert_close(result.bucket_edges, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
 
@@ -260,12 +271,13 @@ def test_gradient_norms_are_recorded_before_clipping():
     torch.manual_seed(0)
     points = torch.randn(256, 2)
     config = TrainConfig(steps=12, batch_size=32, grad_clip=1e-3, ema_decay=None, loss_buckets=1)
-    result = train(MLPDenoiser(MLPConfig()), points, DiffusionObjective(cosine_schedule(100)), config,
-                   generator=torch.Generator().manual_seed(0), show_progress=False)
+    result = train(MLPDenoiser(MLPConfig()), points, DiffusionObjective(cosine_schedule(100)),
+                   config, generator=torch.Generator().manual_seed(0), show_progress=False)
     assert len(result.grad_norms) == result.steps == 12
     assert min(result.grad_norms) > 1e-3  # the norm before the clip, not after it
     unclipped = train(MLPDenoiser(MLPConfig()), points, DiffusionObjective(cosine_schedule(100)),
-                      TrainConfig(steps=3, batch_size=32, grad_clip=None, ema_decay=None, loss_buckets=1),
+                      TrainConfig(steps=3, batch_size=32, grad_clip=None, ema_decay=None,
+                                  loss_buckets=1),
                       generator=torch.Generator().manual_seed(0), show_progress=False)
     assert len(unclipped.grad_norms) == 3 and all(n > 0 for n in unclipped.grad_norms)
 
@@ -277,7 +289,8 @@ def test_a_learners_training_step_and_ema_drive_the_loop_exactly_like_the_librar
 
     images = torch.rand(32, 1, 8, 8) * 2 - 1
     schedule = cosine_schedule(100)
-    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9, grad_clip=0.5)
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9,
+                         grad_clip=0.5)
     calls = []
 
     def my_ema(ema, current, updates, decay):
@@ -295,7 +308,8 @@ def test_a_learners_training_step_and_ema_drive_the_loop_exactly_like_the_librar
     assert calls == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="v-prediction"):
         train(UNet(UNetConfig(channels=(8, 16), attention_levels=(1,), groups=4)), images,
-              DiffusionObjective(schedule), config, step_fn=as_step_fn(training_step), show_progress=False)
+              DiffusionObjective(schedule), config, step_fn=as_step_fn(training_step),
+              show_progress=False)
 
 
 def test_train_denoiser_runs_a_lesson_02_loss_function_like_the_library_objective():
@@ -309,8 +323,9 @@ def test_train_denoiser_runs_a_lesson_02_loss_function_like_the_library_objectiv
         torch.manual_seed(0)
         from diffuse_edu.models.mlp import MLPConfig, MLPDenoiser
         model = MLPDenoiser(MLPConfig())
-        runs.append(train_denoiser(model, points, schedule, steps=5, batch_size=32, generator=torch.Generator().manual_seed(1),
-                                   show_progress=False, loss_fn=loss_fn))
+        runs.append(train_denoiser(model, points, schedule, steps=5, batch_size=32,
+                                   generator=torch.Generator().manual_seed(1), show_progress=False,
+                                   loss_fn=loss_fn))
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
 
@@ -333,4 +348,5 @@ def test_the_optimiser_is_fused_where_pytorch_has_the_kernel():
     assert opt.defaults["fused"] is True  # CPU (and CUDA): one kernel for all parameters
     weight.grad = torch.ones(3)
     opt.step()
-    assert torch.allclose(weight.detach(), torch.full((3,), -0.1), atol=1e-5)  # Adam's first step moves by lr
+    # Adam's first step moves by lr
+    assert torch.allclose(weight.detach(), torch.full((3,), -0.1), atol=1e-5)

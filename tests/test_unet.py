@@ -42,15 +42,19 @@ def _explicit_attention(q, k, v, heads):
 @pytest.mark.parametrize("heads", [1, 2, 4, 8])
 def test_attention_matches_the_formula(heads):
     g = torch.Generator().manual_seed(heads)
-    q, k, v = torch.randn(2, 5, 8, generator=g), torch.randn(2, 7, 8, generator=g), torch.randn(2, 7, 8, generator=g)
-    torch.testing.assert_close(multi_head_attention(q, k, v, heads), _explicit_attention(q, k, v, heads))
+    q, k, v = (torch.randn(2, 5, 8, generator=g), torch.randn(2, 7, 8, generator=g),
+               torch.randn(2, 7, 8, generator=g))
+    torch.testing.assert_close(multi_head_attention(q, k, v, heads),
+                               _explicit_attention(q, k, v, heads))
 
 
 def test_attention_mask_hides_keys():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(1, 3, 4, generator=g), torch.randn(1, 5, 4, generator=g), torch.randn(1, 5, 4, generator=g)
+    q, k, v = (torch.randn(1, 3, 4, generator=g), torch.randn(1, 5, 4, generator=g),
+               torch.randn(1, 5, 4, generator=g))
     mask = torch.tensor([[True, True, False, False, False]])
-    torch.testing.assert_close(multi_head_attention(q, k, v, 2, mask), multi_head_attention(q, k[:, :2], v[:, :2], 2))
+    torch.testing.assert_close(multi_head_attention(q, k, v, 2, mask),
+                               multi_head_attention(q, k[:, :2], v[:, :2], 2))
 
 
 def test_attention_rejects_uneven_heads():
@@ -71,7 +75,8 @@ def test_self_attention_is_permutation_equivariant_over_positions():
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
 
     def shuffle(z):
-        return rearrange(rearrange(z, "b c h w -> b c (h w)")[..., perm], "b c (h w) -> b c h w", h=4)
+        return rearrange(rearrange(z, "b c h w -> b c (h w)")[..., perm], "b c (h w) -> b c h w",
+                         h=4)
     torch.testing.assert_close(block(shuffle(x)), shuffle(block(x)), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(block(x), x)
 
@@ -137,13 +142,18 @@ def test_use_pieces_runs_a_learners_functions_in_every_module_of_their_kind():
 
     with torch.no_grad():
         before = net(x, t)
-        counts = use_pieces(net, forward=spy("forward", unet_forward), residual_block=spy("res", residual_block),
-                            attention_block=spy("attn", attention_block), scale_shift=spy("mod", scale_shift),
+        counts = use_pieces(net, forward=spy("forward", unet_forward),
+                            residual_block=spy("res", residual_block),
+                            attention_block=spy("attn", attention_block),
+                            scale_shift=spy("mod", scale_shift),
                             attention=spy("mha", multi_head_attention))
         after = net(x, t)
     assert torch.equal(before, after)
-    assert counts == {"forward": 1, "residual_block": 6, "attention_block": 2, "scale_shift": 6, "attention": 2}
-    assert {n: seen.count(n) for n in set(seen)} == {"forward": 1, "res": 6, "attn": 2, "mod": 6, "mha": 2}
+    assert (counts
+            == {"forward": 1, "residual_block": 6, "attention_block": 2, "scale_shift": 6,
+                "attention": 2})
+    assert ({n: seen.count(n) for n in set(seen)}
+            == {"forward": 1, "res": 6, "attn": 2, "mod": 6, "mha": 2})
 
 
 @pytest.mark.parametrize("n", [1, 2])

@@ -43,7 +43,8 @@ def test_kl_and_reparameterisation_agree_with_torch_distributions():
 def test_reparameterised_samples_have_the_posteriors_moments():
     g = torch.Generator().manual_seed(1)
     mean, logvar = torch.tensor([0.5, -1.0]), torch.tensor([0.0, -2.0])
-    z = reparameterise(mean.expand(200_000, 2), logvar.expand(200_000, 2), torch.randn(200_000, 2, generator=g))
+    z = reparameterise(mean.expand(200_000, 2), logvar.expand(200_000, 2),
+                       torch.randn(200_000, 2, generator=g))
     assert torch.allclose(z.mean(0), mean, atol=0.01)
     assert torch.allclose(z.std(0), (0.5 * logvar).exp(), atol=0.01)
 
@@ -53,7 +54,8 @@ def test_the_training_loop_trains_a_vae_and_latents_rescale_to_unit_variance():
     vae = VAE(VAEConfig(channels=(16, 32), latent_channels=2))
     objective = VAEObjective(latent_shape=(2, 8, 8), kl_weight=0.1)
     torch.manual_seed(0)
-    result = train(vae, images, objective, TrainConfig(steps=60, batch_size=64, lr=2e-3, warmup_steps=5, ema_decay=None),
+    result = train(vae, images, objective,
+                   TrainConfig(steps=60, batch_size=64, lr=2e-3, warmup_steps=5, ema_decay=None),
                    generator=torch.Generator().manual_seed(0), show_progress=False)
     assert sum(result.losses[-10:]) / 10 < 0.5 * sum(result.losses[:5]) / 5
     latents = encode_dataset(vae.eval(), images)
@@ -95,7 +97,8 @@ def test_vae_loss_is_the_objective_and_a_learners_loss_is_used():
     library, _ = VAEObjective((2, 4, 4), kl_weight=0.3)(vae, x, t=torch.zeros(3), eps=noise)
     torch.testing.assert_close(vae_loss(vae, x, noise, 0.3), library)
     seen = []
-    mine, _ = VAEObjective((2, 4, 4), 0.3, loss_fn=lambda v, xx, n, w: seen.append(w) or vae_loss(v, xx, n, w))(
+    mine, _ = VAEObjective((2, 4, 4), 0.3,
+                           loss_fn=lambda v, xx, n, w: seen.append(w) or vae_loss(v, xx, n, w))(
         vae, x, t=torch.zeros(3), eps=noise)
     assert seen == [0.3] and torch.equal(mine, library)
     z = encode_latents(vae, x, 0.5)
