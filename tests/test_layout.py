@@ -1,4 +1,5 @@
-"""The package's import direction (STYLE.md, Layout): a new circle or a wrong-way import fails here."""
+"""The package's import direction (STYLE.md, Layout): a new circle or a wrong-way import fails
+here."""
 
 import ast
 import pathlib
@@ -15,7 +16,8 @@ ALLOWED = {
     "data": {"data", "config"},
     "evaluation": {"evaluation", "models", "diffusion", "data", "config", "progress"},
     "training": {"training", "evaluation", "models", "diffusion", "data", "config", "progress"},
-    "exercises": {"exercises", "training", "evaluation", "models", "diffusion", "data", "config", "progress"},
+    "exercises": {"exercises", "training", "evaluation", "models", "diffusion", "data", "config",
+                  "progress"},
     "course": None,  # may import anything
     "config": set(),
     "progress": set(),
@@ -82,7 +84,8 @@ def test_no_import_cycle_between_modules():
     modules = {m: p for m, _, p in _modules()}
     graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
     # a package's __init__ re-exporting its own modules is not a cycle of logic
-    graph = {m: {i for i in deps if not (m.startswith(i + ".") or i.startswith(m + "."))} for m, deps in graph.items()}
+    graph = {m: {i for i in deps if not (m.startswith(i + ".") or i.startswith(m + "."))}
+             for m, deps in graph.items()}
     state, stack, cycles = {}, [], []
 
     def visit(m):
@@ -116,6 +119,54 @@ def test_the_rule_catches_a_wrong_way_import(tmp_path, monkeypatch):
 def test_importing_training_does_not_load_pyplot():
     import subprocess
 
-    code = "import sys, diffuse_edu.training.loop, diffuse_edu.evaluation.features; print('matplotlib.pyplot' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = ("import sys, diffuse_edu.training.loop, diffuse_edu.evaluation.features; "
+            "print('matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
     assert out.strip() == "False"
+
+
+#: Lines over 100 characters (ruff's line-length, issue 48) allowed in these files, at most so many
+#: (None: any number), each for the reason above it. Everything else in diffuse_edu/ and tests/
+#: keeps the limit, but a line that is one word (ruff too lets it be).
+LONG_LINES_ALLOWED = {
+    # the hosted setup cell's text, a string literal: its lines are the first cell of every built
+    # notebook, so shortening them rebuilds every lesson
+    "diffuse_edu/course/hosted.py": 5,
+    # the script each torchrun worker runs, a string literal written to a file
+    "tests/test_distributed.py": 4,
+    # lesson 15's files, being written while the rest was rewrapped: not yet within the limit
+    "diffuse_edu/diffusion/score.py": None,
+    "tests/test_score.py": None,
+    "tests/test_score_exercises.py": None,
+    # held uncommitted changes of another session while the rest was rewrapped
+    "tests/test_exercises.py": None,
+}
+
+
+def test_lines_keep_the_projects_100_characters():
+    root = PKG.parent
+    over = {}
+    for path in sorted([*PKG.rglob("*.py"), *(root / "tests").glob("*.py")]):
+        name = path.relative_to(root).as_posix()
+        # as ruff: a line that is one word (a hash, say) cannot be broken
+        rows = [n for n, line in enumerate(path.read_text().splitlines(), 1)
+                if len(line) > 100 and len(line.split()) > 1]
+        allowed = LONG_LINES_ALLOWED.get(name, 0)
+        if rows and allowed is not None and len(rows) > allowed:
+            over[name] = rows
+    assert not over, ("lines over 100 characters (ruff's line-length; `ruff check --select E501` "
+                      f"shows them), by file: {over}. Break them the way the code around them is "
+                      "broken: after a comma aligned on the bracket, a message as adjacent "
+                      "literals, a condition in parentheses before and/or.")
+
+
+def test_the_line_rule_catches_a_long_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "diffuse_edu")
+    (tmp_path / "diffuse_edu").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "diffuse_edu" / "fine.py").write_text("x = 1\n" + "y = 2  # " + "z" * 91 + "\n")
+    test_lines_keep_the_projects_100_characters()
+    (tmp_path / "diffuse_edu" / "long.py").write_text("x = 1\n" + "y = 2  # " + "z" * 92 + "\n")
+    with pytest.raises(AssertionError, match=r"diffuse_edu/long.py': \[2\]"):
+        test_lines_keep_the_projects_100_characters()
