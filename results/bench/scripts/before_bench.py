@@ -1,4 +1,5 @@
-"""The library as it was before the rework (commit 203234e), timed the way `bench` times the new one."""
+"""The library as it was before the rework (commit 203234e), timed the way `bench` times the new
+one."""
 import json, sys, time
 import torch
 from diffuse_edu import recipes

@@ -1,4 +1,5 @@
-"""Which part of the new training loop costs time on the GPU: the same recipe, 400 timed steps each."""
+"""Which part of the new training loop costs time on the GPU: the same recipe, 400 timed steps
+each."""
 import functools, json, sys, time
 from dataclasses import replace
 import torch
@@ -15,12 +16,14 @@ out = {"device": torch.cuda.get_device_name(0)}
 def run(label, steps=400, fused=True, **cfg):
     loop.torch.optim.AdamW = functools.partial(AdamW, fused=fused) if not fused else AdamW
     if not fused:
-        loop.torch.optim.AdamW = lambda p, fused=None, **kw: AdamW(p, fused=False, foreach=True, **kw)
+        loop.torch.optim.AdamW = lambda p, fused=None, **kw: AdamW(p, fused=False, foreach=True,
+                                                                   **kw)
     torch.manual_seed(0)
     model = UNet(R.model).to(dev)
     c = replace(R.train, steps=20, seconds=None, snapshots=0, **cfg)
     loop.train(model, images, R.objective(R.schedule()), c, show_progress=False)  # compile (cached)
-    r = loop.train(model, images, R.objective(R.schedule()), replace(c, steps=steps), show_progress=False)
+    r = loop.train(model, images, R.objective(R.schedule()), replace(c, steps=steps),
+                   show_progress=False)
     out[label] = round(r.images_per_second, 1)
     print(label, out[label], flush=True)
     loop.torch.optim.AdamW = AdamW
