@@ -1286,7 +1286,7 @@ EXTRA_21 = [
     (DIT_BLOCK, lambda b, x, c: _block_extra(b, x, c, residual_normed=True), "not LayerNorm(x)"),
     (DIT_BLOCK, lambda b, x, c: _block_extra(b, x, c, token_axis=False), "token axis"),
     (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "attention", one=False),
-     "(1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is (in the attention branch"),
+     "yours multiplies by the scale alone (in the attention branch"),
     (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "attention", gate=False), "its gate before it is added "
      "(adaLN-Zero starts the gates at 0: that is what makes a fresh block the identity) (in the attention branch"),
     (DIT_BLOCK, lambda b, x, c: _one_branch_wrong(b, x, c, "mlp", residual=False), "(in the MLP branch"),
@@ -1772,3 +1772,72 @@ def test_a_ddim_step_right_both_ways_passes_and_the_lesson_07_solution_too():
         return x_prev + sigma * noise if sigma > 0 else x_prev
 
     assert run_checker(lesson_07, DDIM_STEP).status == "passed"
+
+
+# --- issue 47: lessons 12-14's checkers name the mistake and point to the lesson, never the key line
+from diffuse_edu.exercises import Mistake  # noqa: E402
+from diffuse_edu.exercises import distillation as _distillation_module  # noqa: E402
+from diffuse_edu.exercises import dit as _dit_module  # noqa: E402
+from diffuse_edu.exercises import finetune as _finetune_module  # noqa: E402
+from diffuse_edu.exercises import flow as _flow_module  # noqa: E402
+from diffuse_edu.exercises import lora as _lora_module  # noqa: E402
+
+KEY_LINES_47 = [  # the line the learner writes (as the old messages spelled it), by exercise
+    (PATCHIFY, ["b c (h p1) (w p2) -> b (h w) (p1 p2 c)", "(p1 p2 c)"]),
+    (UNPATCHIFY, ["b (h w) (p1 p2 c) -> b c (h p1) (w p2)", "(p1 p2 c)"]),
+    (DIT_BLOCK, ["(1 + scale) + shift", "x + gate *", "(1 + gamma) + beta", "x + g Attn"]),
+    (FLOW_MATCHING_LOSS, ["eps - x0", "(1 - tau) x0 + tau eps", "model(x_tau, tau * 1000)",
+                          "mean *squared* error against"]),
+    (FLOW_EULER, ["x + (tau_next - tau)", "(tau_next - tau) *", "(tau_next - tau) u"]),
+    (LORA_FORWARD, ["base(x) +", "(alpha / r) * B(A(x))", "W x + (alpha / r) B A x",
+                    "scale * layer.lora_B"]),
+    (LORA_DELTA, ["or,rikl->oikl", "b @ a", "B @ A", "flattened to (r, in k k)"]),
+    (PRIOR_PRESERVATION_LOSS, ["subject loss + weight * prior loss", "torch.randint(",
+                               "plus weight times the loss", "add weight times"]),
+    (DISTILLATION_TARGET, ["(x_next - ratio x_t) / (alpha_next - ratio alpha_t)",
+                           "x0 = (x_next"]),
+    (DISTILLATION_STEP, ["(student(x_t, t) - v_target)^2"]),
+]
+
+
+def _off_by_a_little(reference):
+    """The reference's answer moved by a small amount that no listed mistake explains."""
+    def wrong(*args):
+        out = reference(*args)
+        return out + 0.0137 * torch.linspace(0.3, 1.0, out.numel()).reshape(out.shape).to(out)
+    return wrong
+
+
+def _everything_said(checker, monkeypatch) -> list[str]:
+    """The checker's hints, its pointer to the lesson, every mistake message it builds and every
+    verdict it gives the listed wrong answers and an unexplained one."""
+    built = []
+
+    class Recorded(Mistake):
+        def __init__(self, message, answer, atol=None):
+            built.append(message)
+            super().__init__(message, answer, atol)
+
+    for module in (_dit_module, _flow_module, _lora_module, _finetune_module,
+                   _distillation_module):
+        monkeypatch.setattr(module, "Mistake", Recorded)
+    wrongs = [w for c, w, _ in ALL_WRONG + EXTRA_21 + WRONG_48 if c is checker]
+    verdicts = [run_checker(fn, checker) for fn in
+                [checker.reference, _off_by_a_little(checker.reference), *wrongs]]
+    assert len(built) >= 3 and all(v.status == "failed" for v in verdicts[1:])
+    return [*checker.hints, checker.see, *built, *(_message(v) for v in verdicts)]
+
+
+@pytest.mark.parametrize("checker, keys", KEY_LINES_47, ids=[c.name for c, _ in KEY_LINES_47])
+def test_lessons_12_to_14_checkers_never_state_the_key_line(checker, keys, monkeypatch):
+    said = [" ".join(text.split()) for text in _everything_said(checker, monkeypatch)]
+    for key in keys:
+        leaks = [text for text in said if key in text]
+        assert not leaks, f"{checker.name} states {key!r}: {leaks[0]}"
+
+
+@pytest.mark.parametrize("checker", [c for c, _ in KEY_LINES_47], ids=lambda c: c.name)
+def test_an_unexplained_wrong_answer_is_pointed_to_the_lesson(checker):
+    verdict = run_checker(_off_by_a_little(checker.reference), checker)
+    assert verdict.status == "failed" and re.search(r"lesson 1[234]", verdict.message), (
+        verdict.message)

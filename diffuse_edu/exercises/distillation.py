@@ -54,8 +54,9 @@ def _target_mistakes(teacher: Denoiser, x: Tensor, t: int, m: int, n: int) -> li
         Mistake("alpha is sqrt(alpha_bar) (and sigma sqrt(1 - alpha_bar)); yours used alpha_bar "
                 "itself.",
                 (x_next - (s_n / s_t) * x) / (a_n**2 - (s_n / s_t) * a_t**2)),
-        Mistake("a sign is flipped: x0 = (x_next - ratio x_t) / (alpha_next - ratio alpha_t), "
-                "ratio = sigma_next / sigma_t.",
+        Mistake("a sign is flipped in solving the step for x0, in both the x_t term and the "
+                "alpha_t term: in the step's formula x_t enters as (x_t - alpha_t x0), and moving "
+                "a term across the equals sign flips its sign once.",
                 (x_next + (s_n / s_t) * x) / (a_n + (s_n / s_t) * a_t)),
         Mistake("the target was clipped to [-1, 1]: it is not an image to show but the x0 that "
                 "makes the student's one step land where the teacher's two land, and clipping it "
@@ -76,9 +77,10 @@ def _target_case(t: int, m: int, n: int, seed: int, gain: float = 1.0) -> Callab
         got = fn(teacher, x.clone(), t, m, n, _SCHEDULE)
         compare(got, want, mistakes=_target_mistakes(teacher, x, t, m, n),
                 what=f"distillation_target from t = {t} via {m} to {n}",
-                otherwise="does not match the lesson's target (section 1): two teacher DDIM "
-                          "steps, t -> t_mid -> t_next, then the x0 that makes one step from x_t "
-                          "land at the same point.")
+                otherwise="does not match the target of lesson 14's Math and section 1 "
+                          "(Salimans & Ho 2022, Alg. 2): two teacher DDIM steps, t -> t_mid -> "
+                          "t_next, then the x0 that makes one step from x_t land at the same "
+                          "point.")
     return case
 
 
@@ -198,9 +200,10 @@ def _step_case(t: int, m: int, n: int, seed: int) -> Callable:
                            "step's activations in memory.")
         compare(got, want, mistakes=mistakes, what=f"the loss distillation_step returns (t = {t} "
                                                    f"via {m} to {n})",
-                otherwise="the loss per example does not match: the mean over each example of "
-                          "(student(x_t, t) - v_target)^2, with v_target the v that implies the "
-                          "teacher's two-step target.")
+                otherwise="the loss per example does not match, and none of the usual mistakes "
+                          "explains it: check what the student sees (input and time), the form "
+                          "of its target (v, read at t) and the mean per example (lesson 14, "
+                          "section 2).")
         for (name, p_mine), p_ref in zip(mine.named_parameters(), ref.parameters()):
             if torch.allclose(p_mine, student.state_dict()[name]):
                 raise Mismatch("the student's weights did not change: call optimizer.step() after "

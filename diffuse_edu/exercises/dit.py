@@ -19,7 +19,7 @@ def _patch_mistakes(x: torch.Tensor, p: int) -> list[Mistake]:
     b, c, h, w = x.shape
     return [
         Mistake("a token's features must run over the patch's rows, then its columns, then the "
-                "channels (p1 p2 c), the order unpatchify undoes; yours put the channels first.",
+                "channels, the order unpatchify undoes; yours put the channels first.",
                 rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)),
         Mistake("the tokens must run in raster order over the grid of patches (along a row of "
                 "patches, then the next row); yours run down the columns first.",
@@ -94,7 +94,9 @@ PATCHIFY = Checker(
             "block?"),
            ("einops can split an axis in two, (h p1), and regroup: the grid axes go to the token "
             "axis, the block axes and the channels to the feature axis, in that order.")),
-    see="lesson 12, section 1: 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'",
+    see=("lesson 12, section 1's exercise text: the tokens in raster order over the grid of "
+         "patches, each token's numbers over the patch's rows, then its columns, then the "
+         "channels"),
 )
 
 
@@ -121,15 +123,15 @@ def _unpatchify_case(c: int, h: int, w: int, p: int, seed: int) -> Callable:
                     tokens.reshape(2, c, h, w)),
             Mistake("swapping the token and feature axes and reshaping does not undo patchify: "
                     "each feature (one pixel of a patch, in one channel) would fill a stretch of "
-                    "the image. Split the features back into (p1 p2 c) and put each patch back in "
-                    "its place on the grid.",
+                    "the image. Split the features back into the patch's rows, columns and "
+                    "channels, and put each patch back in its place on the grid.",
                     tokens.transpose(1, 2).reshape(2, c, h, w)),
             Mistake("the tokens run in raster order over the grid (along a row of patches first): "
                     "yours reads them as if they ran down the columns.",
                     back("b (w h) (p1 p2 c) -> b c (h "
                                                                   "p1) (w p2)")),
             Mistake("a token's features run over the patch's rows, then its columns, then the "
-                    "channels (p1 p2 c); yours reads the channels first.",
+                    "channels; yours reads the channels first.",
                     back("b (h w) (c p1 p2) -> b c (h p1) (w "
                                                             "p2)")),
             Mistake("within a token the patch's rows come first, then its columns (p1 p2); yours "
@@ -212,16 +214,17 @@ def _block_mistakes(block: DiTBlock, x: torch.Tensor, c: torch.Tensor) -> list[M
     per_branch = [
         (("each branch must be multiplied by its gate before it is added (adaLN-Zero starts the "
           "gates at 0: that is what makes a fresh block the identity)"), dict(gate=False)),
-        ("modulate with (1 + scale): x * (1 + scale) + shift, so that scale = 0 leaves x as it is",
+        (("the scale multiplies as (1 + scale), a change around 1 (the Math's convention: "
+          "scale = 0 leaves the normalised input as it is); yours multiplies by the scale alone"),
          dict(one=False)),
         (("shift and scale are swapped: the modulation's chunks come in the order shift, scale, "
           "gate"), dict(swap=True)),
-        ("each branch is added to x (a residual connection): x + gate * branch",
-         dict(residual=False)),
-        ("normalise first, then modulate: LayerNorm(x) * (1 + scale) + shift",
-         dict(norm_after=True)),
-        (("the gate multiplies the branch as it is, g * branch, not (1 + g) * branch: adaLN-Zero "
-          "starts the gates at 0 so that a fresh block is the identity"), dict(gate_one=True)),
+        (("the gated branch is added back to its input (a residual connection); yours replaces "
+          "the input with it"), dict(residual=False)),
+        (("normalise first, then modulate: yours shifts and scales before the LayerNorm, which "
+          "then undoes the modulation"), dict(norm_after=True)),
+        (("the gate multiplies the branch as it is, not (1 + g) * branch: adaLN-Zero starts the "
+          "gates at 0 so that a fresh block is the identity"), dict(gate_one=True)),
         ("the residual adds the block's input x, not LayerNorm(x)", dict(residual_normed=True)),
     ]
     where = {None: "", "attention": " (in the attention branch; the MLP branch is right)",
@@ -253,9 +256,10 @@ def _block_case(seed: int, tokens: int) -> Callable:
             got = run_naming_crashes(lambda: fn(block, x.clone(), c.clone()), "dit_block", crashes)
             compare(got, want, mistakes=_block_mistakes(block, x, c),
                     what=f"dit_block on {tokens} tokens of width 16 with random modulation weights",
-                    otherwise="does not match the block of the lesson's section 1 (Peebles & Xie "
-                              "2023, Fig. 3): compare each branch with x + gate * f(LayerNorm(x) "
-                              "* (1 + scale) + shift).")
+                    otherwise="does not match the block of lesson 12's Math (Peebles & Xie 2023, "
+                              "Fig. 3), and none of the usual mistakes explains it: check, branch "
+                              "by branch, where the LayerNorm, the shift and scale, the gate and "
+                              "the residual sit, and which three of the six vectors it uses.")
     return case
 
 
@@ -274,6 +278,5 @@ DIT_BLOCK = Checker(
             "let through."),
            ("block.modulation(c) gives six vectors of width D, one set of three per branch. Each "
             "is per example: give it a token axis so it broadcasts over the tokens.")),
-    see="Peebles & Xie 2023, Fig. 3, in lesson 12's Math: x + g Attn(LN(x)(1 + gamma) + beta), "
-        "then the MLP",
+    see="Peebles & Xie 2023, Fig. 3 and Sec. 3.2, in lesson 12's Math (the DiT bullet)",
 )

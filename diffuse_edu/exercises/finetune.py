@@ -86,7 +86,8 @@ def _value_case(weight: float, seed: int) -> Callable:
                 + weight * _objective(_Model(), subject, cond=Cond(labels=torch.full((4,), 3)))[0],
             ),
             Mistake(
-                "the prior term is missing: add weight times the loss on the class images.", s_loss
+                "the prior term is missing: the loss on the class images, with its weight, is "
+                "part of the loss.", s_loss
             ),
             Mistake(
                 "the subject's loss is missing: the prior term is added to it, not used "
@@ -94,7 +95,7 @@ def _value_case(weight: float, seed: int) -> Callable:
                 weight * p_loss,
             ),
             Mistake(
-                "the two terms are added, not averaged: subject loss + weight * prior loss.",
+                "the two terms are added, not averaged (Eq. 2 of the Math sums them).",
                 (s_loss + weight * p_loss) / 2,
             ),
             Mistake(
@@ -131,9 +132,10 @@ def _value_case(weight: float, seed: int) -> Callable:
                            f"{subject.shape[0]} subject images: draw as many class images as the "
                            "batch holds subject images (one prior example per subject example).")
         compare(got, want, mistakes=mistakes, what=f"prior_preservation_loss with weight {weight}",
-                otherwise="does not match the lesson's loss (section 4): per example, the "
-                          "subject's loss plus weight times the loss on as many class images from "
-                          "the pool, labelled prior_label.")
+                otherwise="does not match the lesson's loss (Ruiz et al. 2023, Eq. 2, in lesson "
+                          "13's Math), and none of the usual mistakes explains it: check which "
+                          "images and labels each term scores, how many class images are drawn, "
+                          "and which term the weight multiplies.")
     return case
 
 
@@ -150,8 +152,7 @@ def _draws_with_the_generator(fn: Callable) -> None:
     ]
     if not torch.allclose(runs[0], runs[1]):
         raise Mismatch("two calls with generators of the same seed gave different losses: draw "
-                       "the class images with the generator passed in (torch.randint(..., "
-                       "generator=generator)).")
+                       "the class images with the generator passed in (generator=generator).")
 
 
 def _draws_at_random(fn: Callable) -> None:
@@ -172,9 +173,9 @@ def _draws_at_random(fn: Callable) -> None:
         which = ("the first images of the pool every time" if torch.allclose(runs[0], first)
                  else "the same images whatever the generator")
         raise Mismatch("generators of three different seeds gave the same loss: your class images "
-                       f"are {which}. Draw them at random from the whole pool, a new draw each "
-                       "call (torch.randint(0, len(prior_pool), (B,), generator=generator)), so "
-                       "that every image the model drew before fine-tuning takes its turn.")
+                       f"are {which}. Draw them at random from the whole pool, with the generator "
+                       "and a new draw each call, so that every image the model drew before "
+                       "fine-tuning takes its turn.")
 
 
 class _Trainable(_Model):
@@ -224,8 +225,8 @@ PRIOR_PRESERVATION_LOSS = Checker(
     hints=(("Each step sees two kinds of examples: the subject, with its new label, and images of "
             "its class the model drew before fine-tuning, with the class's label. Both are "
             "ordinary denoising examples."),
-           ("Draw as many class images as there are subject images, at random with the generator, "
-            "and let the objective score each batch with its own labels; the weight says how much "
-            "the second batch counts.")),
+           ("One class image per subject image, drawn at random with the generator; the objective "
+            "scores a batch under the labels you give it. Which batch does the weight belong "
+            "to?")),
     see="Ruiz et al. 2023, Eq. 2, in lesson 13, section 4",
 )

@@ -66,12 +66,12 @@ def _loss_case(seed: int) -> Callable:
         mistakes = [
             Mistake(
                 "the velocity points the other way: time runs from the data (tau = 0) to the "
-                "noise (tau = 1), so dx_tau / dtau = eps - x0.",
+                "noise (tau = 1), and the target is the velocity dx_tau / dtau in that direction.",
                 per_example_mse(net(x_tau, tau * SCALE), x0 - eps),
             ),
             Mistake(
-                "x_tau has its ends swapped: x_tau = (1 - tau) x0 + tau eps is the data at "
-                "tau = 0 and the noise at tau = 1.",
+                "x_tau has its ends swapped: the path is the data at tau = 0 and the noise at "
+                "tau = 1 (lesson 12's Math).",
                 per_example_mse(net(tau_ * x0 + (1 - tau_) * eps, tau * SCALE), eps - x0),
             ),
             Mistake(
@@ -80,7 +80,8 @@ def _loss_case(seed: int) -> Callable:
                 per_example_mse(net(x_tau, tau), eps - x0),
             ),
             Mistake(
-                "that target is the noise (DDPM's); the flow's target is the velocity eps - x0.",
+                "that target is the noise (DDPM's); the flow's target is the velocity u of the "
+                "Math, dx_tau / dtau.",
                 per_example_mse(net(x_tau, tau * SCALE), eps),
             ),
             Mistake(
@@ -93,19 +94,18 @@ def _loss_case(seed: int) -> Callable:
                 per_example_mse(net(x_tau, (1 - tau) * SCALE), eps - x0),
             ),
             Mistake(
-                "the target is the velocity eps - x0, not the data x0.",
+                "the target is the velocity u of the Math, dx_tau / dtau, not the data x0.",
                 per_example_mse(net(x_tau, tau * SCALE), x0),
             ),
             Mistake(
-                "the flow's path is a straight line, x_tau = (1 - tau) x0 + tau eps, with no "
-                "square roots (those are the diffusion schedule's weights).",
+                "the flow's path is a straight line between x0 and eps, with no square roots "
+                "in its weights (those are the diffusion schedule's).",
                 per_example_mse(
                     net((1 - tau_).sqrt() * x0 + tau_.sqrt() * eps, tau * SCALE), eps - x0
                 ),
             ),
             Mistake(
-                "that is the absolute error (L1); the loss is the mean *squared* error "
-                "against the velocity.",
+                "that is the absolute error (L1); the loss is a squared error.",
                 (net(x_tau, tau * SCALE) - (eps - x0)).abs().flatten(1).mean(1),
             ),
         ]
@@ -125,9 +125,10 @@ def _loss_case(seed: int) -> Callable:
         compare(got, flow_matching_loss(net, x0, tau, eps), mistakes=mistakes,
                 what="flow_matching_loss on 3 examples at tau = "
                      f"{[round(v, 2) for v in tau.tolist()]}",
-                otherwise="does not match the lesson's loss (section 3): per example, the mean of "
-                          "(model(x_tau, tau * 1000) - (eps - x0))^2 with x_tau = (1 - tau) x0 + "
-                          "tau eps.")
+                otherwise="does not match the lesson's loss (Liu et al. 2023, Eq. 1, in lesson "
+                          "12's Math and section 3), and none of the usual mistakes explains it: "
+                          "check the point x_tau (which end is the data), the time the network "
+                          "is told, the target it is compared with, and the mean per example.")
     return case
 
 
@@ -172,8 +173,8 @@ def _sampler_mistakes(net: _Velocity, x: Tensor, steps: int) -> list[Mistake]:
     return [
         Mistake("sampling starts at tau = 1 (the noise, where x is) and walks to tau = 0 (the "
                 "data); yours walks from 0 to 1.", run(times=flow_times(steps)[::-1])),
-        Mistake("the step moves by (tau_next - tau) * v, which is negative since tau_next < tau: "
-                "yours moves the other way.",
+        Mistake("yours moves the other way: sampling walks tau downwards, so each step's change "
+                "in tau is negative, and Euler follows dx/dtau = u over that change.",
                 run(sign=-1.0)),
         Mistake("Euler evaluates the velocity at the start of each step, at tau, not at tau_next.",
                 run(at_next=True)),
@@ -209,8 +210,10 @@ def _sampler_case(steps: int, seed: int) -> Callable:
                            "each, from tau = 1 to tau = 0.")
         compare(got, want, mistakes=mistakes, what=f"flow_euler with steps = {steps}",
                 otherwise="does not match Euler's method on the lesson's evenly spaced times from "
-                          "tau = 1 to tau = 0 (section 3): x <- x + (tau_next - tau) * model(x, "
-                          "tau * 1000), ending at tau = 0.")
+                          "tau = 1 to tau = 0 (lesson 12's Math and section 3), and none of the "
+                          "usual mistakes explains it: check the grid (steps + 1 evenly spaced "
+                          "times, both ends included), where each step reads the velocity, and "
+                          "the size and sign of each move.")
     return case
 
 
@@ -218,8 +221,8 @@ FLOW_EULER = Checker(
     "flow_euler", flow_euler, [_sampler_case(4, 0), _sampler_case(1, 1), _sampler_case(7, 2)],
     hints=(("You start from pure noise at one end of the straight paths and follow the velocity "
             "the network gives back to the other end, in equal steps of time."),
-           ("torch.linspace gives the step boundaries. Each step asks the network for the velocity "
-            "where it starts and moves by (time difference) * velocity; which sign does the time "
-            "difference have?")),
-    see="lesson 12, section 3: x <- x + (tau_next - tau) u(x, tau), from tau = 1 to 0",
+           ("torch.linspace gives the step boundaries. Euler reads the slope once per step, where "
+            "the step starts, and follows it for the whole step: which sign does a step's change "
+            "in time have here?")),
+    see="Euler's method on the ODE of lesson 12's Math, from tau = 1 to 0 (section 3)",
 )

@@ -75,8 +75,10 @@ def _forward_case(make: Callable, shape: tuple[int, ...], seed: int) -> Callable
             compare(got, want, mistakes=_forward_mistakes(layer, x),
                     what=f"lora_forward on a {type(layer).__name__} (rank {layer.rank}, alpha "
                          f"{layer.alpha:g})",
-                    otherwise="does not match base(x) + (alpha / r) * B(A(x)) (the lesson's "
-                              "section 1).")
+                    otherwise="does not match the adapted layer of lesson 13's Math (Hu et al. "
+                              "2021, Eq. 3), and none of the usual mistakes explains it: check "
+                              "what each of the two paths computes from the input, and how they "
+                              "are scaled and combined.")
     return case
 
 
@@ -157,7 +159,7 @@ LORA_FORWARD = Checker(
         ("The weight of the detour is kept on the layer (layer.scale). Think also of a layer "
          "whose change has already been folded into its weight (layer.merged)."),
     ),
-    see="Hu et al. 2021, Eq. 3, in lesson 13's Math: W x + (alpha / r) B A x",
+    see="Hu et al. 2021, Eq. 3, in lesson 13's Math (the LoRA bullet)",
 )
 
 
@@ -179,8 +181,8 @@ def _delta_mistakes(layer) -> list[Mistake]:
         centre[..., k // 2, k // 2] = full[..., k // 2, k // 2]
         extra += [
             Mistake(
-                "the kernel's positions are transposed: A's kernel keeps its (k_h, k_w) "
-                "order, 'or,rikl->oikl'.",
+                "the kernel's positions are transposed: the change keeps A's kernel in its "
+                "(k_h, k_w) order, as the base weight stores it.",
                 layer.scale * full.transpose(-1, -2),
             ),
             Mistake(
@@ -208,9 +210,8 @@ def _delta_mistakes(layer) -> list[Mistake]:
 
 
 _CONV_SHAPES = ("For a convolution B's weight is (out, r, 1, 1) and A's (r, in, k, k): the 1 x 1 "
-                "kernel B is an (out, r) matrix that mixes A's r kernels, so multiply that matrix "
-                "with A flattened to (r, in k k) and give the result the base weight's shape "
-                "(out, in, k, k).")
+                "kernel B mixes A's r kernels into out of them, and the change has the base "
+                "weight's shape (out, in, k, k) (lesson 13, section 1's exercise text).")
 
 
 def _delta_case(make: Callable, seed: int) -> Callable:
@@ -282,5 +283,6 @@ LORA_DELTA = Checker(
            ("For a convolution, B is a 1 x 1 kernel: it mixes A's r output channels into C_out "
             "channels, kernel position by kernel position. torch.einsum can say that in one "
             "line.")),
-    see="lesson 13's Math: (alpha / r) B A, shaped like the base weight",
+    see="lesson 13's Math, merging (Hu et al. 2021, Sec. 4.2): the change, shaped like the base "
+        "weight",
 )
