@@ -131,3 +131,36 @@ def test_the_conventions_an_exercise_relies_on_are_stated():
         c.source for c in lesson("14").cells if c.cell_type == "markdown")
     repaint = next(c.source for c in lesson("11").cells if "Exercise: RePaint's step" in c.source)
     assert "`repaint_step` itself" in repaint and "`inpaint`" in repaint
+
+
+def exercise_text(nb, name: str) -> str:
+    """The markdown right before the exercise cell that defines ``name``, and that cell's def and
+    docstring (what the student version keeps of it)."""
+    cells = nb.cells
+    i = next(i for i, c in enumerate(cells) if f"def {name}(" in c.source)
+    head = cells[i].source.split(f"def {name}(", 1)[1].split("# BEGIN SOLUTION", 1)[0]
+    return cells[i - 1].source + "\n" + head
+
+
+def test_lessons_12_to_14_leave_the_key_step_to_the_learner():
+    """Issue 47: what is on screen states the definitions and conventions, not the exercise's
+    mechanism (before, the text transcribed the code or its closed form)."""
+    l12, l13, l14 = lesson("12"), lesson("13"), lesson("14")
+    markdown = {n: "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+                for n, nb in (("12", l12), ("13", l13), ("14", l14))}
+    assert r"\odot \mathrm{Attn}" not in markdown["12"], "lesson 12's Math writes the DiT block out"
+    assert r"(\beta_a, \gamma_a, g_a, \beta_m, \gamma_m, g_m)" in markdown["12"]  # the chunks' order
+    assert r"1 + \gamma" in markdown["12"]  # the modulation's convention
+    assert "(1 + gamma_a) + beta_a" not in exercise_text(l12, "dit_block")
+    loss = exercise_text(l12, "flow_matching_loss")
+    assert "(eps - x0))^2" not in loss and "`model(x_tau, tau * 1000)`" not in loss
+    assert r"t = 1000\,\tau" in loss and "`(B,)`" in loss
+    assert r"(\tau_{next} - \tau)\,u" not in exercise_text(l12, "flow_euler")
+    forward = exercise_text(l13, "lora_forward")
+    assert "layer.lora_B(layer.lora_A(x))" not in forward and "return the base" not in forward
+    assert all(f"`layer.{a}`" in forward for a in ("base", "lora_A", "lora_B", "scale", "merged"))
+    prior = exercise_text(l13, "prior_preservation_loss")
+    assert "plus `weight` times" not in prior and "weight x its loss" not in prior
+    assert "`objective(model, x0, cond=..., generator=generator)`" in prior and "`prior_label`" in prior
+    assert r"\tilde x_0 = \frac" not in markdown["14"], "lesson 14's Math solves the step for x0"
+    assert r"\alpha_{t''} - (\sigma_{t''}/\sigma_t)" not in markdown["14"]
