@@ -54,9 +54,9 @@ def _target_mistakes(teacher: Denoiser, x: Tensor, t: int, m: int, n: int) -> li
         Mistake("alpha is sqrt(alpha_bar) (and sigma sqrt(1 - alpha_bar)); yours used alpha_bar "
                 "itself.",
                 (x_next - (s_n / s_t) * x) / (a_n**2 - (s_n / s_t) * a_t**2)),
-        Mistake("a sign is flipped in solving the step for x0, in both the x_t term and the "
-                "alpha_t term: in the step's formula x_t enters as (x_t - alpha_t x0), and moving "
-                "a term across the equals sign flips its sign once.",
+        Mistake("a sign is flipped in both the x_t term and the alpha_t term of your solution: "
+                "the step's formula holds them as (x_t - alpha_t x0); redo the algebra that "
+                "solves it for x0.",
                 (x_next + (s_n / s_t) * x) / (a_n + (s_n / s_t) * a_t)),
         Mistake("the target was clipped to [-1, 1]: it is not an image to show but the x0 that "
                 "makes the student's one step land where the teacher's two land, and clipping it "
