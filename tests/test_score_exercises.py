@@ -1,5 +1,6 @@
 """Lesson 15's checkers: the library's answers pass, and typical wrong answers (at least seven per
-exercise) each get their own message. tests/test_exercises.py counts these lists (_LISTED_ELSEWHERE)."""
+exercise) each get their own message. tests/test_exercises.py counts these lists
+(_LISTED_ELSEWHERE)."""
 
 import math
 import types
@@ -19,8 +20,10 @@ from diffuse_edu.exercises.score import (
 
 
 def learners(fn):
-    """The reference as a learner's own function (a copy: the checker refuses the library's itself)."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    """The reference as a learner's own function (a copy: the checker refuses the library's
+    itself)."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     return copy
 
@@ -88,15 +91,19 @@ LANGEVIN_WRONG = [
 
 
 # --- annealed_langevin ----------------------------------------------------------------------------
-def _annealed(*, size=lambda eps, s, sigmas: eps * s**2 / sigmas[-1] ** 2, backwards=False, once=False,
-              global_rng=False, extra=0):
+def _right_size(eps, s, sigmas):
+    return eps * s**2 / sigmas[-1] ** 2
+
+
+def _annealed(*, size=_right_size, backwards=False, once=False, global_rng=False, extra=0):
     def annealed_langevin(score, x, sigmas, *, steps, eps, generator=None):
         for sigma in (sigmas[::-1] if backwards else sigmas):
             a = size(eps, sigma, sigmas)
             z = torch.randn(x.shape, generator=generator)
             for k in range(steps + extra):
                 if k and not once:
-                    z = torch.randn(x.shape) if global_rng else torch.randn(x.shape, generator=generator)
+                    z = (torch.randn(x.shape) if global_rng
+                         else torch.randn(x.shape, generator=generator))
                 x = sc.langevin_step(score, x, sigma, a, z)
         return x
     return annealed_langevin
@@ -106,7 +113,8 @@ ANNEALED_WRONG = [
     (_annealed(size=lambda eps, s, sigmas: eps), "uses eps at every level"),
     (_annealed(size=lambda eps, s, sigmas: eps * s / sigmas[-1]), "scales with sigma_i / sigma_L"),
     (_annealed(size=lambda eps, s, sigmas: eps * sigmas[-1] ** 2 / s**2), "yours is inverted"),
-    (_annealed(size=lambda eps, s, sigmas: eps * s**2 / sigmas[0] ** 2), "yours divides by the first"),
+    (_annealed(size=lambda eps, s, sigmas: eps * s**2 / sigmas[0] ** 2),
+     "yours divides by the first"),
     (_annealed(backwards=True), "runs them backwards"),
     (_annealed(once=True), "reuses one z for all the steps of a level"),
     (_annealed(global_rng=True), "not from PyTorch's global one"),
@@ -115,8 +123,8 @@ ANNEALED_WRONG = [
 
 
 # --- reverse_sde_step -----------------------------------------------------------------------------
-def _sde(*, drift=lambda s, n: s**2 - n**2, noise=lambda s, n: math.sqrt(s**2 - n**2), sign=1, at_next=False,
-         as_float=False, fresh=False):
+def _sde(*, drift=lambda s, n: s**2 - n**2, noise=lambda s, n: math.sqrt(s**2 - n**2), sign=1,
+         at_next=False, as_float=False, fresh=False):
     def reverse_sde_step(score, x, sigma, sigma_next, z):
         at = sigma_next if at_next else sigma
         s = score(x, at if as_float else full(at, x))
@@ -126,7 +134,8 @@ def _sde(*, drift=lambda s, n: s**2 - n**2, noise=lambda s, n: math.sqrt(s**2 - 
 
 
 SDE_WRONG = [
-    (_sde(drift=lambda s, n: 0.5 * (s**2 - n**2), noise=lambda s, n: 0.0), "the probability-flow ODE's step"),
+    (_sde(drift=lambda s, n: 0.5 * (s**2 - n**2), noise=lambda s, n: 0.0),
+     "the probability-flow ODE's step"),
     (_sde(noise=lambda s, n: 0.0), "the noise is missing"),
     (_sde(noise=lambda s, n: s - n), "yours is sigma - sigma_next"),
     (_sde(drift=lambda s, n: s - n), "not (sigma - sigma_next) score"),
@@ -139,8 +148,8 @@ SDE_WRONG = [
 
 
 # --- hutchinson_divergence ------------------------------------------------------------------------
-def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1, keep_shape=False,
-           batch_sum=False):
+def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1,
+           keep_shape=False, batch_sum=False):
     def hutchinson_divergence(score, x, sigma, z):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
@@ -148,7 +157,8 @@ def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, ev
                 score(x, full(sigma, x))
             s = score(x, full(sigma, x))
             f = scale(sigma) * s
-            (vjp,) = torch.autograd.grad(s if of_score else f, x, grad_outputs=z if times_z else torch.ones_like(z))
+            probe = z if times_z else torch.ones_like(z)
+            (vjp,) = torch.autograd.grad(s if of_score else f, x, grad_outputs=probe)
         prod = vjp * z if times_z else vjp
         if keep_shape:
             return f.detach(), prod
@@ -175,9 +185,10 @@ HUTCH_WRONG = [
     (_hutch_no_tuple, "returns two things"),
 ]
 
-ALL = ([(DSM_LOSS, w, m) for w, m in DSM_WRONG] + [(LANGEVIN_STEP, w, m) for w, m in LANGEVIN_WRONG]
-       + [(ANNEALED_LANGEVIN, w, m) for w, m in ANNEALED_WRONG] + [(REVERSE_SDE_STEP, w, m) for w, m in SDE_WRONG]
-       + [(HUTCHINSON_DIVERGENCE, w, m) for w, m in HUTCH_WRONG])
+WRONG = [(DSM_LOSS, DSM_WRONG), (LANGEVIN_STEP, LANGEVIN_WRONG),
+         (ANNEALED_LANGEVIN, ANNEALED_WRONG), (REVERSE_SDE_STEP, SDE_WRONG),
+         (HUTCHINSON_DIVERGENCE, HUTCH_WRONG)]
+ALL = [(checker, w, m) for checker, listed in WRONG for w, m in listed]
 CHECKERS = [DSM_LOSS, LANGEVIN_STEP, ANNEALED_LANGEVIN, REVERSE_SDE_STEP, HUTCHINSON_DIVERGENCE]
 
 
@@ -187,7 +198,8 @@ def test_the_library_answer_passes_as_a_learners(checker):
     assert verdict.status == "passed", verdict.message
 
 
-@pytest.mark.parametrize("checker, wrong, expected", ALL, ids=[f"{c.name}-{m[:30]}" for c, _, m in ALL])
+@pytest.mark.parametrize("checker, wrong, expected", ALL,
+                         ids=[f"{c.name}-{m[:30]}" for c, _, m in ALL])
 def test_a_typical_wrong_answer_gets_its_own_message(checker, wrong, expected):
     verdict = run_checker(wrong, checker)
     assert verdict.status == "failed" and expected in verdict.message, verdict.message
@@ -197,7 +209,8 @@ def test_a_typical_wrong_answer_gets_its_own_message(checker, wrong, expected):
 def test_every_checker_names_at_least_seven_mistakes_and_hints_progressively(checker):
     messages = {run_checker(w, c).message for c, w, _ in ALL if c is checker}
     assert len(messages) >= 7 and not any("off by up to" in m for m in messages)
-    assert len(checker.hints) >= 2 and checker.hints[0] != checker.hints[1] and "lesson 15" in checker.see
+    assert (len(checker.hints) >= 2 and checker.hints[0] != checker.hints[1]
+            and "lesson 15" in checker.see)
 
 
 def test_a_dsm_loss_cut_off_from_autograd_is_caught():

@@ -2,9 +2,10 @@
 probability-flow ODE with its exact likelihood.
 
 One convention throughout, the variance-exploding (VE) one: the noised data are
-x = x0 + sigma eps, eps ~ N(0, I), with sigma from sigma_min (almost the data) to sigma_max (almost
-pure noise of width sigma_max). In the variable sigma^2 the forward process is plain Brownian motion,
-dx = dw (Song et al. 2021, Eq. 9 with sigma(t)^2 = t; Karras et al. 2022 with sigma(t) = t).
+x = x0 + sigma eps, eps ~ N(0, I), with sigma from sigma_min (almost the data) to sigma_max
+(almost pure noise of width sigma_max). In the variable sigma^2 the forward process is plain
+Brownian motion, dx = dw (Song et al. 2021, Eq. 9 with sigma(t)^2 = t; Karras et al. 2022 with
+sigma(t) = t).
 
 * The score of the noised data, grad_x log p_sigma(x), is what a denoiser estimates: for a network
   that predicts the noise, score = -eps_hat / sigma (Vincent 2011; lesson 02 in the VP form).
@@ -51,8 +52,9 @@ def as_batch(sigma: Tensor | float, like: Tensor) -> Tensor:
 
 
 def score_from_eps(eps_hat: Tensor, sigma: Tensor | float) -> Tensor:
-    """grad log p_sigma(x) = -eps_hat / sigma for x = x0 + sigma eps (Vincent 2011): the score of the
-    noised data is minus the predicted noise over its width. Shapes: like eps_hat, sigma (B,)."""
+    """grad log p_sigma(x) = -eps_hat / sigma for x = x0 + sigma eps (Vincent 2011): the score of
+    the noised data is minus the predicted noise over its width. Shapes: like eps_hat, sigma
+    (B,)."""
     return -eps_hat / per_example(sigma, eps_hat)
 
 
@@ -64,11 +66,12 @@ def noise_label(sigma: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class ScoreView:
-    """The score of an eps-predicting network ``net(x_in, label)``: its input scaled to unit width,
-    x_in = x / sqrt(sigma^2 + sigma_data^2) (Karras et al. 2022, c_in), and score = -eps_hat / sigma.
+    """The score of an eps-predicting network ``net(x_in, label)``: its input scaled to unit
+    width, x_in = x / sqrt(sigma^2 + sigma_data^2) (Karras et al. 2022, c_in), and score =
+    -eps_hat / sigma.
 
-    Call it as ``view(x, sigma)`` for the score; ``view.eps(x, sigma)`` gives the predicted noise and
-    ``view.denoise(x, sigma)`` Tweedie's estimate of x0, x + sigma^2 score (Efron 2011).
+    Call it as ``view(x, sigma)`` for the score; ``view.eps(x, sigma)`` gives the predicted noise
+    and ``view.denoise(x, sigma)`` Tweedie's estimate of x0, x + sigma^2 score (Efron 2011).
     """
 
     net: Callable
@@ -178,7 +181,8 @@ def annealed_langevin(score: Score, x: Tensor, sigmas: list[float], *, steps: in
 def reverse_sde_step(score: Score, x: Tensor, sigma: float, sigma_next: float, z: Tensor) -> Tensor:
     """One Euler-Maruyama step of the reverse VE SDE, dx = -score d(sigma^2) + dw_bar (Song et al.
     2021, Eq. 6; their Eq. 47 for the VE SDE), from sigma down to sigma_next, lesson 15:
-    x + (sigma^2 - sigma_next^2) score(x, sigma) + sqrt(sigma^2 - sigma_next^2) z. Shapes: like x."""
+    x + (sigma^2 - sigma_next^2) score(x, sigma) + sqrt(sigma^2 - sigma_next^2) z.
+    Shapes: like x."""
     d = sigma**2 - sigma_next**2
     return x + d * score(x, as_batch(sigma, x)) + math.sqrt(d) * z
 
@@ -199,7 +203,8 @@ def sample_reverse_sde(score: Score, x: Tensor, sigmas: list[float], *,
                        generator: torch.Generator | None = None,
                        step: Callable = reverse_sde_step) -> Tensor:
     """The reverse SDE by Euler-Maruyama over the falling ``sigmas`` (the first the width of the
-    starting noise ``x``); one network evaluation per step; ``step`` the library's or a learner's."""
+    starting noise ``x``); one network evaluation per step; ``step`` the library's or a
+    learner's."""
     for sigma, sigma_next in itertools.pairwise(sigmas):
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = step(score, x, sigma, sigma_next, z)
@@ -215,7 +220,8 @@ def sample_ode(score: Score, x: Tensor, sigmas: list[float], *,
     return x
 
 
-def hutchinson_divergence(score: Score, x: Tensor, sigma: float, z: Tensor) -> tuple[Tensor, Tensor]:
+def hutchinson_divergence(score: Score, x: Tensor, sigma: float,
+                          z: Tensor) -> tuple[Tensor, Tensor]:
     """The ODE's drift f = -sigma score(x, sigma) and Hutchinson's estimate of its divergence,
     z^T (df/dx) z, from one vector-Jacobian product (Hutchinson 1989; Grathwohl et al. 2019, Eq. 7),
     lesson 15. Over probes z with E[z z^T] = I (Gaussian or Rademacher) its mean is the trace of
@@ -245,7 +251,8 @@ def ode_log_likelihood(score: Score, x0: Tensor, sigmas: list[float], *,
     from sigmas[0] (small) up the rising ``sigmas`` to sigma_max by Heun's method while integrating
     the divergence, then log p(x0) = log N(x(sigma_max); 0, sigma_max^2 I) + int div f dsigma.
 
-    ``divergence(score, x, sigma, z)`` gives (f, div) (:func:`hutchinson_divergence` or a learner's);
+    ``divergence(score, x, sigma, z)`` gives (f, div) (:func:`hutchinson_divergence` or a
+    learner's);
     ``probes`` Rademacher vectors, each fixed along the whole path (Grathwohl et al. 2019), are
     averaged. With ``divergence=exact_divergence`` (z ignored) the divergence is exact. In nats.
     Shapes: x0 (B, ...) -> (B,)."""
@@ -256,7 +263,8 @@ def ode_log_likelihood(score: Score, x0: Tensor, sigmas: list[float], *,
             return exact_divergence(score, x, sigma)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for _ in range(probes):
-        z = torch.randint(0, 2, x0.shape, generator=generator, device=x0.device).to(x0.dtype) * 2 - 1
+        signs = torch.randint(0, 2, x0.shape, generator=generator, device=x0.device)
+        z = signs.to(x0.dtype) * 2 - 1  # a Rademacher probe
         x, integral = x0, torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
         for sigma, sigma_next in itertools.pairwise(sigmas):
             h = sigma_next - sigma
@@ -295,7 +303,8 @@ class GaussianMixture:
         sigma = per_example(sigma, x[:, :1]).reshape(-1, 1).to(torch.float64)  # (B, 1)
         var = self.stds.double()[None] ** 2 + sigma**2  # (B, K)
         sq = torch.cdist(x.double(), self.means.double()).square()  # (B, K)
-        log = self.weights.double().log()[None] - 0.5 * sq / var - 0.5 * d * (2 * math.pi * var).log()
+        log = (self.weights.double().log()[None] - 0.5 * sq / var
+               - 0.5 * d * (2 * math.pi * var).log())
         return log, var
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
