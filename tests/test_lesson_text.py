@@ -148,7 +148,8 @@ def test_lessons_12_to_14_leave_the_key_step_to_the_learner():
     l12, l13, l14 = lesson("12"), lesson("13"), lesson("14")
     markdown = {n: "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
                 for n, nb in (("12", l12), ("13", l13), ("14", l14))}
-    assert r"\odot \mathrm{Attn}" not in markdown["12"], "lesson 12's Math writes the DiT block out"
+    assert r"\odot \mathrm{Attn}" not in markdown["12"], (
+        "lesson 12's Math writes the DiT block out")
     assert r"(\beta_a, \gamma_a, g_a, \beta_m, \gamma_m, g_m)" in markdown["12"]  # the chunks' order
     assert r"1 + \gamma" in markdown["12"]  # the modulation's convention
     assert "(1 + gamma_a) + beta_a" not in exercise_text(l12, "dit_block")
@@ -161,6 +162,7 @@ def test_lessons_12_to_14_leave_the_key_step_to_the_learner():
     assert all(f"`layer.{a}`" in forward for a in ("base", "lora_A", "lora_B", "scale", "merged"))
     prior = exercise_text(l13, "prior_preservation_loss")
     assert "plus `weight` times" not in prior and "weight x its loss" not in prior
-    assert "`objective(model, x0, cond=..., generator=generator)`" in prior and "`prior_label`" in prior
+    assert "`objective(model, x0, cond=..., generator=generator)`" in prior
+    assert "`prior_label`" in prior
     assert r"\tilde x_0 = \frac" not in markdown["14"], "lesson 14's Math solves the step for x0"
     assert r"\alpha_{t''} - (\sigma_{t''}/\sigma_t)" not in markdown["14"]
