@@ -150,7 +150,8 @@ def test_lessons_12_to_14_leave_the_key_step_to_the_learner():
                 for n, nb in (("12", l12), ("13", l13), ("14", l14))}
     assert r"\odot \mathrm{Attn}" not in markdown["12"], (
         "lesson 12's Math writes the DiT block out")
-    assert r"(\beta_a, \gamma_a, g_a, \beta_m, \gamma_m, g_m)" in markdown["12"]  # the chunks' order
+    # the chunks' order
+    assert r"(\beta_a, \gamma_a, g_a, \beta_m, \gamma_m, g_m)" in markdown["12"]
     assert r"1 + \gamma" in markdown["12"]  # the modulation's convention
     assert "(1 + gamma_a) + beta_a" not in exercise_text(l12, "dit_block")
     loss = exercise_text(l12, "flow_matching_loss")
