@@ -1774,7 +1774,7 @@ def test_a_ddim_step_right_both_ways_passes_and_the_lesson_07_solution_too():
     assert run_checker(lesson_07, DDIM_STEP).status == "passed"
 
 
-# --- issue 47: lessons 12-14's checkers name the mistake and point to the lesson, never the key line
+# --- issue 47: lessons 12-14's checkers name the mistake and point to the lesson, not the key line
 from diffuse_edu.exercises import Mistake  # noqa: E402
 from diffuse_edu.exercises import distillation as _distillation_module  # noqa: E402
 from diffuse_edu.exercises import dit as _dit_module  # noqa: E402
