@@ -147,6 +147,30 @@ SDE_WRONG = [
 ]
 
 
+def _sde_sigma_like_a_column(score, x, sigma, sigma_next, z):  # right on (B, 2), wrong on images
+    s = score(x, torch.full_like(x[:, 0], sigma))
+    d = sigma**2 - sigma_next**2
+    return x + d * s + math.sqrt(d) * z
+
+
+def _hutch_without_enable_grad(score, x, sigma, z):  # right with autograd on, fails under no_grad
+    x = x.detach().requires_grad_(True)
+    f = -sigma * score(x, full(sigma, x))
+    (vjp,) = torch.autograd.grad(f, x, grad_outputs=z)
+    return f.detach(), (vjp * z).flatten(1).sum(1)
+
+
+def test_answers_right_on_the_first_cases_but_wrong_where_the_lesson_runs_them_are_caught():
+    """A learner's trial: these passed every case, then crashed the lesson (its digits run the SDE
+    step on (B, 1, 8, 8) images; its samplers call the divergence under torch.no_grad())."""
+    from diffuse_edu.exercises import run_checker
+
+    sde = run_checker(_sde_sigma_like_a_column, REVERSE_SDE_STEP)
+    assert sde.status == "failed" and sde.passed_cases == 3 and "shape (3, 8, 8)" in sde.message
+    hutch = run_checker(_hutch_without_enable_grad, HUTCHINSON_DIVERGENCE)
+    assert hutch.status == "failed" and "torch.enable_grad()" in hutch.message
+
+
 # --- hutchinson_divergence ------------------------------------------------------------------------
 def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1,
            keep_shape=False, batch_sum=False):

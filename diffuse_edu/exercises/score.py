@@ -316,12 +316,17 @@ ANNEALED_LANGEVIN = Checker(
 
 # --- 3. The reverse SDE -------------------------------------------------------------------------
 
-def _sde_case(seed: int, sigma: float, sigma_next: float) -> Callable:
+def _sde_case(seed: int, sigma: float, sigma_next: float,
+              shape: tuple[int, ...] = (4, 2)) -> Callable:
+    """One step on points of ``shape``: (B, 2) as section 3's mixture, (B, 1, 8, 8) as its
+    digits."""
+    dim = math.prod(shape[1:])
+
     def case(fn: Callable) -> None:
         g = torch.Generator().manual_seed(seed)
-        x, z = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
-        s = _score(seed)(x, torch.full((4,), sigma))
-        s_next = _score(seed)(x, torch.full((4,), sigma_next))
+        x, z = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        s = _Score(seed, dim)(x, torch.full((shape[0],), sigma))
+        s_next = _Score(seed, dim)(x, torch.full((shape[0],), sigma_next))
         d = sigma**2 - sigma_next**2
         mistakes = [
             Mistake("that is the probability-flow ODE's step (half the drift, no noise): the "
@@ -344,11 +349,14 @@ def _sde_case(seed: int, sigma: float, sigma_next: float) -> Callable:
             Mistake("the noise is sqrt(sigma^2 - sigma_next^2) z, not (sigma^2 - sigma_next^2) z.",
                     x + d * s + d * z),
         ]
-        got = _deterministic(fn, lambda: (_Score(seed), x.clone(), sigma, sigma_next, z.clone()),
+        got = _deterministic(fn, lambda: (_Score(seed, dim), x.clone(), sigma, sigma_next,
+                                          z.clone()),
                              "reverse_sde_step", "use the noise z you are given; draw no random "
                                                  "numbers yourself.")
-        compare(got, reverse_sde_step(_Score(seed), x, sigma, sigma_next, z), mistakes=mistakes,
-                what=f"reverse_sde_step from sigma = {sigma} to {sigma_next}",
+        compare(got, reverse_sde_step(_Score(seed, dim), x, sigma, sigma_next, z),
+                mistakes=mistakes,
+                what=f"reverse_sde_step from sigma = {sigma} to {sigma_next} on x of shape "
+                     f"{tuple(shape)}",
                 otherwise="does not match the lesson's Euler-Maruyama step (section 3): x + "
                           "(sigma^2 - sigma_next^2) score(x, sigma) + sqrt(sigma^2 - "
                           "sigma_next^2) z.")
@@ -358,7 +366,8 @@ def _sde_case(seed: int, sigma: float, sigma_next: float) -> Callable:
 REVERSE_SDE_STEP = Checker(
     "reverse_sde_step",
     reverse_sde_step,
-    [_sde_case(0, 2.0, 1.2), _sde_case(1, 0.5, 0.0), _sde_case(2, 5.0, 4.5)],
+    [_sde_case(0, 2.0, 1.2), _sde_case(1, 0.5, 0.0), _sde_case(2, 5.0, 4.5),
+     _sde_case(3, 1.5, 0.9, (3, 1, 8, 8))],  # section 3's digits run the same step on images
     hints=(
         (
             "In the variable sigma^2 the forward process is Brownian motion; the reverse SDE's "
@@ -481,6 +490,27 @@ def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...]) -> Callabl
     return case
 
 
+def _under_no_grad(fn: Callable) -> None:
+    """The lesson's samplers run under torch.no_grad(): the estimate must still work there."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 2, generator=g)
+    z = torch.randint(0, 2, (4, 2), generator=g).float() * 2 - 1
+    _, want_div = hutchinson_divergence(_Score(5), x, 1.0, z)
+    try:
+        with torch.no_grad():
+            got = fn(_Score(5), x.clone(), 1.0, z.clone())
+    except RuntimeError as e:
+        if "does not require grad" in str(e) or "grad_fn" in str(e):
+            raise Mismatch("hutchinson_divergence fails under torch.no_grad(), where the lesson's "
+                           "samplers call it (autograd records nothing there): evaluate the drift "
+                           "and take the vector-Jacobian product inside `with "
+                           "torch.enable_grad():`.") from None
+        raise
+    div = got[1] if isinstance(got, tuple) and len(got) == 2 else got
+    compare(div.detach() if isinstance(div, Tensor) else div, want_div,
+            what="hutchinson_divergence called under torch.no_grad(), the divergence")
+
+
 HUTCHINSON_DIVERGENCE = Checker(
     "hutchinson_divergence",
     hutchinson_divergence,
@@ -488,6 +518,7 @@ HUTCHINSON_DIVERGENCE = Checker(
         _divergence_case(0, 0.7, (5, 2)),
         _divergence_case(1, 3.0, (3, 2)),
         _divergence_case(2, 0.2, (2, 4)),
+        _under_no_grad,
     ],
     hints=(
         (
