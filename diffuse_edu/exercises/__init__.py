@@ -447,6 +447,14 @@ def run_naming_crashes(call: Callable[[], object], what: str,
         raise
 
 
+def require_gradient(loss: object, name: str, source: str) -> None:
+    """Raise :class:`Mismatch` unless ``loss`` (a learner's loss) is a tensor that training can
+    backpropagate through; ``source`` names what it must be computed from ("the score's output")."""
+    if not isinstance(loss, Tensor) or not loss.requires_grad:
+        raise Mismatch(f"{name} returned a loss with no gradient: compute it from {source} without "
+                       ".detach(), .item() or torch.no_grad(), so that training can backpropagate.")
+
+
 def require_passed(name: str) -> None:
     """Raise AssertionError unless the last check of exercise ``name`` in this process passed: the
     autograded cell of an nbgrader export (``python -m diffuse_edu export nbgrader``) ends with

@@ -14,7 +14,7 @@ from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.objectives import flow_matching_loss, per_example_mse
 from diffuse_edu.diffusion.prediction import Target
 from diffuse_edu.diffusion.samplers import flow_times, sample_flow_euler
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, require_gradient
 
 SCALE = 1000.0  # the network sees t = tau * SCALE
 
@@ -140,10 +140,7 @@ def _loss_is_differentiable(fn: Callable) -> None:
         torch.rand(2),
         torch.randn(2, 1, 4, 4),
     )
-    if not isinstance(loss, Tensor) or not loss.requires_grad:
-        raise Mismatch("flow_matching_loss returned a loss with no gradient: compute it from the "
-                       "model's output without .detach(), .item() or torch.no_grad(), so that "
-                       "training can backpropagate.")
+    require_gradient(loss, "flow_matching_loss", "the model's output")
 
 
 FLOW_MATCHING_LOSS = Checker(

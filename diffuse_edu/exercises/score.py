@@ -20,7 +20,7 @@ from diffuse_edu.diffusion.score import (
     langevin_step,
     reverse_sde_step,
 )
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, require_gradient
 
 
 def _strict_sigma(x: Tensor, sigma: object) -> None:
@@ -139,10 +139,7 @@ def _dsm_is_differentiable(fn: Callable) -> None:
     net = torch.nn.Linear(2, 2)
     loss = fn(lambda x, sigma: net(x) / sigma[:, None], torch.randn(3, 2), torch.rand(3) + 0.1,
               torch.randn(3, 2))
-    if not isinstance(loss, Tensor) or not loss.requires_grad:
-        raise Mismatch("dsm_loss returned a loss with no gradient: compute it from the score's "
-                       "output without .detach(), .item() or torch.no_grad(), so that training "
-                       "can backpropagate.")
+    require_gradient(loss, "dsm_loss", "the score's output")
 
 
 DSM_LOSS = Checker(
