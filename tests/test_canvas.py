@@ -8,9 +8,18 @@ from diffuse_edu import data
 from diffuse_edu.data.canvas import Buckets, place, side_by_side, with_brightness
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.schedules import cosine_schedule
-from diffuse_edu.evaluation.probes import receptive_field, straightness, subjects_across
+from diffuse_edu.evaluation.features import recognisable
+from diffuse_edu.evaluation.probes import (
+    digits_per_half,
+    ink_share,
+    receptive_field,
+    straightness,
+    subjects_across,
+)
 from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training import recipes
 from diffuse_edu.training.loop import TrainConfig, train
+from diffuse_edu.training.pretrained import course_classifier
 
 DIGITS = data.load_digits("train", size=8).images[:200]
 
@@ -31,6 +40,68 @@ def test_one_and_two_subjects_are_counted_on_real_canvases():
     assert (subjects_across(two) == 2).float().mean() > 0.8
     with pytest.raises(ValueError, match="cannot hold"):
         place(DIGITS[:1], 4)
+
+
+def test_digits_per_half_needs_ink_and_a_sure_judge_in_each_half():
+    """The counter's logic, with stand-in judges: a half counts when it holds half a digit's ink
+    and the judge is sure of it; a sure judge alone, or ink alone, is not enough."""
+    digit, empty = torch.full((1, 1, 8, 8), -1.0), torch.full((1, 1, 8, 8), -1.0)
+    digit[..., 1:7, 3:5] = 1.0  # 12 of 64 pixels: ink share 0.1875
+    faint = torch.full((1, 1, 8, 8), -1.0)
+    faint[..., 2:4, 3:5] = 1.0  # 4 pixels: 0.0625, under half of 0.1875
+    canvases = torch.cat([side_by_side(digit, digit), side_by_side(digit, empty),
+                          side_by_side(faint, digit), side_by_side(empty, empty)])
+    sure = lambda h: torch.ones(len(h))  # noqa: E731
+    unsure = lambda h: torch.zeros(len(h))  # noqa: E731
+    assert digits_per_half(canvases, sure, digit_ink=0.1875).tolist() == [2, 1, 1, 0]
+    assert digits_per_half(canvases, unsure, digit_ink=0.1875).tolist() == [0, 0, 0, 0]
+    left_only = lambda h: (h[..., :4] > 0).flatten(1).any(1).float()  # noqa: E731
+    assert digits_per_half(canvases, left_only, digit_ink=0.1875).tolist() == [2, 1, 1, 0]
+    with pytest.raises(ValueError, match="odd"):
+        digits_per_half(canvases[..., :15], sure, digit_ink=0.1875)
+
+
+def _ink_runs(kind: str, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Square canvases holding an ink run that is no digit, as a model's wide samples draw them:
+    a filled square, a horizontal dash or a smudge (random pixels of a 6 x 6 patch inked)."""
+    out = torch.full((n, 1, 8, 8), -1.0)
+    for i in range(n):
+        r, c = torch.randint(0, 3, (2,), generator=generator).tolist()
+        if kind == "square":
+            out[i, :, 1 + r:5 + r, 1 + c:5 + c] = 1.0
+        elif kind == "dash":
+            out[i, :, 2 + r:4 + r, :] = 1.0
+        else:
+            patch = out[i, 0, 1:7, 1:7]
+            patch[torch.rand(6, 6, generator=generator) < 0.6] = 1.0
+    return out
+
+
+def test_digits_per_half_on_generated_like_canvases():
+    """Issue 47: the two-subject counter of lesson 12 checked on canvases like a model's wide
+    samples, built from real held-out digits and synthetic ink runs. The ink-run counter calls a
+    digit beside any blob two subjects; the judge per half must not (measured: two digits 86%,
+    a digit beside a square 23%, beside a smudge 20%, beside a dash 0%, noise 0%)."""
+    classifier, recipe = course_classifier("quick"), recipes.DDPM_QUICK
+    judge = lambda h: recognisable(classifier, recipe.view(h))  # noqa: E731
+    digits = data.load_digits("test", size=8).images
+    ink, n = ink_share(digits).mean().item(), len(digits) // 2
+    left, right = digits[:n], digits[n:2 * n]
+    g = torch.Generator().manual_seed(0)
+    two = digits_per_half(side_by_side(left, right), judge, digit_ink=ink)
+    assert (two == 2).float().mean() > 0.75, "two real digits side by side should mostly count 2"
+    alone = digits_per_half(place(left, 16, generator=g), judge, digit_ink=ink)
+    assert (alone == 2).float().mean() < 0.05, "one digit placed on a wide canvas counted as two"
+    for kind, most in (("square", 0.35), ("dash", 0.05), ("smudge", 0.35)):
+        canvases = side_by_side(left, _ink_runs(kind, n, g))
+        runs_two = (subjects_across(canvases) == 2).float().mean().item()
+        judged_two = (digits_per_half(canvases, judge, digit_ink=ink) == 2).float().mean().item()
+        assert runs_two > 0.9, f"the ink-run counter should call a digit beside a {kind} two"
+        assert judged_two < most, (f"the judge per half called a digit beside a {kind} two "
+                                   f"digits on {judged_two:.0%} of canvases (at most {most:.0%} "
+                                   "expected)")
+    noise = torch.rand(n, 1, 8, 16, generator=g) * 2 - 1
+    assert (digits_per_half(noise, judge, digit_ink=ink) == 2).float().mean() < 0.05
 
 
 def test_buckets_draw_one_shape_per_batch_and_train():

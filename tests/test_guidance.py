@@ -124,6 +124,17 @@ def test_rescale_matches_the_conditional_std_and_phi_zero_does_nothing():
     torch.testing.assert_close(half, (full + guided) / 2)
 
 
+def test_rescale_against_a_hand_computation():
+    """Lin et al. 2024, Eq. 15-16, worked by hand on two examples of two numbers (the standard
+    deviation per example, with Bessel's correction as torch.std): example 0 has std(guided) =
+    sqrt(2), std(cond) = sqrt(2) / 2, so rescaled = guided / 2 = (0.5, 1.5) and phi = 0.7 gives
+    0.7 (0.5, 1.5) + 0.3 (1, 3) = (0.65, 1.95); example 1 has equal stds, so it stays."""
+    guided = torch.tensor([[1.0, 3.0], [-2.0, 2.0]])
+    cond = torch.tensor([[0.0, 1.0], [0.0, 4.0]])
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.7),
+                               torch.tensor([[0.65, 1.95], [-2.0, 2.0]]))
+
+
 def test_guidance_needs_a_condition_and_a_matching_null(model):
     x, t, cond = _inputs()
     with pytest.raises(ValueError, match="condition to guide towards"):

@@ -189,6 +189,24 @@ def subjects_across(images: Tensor, *, ink: float = 0.0, min_width: int = 2) -> 
     return torch.tensor(counts)
 
 
+def digits_per_half(canvases: Tensor, judge: Callable[[Tensor], Tensor], *,
+                    digit_ink: float) -> Tensor:
+    """How many halves of each wide canvas hold a digit (lesson 12's subject counter for samples):
+    a half counts when it holds at least half a digit's ink (``digit_ink``: the mean
+    :func:`ink_share` of real digits on a square canvas) and ``judge`` is sure of it. ``judge``
+    maps halves (N, C, H, W / 2) to 1.0 where a classifier is sure of the image, else 0.0 (e.g.
+    ``lambda h: recognisable(classifier, recipe.view(h))``). Without the ink test a classifier is
+    "sure" of many empty or half-filled halves; without the classifier any blob of ink is a
+    subject, as :func:`subjects_across` counts it. Two subjects: a count of 2.
+    Shapes: canvases (N, C, H, W) with W even -> (N,) int64 in {0, 1, 2}."""
+    if canvases.shape[-1] % 2:
+        raise ValueError(f"digits_per_half splits a canvas into two halves; its width "
+                         f"{canvases.shape[-1]} is odd: pass canvases twice a square's width.")
+    w = canvases.shape[-1] // 2
+    halves = (canvases[..., :w].clamp(-1, 1), canvases[..., w:].clamp(-1, 1))
+    return sum((judge(h).bool() & (ink_share(h) >= 0.5 * digit_ink)).long() for h in halves)
+
+
 def ink_share(images: Tensor) -> Tensor:
     """The share of each image's pixels that hold ink (above 0, the middle of [-1, 1]): how bold a
     digit's strokes are, or how much of a canvas it fills. Shapes: (N, C, H, W) -> (N,)."""
