@@ -187,6 +187,18 @@ def reverse_sde_step(score: Score, x: Tensor, sigma: float, sigma_next: float, z
     return x + d * score(x, as_batch(sigma, x)) + math.sqrt(d) * z
 
 
+def ancestral_step(score: Score, x: Tensor, sigma: float, sigma_next: float, z: Tensor) -> Tensor:
+    """One ancestral step from sigma to sigma_next (Ho et al. 2020, Eq. 6-7 in the VE variable;
+    Song et al. 2021, App. E): a draw from the Gaussian posterior q(x' | x, x0) with x0 replaced by
+    Tweedie's estimate D = x + sigma^2 score. Its mean is the Euler-Maruyama step's,
+    x + (sigma^2 - sigma_next^2) score, but the noise is only sqrt(sigma_next^2 (sigma^2 -
+    sigma_next^2) / sigma^2) z, so that x' carries noise of width sigma_next, not sigma: no noise
+    at all on the last step to 0 (where Euler-Maruyama adds noise of width sigma, and its first
+    step from sigma_max adds almost sigma_max). Shapes: like x."""
+    d = sigma**2 - sigma_next**2
+    return x + d * score(x, as_batch(sigma, x)) + math.sqrt(d * sigma_next**2 / sigma**2) * z
+
+
 def ode_drift(score: Score, x: Tensor, sigma: float | Tensor) -> Tensor:
     """The probability-flow ODE's drift in sigma, dx / dsigma = -sigma score(x, sigma) (Song et al.
     2021, Eq. 13; Karras et al. 2022, Eq. 4 with sigma(t) = t). Shapes: like x."""
@@ -244,17 +256,32 @@ def exact_divergence(score: Score, x: Tensor, sigma: float) -> tuple[Tensor, Ten
     return f.detach(), div
 
 
+def probe_vectors(shape: tuple[int, ...] | torch.Size, kind: str = "rademacher", *,
+                  generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Probes z with E[z z^T] = I for Hutchinson's estimator: "rademacher" (random signs, the
+    smaller variance, 2 sum_{i != j} J_ij^2) or "gaussian" (N(0, I), variance 2 ||J||_F^2;
+    Hutchinson 1989, Avron & Toledo 2011). Shapes: ``shape``."""
+    if kind == "rademacher":
+        return torch.randint(0, 2, tuple(shape), generator=generator, device=device).float() * 2 - 1
+    if kind == "gaussian":
+        return torch.randn(tuple(shape), generator=generator, device=device)
+    raise ValueError(f"probe kind must be 'rademacher' or 'gaussian', got {kind!r}.")
+
+
 def ode_log_likelihood(score: Score, x0: Tensor, sigmas: list[float], *,
                        divergence: Callable = hutchinson_divergence, probes: int = 1,
-                       generator: torch.Generator | None = None) -> Tensor:
+                       generator: torch.Generator | None = None,
+                       probe: str = "rademacher") -> Tensor:
     """log p(x0) under the probability-flow ODE (Song et al. 2021, Sec. 4.3 and App. D.2): carry x0
     from sigmas[0] (small) up the rising ``sigmas`` to sigma_max by Heun's method while integrating
     the divergence, then log p(x0) = log N(x(sigma_max); 0, sigma_max^2 I) + int div f dsigma.
 
     ``divergence(score, x, sigma, z)`` gives (f, div) (:func:`hutchinson_divergence` or a
     learner's);
-    ``probes`` Rademacher vectors, each fixed along the whole path (Grathwohl et al. 2019), are
-    averaged. With ``divergence=exact_divergence`` (z ignored) the divergence is exact. In nats.
+    ``probes`` probe vectors (:func:`probe_vectors` of kind ``probe``), each fixed along the
+    whole path (Grathwohl et al. 2019), are averaged. With ``divergence=exact_divergence`` (z
+    ignored) the divergence is exact. In nats.
     Shapes: x0 (B, ...) -> (B,)."""
     x0 = x0.detach()
     div_fn = divergence
@@ -263,8 +290,7 @@ def ode_log_likelihood(score: Score, x0: Tensor, sigmas: list[float], *,
             return exact_divergence(score, x, sigma)
     total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
     for _ in range(probes):
-        signs = torch.randint(0, 2, x0.shape, generator=generator, device=x0.device)
-        z = signs.to(x0.dtype) * 2 - 1  # a Rademacher probe
+        z = probe_vectors(x0.shape, probe, generator=generator, device=x0.device).to(x0.dtype)
         x, integral = x0, torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
         for sigma, sigma_next in itertools.pairwise(sigmas):
             h = sigma_next - sigma
@@ -279,6 +305,81 @@ def ode_log_likelihood(score: Score, x0: Tensor, sigmas: list[float], *,
                  - 0.5 * d * math.log(2 * math.pi * s_max**2))
         total = total + prior + integral
     return total / probes
+
+
+def dequantise(x: Tensor, bin_width: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform dequantisation (Theis et al. 2016): each value of a grid of spacing ``bin_width``
+    spread uniformly over its bin, y = x + (u - 1/2) bin_width. A continuous density p on y then
+    bounds the grid's probabilities: log P(x) >= E_u[log p(y)] + D log(bin_width).
+    Shapes: like x."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + (u - 0.5) * bin_width
+
+
+def bits_per_dim(nll: Tensor | float, dims: int, bin_width: float) -> Tensor | float:
+    """A continuous negative log-likelihood of dequantised data (nats per example, over ``dims``
+    numbers) as the bound on the grid's code length it gives, in bits per dimension:
+    (nll - D ln bin_width) / (D ln 2)."""
+    return (nll - dims * math.log(bin_width)) / (dims * math.log(2))
+
+
+def chain_neg_elbo(denoise: Callable[[Tensor, Tensor], Tensor], y: Tensor, sigmas: Tensor, *,
+                   terms: int | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """-ELBO of a DDPM, in nats per example (Ho et al. 2020, Eq. 5; written in the VE variable
+    as Kingma et al. 2021, Eq. 13-15, do): the chain over the rising levels sigmas = (sigma_1 <
+    ... < sigma_N) whose reverse steps are Gaussian with the posterior's variance and x0 replaced
+    by the model's ``denoise(x, sigma (B,))``, an upper bound on -log p_model(y) for continuous y:
+
+    * the prior term KL(q(x_N | y) || N(0, sigma_N^2 I)) = ||y||^2 / (2 sigma_N^2);
+    * for i = 2..N, KL(q(x_{i-1} | x_i, y) || p(x_{i-1} | x_i)) = (1 / sigma_{i-1}^2 - 1 /
+      sigma_i^2) ||y - D(x_i, sigma_i)||^2 / 2 at x_i = y + sigma_i eps;
+    * the decoder -log N(y; D(x_1, sigma_1), sigma_1^2 I) at x_1 = y + sigma_1 eps.
+
+    A DDPM's discrete steps x_t = sqrt(ab_t) (x0 + sigma_t eps) are these levels rescaled, and a
+    KL does not change when both its sides are rescaled alike, so this is the DDPM's own bound
+    over its schedule (with the prior N(0, sigma_N^2 I) in place of N(0, I) rescaled, which
+    differs only by the data's width against sigma_N). ``terms``: estimate the sum over the
+    N - 1 middle terms from that many levels per example, one drawn in each of ``terms`` strata
+    of equal width in ln sigma and weighted by its stratum's size (unbiased); None sums them
+    all. One noise eps per level. Shapes: y (B, ...), sigmas (N,) -> (B,), float64.
+    """
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().to(y.device)
+    if sig.numel() < 2 or not (sig[1:] > sig[:-1]).all() or sig[0] <= 0:
+        raise ValueError("chain_neg_elbo needs at least two positive, rising levels.")
+    b, d = y.shape[0], y[0].numel()
+    y64 = y.double().flatten(1)
+
+    def sq_error(i: Tensor) -> Tensor:  # ||y - D(y + sigma_i eps, sigma_i)||^2, i (B,) indices
+        s = sig[i]
+        eps = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        x = y + per_example(s.to(y.dtype), y) * eps
+        with torch.no_grad():
+            x0_hat = denoise(x, s.to(y.dtype))
+        return (y64 - x0_hat.double().flatten(1)).square().sum(1)
+
+    prior = y64.square().sum(1) / (2 * sig[-1] ** 2)
+    first = torch.zeros(b, dtype=torch.long, device=y.device)
+    decoder = (sq_error(first) / (2 * sig[0] ** 2) + 0.5 * d * math.log(2 * math.pi)
+               + d * sig[0].log())
+    middle = torch.zeros(b, dtype=torch.float64, device=y.device)
+    n = sig.numel()
+    weight = 0.5 * (1 / sig[:-1] ** 2 - 1 / sig[1:] ** 2)  # weight[i - 1] for level i
+    if terms is None or terms >= n - 1:
+        for i in range(1, n):
+            middle += weight[i - 1] * sq_error(torch.full((b,), i, device=y.device))
+    else:
+        # strata of equal width in ln sigma: the terms' sizes vary far less within one
+        grid = torch.linspace(sig[1].log().item(), sig[-1].log().item(), terms + 1,
+                              dtype=torch.float64, device=sig.device)
+        edges = [1, *torch.searchsorted(sig.log(), grid[1:-1]).tolist(), n]
+        for lo, hi in itertools.pairwise(edges):
+            if hi <= lo:
+                continue
+            u = torch.rand(b, generator=generator, device=y.device, dtype=torch.float64)
+            i = (lo + (u * (hi - lo)).long()).clamp(max=hi - 1)
+            middle += (hi - lo) * weight[i - 1] * sq_error(i)
+    return prior + decoder + middle
 
 
 @dataclass(frozen=True)
