@@ -1,0 +1,159 @@
+"""Prompt-to-prompt (lesson 19; Hertz et al. 2022): edit a generated image by its prompt while
+keeping its layout, by injecting the source prompt's cross-attention maps.
+
+Sample the source prompt while recording every cross-attention block's attention probabilities
+(:func:`recording_attention`); then sample the edited prompt from the same noise, each block using
+the recorded probabilities in place of its own for the first part of the steps
+(:func:`injecting_attention`), with the edited prompt's values. The maps decide *where* each word
+acts, the values *what* it paints (Hertz et al. 2022, Sec. 3.1-3.2, Eq. 1 and Alg. 1).
+
+Hooks work from outside on lesson 09's :class:`~diffuse_edu.models.attention.CrossAttention`
+blocks (their ``forward_fn``); the U-Net is not changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from diffuse_edu.models.attention import CrossAttention, attention_weights
+
+
+def injected_cross_attention(block: CrossAttention, x: Tensor, context: Tensor,
+                             mask: Tensor | None, weights: Tensor) -> Tensor:
+    """A cross-attention block's forward pass with given attention probabilities (lesson 19's
+    exercise; Hertz et al. 2022, Sec. 3.2): the values come from this call's ``context`` (the
+    edited prompt) through ``block.to_kv``, the probabilities are ``weights`` (recorded while
+    sampling the source prompt, per head, padding already at zero); the heads' outputs are joined,
+    projected by ``block.to_out`` and added to x, as in the block's own forward pass.
+
+    Shapes: x (B, C, H, W), context (B, L, D), mask (B, L) bool or None, weights (B, heads, H * W,
+    L) -> (B, C, H, W).
+    """
+    _, _, h, w = x.shape
+    _, v = block.to_kv(context).chunk(2, dim=-1)  # (B, L, C)
+    v = rearrange(v, "b l (n d) -> b n l d", n=block.heads)
+    out = rearrange(weights.to(v) @ v, "b n q d -> b q (n d)")  # (B, HW, C)
+    return x + rearrange(block.to_out(out), "b (h w) c -> b c h w", h=h, w=w)
+
+
+def cross_attention_blocks(model: nn.Module) -> list[CrossAttention]:
+    """The cross-attention blocks of ``model``, in module order."""
+    blocks = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    if not blocks:
+        raise ValueError("this model has no cross-attention block: prompt-to-prompt needs a "
+                         "text-conditioned U-Net (lesson 09's, UNetConfig.context_dim set).")
+    return blocks
+
+
+@contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[list[Tensor]]]:
+    """While inside, every call of each cross-attention block of ``model`` appends its attention
+    probabilities (B, heads, H * W, L) to that block's list: ``with recording_attention(unet) as
+    maps:`` then ``maps[i][k]`` is block i's k-th call (one per network evaluation)."""
+    blocks = cross_attention_blocks(model)
+    maps: list[list[Tensor]] = [[] for _ in blocks]
+    saved = [b.forward_fn for b in blocks]
+
+    def recorder(store: list[Tensor], inner: Callable) -> Callable:
+        def forward(block, x, context, mask=None):
+            q = block.to_q(rearrange(block.norm(x), "b c h w -> b (h w) c"))
+            k = block.to_kv(context).chunk(2, dim=-1)[0]
+            store.append(attention_weights(q, k, block.heads, mask).detach())
+            return inner(block, x, context, mask)
+        return forward
+
+    for b, store, inner in zip(blocks, maps, saved):
+        b.forward_fn = recorder(store, inner)
+    try:
+        yield maps
+    finally:
+        for b, inner in zip(blocks, saved):
+            b.forward_fn = inner
+
+
+@contextmanager
+def injecting_attention(model: nn.Module, maps: list[list[Tensor]], share: float, *,
+                        inject: Callable[..., Tensor] = injected_cross_attention) -> Iterator[dict]:
+    """While inside, each cross-attention block of ``model`` runs ``inject(block, x, context,
+    mask, weights)`` with the recorded ``maps`` of its first ``share`` of calls (the first part of
+    the sampling steps: every step calls each block equally often), and its own forward pass after.
+    Yields a dict counting the calls that were injected and those that were not.
+
+    ``maps`` as :func:`recording_attention` gives them, from a run with the same sampler, steps and
+    batch size."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share is the fraction of the steps injected, in [0, 1]; got {share}.")
+    blocks = cross_attention_blocks(model)
+    if len(maps) != len(blocks):
+        raise ValueError(f"{len(maps)} recorded blocks for a model of {len(blocks)}: record on the "
+                         "same model.")
+    saved = [b.forward_fn for b in blocks]
+    counts = {"injected": 0, "own": 0}
+
+    def injector(store: list[Tensor], own: Callable) -> Callable:
+        calls, until = [0], round(share * len(store))
+
+        def forward(block, x, context, mask=None):
+            k = calls[0]
+            calls[0] += 1
+            if k < until:
+                if store[k].shape[0] != x.shape[0]:
+                    raise ValueError(f"recorded maps for a batch of {store[k].shape[0]}, injected "
+                                     f"into one of {x.shape[0]}: sample the edit as the source.")
+                counts["injected"] += 1
+                return inject(block, x, context, mask, store[k])
+            counts["own"] += 1
+            return own(block, x, context, mask)
+        return forward
+
+    for b, store, own in zip(blocks, maps, saved):
+        b.forward_fn = injector(store, own)
+    try:
+        yield counts
+    finally:
+        for b, own in zip(blocks, saved):
+            b.forward_fn = own
+
+
+def layout(images: Tensor, threshold: float = 0.0) -> dict[str, Tensor]:
+    """Where the shape is and how big: the centroid (x, y) in pixels and the area (pixels) of the
+    foreground (some channel above ``threshold``; the shapes are drawn on black, -1), and the
+    foreground mask. Shapes: images (B, 3, H, W) -> centre (B, 2), area (B,), mask (B, H, W)."""
+    mask = (images > threshold).any(1)
+    _, h, w = mask.shape
+    m = mask.float()
+    area = m.sum((1, 2))
+    ys = torch.arange(h, dtype=m.dtype, device=m.device)[None, :, None]
+    xs = torch.arange(w, dtype=m.dtype, device=m.device)[None, None, :]
+    safe = area.clamp_min(1)
+    centre = torch.stack([(m * xs).sum((1, 2)) / safe, (m * ys).sum((1, 2)) / safe], 1)
+    centre = torch.where(area[:, None] > 0, centre, torch.full_like(centre, (w - 1) / 2))
+    return {"centre": centre, "area": area, "mask": mask}
+
+
+def layout_change(a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    """How far image b's layout is from image a's, per pair: the centroid's shift (pixels), the
+    relative change of the area |log((area_b + 1) / (area_a + 1))| and 1 - IoU of the foregrounds.
+    Shapes: a and b (B, 3, H, W) -> each (B,)."""
+    la, lb = layout(a), layout(b)
+    inter = (la["mask"] & lb["mask"]).flatten(1).sum(1).float()
+    union = (la["mask"] | lb["mask"]).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return {"shift": (la["centre"] - lb["centre"]).norm(dim=1),
+            "size": ((lb["area"] + 1) / (la["area"] + 1)).log().abs(),
+            "mask_distance": 1 - iou}
+
+
+__all__ = [
+    "cross_attention_blocks",
+    "injected_cross_attention",
+    "injecting_attention",
+    "layout",
+    "layout_change",
+    "recording_attention",
+]
