@@ -32,6 +32,10 @@ def full(sigma, x):
     return torch.full((x.shape[0],), sigma, dtype=x.dtype)
 
 
+def full_float32(sigma, x):  # the learner's slip: torch.full without x's dtype
+    return torch.full((x.shape[0],), sigma)
+
+
 # --- dsm_loss -------------------------------------------------------------------------------------
 def _dsm(*, weight=2, target_sign=-1, target_power=1, noise_power=1, reduce="mean", at_clean=False,
          reshape=True, scalar=False):
@@ -70,9 +74,11 @@ def _dsm_detached(score, x0, sigma, eps):
 
 
 # --- langevin_step --------------------------------------------------------------------------------
-def _step(*, half=0.5, noise=lambda a: math.sqrt(a), sign=1, as_float=False, fresh=False):
+def _step(*, half=0.5, noise=lambda a: math.sqrt(a), sign=1, as_float=False, fresh=False,
+          level=full, swapped=False):
     def langevin_step(score, x, sigma, step_size, z):
-        s = score(x, sigma if as_float else full(sigma, x))
+        s = (score(level(sigma, x), x) if swapped
+             else score(x, sigma if as_float else level(sigma, x)))
         noise_z = torch.randn_like(x) if fresh else z
         return x + sign * half * step_size * s + noise(step_size) * noise_z
     return langevin_step
@@ -85,8 +91,9 @@ LANGEVIN_WRONG = [
     (_step(noise=lambda a: 0.0), "the noise term sqrt(step_size) z is missing"),
     (_step(noise=lambda a: math.sqrt(2 * a)), "not sqrt(2 * step_size) * z"),
     (_step(noise=lambda a: math.sqrt(a / 2)), "the half belongs to the score term only"),
-    (_step(as_float=True), "sigma as a Python float"),
     (_step(fresh=True), "use the noise z you are given"),
+    (_step(level=full_float32), "torch.full takes dtype= and device="),
+    (_step(swapped=True), "called as score(sigma, x)"),
 ]
 
 
@@ -124,10 +131,10 @@ ANNEALED_WRONG = [
 
 # --- reverse_sde_step -----------------------------------------------------------------------------
 def _sde(*, drift=lambda s, n: s**2 - n**2, noise=lambda s, n: math.sqrt(s**2 - n**2), sign=1,
-         at_next=False, as_float=False, fresh=False):
+         at_next=False, as_float=False, fresh=False, level=full, swapped=False):
     def reverse_sde_step(score, x, sigma, sigma_next, z):
         at = sigma_next if at_next else sigma
-        s = score(x, at if as_float else full(at, x))
+        s = score(at, x) if swapped else score(x, at if as_float else level(at, x))
         zz = torch.randn_like(x) if fresh else z
         return x + sign * drift(sigma, sigma_next) * s + noise(sigma, sigma_next) * zz
     return reverse_sde_step
@@ -142,8 +149,9 @@ SDE_WRONG = [
     (_sde(sign=-1), "add the score term, do not subtract it"),
     (_sde(at_next=True), "not at sigma_next"),
     (_sde(noise=lambda s, n: s**2 - n**2), "not (sigma^2 - sigma_next^2) z"),
-    (_sde(as_float=True), "sigma as a Python float"),
     (_sde(fresh=True), "use the noise z you are given"),
+    (_sde(level=full_float32), "torch.full takes dtype= and device="),
+    (_sde(swapped=True), "called as score(sigma, x)"),
 ]
 
 
@@ -173,13 +181,13 @@ def test_answers_right_on_the_first_cases_but_wrong_where_the_lesson_runs_them_a
 
 # --- hutchinson_divergence ------------------------------------------------------------------------
 def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1,
-           keep_shape=False, batch_sum=False):
+           keep_shape=False, batch_sum=False, level=full, in_place=False):
     def hutchinson_divergence(score, x, sigma, z):
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            x = x.requires_grad_(True) if in_place else x.detach().requires_grad_(True)
             for _ in range(evaluations - 1):
-                score(x, full(sigma, x))
-            s = score(x, full(sigma, x))
+                score(x, level(sigma, x))
+            s = score(x, level(sigma, x))
             f = scale(sigma) * s
             probe = z if times_z else torch.ones_like(z)
             (vjp,) = torch.autograd.grad(s if of_score else f, x, grad_outputs=probe)
@@ -207,6 +215,8 @@ HUTCH_WRONG = [
     (_hutch(keep_shape=True), "came back with x's shape"),
     (_hutch(batch_sum=True), "came back as one number"),
     (_hutch_no_tuple, "returns two things"),
+    (_hutch(level=full_float32), "torch.full takes dtype= and device="),
+    (_hutch(in_place=True), "switched on gradient tracking of the x it was given"),
 ]
 
 WRONG = [(DSM_LOSS, DSM_WRONG), (LANGEVIN_STEP, LANGEVIN_WRONG),
@@ -246,3 +256,52 @@ def test_an_unfinished_exercise_is_todo():
     def langevin_step(score, x, sigma, step_size, z):
         raise NotImplementedError
     assert run_checker(langevin_step, LANGEVIN_STEP).status == "unfinished"
+
+
+@pytest.mark.parametrize("checker, right", [
+    (LANGEVIN_STEP, _step(as_float=True)),
+    (REVERSE_SDE_STEP, _sde(as_float=True)),
+], ids=["langevin_step", "reverse_sde_step"])
+def test_a_level_given_as_a_python_number_passes(checker, right):
+    """The lesson's score models take the level as a number too (it passes floats): accepted."""
+    verdict = run_checker(right, checker)
+    assert verdict.status == "passed", verdict.message
+
+
+# The key line of each exercise, as a learner would write it: no message, hint or pointer of
+# a checker may contain it (they say what is wrong and where to look, not the answer).
+KEY_LINES = {
+    "dsm_loss": ["(score(x0 + sigma eps, sigma) + eps / sigma)^2", "sigma^2 * mean("],
+    "langevin_step": ["x + (step_size / 2) score(x, sigma) + sqrt(step_size) z"],
+    "annealed_langevin": ["x = langevin_step(score, x, sigma_i, a_i, z)"],
+    "reverse_sde_step": ["x + (sigma^2 - sigma_next^2) score(x, sigma) + sqrt("],
+    "hutchinson_divergence": ["the vector-Jacobian product of f with z, times z, summed"],
+}
+
+
+def _unexplained(checker):
+    """A wrong answer none of the listed mistakes explains: the reference plus a small offset."""
+    def wrong(*args, **kwargs):
+        out = checker.reference(*args, **kwargs)
+        if isinstance(out, tuple):
+            return out[0], out[1] + 0.37
+        return out + 0.37
+    return wrong
+
+
+@pytest.mark.parametrize("checker", CHECKERS, ids=lambda c: c.name)
+def test_no_message_hint_or_pointer_spells_the_solution(checker):
+    texts = [run_checker(w, c).message for c, w, _ in ALL if c is checker]
+    unexplained = run_checker(_unexplained(checker), checker)
+    assert unexplained.status == "failed"
+    texts += [unexplained.message, *checker.hints, checker.see]
+    for key in KEY_LINES[checker.name]:
+        assert not any(key in t for t in texts), [t for t in texts if key in t]
+    assert "lesson" in unexplained.message or "Math" in unexplained.message
+
+
+def test_the_old_catch_all_messages_would_fail_the_key_line_test():
+    """The key lines above are what the catch-alls said before the learner trial."""
+    old = ("does not match Song & Ermon's step (section 2): x + (step_size / 2) score(x, sigma) "
+           "+ sqrt(step_size) z.")
+    assert any(k in old for k in KEY_LINES["langevin_step"])

@@ -2,7 +2,8 @@
 reverse SDE's Euler-Maruyama step and the probability-flow ODE's drift with Hutchinson's divergence.
 
 The convention is the VE one, x = x0 + sigma eps; every function takes a ``score(x, sigma)`` that
-wants sigma as a tensor of shape (B,), one level per example (the lesson's networks do).
+takes sigma as a Python number or as a tensor of shape (B,), one level per example, of x's dtype
+on x's device (the lesson's score models take both).
 """
 
 from __future__ import annotations
@@ -23,16 +24,28 @@ from diffuse_edu.diffusion.score import (
 from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, require_gradient
 
 
-def _strict_sigma(x: Tensor, sigma: object) -> None:
-    """Refuse a level the lesson's networks refuse: a tensor of shape (B,), one per example."""
-    if isinstance(sigma, Tensor) and sigma.shape == (x.shape[0],):
+def _strict_sigma(x: object, sigma: object) -> None:
+    """Refuse what the lesson's score models refuse or get wrong: the arguments swapped, a level
+    tensor of another shape than (B,), or of another dtype or device than x (a float32 level
+    against float64 points, a CPU level against points on a GPU). A Python number is fine."""
+    swapped = (not isinstance(x, Tensor)
+               or (isinstance(sigma, Tensor) and sigma.ndim >= 2 and x.ndim <= 1))
+    if swapped:
+        raise Mismatch("the score was called as score(sigma, x): its arguments are score(x, "
+                       "sigma), the points first and their level second.")
+    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
         return
-    given = (f"a Python {type(sigma).__name__}" if not isinstance(sigma, Tensor)
-             else f"a tensor of shape {tuple(sigma.shape)}")
-    raise Mismatch(f"score(x, sigma) was called with sigma as {given}; the lesson's score models "
-                   f"take sigma as a tensor of shape (B,) = ({x.shape[0]},), one level per "
-                   "example. Build it with torch.full((x.shape[0],), sigma, device=x.device, "
-                   "dtype=x.dtype).")
+    if not isinstance(sigma, Tensor) or sigma.shape != (x.shape[0],):
+        given = (f"a Python {type(sigma).__name__}" if not isinstance(sigma, Tensor)
+                 else f"a tensor of shape {tuple(sigma.shape)}")
+        raise Mismatch(f"score(x, sigma) was called with sigma as {given}; the lesson's score "
+                       f"models take sigma as a number or as a tensor of shape (B,) = "
+                       f"({x.shape[0]},), one level per example.")
+    if sigma.dtype != x.dtype or sigma.device != x.device:
+        raise Mismatch(f"score(x, sigma) was given sigma as {sigma.dtype} on {sigma.device} while "
+                       f"x is {x.dtype} on {x.device}: a level tensor you build must follow x "
+                       "(torch.full takes dtype= and device=), or the lesson's models fail on a "
+                       "GPU and round the level in float64.")
 
 
 class _Score:
@@ -44,13 +57,15 @@ class _Score:
         self.u = torch.randn(dim, generator=g)
         self.calls: list[float] = []
 
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         _strict_sigma(x, sigma)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         self.calls.append(float(sigma.reshape(-1)[0]))
         flat = x.flatten(1)
         d = flat.shape[1]
-        s = sigma.to(x.dtype).reshape(-1, 1)
-        out = torch.tanh(flat @ self.w[:d, :d] + s.log() * self.u[:d]) - flat / (1 + s**2)
+        s = sigma.expand(x.shape[0]).reshape(-1, 1)
+        w, u = self.w[:d, :d].to(x.dtype), self.u[:d].to(x.dtype)
+        out = torch.tanh(flat @ w + s.log() * u) - flat / (1 + s**2)
         return out.reshape(x.shape)
 
 
@@ -129,9 +144,10 @@ def _dsm_case(seed: int, batch: int) -> Callable:
         compare(got, dsm_loss(_Score(seed), x0, sigma, eps), mistakes=mistakes,
                 what=f"dsm_loss on {batch} points at sigma = "
                      f"{[round(v, 2) for v in sigma.tolist()]}",
-                otherwise="does not match the lesson's loss (section 1): per example, sigma^2 "
-                          "times the mean over coordinates of (score(x0 + sigma eps, sigma) + eps "
-                          "/ sigma)^2.")
+                otherwise="does not match the lesson's loss (section 1), and is none of the "
+                          "usual slips: compare, part by part, where you ask the score, the "
+                          "target you compare it with, the weight and how you reduce over "
+                          "coordinates with the Math's DSM formula.")
     return case
 
 
@@ -153,22 +169,25 @@ DSM_LOSS = Checker(
             "exactly."
         ),
         (
-            "sigma is one number per example: give it shape (B, 1). The known score at x = x0 + "
-            "sigma eps is -(x - x0) / sigma^2; write it in terms of eps. Then weight each "
-            "example's mean squared error by the same power of sigma that makes it of size one."
+            "sigma is one number per example: where it meets x0 or eps it needs shape (B, 1). "
+            "The score of a Gaussian N(x0, sigma^2 I) is the gradient of its log density; at a "
+            "point noised with eps it is a simple expression in eps and sigma. The weight is "
+            "named in the Math."
         ),
     ),
-    see="lesson 15, section 1: sigma^2 * mean((score(x0 + sigma eps, sigma) + eps / sigma)^2)",
+    see="lesson 15, section 1 (the Math's denoising score matching; Song & Ermon 2019, Eq. 5-6)",
 )
 
 
 # --- 2. Langevin dynamics -----------------------------------------------------------------------
 
-def _langevin_case(seed: int, sigma: float, a: float) -> Callable:
+def _langevin_case(seed: int, sigma: float, a: float,
+                   dtype: torch.dtype = torch.float32) -> Callable:
     def case(fn: Callable) -> None:
         g = torch.Generator().manual_seed(seed)
         x, z = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
-        s = _score(seed)(x, torch.full((4,), sigma))
+        x, z = x.to(dtype), z.to(dtype)
+        s = _score(seed)(x, sigma)
         mistakes = [
             Mistake("the score term is (step_size / 2) * score: the half is missing.",
                     x + a * s + math.sqrt(a) * z),
@@ -193,22 +212,26 @@ def _langevin_case(seed: int, sigma: float, a: float) -> Callable:
         )
         compare(got, langevin_step(_Score(seed), x, sigma, a, z), mistakes=mistakes,
                 what=f"langevin_step at sigma = {sigma}, step_size = {a}",
-                otherwise="does not match Song & Ermon's step (section 2): x + (step_size / 2) "
-                          "score(x, sigma) + sqrt(step_size) z.")
+                otherwise="does not match Song & Ermon's step (section 2), and is none of the "
+                          "usual slips: check the coefficient of the score term and the size of "
+                          "the noise term against the Math's Langevin update.")
     return case
 
 
 LANGEVIN_STEP = Checker(
     "langevin_step",
     langevin_step,
-    [_langevin_case(0, 0.5, 0.1), _langevin_case(1, 2.0, 0.03)],
+    # float64 points: a level built without x's dtype is caught
+    [_langevin_case(0, 0.5, 0.1), _langevin_case(1, 2.0, 0.03),
+     _langevin_case(2, 1.0, 0.05, torch.float64)],
     hints=(
         (
             "One step moves up the slope of log p (the score) by half the step size and adds "
             "fresh noise whose variance is the step size."
         ),
         (
-            "The score model wants sigma as a (B,) tensor: torch.full((x.shape[0],), sigma, ...). "
+            "The score model takes sigma as a number, or as a (B,) tensor of x's dtype on x's "
+            "device. "
             "The noise term is a standard deviation times z."
         ),
     ),
@@ -284,10 +307,10 @@ def _annealed_case(seed: int, levels: int, steps: int) -> Callable:
                            f"each level, one score evaluation each: {levels * steps}.")
         compare(got, want, mistakes=_annealed_mistakes(seed, x, sigmas, steps, eps),
                 what=f"annealed_langevin over sigmas {sigmas} with steps = {steps}, eps = {eps}",
-                otherwise="does not match Song & Ermon's Alg. 1 (section 2): for each sigma_i in "
-                          "order, a_i = eps * sigma_i^2 / sigma_L^2, then `steps` times: z = "
-                          "torch.randn(x.shape, generator=generator), x = langevin_step(score, x, "
-                          "sigma_i, a_i, z).", atol=1e-5)
+                otherwise="does not match Song & Ermon's Alg. 1 (section 2), and is none of the "
+                          "usual slips: check the order of the levels, the step size at each "
+                          "(the Math), and that each step is your checked langevin_step.",
+                atol=1e-5)
     return case
 
 
@@ -314,7 +337,7 @@ ANNEALED_LANGEVIN = Checker(
 # --- 3. The reverse SDE -------------------------------------------------------------------------
 
 def _sde_case(seed: int, sigma: float, sigma_next: float,
-              shape: tuple[int, ...] = (4, 2)) -> Callable:
+              shape: tuple[int, ...] = (4, 2), dtype: torch.dtype = torch.float32) -> Callable:
     """One step on points of ``shape``: (B, 2) as section 3's mixture, (B, 1, 8, 8) as its
     digits."""
     dim = math.prod(shape[1:])
@@ -322,8 +345,9 @@ def _sde_case(seed: int, sigma: float, sigma_next: float,
     def case(fn: Callable) -> None:
         g = torch.Generator().manual_seed(seed)
         x, z = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-        s = _Score(seed, dim)(x, torch.full((shape[0],), sigma))
-        s_next = _Score(seed, dim)(x, torch.full((shape[0],), sigma_next))
+        x, z = x.to(dtype), z.to(dtype)
+        s = _Score(seed, dim)(x, sigma)
+        s_next = _Score(seed, dim)(x, sigma_next)
         d = sigma**2 - sigma_next**2
         mistakes = [
             Mistake("that is the probability-flow ODE's step (half the drift, no noise): the "
@@ -354,9 +378,9 @@ def _sde_case(seed: int, sigma: float, sigma_next: float,
                 mistakes=mistakes,
                 what=f"reverse_sde_step from sigma = {sigma} to {sigma_next} on x of shape "
                      f"{tuple(shape)}",
-                otherwise="does not match the lesson's Euler-Maruyama step (section 3): x + "
-                          "(sigma^2 - sigma_next^2) score(x, sigma) + sqrt(sigma^2 - "
-                          "sigma_next^2) z.")
+                otherwise="does not match the lesson's Euler-Maruyama step (section 3), and is "
+                          "none of the usual slips: check the drift's coefficient, where the "
+                          "score is asked, and the noise's standard deviation against the Math.")
     return case
 
 
@@ -364,7 +388,8 @@ REVERSE_SDE_STEP = Checker(
     "reverse_sde_step",
     reverse_sde_step,
     [_sde_case(0, 2.0, 1.2), _sde_case(1, 0.5, 0.0), _sde_case(2, 5.0, 4.5),
-     _sde_case(3, 1.5, 0.9, (3, 1, 8, 8))],  # section 3's digits run the same step on images
+     _sde_case(3, 1.5, 0.9, (3, 1, 8, 8)),  # section 3's digits run the same step on images
+     _sde_case(4, 1.0, 0.5, (4, 2), torch.float64)],
     hints=(
         (
             "In the variable sigma^2 the forward process is Brownian motion; the reverse SDE's "
@@ -390,7 +415,7 @@ def _drift_mistakes(
     def parts(scale: float, reduce: str = "sum", times_z: bool = True, of: str = "f"):
         with torch.enable_grad():
             xx = x.detach().clone().requires_grad_(True)
-            s = _score(seed)(xx, torch.full((x.shape[0],), sigma))
+            s = _score(seed)(xx, sigma)
             f = scale * s
             out = f if of == "f" else s
             (vjp,) = torch.autograd.grad(out, xx, grad_outputs=z if times_z else torch.ones_like(z))
@@ -440,14 +465,20 @@ def _drift_mistakes(
     ]
 
 
-def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...]) -> Callable:
+def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...],
+                     dtype: torch.dtype = torch.float32) -> Callable:
     def case(fn: Callable) -> None:
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(shape, generator=g)
-        z = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+        x = torch.randn(shape, generator=g).to(dtype)
+        z = (torch.randint(0, 2, shape, generator=g).float() * 2 - 1).to(dtype)
         want_f, want_div = hutchinson_divergence(_Score(seed), x, sigma, z)
         net = _Score(seed)
-        got = fn(net, x.clone(), sigma, z.clone())
+        given = x.clone()
+        got = fn(net, given, sigma, z.clone())
+        if given.requires_grad:
+            raise Mismatch("hutchinson_divergence switched on gradient tracking of the x it was "
+                           "given (requires_grad_ changes the caller's tensor in place, and every "
+                           "later use of it builds a graph): track a detached copy instead.")
         if not (isinstance(got, tuple) and len(got) == 2):
             raise Mismatch("hutchinson_divergence returns two things, (f, divergence): the drift, "
                            "like x, and the estimate, one number per example.")
@@ -479,11 +510,13 @@ def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...]) -> Callabl
             ):
                 raise Mismatch(f"{what}: {message}")
         compare(f.detach() if isinstance(f, Tensor) else f, want_f, what=f"{what}, the drift f",
-                otherwise="the drift is dx/dsigma = -sigma score(x, sigma) (section 4).")
+                otherwise="the drift is not the probability-flow ODE's: compare yours with the "
+                          "Math's dx/dsigma (section 3).")
         compare(div.detach() if isinstance(div, Tensor) else div, want_div, what=f"{what}, the "
                                                                                  "divergence",
-                otherwise="the estimate is z^T (df/dx) z: the vector-Jacobian product of f with "
-                          "z, times z, summed over each example's coordinates (section 4).")
+                otherwise="the drift is right but the estimate is not z^T J z for the probe z you "
+                          "are given: check what the vector-Jacobian product is taken of and with, "
+                          "and how it is reduced per example (the Math, section 4).")
     return case
 
 
@@ -515,6 +548,7 @@ HUTCHINSON_DIVERGENCE = Checker(
         _divergence_case(0, 0.7, (5, 2)),
         _divergence_case(1, 3.0, (3, 2)),
         _divergence_case(2, 0.2, (2, 4)),
+        _divergence_case(3, 1.1, (3, 2), torch.float64),
         _under_no_grad,
     ],
     hints=(
