@@ -1515,7 +1515,9 @@ _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UN
                      "tokenize": 4, "kl_diagonal_gaussian": 3,
                      # lesson 15: listed in tests/test_score_exercises.py, which checks each message is distinct
                      "dsm_loss": 12, "langevin_step": 8, "annealed_langevin": 8, "reverse_sde_step": 9,
-                     "hutchinson_divergence": 10}
+                     "hutchinson_divergence": 10,
+                     # lesson 17: listed in tests/test_discrete_exercises.py
+                     "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8}
 
 
 def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():
