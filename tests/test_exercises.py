@@ -1516,6 +1516,9 @@ _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UN
                      # lesson 15: listed in tests/test_score_exercises.py, which checks each message is distinct
                      "dsm_loss": 12, "langevin_step": 8, "annealed_langevin": 8, "reverse_sde_step": 9,
                      "hutchinson_divergence": 10,
+                     # lesson 18: listed in tests/test_classifier_guidance_exercises.py
+                     "noisy_classifier_loss": 9, "classifier_guided_eps": 11,
+                     "negative_guided_forward": 8,
                      # lesson 17: listed in tests/test_discrete_exercises.py
                      "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8}
 
