@@ -181,7 +181,7 @@ def test_answers_right_on_the_first_cases_but_wrong_where_the_lesson_runs_them_a
 
 # --- hutchinson_divergence ------------------------------------------------------------------------
 def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, evaluations=1,
-           keep_shape=False, batch_sum=False, level=full, in_place=False):
+           keep_shape=False, batch_sum=False, level=full, in_place=False, sum_dim1=False):
     def hutchinson_divergence(score, x, sigma, z):
         with torch.enable_grad():
             x = x.requires_grad_(True) if in_place else x.detach().requires_grad_(True)
@@ -196,6 +196,8 @@ def _hutch(*, scale=lambda s: -s, reduce="sum", times_z=True, of_score=False, ev
             return f.detach(), prod
         if batch_sum:
             return f.detach(), prod.sum()
+        if sum_dim1:  # right on (B, 2), wrong on (B, 1, 8, 8) images
+            return f.detach(), prod.sum(1)
         return f.detach(), (prod.flatten(1).sum(1) if reduce == "sum" else prod.flatten(1).mean(1))
     return hutchinson_divergence
 
@@ -217,6 +219,7 @@ HUTCH_WRONG = [
     (_hutch_no_tuple, "returns two things"),
     (_hutch(level=full_float32), "torch.full takes dtype= and device="),
     (_hutch(in_place=True), "switched on gradient tracking of the x it was given"),
+    (_hutch(sum_dim1=True), "reduce over all of an example's numbers"),
 ]
 
 WRONG = [(DSM_LOSS, DSM_WRONG), (LANGEVIN_STEP, LANGEVIN_WRONG),

@@ -69,9 +69,9 @@ class _Score:
         return out.reshape(x.shape)
 
 
-def _score(seed: int) -> Callable:
+def _score(seed: int, dim: int = 4) -> Callable:
     """A fresh field (no calls counted) for computing the typical wrong answers."""
-    return _Score(seed)
+    return _Score(seed, dim)
 
 
 def _deterministic(fn: Callable, args: Callable[[], tuple], name: str, what: str) -> object:
@@ -415,11 +415,11 @@ def _drift_mistakes(
     def parts(scale: float, reduce: str = "sum", times_z: bool = True, of: str = "f"):
         with torch.enable_grad():
             xx = x.detach().clone().requires_grad_(True)
-            s = _score(seed)(xx, sigma)
+            s = _score(seed, math.prod(x.shape[1:]))(xx, sigma)
             f = scale * s
             out = f if of == "f" else s
             (vjp,) = torch.autograd.grad(out, xx, grad_outputs=z if times_z else torch.ones_like(z))
-        prod = vjp * z if times_z else vjp
+        prod = (vjp * z if times_z else vjp).flatten(1)
         div = prod.sum(1) if reduce == "sum" else prod.mean(1)
         return f.detach(), div
     return [
@@ -471,8 +471,9 @@ def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...],
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=g).to(dtype)
         z = (torch.randint(0, 2, shape, generator=g).float() * 2 - 1).to(dtype)
-        want_f, want_div = hutchinson_divergence(_Score(seed), x, sigma, z)
-        net = _Score(seed)
+        dim = math.prod(shape[1:])
+        want_f, want_div = hutchinson_divergence(_Score(seed, dim), x, sigma, z)
+        net = _Score(seed, dim)
         given = x.clone()
         got = fn(net, given, sigma, z.clone())
         if given.requires_grad:
@@ -495,6 +496,10 @@ def _divergence_case(seed: int, sigma: float, shape: tuple[int, ...],
         if isinstance(div, Tensor) and div.ndim == 0:
             raise Mismatch(f"{what}: the divergence came back as one number; sum over each "
                            "example's coordinates only, one estimate per example, shape (B,).")
+        if isinstance(div, Tensor) and div.ndim > 1:
+            raise Mismatch(f"{what}: the divergence came back with shape {tuple(div.shape)}; it is "
+                           f"one number per example, shape ({shape[0]},): on images reduce over "
+                           "all of an example's numbers (channels and pixels), not one dimension.")
         for wrong_f, wrong_div, message in _drift_mistakes(seed, x, sigma, z):
             if (
                 isinstance(f, Tensor)
@@ -549,6 +554,7 @@ HUTCHINSON_DIVERGENCE = Checker(
         _divergence_case(1, 3.0, (3, 2)),
         _divergence_case(2, 0.2, (2, 4)),
         _divergence_case(3, 1.1, (3, 2), torch.float64),
+        _divergence_case(4, 0.9, (3, 1, 8, 8)),  # section 4's digits run it on images
         _under_no_grad,
     ],
     hints=(
