@@ -1520,7 +1520,9 @@ _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UN
                      "noisy_classifier_loss": 9, "classifier_guided_eps": 11,
                      "negative_guided_forward": 8,
                      # lesson 17: listed in tests/test_discrete_exercises.py
-                     "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8}
+                     "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8,
+                     # lesson 16: listed in tests/test_consistency_exercises.py
+                     "consistency_function": 10, "consistency_sampler": 9, "cd_loss": 11}
 
 
 def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():
