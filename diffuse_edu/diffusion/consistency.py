@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffuse_edu.diffusion.denoisers import Denoiser
 from diffuse_edu.diffusion.samplers import euler_step
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
@@ -81,6 +82,62 @@ def lognormal_sigmas(n: int, *, p_mean: float = P_MEAN, p_std: float = P_STD,
     Shapes: -> (n,).
     """
     return (p_mean + p_std * torch.randn(n, generator=generator, device=device)).exp()
+
+
+@dataclass(frozen=True, eq=False)
+class EDMObjective:
+    """Training with EDM's preconditioning and noise levels (Karras et al. 2022, Table 1), for the
+    course's training loop (``objective(model, x0, ...) -> (loss (B,), t (B,))``), lesson 16.
+
+    ln(sigma) ~ N(p_mean, p_std^2); the network sees c_in x and, in place of c_noise, the step
+    t(sigma) of ``schedule`` (the course's networks embed steps); it learns F's target (x0 - c_skip
+    x) / c_out with plain squared error (EDM's weight lambda = 1 / c_out^2 cancels c_out^2). Read a
+    network trained so with :class:`EDMDenoiser`.
+    """
+
+    schedule: NoiseSchedule  # only its sigma <-> t map: the network's time input
+    sigma_data: float = SIGMA_DATA
+    p_mean: float = P_MEAN
+    p_std: float = P_STD
+
+    @property
+    def t_max(self) -> float:
+        return float(self.schedule.T)
+
+    def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Noise levels as steps t (B,) and noise eps (like x0)."""
+        sigma = lognormal_sigmas(x0.shape[0], p_mean=self.p_mean, p_std=self.p_std,
+                                 generator=generator, device=x0.device)
+        t = self.schedule.t_at_sigma(sigma).to(x0.dtype)
+        return t, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
+    def __call__(self, model: Callable, x0: Tensor, *, cond: object = None,
+                 generator: torch.Generator | None = None, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(loss per example (B,), t (B,)); t and eps are drawn unless given."""
+        if t is None or eps is None:
+            t_drawn, eps_drawn = self.draw(x0, generator)
+            t, eps = (t_drawn if t is None else t), (eps_drawn if eps is None else eps)
+        sigma = self.schedule.sigma_at(t.double()).to(x0.dtype)  # (B,)
+        x = x0 + column(sigma, x0) * eps
+        _, _, c_in, _ = edm_preconditioning(column(sigma, x0), self.sigma_data)
+        out = model(c_in * x, t, cond)
+        return (out - edm_target(x0, x, sigma, self.sigma_data)).square().flatten(1).mean(1), t
+
+
+@dataclass(frozen=True, eq=False)
+class EDMDenoiser(Denoiser):
+    """D(x; sigma) = c_skip x + c_out F(c_in x, t(sigma)) for a network trained with
+    :class:`EDMObjective`; a :class:`~diffuse_edu.diffusion.denoisers.Denoiser`, so every
+    sigma-space sampler of lesson 07 runs it. Shapes: x (B, ...) -> like x."""
+
+    sigma_data: float = SIGMA_DATA
+
+    def __call__(self, x: Tensor, sigma: float | Tensor, cond: object = None) -> Tensor:
+        sig = column(sigma, x)  # (B, 1, ..., 1)
+        c_skip, c_out, c_in, _ = edm_preconditioning(sig, self.sigma_data)
+        t = self.schedule.t_at_sigma(sig.reshape(-1)).to(x.dtype)
+        return self._clip(c_skip * x + c_out * self.network(x)(c_in * x, t, cond))
 
 
 def consistency_coefficients(sigma: Tensor, *, sigma_min: float = SIGMA_MIN,
