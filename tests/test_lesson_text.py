@@ -93,7 +93,7 @@ def uses(symbol: str, math: str) -> bool:
 @pytest.mark.parametrize("symbol, lessons", [
     ("\\lambda", {"00", "10"}),  # the KL weight
     ("u", {"00", "12"}),  # the flow's velocity
-    ("s", {"00", "08", "09"}),  # the guidance scale
+    ("s", {"00", "08", "09", "18"}),  # the guidance scale
 ])
 def test_one_symbol_one_meaning(symbol, lessons):
     numbers = [p.name[:2] for p in sorted((ROOT / "solutions").glob("*.ipynb"))]
