@@ -49,6 +49,9 @@ lesson                modules
 15 scores and SDEs    ``diffusion.score`` (``dsm_loss``, ``langevin_step``, ``annealed_langevin``,
                       ``reverse_sde_step``, ``hutchinson_divergence``, ``ode_log_likelihood``),
                       ``evaluation.sample_sets`` (``energy_distance``)
+16 consistency       ``diffusion.consistency`` (``edm_preconditioning``,
+                      ``consistency_function``, ``consistency_sampler``, ``cd_loss``),
+                      ``training.consistency`` (``train_consistency``)
 18 control: guidance  ``diffusion.classifier_guidance`` (``noisy_classifier_loss``,
                       ``classifier_guided_eps``, ``negative_guided_forward``),
                       ``models.noisy_classifier``, ``training.noisy_classifier``
