@@ -52,6 +52,8 @@ lesson                modules
 16 consistency       ``diffusion.consistency`` (``edm_preconditioning``,
                       ``consistency_function``, ``consistency_sampler``, ``cd_loss``),
                       ``training.consistency`` (``train_consistency``)
+17 discrete diffusion ``diffusion.discrete`` (``mask_tokens``, ``masked_diffusion_loss``,
+                      ``unmask_step``, ``sample_masked``, ``TokenTransformer``, ``ar_bits``)
 18 control: guidance  ``diffusion.classifier_guidance`` (``noisy_classifier_loss``,
                       ``classifier_guided_eps``, ``negative_guided_forward``),
                       ``models.noisy_classifier``, ``training.noisy_classifier``
