@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from diffuse_edu.diffusion import classifier_guidance as cg
 from diffuse_edu.diffusion.forward_process import q_sample
+from diffuse_edu.diffusion.guidance import guided_forward, pair_with_null
 from diffuse_edu.exercises import run_checker
 from diffuse_edu.exercises.control_guidance import (
     CLASSIFIER_GUIDED_EPS,
@@ -30,21 +31,32 @@ def learners(fn):
 
 # --- noisy_classifier_loss ------------------------------------------------------------------------
 def _loss(*, low=1, high_plus=1, t_first=True, clean=False, mix="sqrt", reduce="mean",
-          zero_t=False, floats=False, detach=False, global_rng=False):
+          zero_t=False, floats=False, detach=False, global_rng=False, on_device=True,
+          one_t=False, scalar_t=False, head="ce"):
     def noisy_classifier_loss(classifier, x0, labels, schedule, *, generator=None):
         g = None if global_rng else generator
         B, T = x0.shape[0], schedule.T
+        where = dict(device=x0.device) if on_device else {}
         if t_first:
-            t = torch.randint(low, T + high_plus, (B,), generator=g)
-            eps = torch.randn(x0.shape, generator=g)
+            t = torch.randint(low, T + high_plus, (1,) if one_t else (B,), generator=g, **where)
+            eps = torch.randn(x0.shape, generator=g, **where)
         else:
-            eps = torch.randn(x0.shape, generator=g)
-            t = torch.randint(low, T + high_plus, (B,), generator=g)
-        ab = schedule.at(schedule.alpha_bar, t, x0)
+            eps = torch.randn(x0.shape, generator=g, **where)
+            t = torch.randint(low, T + high_plus, (B,), generator=g, **where)
+        t = t.expand(B) if one_t else t
+        table = schedule.alphas if mix == "alphas" else schedule.alpha_bar
+        ab = schedule.at(table, t, x0)
         x_t = (q_sample(x0, t, schedule, eps) if mix == "sqrt"
+               else ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps if mix == "alphas"
                else ab * x0 + (1 - ab) * eps)
         seen = torch.zeros_like(t) if zero_t else (t.float() if floats else t)
-        loss = F.cross_entropy(classifier(x0 if clean else x_t, seen), labels, reduction=reduce)
+        logits = classifier(x0 if clean else x_t, seen[0] if scalar_t else seen)
+        if head == "softmax":
+            logits = F.softmax(logits, -1)
+        if head == "nll":
+            loss = F.nll_loss(logits, labels)
+        else:
+            loss = F.cross_entropy(logits, labels, reduction=reduce)
         return loss.detach() if detach else loss
     return noisy_classifier_loss
 
@@ -59,24 +71,39 @@ LOSS_WRONG = [
     (_loss(floats=True), "t reached the classifier as floats"),
     (_loss(detach=True), "returned a loss with no gradient"),
     (_loss(global_rng=True), "generators seeded alike gave different losses"),
+    (_loss(low=0), "t was drawn from 0..T (torch.randint(0, T + 1"),
+    (_loss(high_plus=0), "t was drawn from 1..T-1 (torch.randint(1, T, ...)"),
+    (_loss(one_t=True), "one t for all its images"),
+    (_loss(scalar_t=True), "give it one step per example, t of shape (B,)"),
+    (_loss(head="softmax"), "the logits went through softmax before F.cross_entropy"),
+    (_loss(head="nll"), "F.nll_loss was given the raw logits"),
+    (_loss(mix="alphas"), "x_t was made with schedule.alphas"),
+    (_loss(on_device=False), "draw t and eps on x0's device (device=x0.device)"),
 ]
 
 
 # --- classifier_guided_eps ------------------------------------------------------------------------
 def _guided(*, sign=-1, factor="sigma", of="log_p", reduce="sum", enable=True, detach=True,
-            keep_graph=False):
+            keep_graph=False, minus_one=False, cross_entropy=False):
     def classifier_guided_eps(eps, classifier, x, t, labels, scale, schedule):
         ab = schedule.at(schedule.alpha_bar, t, x)
         factor_ = {"sigma": (1 - ab) ** 0.5, "one": 1.0, "sqrt_ab": ab ** 0.5,
-                   "inverse": (1 - ab) ** -0.5}[factor]
+                   "inverse": (1 - ab) ** -0.5, "no_sqrt": 1 - ab,
+                   "before": (1 - schedule.at(schedule.alpha_bar, t - 1, x)) ** 0.5}[factor]
         with torch.enable_grad() if enable else torch.no_grad():
             x_in = x.detach().requires_grad_(True) if detach else x.requires_grad_(True)
             logits = classifier(x_in, t)
-            picked = {"log_p": F.log_softmax(logits, -1), "logit": logits,
-                      "p": F.softmax(logits, -1)}[of].gather(1, labels[:, None])
-            value = picked.sum() if reduce == "sum" else picked.mean()
+            if cross_entropy:  # -log p, kept with the lesson's minus sign
+                value = F.cross_entropy(logits, labels, reduction=reduce)
+            elif of == "all_columns":
+                value = F.log_softmax(logits, -1)[:, labels].sum()
+            else:
+                picked = {"log_p": F.log_softmax(logits, -1), "logit": logits,
+                          "p": F.softmax(logits, -1),
+                          "dim0": F.log_softmax(logits, 0)}[of].gather(1, labels[:, None])
+                value = picked.sum() if reduce == "sum" else picked.mean()
             grad = torch.autograd.grad(value, x_in, create_graph=keep_graph)[0]
-        return eps + sign * scale * factor_ * grad
+        return eps + sign * (scale - 1 if minus_one else scale) * factor_ * grad
     return classifier_guided_eps
 
 
@@ -109,6 +136,13 @@ GUIDED_WRONG = [
     (_guided(keep_graph=True), "the guided eps still requires grad"),
     (_guided(detach=False), "the caller's x now requires grad"),
     (_guided_flat_factor, "for vectors x of shape (3, 6)"),
+    (_guided(cross_entropy=True), "or you took the gradient of the cross-entropy"),
+    (_guided(cross_entropy=True, sign=1, reduce="mean"), "reduction='sum'"),
+    (_guided(factor="no_sqrt"), "you used 1 - alpha_bar_t, without the square root"),
+    (_guided(factor="before"), "the factor was read at step t - 1"),
+    (_guided(minus_one=True), "you used scale - 1"),
+    (_guided(of="all_columns"), "log_p[:, labels] picks every asked class"),
+    (_guided(of="dim0"), "the log_softmax ran over dim=0"),
 ]
 
 
@@ -143,6 +177,67 @@ def _negative(*, order="cn", use_negative=True, factor=lambda s: s, start="negat
     return negative_guided_forward
 
 
+def _both(cond, negative, B, dim=0):
+    ctx, mask = negative.context, negative.context_mask
+    if ctx.ndim == 2:
+        ctx, mask = ctx.expand(B, -1, -1), mask.expand(B, -1)
+    return (torch.cat([cond.context, ctx], dim), torch.cat([cond.context_mask, mask], dim))
+
+
+def _negative_borrowed(model, x, t, cond, negative, scale):
+    return guided_forward(model, x, t, cond, negative, scale)
+
+
+def _negative_paired(model, x, t, cond, negative, scale):
+    c, n = model(torch.cat([x, x]), torch.cat([t, t]), pair_with_null(cond, negative)).chunk(2)
+    return n + scale * (c - n)
+
+
+def _negative_no_mask(model, x, t, cond, negative, scale):
+    ctx, _ = _both(cond, negative, x.shape[0])
+    c, n = model(torch.cat([x, x]), torch.cat([t, t]), Cond(context=ctx)).chunk(2)
+    return n + scale * (c - n)
+
+
+def _negative_tokens(model, x, t, cond, negative, scale):
+    ctx, mask = _both(cond, negative, x.shape[0], dim=1)
+    c, n = model(torch.cat([x, x]), torch.cat([t, t]), Cond(context=ctx,
+                                                            context_mask=mask)).chunk(2)
+    return n + scale * (c - n)
+
+
+def _negative_always_expand(model, x, t, cond, negative, scale):
+    B = x.shape[0]
+    ctx = negative.context.unsqueeze(0).expand(B, *negative.context.shape)
+    mask = negative.context_mask.unsqueeze(0).expand(B, *negative.context_mask.shape)
+    both = Cond(context=torch.cat([cond.context, ctx]),
+                context_mask=torch.cat([cond.context_mask, mask]))
+    c, n = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+    return n + scale * (c - n)
+
+
+def _negative_interleaved(x_too=True):
+    def negative_guided_forward(model, x, t, cond, negative, scale):
+        ctx, mask = _both(cond, negative, x.shape[0])
+        xs = x.repeat_interleave(2, 0) if x_too else torch.cat([x, x])
+        out = model(xs, t.repeat_interleave(2, 0), Cond(context=ctx, context_mask=mask))
+        c, n = out.chunk(2)
+        return n + scale * (c - n)
+    return negative_guided_forward
+
+
+def _negative_imported_inside(model, x, t, cond, negative, scale):
+    from diffuse_edu.diffusion.guidance import guided_forward as lesson_08s
+    return lesson_08s(model, x, t, cond, negative, scale)
+
+
+def _negative_prompt_at_zero(model, x, t, cond, negative, scale):
+    ctx, mask = _both(cond, negative, x.shape[0])
+    c, n = model(torch.cat([x, x]), torch.cat([t, t]), Cond(context=ctx,
+                                                            context_mask=mask)).chunk(2)
+    return c if scale == 0 else n + scale * (c - n)
+
+
 NEGATIVE_WRONG = [
     (_negative(order="nc"), "the two halves are swapped"),
     (_negative(use_negative=False), "the negative condition was not used"),
@@ -152,6 +247,15 @@ NEGATIVE_WRONG = [
     (_negative(split="alternate"), "you split the output by alternate rows"),
     (_negative(passes=2), "the network was called with batch sizes"),
     (_negative(broadcast=False), "make B of them"),
+    (_negative_borrowed, "it calls lesson 08's guided_forward"),
+    (_negative_paired, "it calls lesson 08's pair_with_null"),
+    (_negative_no_mask, "a Cond with no context_mask"),
+    (_negative_tokens, "torch.cat(..., dim=1)"),
+    (_negative_always_expand, "expand only a 2-D negative"),
+    (_negative_interleaved(), "x and t were interleaved"),
+    (_negative_interleaved(x_too=False), "t was interleaved"),
+    (_negative_imported_inside, "guided_forward (diffuse_edu.diffusion.guidance), which does"),
+    (_negative_prompt_at_zero, "at scale 0 the guided prediction is the negative prompt's alone"),
 ]
 
 
@@ -187,3 +291,27 @@ def test_an_unfinished_exercise_falls_back_to_the_library():
     def negative_guided_forward(model, x, t, cond, negative, scale):
         raise NotImplementedError
     assert run_checker(negative_guided_forward, NEGATIVE_GUIDED_FORWARD).status == "unfinished"
+
+
+def test_each_see_pointer_names_the_section_its_exercise_is_in():
+    """SEE_* names the section of lesson 18 whose heading precedes the exercise's check."""
+    import json
+    import re
+    from pathlib import Path
+
+    from diffuse_edu.exercises import control_guidance as cgx
+
+    path = Path(__file__).parents[1] / "solutions" / "18_control_by_guidance.ipynb"
+    section, where = None, {}
+    for cell in json.loads(path.read_text())["cells"]:
+        text = "".join(cell["source"])
+        heading = re.search(r"^## (\d+)\.", text, re.M)
+        if cell["cell_type"] == "markdown" and heading:
+            section = int(heading.group(1))
+        for name in re.findall(r"= check\(\w+, (\w+)\)", text):
+            where[name] = section
+    assert set(where) == {"NOISY_CLASSIFIER_LOSS", "CLASSIFIER_GUIDED_EPS",
+                          "NEGATIVE_GUIDED_FORWARD"}
+    for name, number in where.items():
+        assert f"section {number}:" in getattr(cgx, name).see, (name, number,
+                                                                getattr(cgx, name).see)

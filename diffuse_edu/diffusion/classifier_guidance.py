@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffuse_edu.diffusion.forward_process import q_sample
-from diffuse_edu.diffusion.guidance import guided_prediction, pair_with_null
+from diffuse_edu.diffusion.guidance import guided_prediction
 from diffuse_edu.diffusion.schedules import NoiseSchedule
 
 
@@ -131,7 +131,13 @@ def negative_guided_forward(model: Callable, x: Tensor, t: Tensor, cond: object,
     ``negative`` holds one example's condition (broadcast over the batch) or one per example.
     Shapes: x (B, ...), t (B,), cond's fields (B, ...) -> (B, ...).
     """
-    both = model(torch.cat([x, x]), torch.cat([t, t]), pair_with_null(cond, negative))
+    B = x.shape[0]
+    context, mask = negative.context, negative.context_mask
+    if context.ndim == 2:  # one example's negative (L, D), (L,): the same for the whole batch
+        context, mask = context.expand(B, -1, -1), mask.expand(B, -1)
+    stacked = type(cond)(context=torch.cat([cond.context, context.to(cond.context)]),
+                         context_mask=torch.cat([cond.context_mask, mask.to(cond.context_mask)]))
+    both = model(torch.cat([x, x]), torch.cat([t, t]), stacked)  # one call of 2B
     cond_pred, negative_pred = both.chunk(2)  # (B, ...) each
     return guided_prediction(cond_pred, negative_pred, scale)
 

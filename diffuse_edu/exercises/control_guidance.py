@@ -19,8 +19,8 @@ from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, require_g
 from diffuse_edu.models.conditioning import Cond
 
 SEE_LOSS = "lesson 18, section 1: the classifier's loss (Dhariwal & Nichol 2021, Sec. 4)"
-SEE_GUIDED = "lesson 18, section 2: the guided noise prediction (Dhariwal & Nichol 2021, Eq. 14)"
-SEE_NEGATIVE = "lesson 18, section 4: the negative prompt in the null condition's place"
+SEE_GUIDED = "lesson 18, section 3: the guided noise prediction (Dhariwal & Nichol 2021, Eq. 14)"
+SEE_NEGATIVE = "lesson 18, section 5: the negative prompt in the null condition's place"
 
 
 class _Classifier(nn.Module):
@@ -35,7 +35,18 @@ class _Classifier(nn.Module):
         self.ts: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise Mismatch(f"the classifier was given t of shape {shape} for a batch of "
+                           f"{x.shape[0]}: give it one step per example, t of shape (B,) "
+                           "(torch.randint(1, T + 1, (B,), ...)).")
+        if t.device != x.device:
+            raise Mismatch(f"t reached the classifier on {t.device} while x_t is on {x.device}: "
+                           "draw t and eps on x0's device (device=x0.device), or move them there "
+                           "(.to(x0.device)); on a GPU the CPU draw would crash.")
         self.ts.append(t.detach().clone())
+        if x.device.type == "meta":
+            return torch.zeros(x.shape[0], 5, device=x.device, dtype=x.dtype) + self.weight.sum()
         h = torch.tanh(2 * x.flatten(1) @ self.weight.to(x.dtype))  # (B, 5)
         return 3 * h * (1 + t.to(x.dtype)[:, None] / 100) + h ** 2
 
@@ -67,8 +78,13 @@ def _loss_mistakes(clf: _Classifier, x0, labels, schedule, seed: int) -> list[Mi
             t = torch.randint(low, (high or T + 1), (B,), generator=g)
         return t, eps
 
-    def ce(x, t, reduction="mean"):
-        return F.cross_entropy(clf(x, t), labels, reduction=reduction).detach()
+    def ce(x, t, reduction="mean", how="ce"):
+        logits = clf(x, t)
+        if how == "softmax":
+            return F.cross_entropy(F.softmax(logits, -1), labels).detach()
+        if how == "nll":
+            return F.nll_loss(logits, labels).detach()
+        return F.cross_entropy(logits, labels, reduction=reduction).detach()
 
     t, eps = draws()
     ab = schedule.at(schedule.alpha_bar, t, x0)
@@ -90,6 +106,15 @@ def _loss_mistakes(clf: _Classifier, x0, labels, schedule, seed: int) -> list[Mi
                 "square roots (q_sample of lesson 01).", ce(ab * x0 + (1 - ab) * eps, t)),
         Mistake("the cross-entropy was summed over the batch; take its mean, so that the learning "
                 "rate does not depend on the batch size.", ce(x_t, t, "sum")),
+        Mistake("the logits went through softmax before F.cross_entropy, which applies "
+                "log_softmax itself: give it the raw logits.", ce(x_t, t, how="softmax")),
+        Mistake("F.nll_loss was given the raw logits; it expects log-probabilities. Use "
+                "F.cross_entropy on the logits (log_softmax and nll_loss in one).",
+                ce(x_t, t, how="nll")),
+        Mistake("x_t was made with schedule.alphas (alpha_t, one step's factor); noising to step t "
+                "in one go uses the product alpha_bar_t (schedule.alpha_bar, as q_sample does).",
+                ce(schedule.at(schedule.alphas, t, x0) ** 0.5 * x0
+                   + (1 - schedule.at(schedule.alphas, t, x0)) ** 0.5 * eps, t)),
         Mistake("the classifier was given t = 0 for every image: give it the t each image was "
                 "noised to, so that it knows how noisy its input is.",
                 ce(x_t, torch.zeros_like(t))),
@@ -127,10 +152,47 @@ def _loss_times(fn: Callable) -> None:
     if seen.is_floating_point():
         raise Mismatch("t reached the classifier as floats; keep it integer steps in 1..T "
                        "(torch.randint gives int64).")
-    if seen.min() < 1 or seen.max() > schedule.T or seen.unique().numel() != schedule.T:
-        raise Mismatch(f"over 6 batches of 64 with T = {schedule.T} the classifier saw t in "
+    if (seen == 0).all():
+        raise Mismatch("the classifier was given t = 0 for every image: give it the t each image "
+                       "was noised to, so that it knows how noisy its input is.")
+    if all(ts.unique().numel() == 1 for ts in clf.ts):
+        raise Mismatch("every batch of 64 had one t for all its images (a single draw, expanded "
+                       "or repeated): draw one step per example, torch.randint(1, T + 1, (B,)).")
+    low, high, T = int(seen.min()), int(seen.max()), schedule.T
+    ranges = {(0, T - 1): "t was drawn from 0..T-1; draw it from 1..T (torch.randint(1, T + 1, "
+                          "...)): t = 0 is the clean image, and t = T, the noisiest, must be "
+                          "trained too.",
+              (0, T): "t was drawn from 0..T (torch.randint(0, T + 1, ...)); draw it from 1..T: "
+                      "t = 0 is the clean image, which guidance never asks about.",
+              (1, T - 1): "t was drawn from 1..T-1 (torch.randint(1, T, ...): its upper end is "
+                          "excluded); draw it from 1..T with torch.randint(1, T + 1, ...), so "
+                          "that t = T, the noisiest, is trained too."}
+    if (low, high) in ranges and seen.unique().numel() == high - low + 1:
+        raise Mismatch(f"over 6 batches of 64 with T = {T} the classifier saw t from {low} to "
+                       f"{high}: " + ranges[low, high])
+    if low < 1 or high > T or seen.unique().numel() != T:
+        raise Mismatch(f"over 6 batches of 64 with T = {T} the classifier saw t in "
                        f"{sorted(seen.unique().tolist())}; it must see every step of 1..T, and "
                        "only those.")
+
+
+def _loss_on_the_images_device(fn: Callable) -> None:
+    """x0 on another device than the CPU (the meta device stands in for a GPU): t and eps must be
+    drawn there, or moved there, before they meet x0."""
+    schedule = _schedule()
+    x0 = torch.empty(4, 1, 4, 4, device="meta")
+    labels = torch.zeros(4, dtype=torch.long, device="meta")
+    clf = _Classifier(16, 0)
+    fn = getattr(fn, "__wrapped__", fn)  # unwatched: meta tensors hold no values to compare
+    try:
+        fn(clf, x0, labels, schedule, generator=None)
+    except Mismatch:
+        raise
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        raise Mismatch(f"with x0 on another device (the 'meta' device, standing in for a GPU) it "
+                       f"raised {type(e).__name__} ({str(e).splitlines()[0][:120]}): draw t and "
+                       "eps on x0's device (device=x0.device), or move them there with "
+                       ".to(x0.device).") from None
 
 
 def _loss_reproducible_and_trainable(fn: Callable) -> None:
@@ -150,12 +212,13 @@ def _loss_reproducible_and_trainable(fn: Callable) -> None:
 NOISY_CLASSIFIER_LOSS = Checker(
     "noisy_classifier_loss",
     noisy_classifier_loss,
-    [_loss_reproducible_and_trainable, _loss_values, _loss_times],
+    [_loss_times, _loss_reproducible_and_trainable, _loss_values, _loss_on_the_images_device],
     hints=(
-        ("The classifier must work where guidance will ask it: on noised images, at every noise "
-         "level, knowing which. So each example gets its own t, and is noised to it."),
-        ("Draw t, then eps, from the generator; x_t as in lesson 01 (q_sample is imported); the "
-         "classifier takes (x_t, t); the usual classification loss, averaged."),
+        ("It is lesson 05's training loss with the network swapped: there a denoiser on x_t "
+         "regressed eps; here a classifier on the same x_t predicts the label. Which lines of "
+         "that loss carry over unchanged?"),
+        ("torch.randint's upper end is excluded; both draws take generator= and device=x0.device; "
+         "F.cross_entropy wants raw logits and int64 labels and averages by itself."),
     ),
     see=SEE_LOSS,
 )
@@ -181,6 +244,10 @@ def _gradient(clf, x, t, labels, of: str = "log_p") -> torch.Tensor:
         value = logits.gather(1, labels[:, None]).sum()
     elif of == "p":
         value = F.softmax(logits, -1).gather(1, labels[:, None]).sum()
+    elif of == "all_columns":  # log_p[:, labels]: every example's log p of every asked class
+        value = F.log_softmax(logits, -1)[:, labels].sum()
+    elif of == "dim0":  # the log-softmax over the batch instead of the classes
+        value = F.log_softmax(logits, 0).gather(1, labels[:, None]).sum()
     else:  # the mean over the batch
         value = F.log_softmax(logits, -1).gather(1, labels[:, None]).mean()
     return torch.autograd.grad(value, x_in)[0]
@@ -194,10 +261,28 @@ def _guided_values(scale: float) -> Callable[[Callable], None]:
         ab = schedule.at(schedule.alpha_bar, t, x)
         sigma = (1 - ab) ** 0.5
         grad = _gradient(clf, x, t, labels)
+        sigma_before = (1 - schedule.at(schedule.alpha_bar, t - 1, x)) ** 0.5
         mistakes = [
-            Mistake("the gradient was added: eps points towards the noise, against the score "
-                    "(eps = -sqrt(1 - alpha_bar_t) * score), so a step up log p(y | x_t) "
-                    "subtracts it from eps.", eps + scale * sigma * grad),
+            Mistake("the gradient was added (or you took the gradient of the cross-entropy, which "
+                    "is -log p, and kept the lesson's minus sign): eps points towards the noise, "
+                    "against the score (eps = -sqrt(1 - alpha_bar_t) * score), so a step up "
+                    "log p(y | x_t) subtracts it from eps.", eps + scale * sigma * grad),
+            Mistake("the factor is sqrt(1 - alpha_bar_t); you used 1 - alpha_bar_t, without the "
+                    "square root.", eps - scale * sigma ** 2 * grad),
+            Mistake("the factor was read at step t - 1; use sqrt(1 - alpha_bar_t) at the t the "
+                    "classifier was asked about (schedule.at(schedule.alpha_bar, t, x)).",
+                    eps - scale * sigma_before * grad),
+            Mistake("you used scale - 1 (the classifier-free habit); in Eq. 14 the classifier's "
+                    "gradient is multiplied by the scale s itself.",
+                    eps - (scale - 1) * sigma * grad),
+            Mistake("log_p[:, labels] picks every asked class for every example (a B x B block), "
+                    "so each example is pushed towards all the batch's classes; pick each "
+                    "example's own with log_p.gather(1, labels[:, None]) (or "
+                    "log_p[torch.arange(B), labels]).",
+                    eps - scale * sigma * _gradient(clf, x, t, labels, "all_columns")),
+            Mistake("the log_softmax ran over dim=0, across the batch; the probabilities are over "
+                    "the classes, dim=-1 (or dim=1).",
+                    eps - scale * sigma * _gradient(clf, x, t, labels, "dim0")),
             Mistake("the gradient is a score and eps is not: convert it with the factor the lesson "
                     "gives (eps and the score differ by sqrt(1 - alpha_bar_t)).",
                     eps - scale * grad),
@@ -211,8 +296,9 @@ def _guided_values(scale: float) -> Callable[[Callable], None]:
             Mistake("that is the gradient of the probability p(y | x_t); take the gradient of its "
                     "logarithm (it does not vanish where the classifier is already sure).",
                     eps - scale * sigma * _gradient(clf, x, t, labels, "p")),
-            Mistake("the log-probabilities were averaged over the batch, so each example's "
-                    "gradient is divided by B; sum them (each example's gradient is then its own).",
+            Mistake("the log-probabilities were averaged over the batch (F.cross_entropy's "
+                    "default reduction='mean' does this), so each example's gradient is divided "
+                    "by B; sum them (reduction='sum'): each example's gradient is then its own.",
                     eps - scale * sigma * _gradient(clf, x, t, labels, "mean"), atol=1e-6),
         ]
         got = fn(eps.clone(), clf, x.clone(), t.clone(), labels.clone(), scale, schedule)
@@ -277,8 +363,9 @@ CLASSIFIER_GUIDED_EPS = Checker(
     [_guided_values(3.0), _guided_values(0.5), _guided_under_no_grad, _guided_leaves_x,
      _guided_any_shape],
     hints=(
-        ("Three pieces: the gradient of log p(y | x_t, t) with respect to x_t, the factor that "
-         "turns a score into eps units, and the sign (eps points away from the data)."),
+        ("Write the score of p_t(x) p(y | x)^s as a sum of two scores, then turn the whole "
+         "thing into eps units with the relation of lesson 02: where does the scale land, and "
+         "with which sign?"),
         ("Gradients must be on even under no_grad (torch.enable_grad); differentiate with respect "
          "to a detached copy of x that requires grad; pick each example's own class from the "
          "log-probabilities and sum them; torch.autograd.grad returns the gradient."),
@@ -299,6 +386,26 @@ class _TextNetwork:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         self.calls.append(x.shape[0])
+        if getattr(cond, "context_mask", None) is None:
+            raise Mismatch("the network got a Cond with no context_mask: a text condition is "
+                           "context and context_mask together; stack both (the batch's, then the "
+                           "negative's) into the Cond you pass.")
+        if cond.context.ndim != 3:
+            raise Mismatch(f"the network got a context of shape {tuple(cond.context.shape)} "
+                           f"({cond.context.ndim} dims): expand only a 2-D negative (one "
+                           "example's, (L, D)) to (B, L, D); one per example is already (B, L, D) "
+                           "and is stacked as it is.")
+        if cond.context.shape[0] != x.shape[0]:
+            rows = cond.context.shape[0]
+            joined = (" It is longer along dim 1: you joined the prompts and the negatives "
+                      "token by token (torch.cat(..., dim=1)); stack them along dim 0."
+                      if rows * 2 == x.shape[0] else
+                      " The negative added one row: it holds one example's condition; make B of "
+                      "them (expand) before stacking them under the batch's."
+                      if rows == x.shape[0] // 2 + 1 else "")
+            raise Mismatch(f"the network got {x.shape[0]} images but a context of shape "
+                           f"{tuple(cond.context.shape)}: every field is stacked like x, the "
+                           "batch's rows then the negative's (torch.cat along dim 0)." + joined)
         m = cond.context_mask.to(x.dtype)[..., None]  # (B, L, 1)
         pooled = (cond.context * m).sum(1) / m.sum(1).clamp_min(1)  # (B, D)
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -340,7 +447,18 @@ def _negative_values(scale: float, per_example: bool = True) -> Callable[[Callab
         n_mask = _TextNetwork()(x, t, Cond(context=full.context, context_mask=cond.context_mask))
         both = torch.cat([c, n])
         a, b = both[0::2], both[1::2]
-        mistakes = [
+        stacked = Cond(context=torch.cat([cond.context, full.context]),
+                       context_mask=torch.cat([cond.context_mask, full.context_mask]))
+        interleaved = {
+            "x and t were": (x.repeat_interleave(2, 0), t.repeat_interleave(2, 0)),
+            "x was": (x.repeat_interleave(2, 0), torch.cat([t, t])),
+            "t was": (torch.cat([x, x]), t.repeat_interleave(2, 0))}
+        first = []
+        if scale == 0:
+            first = [Mistake("at scale 0 the guided prediction is the negative prompt's alone "
+                             "(s = 0 keeps none of the prompt's direction); you returned the "
+                             "prompt's own prediction.", c)]
+        mistakes = first + [
             Mistake("the two halves are swapped: the first B rows of the output are the prediction "
                     "for the batch's own prompts when those come first in the stack.",
                     c + scale * (n - c)),
@@ -357,9 +475,21 @@ def _negative_values(scale: float, per_example: bool = True) -> Callable[[Callab
             Mistake("you split the output by alternate rows, but the two halves were stacked one "
                     "after the other: split the way you stacked.", b + scale * (a - b)),
         ]
+        for which, (xs, ts) in interleaved.items():
+            mc, mn = _TextNetwork()(xs, ts, stacked).chunk(2)
+            mistakes.append(Mistake(
+                f"{which} interleaved (repeat_interleave: each row next to its copy) while the "
+                "conditions were stacked one half after the other: stack x, t and the conditions "
+                "the same way, torch.cat([x, x]) and torch.cat([t, t]).", mn + scale * (mc - mn)))
         try:
             got = fn(_TextNetwork(), x.clone(), t.clone(), cond, negative, scale)
         except (RuntimeError, IndexError) as e:
+            if per_example and "dimensions" in str(e):
+                raise Mismatch(f"with one negative per example (context "
+                               f"{tuple(negative.context.shape)}) it raised {type(e).__name__} "
+                               f"({str(e).splitlines()[0]}): expand only a 2-D negative (one "
+                               "example's, (L, D)); one per example is already (B, L, D) and is "
+                               "stacked as it is.") from None
             if per_example:
                 raise
             raise Mismatch(f"with one example's negative condition (context "
@@ -372,6 +502,35 @@ def _negative_values(scale: float, per_example: bool = True) -> Callable[[Callab
                 what=f"the guided prediction at scale {scale} with negative prompts {how} "
                      f"(B = {B})", mistakes=mistakes)
     return case
+
+
+def _negative_own_stacking(fn: Callable) -> None:
+    """The stacking is the exercise: lesson 08's guided_forward or pair_with_null would do it."""
+    from diffuse_edu.diffusion import guidance
+    from diffuse_edu.exercises import _names_used
+
+    fn = getattr(fn, "__wrapped__", fn)  # the learner's own function, not the checker's watch
+    code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    if code is None:
+        return
+    cells = [c.cell_contents for c in (fn.__closure__ or ()) if _cell_filled(c)]
+    for name in ("guided_forward", "pair_with_null"):
+        ref = getattr(guidance, name)
+        used = _names_used(code)
+        if (any(scope.get(n) is ref for n in used) or any(c is ref for c in cells)
+                or name in used and any(n.endswith("guidance") for n in used)):
+            raise Mismatch(f"it calls lesson 08's {name} (diffuse_edu.diffusion.guidance), which "
+                           "does the stacking this exercise asks you to write: stack the prompts "
+                           "and the negatives yourself (context and context_mask, expanding a "
+                           "one-example negative), run one call, split and combine.")
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty closure cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _negative_one_pass(fn: Callable) -> None:
@@ -395,13 +554,13 @@ def _negative_any_shape(fn: Callable) -> None:
 NEGATIVE_GUIDED_FORWARD = Checker(
     "negative_guided_forward",
     negative_guided_forward,
-    [_negative_values(3.0), _negative_values(0.0), _negative_values(2.0, per_example=False),
-     _negative_one_pass, _negative_any_shape],
+    [_negative_own_stacking, _negative_values(3.0), _negative_values(0.0),
+     _negative_values(2.0, per_example=False), _negative_one_pass, _negative_any_shape],
     hints=(
-        ("Lesson 08's guided forward pass, with the negative condition where the null one was. "
-         "It may hold one example's condition or one per example: make B of them either way."),
-        ("Every field of a Cond (context and context_mask) is stacked: the batch's, then the "
-         "negative's; one call; split the output as you stacked it; combine as in lesson 08."),
+        ("What does the network need to see, row by row, to give both predictions in one call? "
+         "Count the rows of x, t, context and context_mask you hand it."),
+        ("A one-example negative has no batch axis (its context is 2-D): tell the two forms "
+         "apart by ndim. Which half of the output is which follows from the order you stacked."),
     ),
     see=SEE_NEGATIVE,
 )

@@ -22,6 +22,7 @@ def train_noisy_classifier(images: Tensor, labels: Tensor, schedule: NoiseSchedu
     learner's) and AdamW under a one-cycle schedule (``config``: by default
     :class:`NoisyClassifierConfig`'s); the weights and batches come from ``seed``.
 
+    The batches and ``loss_fn``'s draws come from one generator on the images' device.
     Returns the classifier in eval mode and the loss of every step.
     Shapes: images (N, C, H, W) in [-1, 1], labels (N,).
     """
@@ -29,10 +30,11 @@ def train_noisy_classifier(images: Tensor, labels: Tensor, schedule: NoiseSchedu
     model = NoisyClassifier(config or NoisyClassifierConfig()).to(images.device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
+    # on the images' device, so that a loss drawing t and eps with device=x0.device can use it
+    g = torch.Generator(images.device).manual_seed(seed)
     losses = []
     for _ in progress(range(steps), desc="noise-aware classifier"):
-        idx = torch.randint(0, len(images), (batch_size,), generator=g).to(images.device)
+        idx = torch.randint(0, len(images), (batch_size,), generator=g, device=images.device)
         loss = loss_fn(model, images[idx], labels[idx], schedule, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
