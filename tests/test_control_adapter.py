@@ -4,23 +4,6 @@ import pytest
 import torch
 from einops import rearrange
 
-from diffuse_edu.diffusion.attention_control import (
-    injecting_attention,
-    layout,
-    layout_change,
-    recording_attention,
-)
-from diffuse_edu.diffusion.control_adapter import (
-    ControlAdapter,
-    Controlled,
-    adapter_forward,
-    decode,
-    ink_mask,
-    mask_iou,
-    run_encoder,
-    train_control,
-    widen_input,
-)
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import run_checker
@@ -30,8 +13,25 @@ from diffuse_edu.exercises.control_adapter import (
     MASK_IOU,
 )
 from diffuse_edu.models.attention import CrossAttention
+from diffuse_edu.models.attention_control import (
+    injecting_attention,
+    layout,
+    layout_change,
+    recording_attention,
+)
 from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.control_adapter import (
+    ControlAdapter,
+    Controlled,
+    adapter_forward,
+    decode,
+    ink_mask,
+    mask_iou,
+    run_encoder,
+    widen_input,
+)
 from diffuse_edu.models.unet import UNet, UNetConfig
+from diffuse_edu.training.control_adapter import train_control
 
 
 def _base(labels=True, context=False):
@@ -183,8 +183,8 @@ def test_references_pass(checker):
 
 
 def _wrong_adapters():
-    from diffuse_edu.diffusion.control_adapter import decode as dec
-    from diffuse_edu.diffusion.control_adapter import run_encoder as enc
+    from diffuse_edu.models.control_adapter import decode as dec
+    from diffuse_edu.models.control_adapter import run_encoder as enc
 
     def build(skip_res=True, mid_res=True, zero=True, hint=True, with_x=True, sign=1.0):
         def fn(a, x, t, control, cond=None):

@@ -8,17 +8,17 @@ from collections.abc import Callable
 import torch
 from einops import rearrange
 
-from diffuse_edu.diffusion.attention_control import injected_cross_attention
-from diffuse_edu.diffusion.control_adapter import (
+from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
+from diffuse_edu.models.attention import CrossAttention, attention_weights
+from diffuse_edu.models.attention_control import injected_cross_attention
+from diffuse_edu.models.conditioning import Cond
+from diffuse_edu.models.control_adapter import (
     ControlAdapter,
     adapter_forward,
     decode,
     mask_iou,
     run_encoder,
 )
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare
-from diffuse_edu.models.attention import CrossAttention, attention_weights
-from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.unet import UNet, UNetConfig
 
 # ---------------------------------------------------------------- the adapter's forward pass
