@@ -57,6 +57,9 @@ lesson                modules
 18 control: guidance  ``diffusion.classifier_guidance`` (``noisy_classifier_loss``,
                       ``classifier_guided_eps``, ``negative_guided_forward``),
                       ``models.noisy_classifier``, ``training.noisy_classifier``
+19 control: adapters  ``models.control_adapter`` (``adapter_forward``, ``mask_iou``),
+                      ``models.attention_control`` (``injected_cross_attention``),
+                      ``training.control_adapter``
 every lesson          ``exercises`` (checkers), ``course.plotting``, ``course.report``,
                       ``course.runner``, ``course.cli``, ``course.bench``
 a classroom           ``course.workshop``, ``course.grade``, ``training.distributed`` (torchrun),
