@@ -256,7 +256,18 @@ def _ious():
     def batch(p, q):
         return ((p & q).sum().float() / (p | q).sum().float()).expand(p.shape[0])
 
-    return [(recall, "recall"), (summed, "counting the overlap twice"),
+    def precision(p, q):
+        p, q = p.flatten(1), q.flatten(1)
+        i, n = (p & q).sum(1).float(), p.sum(1).float()
+        return torch.where(n > 0, i / n.clamp_min(1), torch.ones_like(n))
+
+    def swapped(p, q):
+        p, q = p.flatten(1), q.flatten(1)
+        i, u = (p & q).sum(1).float(), (p | q).sum(1).float()
+        return torch.where(i > 0, u / i.clamp_min(1), torch.ones_like(u))
+
+    return [(precision, "precision"), (swapped, "swapped"),
+            (recall, "recall"), (summed, "counting the overlap twice"),
             (zero_empty, "two empty masks agree"), (nan_empty, "NaN where both"),
             (batch, "per image")]
 
@@ -268,7 +279,8 @@ def test_iou_checker_names_each_mistake(wrong, message):
 
 
 def _wrong_injections():
-    def make(own=False, residual=True, project=True, keys=False, mean=False):
+    def make(own=False, residual=True, project=True, keys=False, mean=False,
+             join="b n q d -> b q (n d)", normed=False):
         def fn(block, x, context, mask, weights):
             _, _, h, w = x.shape
             k, v = block.to_kv(context).chunk(2, dim=-1)
@@ -279,15 +291,16 @@ def _wrong_injections():
             if mean:
                 weights = weights.mean(1, keepdim=True).expand_as(weights)
             v = rearrange(k if keys else v, "b l (n d) -> b n l d", n=block.heads)
-            out = rearrange(weights @ v, "b n q d -> b q (n d)")
+            out = rearrange(weights @ v, join)
             out = block.to_out(out) if project else out
             out = rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
-            return x + out if residual else out
+            return (block.norm(x) if normed else x) + out if residual else out
         return fn
 
     return [(make(own=True), "own attention"), (make(residual=False), "residual"),
             (make(project=False), "to_out is missing"), (make(keys=True), "keys were used"),
-            (make(mean=True), "averaged")]
+            (make(mean=True), "averaged"), (make(join="b n q d -> b q (d n)"), "wrong order"),
+            (make(normed=True), "added to GroupNorm(x)")]
 
 
 @pytest.mark.parametrize("wrong,message", _wrong_injections())

@@ -1522,7 +1522,9 @@ _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UN
                      # lesson 17: listed in tests/test_discrete_exercises.py
                      "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8,
                      # lesson 16: listed in tests/test_consistency_exercises.py
-                     "consistency_function": 10, "consistency_sampler": 9, "cd_loss": 11}
+                     "consistency_function": 10, "consistency_sampler": 9, "cd_loss": 11,
+                     # lesson 19: listed in tests/test_control_adapter.py
+                     "adapter_forward": 8, "mask_iou": 7, "injected_cross_attention": 7}
 
 
 def test_every_exercise_of_the_course_names_at_least_seven_typical_mistakes():

@@ -268,12 +268,12 @@ def _injection_mistakes(block, x, context, mask, weights, source) -> list[Mistak
     _, v_s = block.to_kv(source).chunk(2, dim=-1)
     heads = block.heads
 
-    def attend(p, v, *, project=True, residual=True):
+    def attend(p, v, *, project=True, residual=True, join="b n q d -> b q (n d)", base=None):
         v = rearrange(v, "b l (n d) -> b n l d", n=heads)
-        out = rearrange(p @ v, "b n q d -> b q (n d)")
+        out = rearrange(p @ v, join)
         out = block.to_out(out) if project else out
         out = rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
-        return x + out if residual else out
+        return (x if base is None else base) + out if residual else out
 
     q = block.to_q(rearrange(block.norm(x), "b c h w -> b (h w) c"))
     own = attention_weights(q, k_e, heads, mask)
@@ -290,6 +290,13 @@ def _injection_mistakes(block, x, context, mask, weights, source) -> list[Mistak
                 "weights multiply the values (the second half).", attend(weights, k_e)),
         Mistake("the heads' weights were averaged: each head keeps its own recorded weights for "
                 "its own slice of the values.", attend(mean, v_e)),
+        Mistake("the heads were joined in the wrong order: join them as they were split, "
+                "head by head ('b n q d -> b q (n d)'), so that each head's channels come back "
+                "to their place before to_out.",
+                attend(weights, v_e, join="b n q d -> b q (d n)")),
+        Mistake("the block's output was added to GroupNorm(x): the residual adds it to x itself; "
+                "the normalised x only makes the queries.",
+                attend(weights, v_e, base=block.norm(x))),
         Mistake("the values came from the source prompt: the recorded weights say where each word "
                 "acts, the edited prompt's values what it paints (to_kv of this call's context).",
                 attend(weights, v_s)),
