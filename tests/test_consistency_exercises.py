@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from diffuse_edu.diffusion import consistency as cm
+from diffuse_edu.diffusion.samplers import euler_step
 from diffuse_edu.exercises import run_checker
 from diffuse_edu.exercises.consistency import CD_LOSS, CONSISTENCY_FUNCTION, CONSISTENCY_SAMPLER
 
@@ -24,7 +25,7 @@ def learners(fn):
 
 # --- consistency_function -------------------------------------------------------------------------
 def _f(*, skip="cm", out="cm", swap=False, sd_power=2, root_shift=False, no_root=False,
-       only="", eps=0.0):
+       only="", eps=0.0, c_in=False, sign=1, where=False):
     def consistency_function(raw, x, sigma, *, sigma_min, sigma_data):
         s = sigma.reshape(-1, 1, 1, 1)
         sd = sigma_data**sd_power
@@ -35,7 +36,12 @@ def _f(*, skip="cm", out="cm", swap=False, sd_power=2, root_shift=False, no_root
         c_out = num / (den if no_root else den.sqrt())
         if swap:
             c_skip, c_out = c_out, c_skip
-        f = raw(x, sigma)
+        if where:  # EDM's coefficients with the boundary patched in
+            e_skip = sigma_data**2 / (s**2 + sigma_data**2)
+            e_out = s * sigma_data / (s**2 + sigma_data**2).sqrt()
+            return torch.where(s == sigma_min, x, e_skip * x + e_out * raw(x, sigma))
+        f = raw(x / (s**2 + sigma_data**2).sqrt() if c_in else x, sigma)
+        c_out = sign * c_out
         return {"F": f, "no skip": c_out * f}.get(only, c_skip * x + c_out * f)
     return consistency_function
 
@@ -57,6 +63,9 @@ F_WRONG = [
     (_f(only="no skip"), "the skip connection is missing"),
     (_f(no_root=True), "c_out lost its square root"),
     (_f(eps=1e-7), "the boundary condition fails"),
+    (_f(c_in=True), "`raw` takes x itself"),
+    (_f(sign=-1), "c_out has the wrong sign"),
+    (_f(where=True), "with torch.where putting x back"),
 ]
 
 
@@ -79,21 +88,23 @@ def test_consistency_function_without_reshape_crashes_with_a_named_cause():
 
 # --- consistency_sampler --------------------------------------------------------------------------
 def _sampler(*, scale=True, std="root", from_noisy=False, at_previous=False, one_z=False,
-             extra=False, no_last=False, global_rng=False, float_sigma=False):
+             extra=False, no_last=False, global_rng=False, float_sigma=False, root_start=False):
     def consistency_sampler(f, x, sigmas, *, sigma_min, generator=None):
         b = x.shape[0]
 
         def lvl(s):
             return s if float_sigma else torch.full((b,), s)
 
-        y = sigmas[0] * x if scale else x
+        top = math.sqrt(sigmas[0] ** 2 - sigma_min**2) if root_start else sigmas[0]
+        y = top * x if scale else x
         out, prev, z0 = f(y, lvl(sigmas[0])), sigmas[0], None
         for s in (sigmas if extra else sigmas[1:]):
             z = torch.randn(x.shape) if global_rng else torch.randn(x.shape, generator=generator)
             z0 = z if z0 is None else z0
             z = z0 if one_z else z
             width = {"root": math.sqrt(s**2 - sigma_min**2), "sigma": s,
-                     "var": s**2 - sigma_min**2}[std]
+                     "var": s**2 - sigma_min**2,
+                     "gap": math.sqrt(max(prev**2 - s**2, 0.0))}[std]
             y = (y if from_noisy else out) + width * z
             if no_last and s == sigmas[-1]:
                 return y
@@ -113,7 +124,15 @@ SAMPLER_WRONG = [
     (_sampler(no_last=True), "evaluates f once a level"),
     (_sampler(global_rng=True), "not from the global random state"),
     (_sampler(float_sigma=True), "one level per example"),
+    (_sampler(std="gap"), "sqrt(previous^2 - sigma^2) is the gap"),
+    (_sampler(root_start=True), "is the re-noising rule, not the first step's"),
 ]
+
+
+def test_sampler_shape_message_prints_the_shape_not_the_tensor():
+    verdict = run_checker(_sampler(float_sigma=True), CONSISTENCY_SAMPLER)
+    assert "of shape ()" in verdict.message or "of shape 8.0" in verdict.message, verdict.message
+    assert "tensor(" not in verdict.message and "device=x.device" in verdict.message
 
 
 def test_consistency_sampler_reference_passes():
@@ -130,23 +149,28 @@ def test_consistency_sampler_names_each_mistake(wrong, expected):
 # --- cd_loss --------------------------------------------------------------------------------------
 def _cd(*, target_level="next", step=True, vs_teacher=False, target_is_student=False,
         sign=1, student_level="sigma", reduce="mean", slope="d", grad_target=False,
-        scalar=False, detached=False):
+        scalar=False, detached=False, ct_target=False, student_at="sigma", swapped=False,
+        column_levels=False):
     def cd_loss(student, target, teacher, x0, noise, sigma, sigma_next):
         s, sn = sigma.reshape(-1, 1, 1, 1), sigma_next.reshape(-1, 1, 1, 1)
-        x = x0 + s * noise
+        x = x0 + (s if student_level == "sigma" else sn) * noise  # the natural wrong version
         with torch.no_grad():
             den = teacher(x, sigma)
             d = (x - den) / s if slope == "d" else den
             x_hat = x + sign * (sn - s) * d if step else x
+            if swapped:
+                x_hat = euler_step(x, sn, s, den)
+            if ct_target:
+                x_hat = x0 + sn * noise
         net = student if target_is_student else target
         if grad_target:
             want = net(x_hat, sigma_next)
         else:
             with torch.no_grad():
                 want = den if vs_teacher else net(x_hat, sigma if target_level == "sigma"
-                                                   else sigma_next)
-        x_in = x if student_level == "sigma" else x0 + sn * noise
-        sq = (student(x_in, sigma) - want).square().flatten(1)
+                                                   else sn if column_levels else sigma_next)
+        level = sigma_next if student_at == "next" else s if column_levels else sigma
+        sq = (student(x, level) - want).square().flatten(1)
         per = sq.mean(1) if reduce == "mean" else sq.sum(1)
         per = per.detach() if detached else per
         return per.mean() if scalar else per
@@ -165,6 +189,10 @@ CD_WRONG = [
     (_cd(grad_target=True), "the target network received gradients"),
     (_cd(scalar=True), "returned one number"),
     (_cd(detached=True), "returned a loss with no gradient"),
+    (_cd(ct_target=True), "consistency training's stand-in"),
+    (_cd(student_at="next"), "the student is asked at sigma, the level of its input"),
+    (_cd(swapped=True), "euler_step's levels are swapped"),
+    (_cd(column_levels=True), "with sigma or sigma_next as given, shape (B,)"),
 ]
 
 

@@ -31,8 +31,17 @@ def _f_mistakes(x: Tensor, sigma: Tensor, sigma_min: float, sd: float) -> list[M
     s, f = column(sigma, x), _raw(x, sigma)
     shifted = s - sigma_min
     skip, out = sd**2 / (shifted**2 + sd**2), sd * shifted / (s**2 + sd**2).sqrt()
-    e_skip, e_out, _, _ = edm_preconditioning(s, sd)
+    e_skip, e_out, e_in, _ = edm_preconditioning(s, sd)
     return [
+        Mistake("`raw` takes x itself: the consistency function's F sees x as given, with no c_in "
+                "in front (that is EDM's denoiser, whose network sees c_in x).",
+                skip * x + out * _raw(e_in * x, sigma)),
+        Mistake("c_out has the wrong sign: its numerator is sigma_data (sigma - sigma_min), "
+                "positive above sigma_min.", skip * x - out * f),
+        Mistake("those are EDM's c_skip and c_out with torch.where putting x back at sigma_min: "
+                "the boundary then holds, but f jumps there and differs from the lesson's f at "
+                "every other level. Use the shifted coefficients, which are 1 and 0 at sigma_min "
+                "by themselves.", torch.where(s == sigma_min, x, e_skip * x + e_out * f)),
         Mistake("those are EDM's c_skip and c_out (Table 1 of Karras et al.): they are not 1 and 0 "
                 "at sigma_min, so f(x, sigma_min) is not x. Shift sigma by sigma_min where the "
                 "lesson's coefficients do.", e_skip * x + e_out * f),
@@ -88,16 +97,17 @@ CONSISTENCY_FUNCTION = Checker(
      _f_case([0.9, 80.0], 0.2, 0.7, 2), _f_boundary],
     hints=(("f is a skip connection plus a scaled network output, like EDM's denoiser; only the "
             "coefficients differ, and they must make f the identity at sigma_min."),
-           ("Write c_skip and c_out with sigma - sigma_min where EDM has sigma (but keep sigma^2 "
-            "under c_out's root); sigma has shape (B,): reshape it to (B, 1, 1, 1) before "
-            "multiplying x.")),
+           ("From EDM's coefficients: c_skip's sigma^2 becomes (sigma - sigma_min)^2 and c_out's "
+            "leading sigma becomes sigma - sigma_min, while the sigma^2 under c_out's root stays; "
+            "sigma has shape (B,): reshape it to (B, 1, 1, 1) before multiplying x.")),
     see=SEE_F,
 )
 
 
 # ----------------------------------------------------------------------------- consistency_sampler
 def _gauss_f(s_data: float = 0.6) -> Callable:
-    """The exact consistency function of N(0, s_data^2) data, to sigma = 0 (a known answer)."""
+    """A known f: the consistency function of N(0, s_data^2) data to sigma = 0, plus 0.1 tanh(x)
+    (a bend, so that a sampler that scales where it should not shows)."""
     def f(x: Tensor, sigma: Tensor) -> Tensor:
         return x * s_data / (s_data**2 + column(sigma, x) ** 2).sqrt() + 0.1 * torch.tanh(x)
     return f
@@ -106,8 +116,10 @@ def _gauss_f(s_data: float = 0.6) -> Callable:
 def _counted(f: Callable, calls: list) -> Callable:
     def g(x: Tensor, sigma: Tensor) -> Tensor:
         if not isinstance(sigma, Tensor) or sigma.shape != (x.shape[0],):
-            raise Mismatch(f"f was called with sigma = {sigma!r}; call it with one level per "
-                           "example, a tensor of shape (B,): torch.full((B,), sigma, ...).")
+            got = tuple(sigma.shape) if isinstance(sigma, Tensor) else repr(sigma)
+            raise Mismatch(f"f was called with sigma of shape {got} for a batch of {x.shape[0]}; "
+                           "call it with one level per example, a tensor of shape (B,): "
+                           "torch.full((B,), sigma, device=x.device, dtype=x.dtype).")
         calls.append(sigma[0].item())
         return f(x, sigma)
     return g
@@ -120,15 +132,16 @@ def _sampler_mistakes(f: Callable, x: Tensor, sigmas: list[float], sigma_min: fl
     def lvl(s):
         return torch.full((b,), s)
 
-    def run(*, scale=True, std=None, from_noisy=False, at_previous=False, one_z=False):
+    def run(*, scale=True, std=None, from_noisy=False, at_previous=False, one_z=False,
+            start=None):
         gen = torch.Generator().manual_seed(seed)
-        y = sigmas[0] * x if scale else x
+        y = (start if start is not None else sigmas[0]) * x if scale else x
         out, prev, z0 = f(y, lvl(sigmas[0])), sigmas[0], None
         for s in sigmas[1:]:
             z = torch.randn(x.shape, generator=gen)
             z0 = z if z0 is None else z0
             z = z0 if one_z else z
-            width = std(s) if std else math.sqrt(s**2 - sigma_min**2)
+            width = std(s, prev) if std else math.sqrt(s**2 - sigma_min**2)
             y = (y if from_noisy else out) + width * z
             out, prev = f(y, lvl(prev if at_previous else s)), s
         return out
@@ -136,15 +149,23 @@ def _sampler_mistakes(f: Callable, x: Tensor, sigmas: list[float], sigma_min: fl
         Mistake("the unit noise x must first be scaled to the top level: start from sigma_0 x, "
                 "noise of std sigma_0 (sigma_max).", run(scale=False)),
         Mistake("the fresh noise's std is sqrt(sigma^2 - sigma_min^2), not sigma: f's output sits "
-                "at sigma_min already (Song et al. 2023, Alg. 1).", run(std=lambda s: s)),
+                "at sigma_min already (Song et al. 2023, Alg. 1).", run(std=lambda s, p: s)),
         Mistake("the fresh noise's std is sqrt(sigma^2 - sigma_min^2): a square root is missing.",
-                run(std=lambda s: s**2 - sigma_min**2)),
+                run(std=lambda s, p: s**2 - sigma_min**2)),
+        Mistake("the fresh noise's std is sqrt(sigma^2 - sigma_min^2), from the image's level "
+                "sigma_min up to the new level sigma; sqrt(previous^2 - sigma^2) is the gap "
+                "between two noise levels, but f's output is an image, not a point at the "
+                "previous level.", run(std=lambda s, p: math.sqrt(p**2 - s**2))),
+        Mistake("the start is sigma_0 x, unit noise scaled to the top level; sqrt(sigma_0^2 - "
+                "sigma_min^2) x is the re-noising rule, not the first step's.",
+                run(start=math.sqrt(sigmas[0] ** 2 - sigma_min**2))),
         Mistake("re-noise the denoised image (f's last output), not the noisy point f was given.",
                 run(from_noisy=True)),
         Mistake("after re-noising to a level, denoise at that level: f(x_hat, sigma), not at the "
                 "previous one.", run(at_previous=True)),
-        Mistake("draw fresh noise at every level (torch.randn(x.shape, generator=generator), one "
-                "draw a level): yours reused the first draw.", run(one_z=True)),
+        Mistake("draw fresh noise at every level (torch.randn(x.shape, generator=generator, "
+                "device=x.device, dtype=x.dtype), one draw a level): yours reused the first draw.",
+                run(one_z=True)),
     ]
 
 
@@ -168,8 +189,8 @@ def _sampler_case(sigmas: list[float], sigma_min: float, seed: int) -> Callable:
                        generator=torch.Generator().manual_seed(seed + 10))
             if not torch.equal(again, got):
                 raise Mismatch("two runs with the same generator differ: draw the fresh noise "
-                               "with torch.randn(x.shape, generator=generator), not from the "
-                               "global random state.")
+                               "with torch.randn(x.shape, generator=generator, device=x.device, "
+                               "dtype=x.dtype), not from the global random state.")
         compare(got, want, mistakes=_sampler_mistakes(f, x, sigmas, sigma_min, seed + 10),
                 what=f"consistency_sampler on levels {list(sigmas)} (sigma_min = {sigma_min})",
                 otherwise="does not match Alg. 1 of Song et al. 2023 as lesson 16 section 2 "
@@ -196,10 +217,15 @@ class _F(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3, padding=1)
-        self.level = nn.Linear(1, 1)
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.level = nn.Linear(1, 2)
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if not isinstance(sigma, Tensor) or sigma.shape != (x.shape[0],):
+            got = tuple(sigma.shape) if isinstance(sigma, Tensor) else repr(sigma)
+            raise Mismatch(f"student or target was called with sigma of shape {got}; call them "
+                           "with sigma or sigma_next as given, shape (B,) (only the noise and "
+                           "euler_step need the (B, 1, 1, 1) view).")
         return self.conv(x) + self.level(sigma.log()[:, None])[:, :, None, None]
 
 
@@ -218,7 +244,7 @@ def _cd_inputs(seed: int):
     torch.manual_seed(seed)
     student, target = _F(), _F()
     g = torch.Generator().manual_seed(seed)
-    x0, noise = torch.randn(4, 1, 5, 5, generator=g), torch.randn(4, 1, 5, 5, generator=g)
+    x0, noise = torch.randn(4, 2, 5, 5, generator=g), torch.randn(4, 2, 5, 5, generator=g)
     sigma = torch.tensor([0.05, 0.4, 2.0, 20.0])
     return student, target, x0, noise, sigma, sigma * torch.tensor([0.5, 0.6, 0.7, 0.8])
 
@@ -228,6 +254,9 @@ def _cd_mistakes(f, f_t, x0, noise, sigma, sigma_next) -> list[Mistake]:
     x = x0 + s * noise
     d = (x - _teacher(x, sigma)) / s
     x_hat = x + (sn - s) * d
+    low = x0 + sn * noise  # the wrong student input, carried through the whole loss
+    low_hat = low + (sn - s) * (low - _teacher(low, sigma)) / s
+    swapped = x + (s - sn) * (x - _teacher(x, sigma)) / sn  # euler_step(x, sigma_next, sigma, D)
 
     def dist(a, b):
         return (a - b).square().flatten(1).mean(1)
@@ -251,7 +280,16 @@ def _cd_mistakes(f, f_t, x0, noise, sigma, sigma_next) -> list[Mistake]:
                     dist(out, f_t(x + (s - sn) * d, sigma_next))),
             Mistake("the student's input is x0 + sigma noise (the higher level of the pair), "
                     "not x0 + sigma_next noise.",
-                    dist(f(x0 + sn * noise, sigma), f_t(x_hat, sigma_next))),
+                    dist(f(low, sigma), f_t(low_hat, sigma_next))),
+            Mistake("that target, the target network at x0 + sigma_next noise, is consistency "
+                    "training's stand-in for the teacher's step; distillation takes the "
+                    "teacher's step: x_hat = euler_step(x, sigma, sigma_next, teacher(x, sigma)).",
+                    dist(out, f_t(x0 + sn * noise, sigma_next))),
+            Mistake("the student is asked at sigma, the level of its input x, not at sigma_next.",
+                    dist(f(x, sigma_next), f_t(x_hat, sigma_next))),
+            Mistake("euler_step's levels are swapped: euler_step(x, sigma, sigma_next, denoised) "
+                    "goes from sigma (where x is) to sigma_next.",
+                    dist(out, f_t(swapped, sigma_next))),
             Mistake("the distance is a mean over each example's entries, not a sum.",
                     (out - f_t(x_hat, sigma_next)).square().flatten(1).sum(1)),
             Mistake("the Euler step's slope is (x - D(x; sigma)) / sigma, the teacher's denoised "
@@ -271,7 +309,8 @@ def _cd_case(seed: int) -> Callable:
                            "(the training loop takes the mean).")
         require_gradient(got, "cd_loss", "the student's output")
         compare(got, want, mistakes=_cd_mistakes(f, f_t, x0, noise, sigma, sigma_next),
-                what=f"cd_loss at sigma = {sigma.tolist()} -> {sigma_next.tolist()}",
+                what=f"cd_loss at sigma = {[round(v, 3) for v in sigma.tolist()]} -> "
+                     f"{[round(v, 3) for v in sigma_next.tolist()]}",
                 otherwise="does not match Alg. 2 of Song et al. 2023 as lesson 16 section 3 "
                           "writes it: x = x0 + sigma noise, the teacher's Euler step to "
                           "sigma_next, "
