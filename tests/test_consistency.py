@@ -228,3 +228,45 @@ def test_edm_objective_trains_through_the_course_loop():
                    cm.EDMObjective(cosine_schedule(1000), sigma_data=0.6),
                    TrainConfig(steps=5, batch_size=8, ema_decay=None), show_progress=False)
     assert result.steps == 5
+
+
+def test_greedy_levels_picks_the_best_candidate_one_level_at_a_time():
+    seen = []
+
+    def score(levels):  # best: as close to [80, 1.2, 0.3, 0.15] as the greedy order allows
+        seen.append(list(levels))
+        return sum(abs(a - b) for a, b in zip(levels, [80.0, 1.2, 0.3, 0.15]))
+
+    chosen = cm.greedy_levels(score, [2.5, 1.2, 0.6, 0.3, 0.15], 4)
+    assert chosen == {1: [80.0], 2: [80.0, 1.2], 3: [80.0, 1.2, 0.3], 4: [80.0, 1.2, 0.3, 0.15]}
+    assert [80.0, 0.15] not in seen  # leaves two lower candidates for the later steps
+    assert all(a > b for levels in seen for a, b in itertools.pairwise(levels))  # always falling
+    with pytest.raises(ValueError, match="need at least 3 candidates"):
+        cm.greedy_levels(score, [1.0, 0.5], 4)
+
+
+def test_class_coverage_tells_a_collapsed_sampler_from_an_even_one():
+    even, largest = cm.class_coverage(torch.arange(100) % 10, 10)
+    assert even == pytest.approx(1.0) and largest == pytest.approx(0.1)
+    one, largest = cm.class_coverage(torch.full((50,), 8), 10)
+    assert one == 0.0 and largest == 1.0
+    half, largest = cm.class_coverage(torch.tensor([0, 1]), 4)
+    assert half == pytest.approx(0.5) and largest == 0.5
+
+
+def test_sample_consistency_takes_given_levels():
+    calls = []
+
+    class Fake:
+        sigma_min = 0.002
+
+        def __call__(self, x, sigma, cond):
+            calls.append(round(sigma[0].item(), 3))
+            return x * 0
+
+    fake = Fake()
+    cm.sample_consistency(fake, torch.randn(2, 1, 2, 2), steps=2, sigmas=[80.0, 0.6],
+                          generator=torch.Generator().manual_seed(0))
+    assert calls == [80.0, 0.6]
+    with pytest.raises(ValueError, match="2 steps need 2 levels"):
+        cm.sample_consistency(fake, torch.randn(2, 1, 2, 2), steps=2, sigmas=[80.0])

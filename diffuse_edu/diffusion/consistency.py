@@ -19,7 +19,7 @@ One convention throughout, the variance-exploding one of Karras et al. (2022): x
   x_{n+1} = x0 + s_{n+1} z, one teacher ODE step to x_hat_n at s_n, and the loss
   d(f_theta(x_{n+1}, s_{n+1}), f_target(x_hat_n, s_n)) with the target network held fixed (no
   gradient). **Consistency training** (their Alg. 3) replaces the teacher's step by x0 + s_n z, the
-  same z; Geng et al. (2024) start it from a pretrained diffusion model.
+  same z (here with a stop-gradient target, as in Song & Dhariwal 2023, on a fixed grid).
 * **Multistep consistency sampling** (their Alg. 1): denoise from sigma_max, then re-noise to the
   next level and denoise again.
 
@@ -223,7 +223,8 @@ def consistency_sampler(f: Callable, x: Tensor, sigmas: list[float], *, sigma_mi
     """Multistep consistency sampling (Song et al. 2023, Alg. 1), lesson 16, section 2: ``x`` is
     unit noise; x <- f(sigma_0 x, sigma_0); then at each next level sigma, re-noise with fresh noise
     of std sqrt(sigma^2 - sigma_min^2) and denoise, x <- f(x + that, sigma). ``f(x, sigma (B,))``;
-    the fresh noise is drawn as torch.randn(x.shape, generator=generator), one draw a level.
+    the fresh noise is drawn as torch.randn(x.shape, generator=generator, device=x.device,
+    dtype=x.dtype), one draw a level.
 
     Shapes: x (B, ...) -> like x.
     """
@@ -241,13 +242,17 @@ def sample_consistency(model: ConsistencyModel, x: Tensor, schedule: NoiseSchedu
                        *, steps: int, generator: torch.Generator | None = None,
                        callback: Callable | None = None, cond: object = None,
                        clip: float | None = None, sampler: Callable = consistency_sampler,
-                       sigma_max: float = SIGMA_MAX) -> Tensor:
+                       sigma_max: float = SIGMA_MAX, sigmas: list[float] | None = None) -> Tensor:
     """The course's sampler signature for a consistency model: ``steps`` network evaluations on
-    :func:`sampling_sigmas`. ``schedule`` is not used (the model carries its own); ``sampler`` is
+    ``sigmas`` (falling, ``steps`` of them) or, when None, on :func:`sampling_sigmas`.
+    ``schedule`` is not used (the model carries its own); ``sampler`` is
     :func:`consistency_sampler` or a learner's; ``clip`` clamps every denoised output.
     Shapes: x (B, ...) unit noise -> like x.
     """
-    sigmas = sampling_sigmas(steps, sigma_min=model.sigma_min, sigma_max=sigma_max)
+    if sigmas is None:
+        sigmas = sampling_sigmas(steps, sigma_min=model.sigma_min, sigma_max=sigma_max)
+    if len(sigmas) != steps:
+        raise ValueError(f"{steps} steps need {steps} levels; got {list(sigmas)}.")
     calls = iter(range(steps))
 
     def f(z: Tensor, sigma: Tensor) -> Tensor:
@@ -258,6 +263,35 @@ def sample_consistency(model: ConsistencyModel, x: Tensor, schedule: NoiseSchedu
         return out
 
     return sampler(f, x, sigmas, sigma_min=model.sigma_min, generator=generator)
+
+
+def greedy_levels(score: Callable[[list[float]], float], candidates: list[float], steps: int, *,
+                  sigma_max: float = SIGMA_MAX) -> dict[int, list[float]]:
+    """Multistep sampling levels chosen greedily (Song et al. 2023, Sec. 6 choose the middle level
+    of two-step sampling by greedy search): start from [sigma_max], then add, one at a time, the
+    candidate below the last level with the lowest ``score(levels)`` (lower is better; score it
+    on noise kept apart from the evaluation's). Returns {n: the first n levels} for n = 1..steps.
+    """
+    if len(candidates) < steps - 1:
+        raise ValueError(f"{steps} levels need at least {steps - 1} candidates: {candidates}.")
+    levels, chosen = [float(sigma_max)], {1: [float(sigma_max)]}
+    for n in range(2, steps + 1):
+        below = sorted((float(c) for c in candidates if c < levels[-1]), reverse=True)
+        below = below[:len(below) - (steps - n)]  # leave enough lower candidates for later steps
+        levels = levels + [min(below, key=lambda c: score(levels + [c]))]
+        chosen[n] = list(levels)
+    return chosen
+
+
+def class_coverage(classes: Tensor, n_classes: int) -> tuple[float, float]:
+    """How evenly samples spread over the classes a classifier gives them: (entropy of the class
+    shares over log(n_classes), 1 for all classes equally often, 0 for one class only; the largest
+    class's share). A recognisable share can be high for a collapsed sampler that draws one class
+    (lesson 16). Shapes: classes (N,) integer."""
+    shares = torch.bincount(classes.flatten().long().cpu(), minlength=n_classes).double()
+    shares = shares / shares.sum()
+    nonzero = shares[shares > 0]
+    return float(-(nonzero * nonzero.log()).sum() / math.log(n_classes)), float(shares.max())
 
 
 def per_example_distance(a: Tensor, b: Tensor) -> Tensor:

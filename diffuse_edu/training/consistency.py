@@ -1,11 +1,13 @@
 """Training a consistency model (lesson 16; Song et al. 2023, Alg. 2 and 3).
 
-:func:`train_consistency` starts from a copy of a pretrained v-network (lesson 05's; Geng et al.
-2024 start consistency training from one too) and trains it, read as a
+:func:`train_consistency` starts from a copy of a pretrained v-network (lesson 05's) and trains it,
+read as a
 :class:`~diffuse_edu.diffusion.consistency.ConsistencyModel`, with consistency distillation (a
 teacher denoiser given) or consistency training (none). The target network is an EMA of the
 student with decay ``target_decay``: 0 makes it a stop-gradient copy of the current student, as in
-Song & Dhariwal 2023 and Geng et al. 2024; Song et al. 2023 use 0.95 for distillation.
+Song & Dhariwal 2023; Song et al. 2023 use 0.95 for distillation. Consistency training here is
+their Alg. 3 on a fixed grid with that stop-gradient target, not Geng et al.'s (2024) ECT, which
+also anneals the gap between the two levels towards zero during training.
 """
 
 from __future__ import annotations
