@@ -108,6 +108,19 @@ def test_unfinished_exercise_falls_back_to_the_reference(capsys):
     assert VERDICTS[-1].status == "unfinished"
 
 
+def test_torch_not_implemented_is_a_crash_not_an_unfinished_exercise():
+    """torch raises NotImplementedError for an operation a dtype lacks (`&` on floats): finished
+    code with a mistake, which must not read "[todo] not written yet"."""
+    def bitwise_on_floats(x0, t, schedule, eps):
+        return (x0.float() & eps.float()) * 0
+    verdict = run_checker(bitwise_on_floats, Q_SAMPLE)
+    assert verdict.status == "failed" and "bitwise_and" in verdict.message
+
+    def stub_with_message(x0, t, schedule, eps):
+        raise NotImplementedError("Exercise not finished yet.")
+    assert run_checker(stub_with_message, Q_SAMPLE).status == "unfinished"
+
+
 def test_wrong_answer_falls_back_and_explains(capsys):
     fn = Q_SAMPLE_WRONG["weights swapped"][0]
     assert check(fn, Q_SAMPLE) is Q_SAMPLE.reference
