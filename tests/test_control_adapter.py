@@ -14,6 +14,7 @@ from diffuse_edu.exercises.control_adapter import (
 )
 from diffuse_edu.models.attention import CrossAttention
 from diffuse_edu.models.attention_control import (
+    injected_cross_attention,
     injecting_attention,
     layout,
     layout_change,
@@ -319,3 +320,20 @@ def test_injection_checker_names_source_values():
     messages = [m.message for m in _injection_mistakes(block, *args)]
     assert any("values came from the source prompt" in m for m in messages)
     assert len(messages) >= 4
+
+
+def test_injection_that_swaps_the_blocks_attend_and_leaves_it_fails():
+    """Lesson 09's hook, block.attend swapped for one returning the recorded weights' output and
+    never put back: the values come out right once, and every later call of the block is wrong
+    (a learner trial found it passed and corrupted the rest of lesson 19)."""
+    from diffuse_edu.models.attention import cross_attention_block
+
+    def swap_attend(block, x, context, mask, weights):
+        block.attend = lambda q, k, v, heads, mask=None: rearrange(
+            weights @ rearrange(v, "b l (n d) -> b n l d", n=heads), "b n q d -> b q (n d)")
+        return cross_attention_block(block, x, context, mask)
+
+    verdict = run_checker(swap_attend, INJECTED_CROSS_ATTENTION)
+    assert verdict.status == "failed" and "block.attend" in verdict.message, verdict.message
+    assert "left it changed" in verdict.message
+    assert run_checker(injected_cross_attention, INJECTED_CROSS_ATTENTION).status == "passed"

@@ -303,13 +303,31 @@ def _injection_mistakes(block, x, context, mask, weights, source) -> list[Mistak
     ]
 
 
+def _call_leaving_block_as_found(fn: Callable, block: CrossAttention, *args) -> torch.Tensor:
+    """``fn(block, *args)``, failing when it leaves the block changed: a block whose ``attend`` or
+    ``forward_fn`` was swapped (lesson 09's hook) and not put back computes every later call with
+    these weights, the rest of the sampling and the next prompts alike, with no error."""
+    before = {k: v for k, v in vars(block).items() if not k.startswith("_")}
+    got = fn(block, *args)
+    after = {k: v for k, v in vars(block).items() if not k.startswith("_")}
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k, None) is not after.get(k, None))
+    if changed:
+        names = ", ".join(f"block.{k}" for k in changed)
+        raise Mismatch(f"injected_cross_attention changed the block ({names}) and left it "
+                       "changed: every later call of this block would use these weights. Compute "
+                       "the output from `weights` directly and leave the block as you found it.")
+    return got
+
+
 def _injection_case(seed: int, heads: int) -> Callable:
     def case(fn: Callable) -> None:
         block = _block(seed, heads)
         x, context, mask, weights, source = _injection_inputs(block, seed)
         with torch.no_grad():
             want = injected_cross_attention(block, x, context, mask, weights)
-            got = fn(block, x.clone(), context.clone(), mask.clone(), weights.clone())
+            got = _call_leaving_block_as_found(fn, block, x.clone(), context.clone(),
+                                               mask.clone(), weights.clone())
             compare(got, want, what=f"injected_cross_attention ({heads} heads, a padded prompt)",
                     mistakes=_injection_mistakes(block, x, context, mask, weights, source),
                     otherwise="does not match the injected block of lesson 19's Math (Hertz et "
@@ -325,7 +343,8 @@ def _injection_same_weights_is_the_block(fn: Callable) -> None:
     q = block.to_q(rearrange(block.norm(x), "b c h w -> b (h w) c"))
     own = attention_weights(q, block.to_kv(context).chunk(2, dim=-1)[0], block.heads, mask)
     with torch.no_grad():
-        got, want = fn(block, x, context, mask, own), block(x, context, mask)
+        got = _call_leaving_block_as_found(fn, block, x, context, mask, own)
+        want = block(x, context, mask)
     compare(got, want, what="injected_cross_attention given the block's own weights (it must "
                             "then compute the block's own output)")
 
