@@ -115,9 +115,9 @@ def test_wrong_weights_miss_the_brute_force_elbo():
     integrate to the ELBO."""
     model, x0 = TableDenoiser(1), EVERY_SEQUENCE[5]
 
-    class NoWeight(MaskSchedule):
-        def weight(self, t):
-            return torch.ones_like(t)
+    class NoWeight(MaskSchedule):  # -alpha' / (1 - alpha) = 1: the loss reads alpha, alpha'
+        def alpha_prime(self, t):
+            return -(1 - self.alpha(t))
     assert integrated_nelbo(model, x0, NoWeight("linear")) != pytest.approx(
         any_order_nelbo(model, x0), rel=1e-2)
 

@@ -45,6 +45,11 @@ MASK_WRONG = [
     (_mask(reshape=False), "give the probability shape (B, 1)"),
     (_mask(own_noise=True), "draw no random numbers yourself"),
     (_mask_nothing, "does not match the lesson's forward process"),
+    (_mask(prob=lambda s, t: s.alpha(t), above=True), "yours masks where u > alpha(t)"),
+    (lambda x0, t, u, mask_id, s: torch.where(u < (1 - s.alpha(t))[:, None], x0.max() + 1, x0),
+     "not x0.max() + 1"),
+    (lambda x0, t, u, mask_id, s: torch.where(u < (1 - s.alpha(t))[:, None], 2, x0),
+     "not the notebook's global MASK = 2"),
 ]
 
 
@@ -63,7 +68,8 @@ def test_mask_tokens_at_the_ends():
 
 
 # --- masked_diffusion_loss --------------------------------------------------------------------
-def _loss(*, weight=lambda s, t: s.weight(t), where="masked", reduce="sum", raw=False,
+def _loss(*, weight=lambda s, t: -s.alpha_prime(t) / (1 - s.alpha(t)), where="masked",
+          reduce="sum", raw=False,
           scalar=False):
     def masked_diffusion_loss(logits, x0, xt, t, mask_id, schedule):
         if raw:
@@ -80,17 +86,66 @@ def _loss(*, weight=lambda s, t: s.weight(t), where="masked", reduce="sum", raw=
     return masked_diffusion_loss
 
 
+LN2 = torch.log(torch.tensor(2.0))
+
+
+def _loss_per_token(unit):
+    def masked_diffusion_loss(logits, x0, xt, t, mask_id, schedule):
+        nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+        w = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))
+        return w * (nll * (xt == mask_id)).sum(1) / (x0.shape[1] * unit)
+    return masked_diffusion_loss
+
+
+def _loss_minus_forgotten(logits, x0, xt, t, mask_id, schedule):
+    logp = logits.log_softmax(-1).gather(-1, x0[..., None])[..., 0]
+    w = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))
+    return w * (logp * (xt == mask_id)).sum(1)
+
+
+def _loss_probability(logits, x0, xt, t, mask_id, schedule):
+    p = logits.softmax(-1).gather(-1, x0[..., None])[..., 0]
+    w = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))
+    return w * (-p * (xt == mask_id)).sum(1)
+
+
+def _loss_crash(kind):
+    def masked_diffusion_loss(logits, x0, xt, t, mask_id, schedule):
+        w = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))
+        masked = (xt == mask_id).float()
+        if kind == "no_transpose":
+            nll = F.cross_entropy(logits, x0, reduction="none")
+        elif kind == "target_xt":
+            nll = F.cross_entropy(logits.transpose(1, 2), xt, reduction="none")
+        elif kind == "gather_no_dim":
+            nll = -logits.log_softmax(-1).gather(-1, x0)
+        else:
+            nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+            return (w * nll * masked).sum(1)
+        return w * (nll * masked).sum(1)
+    return masked_diffusion_loss
+
+
 LOSS_WRONG = [
     (_loss(weight=lambda s, t: torch.ones_like(t)),
      "weight -alpha'(t) / (1 - alpha(t)) is missing"),
     (_loss(where="all"), "over the MASKED positions only"),
     (_loss(where="kept"), "yours sums over the kept ones"),
     (_loss(reduce="mean"), "yours averages it over them"),
-    (_loss(weight=lambda s, t: -s.weight(t)), "yours has the wrong sign"),
+    (_loss(weight=lambda s, t: s.alpha_prime(t) / (1 - s.alpha(t))), "your loss is negative"),
     (_loss(raw=True), "the logits need a log_softmax"),
     (_loss(weight=lambda s, t: -s.alpha_prime(t) / s.alpha(t)), "yours divides by alpha(t)"),
     (_loss(weight=lambda s, t: 1 / (1 - t)), "that is 1 / (1 - t), where the weight is 1 / t"),
     (_loss(weight=lambda s, t: 1 / t), "1 / t is the linear schedule's only"),
+    (_loss(weight=lambda s, t: 1 / (1 - s.alpha(t))), "without alpha'(t)"),
+    (_loss_per_token(1.0), "yours divides by L."),
+    (_loss_per_token(LN2), "yours divides by L ln 2"),
+    (_loss_minus_forgotten, "your loss is negative"),
+    (_loss_probability, "yours used the probability"),
+    (_loss_crash("no_transpose"), "wants the classes on dim 1"),
+    (_loss_crash("target_xt"), "target is x0"),
+    (_loss_crash("gather_no_dim"), "gather along the vocabulary"),
+    (_loss_crash("weight_b"), "w[:, None]"),
     (_loss(scalar=True), "returned one number"),
 ]
 
@@ -125,6 +180,27 @@ def _step(*, only_masked=True, largest=True, argmax=False, all_at_once=False, co
     return unmask_step
 
 
+def _step_priority_zero(x, logits, k, mask_id, order, gumbel, u):
+    drawn = (logits + gumbel).argmax(-1)
+    prio = u if order == "random" else logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]
+    prio = prio.masked_fill(x != mask_id, 0.0)
+    chosen = torch.zeros_like(x, dtype=torch.bool).scatter(1, prio.topk(k, dim=1).indices, True)
+    return torch.where(chosen, drawn, x)
+
+
+def _step_own_noise(x, logits, k, mask_id, order, gumbel, u):
+    own = -torch.log(-torch.log(torch.rand(gumbel.shape)))
+    return dd.unmask_step(x, logits, k, mask_id, order, own, u)
+
+
+def _step_one_more(x, logits, k, mask_id, order, gumbel, u):
+    return dd.unmask_step(x, logits, k + 1, mask_id, order, gumbel, u)
+
+
+def _step_minus_gumbel(x, logits, k, mask_id, order, gumbel, u):
+    return dd.unmask_step(x, logits, k, mask_id, order, -gumbel, u)
+
+
 STEP_WRONG = [
     (_step(only_masked=False), "a token already revealed keeps its value"),
     (_step(largest=False), "yours took the lowest"),
@@ -133,6 +209,10 @@ STEP_WRONG = [
     (_step(conf="logit"), "raw logits are not comparable"),
     (_step(conf="max"), "not of the likeliest token there"),
     (_step(swap_orders=True), "ranked by the model's confidence"),
+    (_step_priority_zero, "priority -inf, not 0"),
+    (_step_own_noise, "draw no random numbers yourself"),
+    (_step_one_more, "reveal exactly k = 2 positions in every row; yours revealed [3, 3, 3]"),
+    (_step_minus_gumbel, "draw with the Gumbel noise you are given"),
 ]
 
 

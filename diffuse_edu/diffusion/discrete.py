@@ -92,7 +92,8 @@ def masked_diffusion_loss(logits: Tensor, x0: Tensor, xt: Tensor, t: Tensor, mas
     -> (B,)."""
     nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (B, L)
     masked = (xt == mask_id).to(nll.dtype)
-    return schedule.weight(t).to(nll.dtype) * (nll * masked).sum(1)
+    weight = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))  # any schedule with alpha, alpha'
+    return weight.to(nll.dtype) * (nll * masked).sum(1)
 
 
 LossFn = Callable[..., Tensor]

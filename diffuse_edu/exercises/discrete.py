@@ -41,10 +41,12 @@ def _same_twice(fn: Callable, args: Callable[[], tuple], name: str, what: str) -
 
 # --- 1. the forward process ---------------------------------------------------------------------
 
-def _mask_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSchedule) -> Callable:
+def _mask_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSchedule, *,
+               top: int | None = None) -> Callable:
+    """``top``: the data tokens drawn below it only (x0 lacks V - 1: catches x0.max() + 1)."""
     def case(fn: Callable) -> None:
         g = torch.Generator().manual_seed(seed)
-        x0 = torch.randint(0, vocab, (batch, length), generator=g)
+        x0 = torch.randint(0, top or vocab, (batch, length), generator=g)
         t = torch.rand(batch, generator=g) * 0.8 + 0.1
         u = torch.rand(batch, length, generator=g)
         mask_id = vocab
@@ -64,7 +66,19 @@ def _mask_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSch
             Mistake("a masked token becomes the [MASK] id mask_id, not -1: the model embeds it, "
                     "so it must be a valid row of the embedding (mask_id = V).",
                     masked_where(u < (1 - a)[:, None], -1)),
+            Mistake("mask where u < 1 - alpha(t); yours masks where u > alpha(t), which masks as "
+                    "often but with other draws (the lesson's convention: below 1 - alpha(t)).",
+                    masked_where(u > a[:, None])),
         ]
+        if int(x0.max()) + 1 != mask_id:
+            mistakes.append(Mistake(
+                f"use the mask_id you are given (here {mask_id}), not x0.max() + 1: a batch need "
+                "not hold every token value.", masked_where(u < (1 - a)[:, None],
+                                                            int(x0.max()) + 1)))
+        if mask_id != 2:
+            mistakes.append(Mistake(
+                f"use the argument mask_id (here {mask_id}), not the notebook's global MASK = 2.",
+                masked_where(u < (1 - a)[:, None], 2)))
         if schedule.name != "linear":
             mistakes.append(Mistake(
                 "the masking probability is 1 - alpha(t) from the schedule you are given "
@@ -103,7 +117,7 @@ MASK_TOKENS = Checker(
     "mask_tokens",
     mask_tokens,
     [_mask_case(1, 4, 4, 5, LINEAR), _mask_case(0, 3, 6, 2, LINEAR),
-     _mask_case(2, 3, 7, 4, COSINE), _mask_extremes],
+     _mask_case(2, 3, 7, 4, COSINE), _mask_case(4, 3, 6, 4, LINEAR, top=2), _mask_extremes],
     hints=(
         (
             "Each token is masked on its own, with the probability that its example's time gives; "
@@ -133,6 +147,35 @@ def _loss_inputs(seed: int, batch: int, length: int, vocab: int,
     return logits, x0, xt, t
 
 
+class _NoWeight:
+    """A schedule without ``weight``: the learner's loss writes the ELBO weight itself."""
+
+    def __init__(self, schedule: MaskSchedule):
+        self.name, self.alpha = schedule.name, schedule.alpha
+        self.alpha_prime = schedule.alpha_prime
+
+
+def _explain_loss_crash(fn: Callable, *args) -> object:
+    """Call the learner's loss; the usual crashes come back as a Mismatch naming the fix."""
+    try:
+        return fn(*args)
+    except (RuntimeError, IndexError, ValueError) as err:
+        text = str(err)
+        if "out of bounds" in text:
+            raise Mismatch("the cross-entropy's target is x0, the clean tokens: xt holds "
+                           "mask_id, which is not one of the V classes.") from err
+        if "Expected target size" in text or "expected target" in text.lower():
+            raise Mismatch("F.cross_entropy wants the classes on dim 1: pass "
+                           "logits.transpose(1, 2) (B, V, L) with the targets x0 (B, L).") from err
+        if "Index tensor must have the same number of dimensions" in text:
+            raise Mismatch("gather along the vocabulary needs an index with that dim too: "
+                           "logits.log_softmax(-1).gather(-1, x0[..., None])[..., 0].") from err
+        if "must match the size of tensor" in text:
+            raise Mismatch("the weight has shape (B,) and the cross-entropy (B, L): sum over the "
+                           "positions first, or multiply by w[:, None].") from err
+        raise
+
+
 def _loss_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSchedule) -> Callable:
     def case(fn: Callable) -> None:
         logits, x0, xt, t = _loss_inputs(seed, batch, length, vocab, schedule)
@@ -140,7 +183,7 @@ def _loss_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSch
         nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
         masked = (xt == mask_id).float()
         kept = 1 - masked
-        w = schedule.weight(t)
+        w = -schedule.alpha_prime(t) / (1 - schedule.alpha(t))
         picked = logits.gather(-1, x0[..., None])[..., 0]
         mistakes = [
             Mistake("the weight -alpha'(t) / (1 - alpha(t)) is missing: without it the loss is "
@@ -153,8 +196,17 @@ def _loss_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSch
             Mistake("the ELBO sums the masked positions' cross-entropy; yours averages it over "
                     "them (the mean over masked positions loses the count that the weight "
                     "balances).", w * (nll * masked).sum(1) / masked.sum(1).clamp_min(1)),
-            Mistake("the weight is -alpha'(t) / (1 - alpha(t)), positive: yours has the wrong "
-                    "sign (alpha falls, so alpha'(t) < 0).", -w * (nll * masked).sum(1)),
+            Mistake("your loss is negative: the weight -alpha'(t) / (1 - alpha(t)) is positive "
+                    "(alpha falls, so alpha'(t) < 0) and the cross-entropy is MINUS "
+                    "log softmax(logits)[x0].", -w * (nll * masked).sum(1)),
+            Mistake("return nats per sequence: the objective divides by L itself; yours divides "
+                    "by L.", w * (nll * masked).sum(1) / length),
+            Mistake("return nats per sequence: the objective divides by L (and bits per token "
+                    "divide by ln 2 later); yours divides by L ln 2.",
+                    w * (nll * masked).sum(1) / (length * torch.log(torch.tensor(2.0)))),
+            Mistake("the cross-entropy is -LOG softmax(logits)[x0]; yours used the probability "
+                    "softmax(logits)[x0] itself.",
+                    w * (-logits.softmax(-1).gather(-1, x0[..., None])[..., 0] * masked).sum(1)),
             Mistake("the cross-entropy is -log softmax(logits)[x0]: the logits need a "
                     "log_softmax (or F.cross_entropy) first.", w * (-picked * masked).sum(1)),
             Mistake("the weight is -alpha'(t) / (1 - alpha(t)); yours divides by alpha(t) (for "
@@ -165,8 +217,13 @@ def _loss_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSch
             mistakes.append(Mistake(
                 "the weight comes from the schedule you are given, -alpha'(t) / (1 - alpha(t)); "
                 "1 / t is the linear schedule's only.", (nll * masked).sum(1) / t))
+            mistakes.append(Mistake(
+                "the weight is -alpha'(t) / (1 - alpha(t)); yours is 1 / (1 - alpha(t)) without "
+                "alpha'(t) (the same only for the linear schedule, where -alpha' = 1).",
+                (nll * masked).sum(1) / (1 - schedule.alpha(t))))
         what = f"masked_diffusion_loss on {batch} sequences of {length}, {schedule.name} schedule"
-        got = fn(logits.clone(), x0.clone(), xt.clone(), t.clone(), mask_id, schedule)
+        got = _explain_loss_crash(fn, logits.clone(), x0.clone(), xt.clone(), t.clone(), mask_id,
+                                  _NoWeight(schedule))
         if isinstance(got, Tensor) and got.ndim == 0:
             raise Mismatch(f"{what} returned one number; return the loss per example, shape (B,) "
                            "(the objective averages over the batch).")
@@ -181,7 +238,8 @@ def _loss_case(seed: int, batch: int, length: int, vocab: int, schedule: MaskSch
 def _loss_is_differentiable(fn: Callable) -> None:
     logits, x0, xt, t = _loss_inputs(5, 2, 4, 3, LINEAR)
     logits.requires_grad_(True)
-    require_gradient(fn(logits, x0, xt, t, 3, LINEAR), "masked_diffusion_loss", "the logits")
+    require_gradient(fn(logits, x0, xt, t, 3, _NoWeight(LINEAR)), "masked_diffusion_loss",
+                     "the logits")
 
 
 MASKED_DIFFUSION_LOSS = Checker(
@@ -195,9 +253,9 @@ MASKED_DIFFUSION_LOSS = Checker(
             "weight at that example's t."
         ),
         (
-            "F.cross_entropy(logits.transpose(1, 2), x0, reduction='none') gives (B, L); (xt == "
-            "mask_id) picks the masked positions. The weight needs schedule.alpha and "
-            "schedule.alpha_prime, and is positive."
+            "F.cross_entropy with reduction='none' gives one value per position once the classes "
+            "sit on dim 1, as it expects; (xt == mask_id) picks the masked positions. The weight "
+            "needs schedule.alpha and schedule.alpha_prime, and is positive."
         ),
     ),
     see="lesson 17, section 2: -alpha'(t) / (1 - alpha(t)) * sum over masked i of -log p(x0_i)",
@@ -250,6 +308,10 @@ def _step_case(seed: int, order: str, k: int) -> Callable:
                             else logp.max(-1).values, k, mask_id)),
             Mistake("every masked position revealed at once: reveal only k of them this step.",
                     torch.where(x == mask_id, drawn, x)),
+            Mistake("give the revealed positions priority -inf, not 0: the log-probabilities are "
+                    "below 0, so a revealed position with priority 0 still wins a place.",
+                    _reveal(x, drawn, prio.masked_fill(x != mask_id, 0.0), k, mask_id,
+                            only_masked=False)),
         ]
         if order == "confidence":
             mistakes += [
@@ -268,13 +330,42 @@ def _step_case(seed: int, order: str, k: int) -> Callable:
             mistakes.append(Mistake("order='random' ranks the masked positions by the uniform "
                                     "draws u; yours ranked by the model's confidence.",
                                     _reveal(x, drawn, conf, k, mask_id)))
-        got = fn(x.clone(), logits.clone(), k, mask_id, order, gumbel.clone(), u.clone())
-        compare(got, unmask_step(x, logits, k, mask_id, order, gumbel, u), mistakes=mistakes,
-                what=f"unmask_step(order={order!r}, k={k}) on {batch} rows of {length}",
-                otherwise="does not match the lesson's step (section 3): draw argmax(logits + "
-                          "gumbel) everywhere, then the k masked positions of highest priority "
-                          "(u, or the drawn token's log-probability) take their drawn token.")
+        got = _same_twice(fn, lambda: (x.clone(), logits.clone(), k, mask_id, order,
+                                       gumbel.clone(), u.clone()), "unmask_step",
+                          "draw with the Gumbel noise and the draws u you are given; draw no "
+                          "random numbers yourself.")
+        what = f"unmask_step(order={order!r}, k={k}) on {batch} rows of {length}"
+        try:
+            compare(got, unmask_step(x, logits, k, mask_id, order, gumbel, u), mistakes=mistakes,
+                    what=what, otherwise=_STEP_OTHERWISE)
+        except Mismatch as err:
+            if _STEP_OTHERWISE in str(err):
+                _step_structure(got, x, drawn, k, mask_id, what)
+            raise
     return case
+
+
+_STEP_OTHERWISE = ("does not match the lesson's step (section 3): draw argmax(logits + gumbel) "
+                   "everywhere, then the k masked positions of highest priority (u, or the drawn "
+                   "token's log-probability) take their drawn token.")
+
+
+def _step_structure(got: Tensor, x: Tensor, drawn: Tensor, k: int, mask_id: int,
+                    what: str) -> None:
+    """The step's shape of answer, checked part by part, for a more precise message."""
+    if not isinstance(got, Tensor) or got.shape != x.shape:
+        return
+    revealed = x != mask_id
+    if not torch.equal(got[revealed], x[revealed]):
+        raise Mismatch(f"{what}: positions already revealed changed; they keep their tokens.")
+    new = (x == mask_id) & (got != mask_id)
+    counts = new.sum(1).tolist()
+    if any(c != k for c in counts):
+        raise Mismatch(f"{what}: reveal exactly k = {k} positions in every row; yours revealed "
+                       f"{counts} per row.")
+    if not torch.equal(got[new], drawn[new]):
+        raise Mismatch(f"{what}: the revealed tokens are not argmax(logits + gumbel): draw with "
+                       "the Gumbel noise you are given.")
 
 
 UNMASK_STEP = Checker(
@@ -290,8 +381,9 @@ UNMASK_STEP = Checker(
         ),
         (
             "Gumbel-max: argmax(logits + gumbel, -1) draws from the softmax. For the confidence, "
-            "gather the log_softmax at the drawn token. Set the priority of unmasked positions to "
-            "-inf, take .topk(k, dim=1).indices, and build a boolean mask with scatter."
+            "gather the log_softmax at the drawn token. Unmasked positions must never win (what "
+            "priority loses to every log-probability?); topk along the positions picks the k, and "
+            "scatter turns their indices into a boolean mask."
         ),
     ),
     see="lesson 17, section 3: the k masked positions of highest priority take argmax(logits + "
