@@ -219,7 +219,14 @@ def encode(unet: UNet, x: Tensor, emb: Tensor | None,
            cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
     """The stem and the encoder: the lowest-resolution features and the skip stack (one map per
     level but the last, full resolution first), as :func:`unet_forward` runs them."""
-    h, skips = unet.stem(x), []
+    return encoder_levels(unet, unet.stem(x), emb, cond)
+
+
+def encoder_levels(unet: UNet, h: Tensor, emb: Tensor | None,
+                   cond: Cond | None) -> tuple[Tensor, list[Tensor]]:
+    """The encoder's levels on features ``h`` the stem made (a ControlNet-style copy adds its hint
+    in between, lesson 19): the lowest-resolution features and the skip stack, as :func:`encode`."""
+    skips = []
     for level, blocks in enumerate(unet.encoder):
         for block in blocks:
             h = block(h, emb, cond)
