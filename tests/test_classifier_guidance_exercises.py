@@ -2,7 +2,6 @@
 exercise) each get their own message. tests/test_exercises.py counts these lists
 (_LISTED_ELSEWHERE)."""
 
-import types
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from diffuse_edu.diffusion import classifier_guidance as cg
 from diffuse_edu.diffusion.forward_process import q_sample
 from diffuse_edu.diffusion.guidance import guided_forward, pair_with_null
-from diffuse_edu.exercises import run_checker
+from diffuse_edu.exercises import as_learners, run_checker
 from diffuse_edu.exercises.control_guidance import (
     CLASSIFIER_GUIDED_EPS,
     NEGATIVE_GUIDED_FORWARD,
@@ -19,14 +18,7 @@ from diffuse_edu.exercises.control_guidance import (
 )
 from diffuse_edu.models.conditioning import Cond
 
-
-def learners(fn):
-    """The reference as a learner's own function (a copy: the checker refuses the library's
-    itself)."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
+learners = as_learners  # the reference as a learner's own copy (the library's own is refused)
 
 
 # --- noisy_classifier_loss ------------------------------------------------------------------------

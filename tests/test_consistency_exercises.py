@@ -3,24 +3,16 @@ exercise) each get their own message. tests/test_exercises.py counts these lists
 (_LISTED_ELSEWHERE)."""
 
 import math
-import types
 
 import pytest
 import torch
 
 from diffuse_edu.diffusion import consistency as cm
 from diffuse_edu.diffusion.samplers import euler_step
-from diffuse_edu.exercises import run_checker
+from diffuse_edu.exercises import as_learners, run_checker
 from diffuse_edu.exercises.consistency import CD_LOSS, CONSISTENCY_FUNCTION, CONSISTENCY_SAMPLER
 
-
-def learners(fn):
-    """The reference as a learner's own function (a copy: the checker refuses the library's
-    itself)."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    return copy
+learners = as_learners  # the reference as a learner's own copy (the library's own is refused)
 
 
 # --- consistency_function -------------------------------------------------------------------------

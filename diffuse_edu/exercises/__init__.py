@@ -26,6 +26,7 @@ import difflib
 import functools
 import inspect
 import traceback
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,8 +118,6 @@ def _is_stub(e: NotImplementedError) -> bool:
     """Whether ``e`` is an unfinished exercise (a ``raise NotImplementedError`` line, as the
     student notebooks' stubs have), not an operation torch lacks for a dtype ("bitwise_and_cpu not
     implemented for 'Float'"), which is a mistake in finished code."""
-    import traceback
-
     frames = traceback.extract_tb(e.__traceback__)
     line = (frames[-1].line or "") if frames else ""
     return not line or line.lstrip().startswith("raise")
@@ -189,6 +188,16 @@ def library_version(fn: Callable, checker: Checker) -> str | None:
     if any(scope.get(n) is ref for n in _names_used(code)) or any(c is ref for c in cells):
         return f"it calls {name}"
     return None
+
+
+def as_learners(fn: Callable) -> Callable:
+    """A copy of ``fn`` that :func:`library_version` does not take for the library's answer: the
+    reference as a learner who wrote it line for line would hand it in (tests of the checkers, an
+    instructor's dry run)."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
 
 
 def _filled(cell) -> bool:
