@@ -267,7 +267,29 @@ def _ious():
         i, u = (p & q).sum(1).float(), (p | q).sum(1).float()
         return torch.where(i > 0, u / i.clamp_min(1), torch.ones_like(u))
 
-    return [(precision, "precision"), (swapped, "swapped"),
+    def dice(p, q):
+        p, q = p.flatten(1), q.flatten(1)
+        i, n = (p & q).sum(1).float(), (p.sum(1) + q.sum(1)).float()
+        return torch.where(n > 0, 2 * i / n.clamp_min(1), torch.ones_like(n))
+
+    def distance(p, q):
+        return 1 - mask_iou(p, q)
+
+    def scalar(p, q):
+        return (p & q).sum().float() / (p | q).sum().float()
+
+    def doubled(p, q):
+        return mask_iou(p, q).double()
+
+    def floored(p, q):
+        p, q = p.flatten(1), q.flatten(1)
+        i, u = (p & q).sum(1), (p | q).sum(1)
+        return torch.where(u > 0, i // u.clamp_min(1), torch.ones_like(u))
+
+    return [(dice, "Dice score"), (distance, "1 - IoU"), (scalar, "scalar of shape ()"),
+            (doubled, "return float32: the masks are bool"),
+            (floored, "return float32: the masks are bool"),
+            (precision, "precision"), (swapped, "swapped"),
             (recall, "recall"), (summed, "counting the overlap twice"),
             (zero_empty, "two empty masks agree"), (nan_empty, "NaN where both"),
             (batch, "per image")]

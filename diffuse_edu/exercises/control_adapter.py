@@ -204,6 +204,15 @@ def _iou_mistakes(pred, target) -> list[Mistake]:
                 (inter.sum() / union.sum()).expand_as(union)),
         Mistake("intersection and union were swapped (union over intersection).",
                 torch.where(inter > 0, union / inter.clamp_min(1), torch.ones_like(union))),
+        Mistake("this is the Dice score 2|A & B| / (|A| + |B|), not IoU: IoU divides |A & B| by "
+                "the union |A | B| (Dice = 2 IoU / (1 + IoU) reads higher).",
+                torch.where(union > 0, 2 * inter / (p.sum(1) + q.sum(1)).clamp_min(1),
+                            torch.ones_like(union))),
+        Mistake("this is 1 - IoU (a distance), not IoU: return the share of shared pixels, "
+                "|A & B| / |A | B|, 1 for identical masks.", 1 - right),
+        Mistake("one IoU for the whole batch, a scalar of shape (): the measure is per image, "
+                "(B,); sum over the pixel axes only (.sum(1) after flatten(1)).",
+                inter.sum() / union.sum()),
     ]
 
 
@@ -213,6 +222,10 @@ def _iou_case(fn: Callable) -> None:
     if isinstance(got, torch.Tensor) and got.shape == (5,) and torch.isnan(got).any():
         raise Mismatch("mask_iou returned NaN where both masks are empty (0 / 0): two empty masks "
                        "agree, so their IoU is 1.")
+    if (isinstance(got, torch.Tensor) and got.shape == (5,) and got.dtype != torch.float32):
+        raise Mismatch(f"mask_iou returned dtype {got.dtype}; return float32: the masks are bool "
+                       "and their counts are integers, so call .float() on the counts before dividing "
+                       "(not .double(), and not // which rounds down).")
     compare(got, mask_iou(pred, target), what="mask_iou on 5 pairs of 6x6 masks (one pair both "
             "empty, one with an empty target)", mistakes=_iou_mistakes(pred, target))
 
