@@ -224,8 +224,8 @@ def _iou_case(fn: Callable) -> None:
                        "agree, so their IoU is 1.")
     if (isinstance(got, torch.Tensor) and got.shape == (5,) and got.dtype != torch.float32):
         raise Mismatch(f"mask_iou returned dtype {got.dtype}; return float32: the masks are bool "
-                       "and their counts are integers, so call .float() on the counts before dividing "
-                       "(not .double(), and not // which rounds down).")
+                       "and their counts are integers, so call .float() on the counts before "
+                       "dividing (not .double(), and not // which rounds down).")
     compare(got, mask_iou(pred, target), what="mask_iou on 5 pairs of 6x6 masks (one pair both "
             "empty, one with an empty target)", mistakes=_iou_mistakes(pred, target))
 
