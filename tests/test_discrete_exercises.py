@@ -2,22 +2,15 @@
 exercise) each get their own message. tests/test_exercises.py counts these lists
 (_LISTED_ELSEWHERE)."""
 
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from diffuse_edu.diffusion import discrete as dd
-from diffuse_edu.exercises import run_checker
+from diffuse_edu.exercises import as_learners, run_checker
 from diffuse_edu.exercises.discrete import MASK_TOKENS, MASKED_DIFFUSION_LOSS, UNMASK_STEP
 
-
-def learners(fn):
-    """The reference as a learner's own function (a copy: the checker refuses the library's
-    itself)."""
-    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
+learners = as_learners  # the reference as a learner's own copy (the library's own is refused)
 
 
 # --- mask_tokens ------------------------------------------------------------------------------
