@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuse_edu.models.conditioning import Cond
-from diffuse_edu.models.unet import UNet
+from diffuse_edu.models.unet import UNet, encoder_levels
 
 
 def zero_conv(channels: int) -> nn.Conv2d:
@@ -46,14 +46,7 @@ def run_encoder(unet: UNet, h: Tensor, emb: Tensor | None,
 
     Shapes: h (B, channels[0], H, W) -> (B, channels[-1], H / 2**(L-1), ...), [(B, C_i, H_i, W_i)].
     """
-    skips = []
-    for level, blocks in enumerate(unet.encoder):
-        for block in blocks:
-            h = block(h, emb, cond)
-        if level < len(unet.downsamples):
-            skips.append(h)
-            h = unet.downsamples[level](h)
-    return h, skips
+    return encoder_levels(unet, h, emb, cond)
 
 
 def decode(unet: UNet, h: Tensor, skips: list[Tensor], emb: Tensor | None,
