@@ -15,7 +15,14 @@ from diffuse_edu.diffusion.classifier_guidance import (
     noisy_classifier_loss,
 )
 from diffuse_edu.diffusion.schedules import cosine_schedule
-from diffuse_edu.exercises import Checker, Mismatch, Mistake, compare, require_gradient
+from diffuse_edu.exercises import (
+    Checker,
+    Mismatch,
+    Mistake,
+    _filled,
+    compare,
+    require_gradient,
+)
 from diffuse_edu.models.conditioning import Cond
 
 SEE_LOSS = "lesson 18, section 1: the classifier's loss (Dhariwal & Nichol 2021, Sec. 4)"
@@ -513,7 +520,7 @@ def _negative_own_stacking(fn: Callable) -> None:
     code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
     if code is None:
         return
-    cells = [c.cell_contents for c in (fn.__closure__ or ()) if _cell_filled(c)]
+    cells = [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
     for name in ("guided_forward", "pair_with_null"):
         ref = getattr(guidance, name)
         used = _names_used(code)
@@ -523,14 +530,6 @@ def _negative_own_stacking(fn: Callable) -> None:
                            "does the stacking this exercise asks you to write: stack the prompts "
                            "and the negatives yourself (context and context_mask, expanding a "
                            "one-example negative), run one call, split and combine.")
-
-
-def _cell_filled(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 - an empty closure cell raises
-    except ValueError:
-        return False
-    return True
 
 
 def _negative_one_pass(fn: Callable) -> None:
