@@ -51,6 +51,20 @@ def cross_attention_blocks(model: nn.Module) -> list[CrossAttention]:
 
 
 @contextmanager
+def _forward_fns(blocks: list[CrossAttention], fns: list[Callable]) -> Iterator[None]:
+    """Each block runs its ``fns`` entry while inside; its own forward pass is put back on leaving
+    (an error included)."""
+    saved = [b.forward_fn for b in blocks]
+    for b, fn in zip(blocks, fns):
+        b.forward_fn = fn
+    try:
+        yield
+    finally:
+        for b, own in zip(blocks, saved):
+            b.forward_fn = own
+
+
+@contextmanager
 def recording_attention(model: nn.Module) -> Iterator[list[list[Tensor]]]:
     """While inside, every call of each cross-attention block of ``model`` appends its attention
     probabilities (B, heads, H * W, L) to that block's list: ``with recording_attention(unet) as
@@ -67,13 +81,8 @@ def recording_attention(model: nn.Module) -> Iterator[list[list[Tensor]]]:
             return inner(block, x, context, mask)
         return forward
 
-    for b, store, inner in zip(blocks, maps, saved):
-        b.forward_fn = recorder(store, inner)
-    try:
+    with _forward_fns(blocks, [recorder(store, inner) for store, inner in zip(maps, saved)]):
         yield maps
-    finally:
-        for b, inner in zip(blocks, saved):
-            b.forward_fn = inner
 
 
 @contextmanager
@@ -111,13 +120,8 @@ def injecting_attention(model: nn.Module, maps: list[list[Tensor]], share: float
             return own(block, x, context, mask)
         return forward
 
-    for b, store, own in zip(blocks, maps, saved):
-        b.forward_fn = injector(store, own)
-    try:
+    with _forward_fns(blocks, [injector(store, own) for store, own in zip(maps, saved)]):
         yield counts
-    finally:
-        for b, own in zip(blocks, saved):
-            b.forward_fn = own
 
 
 def layout(images: Tensor, threshold: float = 0.0) -> dict[str, Tensor]:
