@@ -189,22 +189,58 @@ def subjects_across(images: Tensor, *, ink: float = 0.0, min_width: int = 2) -> 
     return torch.tensor(counts)
 
 
-def digits_per_half(canvases: Tensor, judge: Callable[[Tensor], Tensor], *,
-                    digit_ink: float) -> Tensor:
+def near_data(reference: Tensor, held_out: Tensor, *,
+              quantile: float = 0.99) -> Callable[[Tensor], Tensor]:
+    """A gate that asks of an image whether it looks like the data at all: 1.0 where its nearest
+    ``reference`` image (pixels, L2) is as close as that of ``quantile`` of the real ``held_out``
+    images, else 0.0. Calibrated on real data, it does not depend on how a classifier happened to
+    train: a classifier's confidence on a blob of ink that is no digit is arbitrary (seeds of the
+    course's judge called a filled square "sure" 20-73% of the time), while a blob is far from
+    every training digit. Shapes: reference (N, C, H, W), held_out (M, C, H, W); the gate maps
+    (K, C, H, W) -> (K,)."""
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile {quantile} is a share of the held-out images: "
+                         "give one in (0, 1].")
+    if held_out.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"held_out images {tuple(held_out.shape[1:])} and reference images "
+                         f"{tuple(reference.shape[1:])} differ in shape: pass two splits of "
+                         "one data set.")
+    radius = torch.quantile(nearest_neighbour(held_out, reference)[0], quantile)
+
+    def gate(images: Tensor) -> Tensor:
+        if images.shape[1:] != reference.shape[1:]:
+            raise ValueError(f"near_data's gate reads images of shape "
+                             f"{tuple(reference.shape[1:])}, not {tuple(images.shape[1:])}: pass "
+                             "halves of a wide canvas, one at a time.")
+        return (nearest_neighbour(images, reference)[0] <= radius).float()
+
+    gate.radius = radius.item()
+    return gate
+
+
+def digits_per_half(canvases: Tensor, judge: Callable[[Tensor], Tensor], *, digit_ink: float,
+                    typical: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """How many halves of each wide canvas hold a digit (lesson 12's subject counter for samples):
     a half counts when it holds at least half a digit's ink (``digit_ink``: the mean
-    :func:`ink_share` of real digits on a square canvas) and ``judge`` is sure of it. ``judge``
-    maps halves (N, C, H, W / 2) to 1.0 where a classifier is sure of the image, else 0.0 (e.g.
-    ``lambda h: recognisable(classifier, recipe.view(h))``). Without the ink test a classifier is
-    "sure" of many empty or half-filled halves; without the classifier any blob of ink is a
-    subject, as :func:`subjects_across` counts it. Two subjects: a count of 2.
-    Shapes: canvases (N, C, H, W) with W even -> (N,) int64 in {0, 1, 2}."""
+    :func:`ink_share` of real digits on a square canvas), ``judge`` is sure of it and, where
+    ``typical`` is given (a :func:`near_data` gate), it lies as near the training digits as real
+    digits do. ``judge`` maps halves (N, C, H, W / 2) to 1.0 where a classifier is sure of the
+    image, else 0.0 (e.g. ``lambda h: recognisable(classifier, recipe.view(h))``). Without the ink
+    test a classifier is "sure" of many empty or half-filled halves; without the classifier any
+    blob of ink is a subject, as :func:`subjects_across` counts it; without ``typical`` a blob is
+    a digit whenever the classifier's confidence on it, which nothing trained, is high. Two
+    subjects: a count of 2. Shapes: canvases (N, C, H, W) with W even -> (N,) int64 in {0, 1, 2}."""
     if canvases.shape[-1] % 2:
         raise ValueError(f"digits_per_half splits a canvas into two halves; its width "
                          f"{canvases.shape[-1]} is odd: pass canvases twice a square's width.")
     w = canvases.shape[-1] // 2
     halves = (canvases[..., :w].clamp(-1, 1), canvases[..., w:].clamp(-1, 1))
-    return sum((judge(h).bool() & (ink_share(h) >= 0.5 * digit_ink)).long() for h in halves)
+
+    def counts(h: Tensor) -> Tensor:
+        found = judge(h).bool() & (ink_share(h) >= 0.5 * digit_ink)
+        return found & typical(h).bool() if typical is not None else found
+
+    return sum(counts(h).long() for h in halves)
 
 
 def ink_share(images: Tensor) -> Tensor:
