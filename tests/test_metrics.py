@@ -131,3 +131,37 @@ def test_a_paired_fid_difference_resolves_what_the_unpaired_spreads_hide():
     assert diff > 2 * sd  # ... the paired difference can
     with pytest.raises(ValueError, match="same noise"):
         paired_fid_difference(a, b[:100], reference)
+
+
+def test_a_paired_fid_contrast_reads_a_gap_between_measured_points_with_its_paired_noise():
+    from diffuse_edu.evaluation.fid import (fid_with_spread, paired_fid_contrast,
+                                            paired_fid_difference)
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(2000, 8, generator=g)
+    base = torch.randn(200, 8, generator=g)  # one draw of noise shared by every set
+    lo, hi, other_lo, other_hi = base + 0.05, base + 0.25, base + 0.1, base + 0.2
+    w, v = 0.25, 0.5  # each method read off its curve between two measured points
+    sets, weights = [lo, hi, other_lo, other_hi], [1 - w, w, -(1 - v), -v]
+    gap, sd = paired_fid_contrast(sets, weights, reference,
+                                  generator=torch.Generator().manual_seed(1))
+    assert gap == pytest.approx(sum(c * fid(x, reference) for c, x in zip(weights, sets)),
+                                rel=1e-6)
+    spreads = [fid_with_spread(x, reference, generator=torch.Generator().manual_seed(1))[1]
+               for x in sets]
+    unpaired = sum((c * s) ** 2 for c, s in zip(weights, spreads)) ** 0.5
+    assert sd < unpaired / 3  # the shared noise cancels
+    # (-1, 1) is the paired difference, draw for draw
+    assert (paired_fid_contrast([lo, hi], [-1, 1], reference,
+                                generator=torch.Generator().manual_seed(1))
+            == paired_fid_difference(lo, hi, reference,
+                                     generator=torch.Generator().manual_seed(1)))
+    # a set of weight 0 (a matched point that falls exactly on a measured one) is not computed
+    nan_set = torch.full_like(lo, float("nan"))
+    assert paired_fid_contrast([lo, nan_set], [1, 0], reference,
+                               generator=torch.Generator().manual_seed(1))[0] == pytest.approx(
+        fid(lo, reference), rel=1e-6)
+    with pytest.raises(ValueError, match="one weight per set"):
+        paired_fid_contrast(sets, weights[:3], reference)
+    with pytest.raises(ValueError, match="same noise"):
+        paired_fid_contrast([lo, hi[:100]], [1, -1], reference)

@@ -7,7 +7,7 @@ number of images, so compare only numbers made the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -82,18 +82,44 @@ def paired_fid_difference(features_a: Tensor, features_b: Tensor, reference: Ten
     """FID(b) - FID(a) for two sample sets drawn from the same noise (row i of each from the same
     starting point and condition), and the bootstrap standard deviation of that difference with the
     same rows resampled for both. Pairing cancels the noise the two sets share, so it resolves
-    differences that the two unpaired spreads of ``fid_with_spread`` would hide.
+    differences that the two unpaired spreads of ``fid_with_spread`` would hide. It is
+    :func:`paired_fid_contrast` with weights (-1, 1).
 
     Shapes: features_a (N, D), features_b (N, D), reference (M, D) -> (difference, std).
     """
-    if features_a.shape != features_b.shape:
-        raise ValueError(f"Paired sets need the same shape, got {tuple(features_a.shape)} and "
-                         f"{tuple(features_b.shape)}: draw both from the same noise, in the same "
-                         "order.")
+    return paired_fid_contrast([features_a, features_b], [-1.0, 1.0], reference, draws=draws,
+                               generator=generator)
+
+
+def paired_fid_contrast(features: Sequence[Tensor], weights: Sequence[float], reference: Tensor,
+                        *, draws: int = 20,
+                        generator: torch.Generator | None = None) -> tuple[float, float]:
+    """sum_k weights[k] * FID(features[k]) for sample sets all drawn from the same noise (row i of
+    each from the same starting point and condition), and the bootstrap standard deviation of that
+    sum with the same rows resampled for every set, so that the noise the sets share cancels.
+
+    Two methods compared at a matched value of something else (adherence, say), each read off its
+    curve between the two measured points that bracket it, ``FID = (1 - w) FID(lo) + w FID(hi)``:
+    the gap is the contrast of four sets with weights ``(1 - w, w, -(1 - v), -v)``. Sets with weight
+    0 are not computed. :func:`paired_fid_difference` is weights (-1, 1).
+
+    Shapes: features k (N, D) each, reference (M, D) -> (contrast, std).
+    """
+    if len(features) != len(weights) or not len(features):
+        raise ValueError(f"paired_fid_contrast weighs each sample set once: got "
+                         f"{len(features)} sets and {len(weights)} weights; give one weight per "
+                         "set (at least one).")
+    shapes = {tuple(f.shape) for f in features}
+    if len(shapes) > 1:
+        raise ValueError(f"Paired sets need the same shape, got {sorted(shapes)}: draw every set "
+                         "from the same noise, in the same order.")
     ref_stats = mean_and_covariance(reference)
+    used = [(float(w), f) for w, f in zip(weights, features) if w != 0]
 
-    def difference(rows: Tensor | slice) -> float:
-        return (frechet_distance(*mean_and_covariance(features_b[rows]), *ref_stats)
-                - frechet_distance(*mean_and_covariance(features_a[rows]), *ref_stats))
+    def contrast(rows: Tensor | slice) -> float:
+        total = 0.0
+        for w, f in used:
+            total += w * frechet_distance(*mean_and_covariance(f[rows]), *ref_stats)
+        return total
 
-    return _with_bootstrap(difference, features_a, draws, generator)
+    return _with_bootstrap(contrast, features[0], draws, generator)
