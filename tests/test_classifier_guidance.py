@@ -168,3 +168,22 @@ def test_the_negative_condition_takes_the_null_ones_place():
     assert torch.allclose(wrapped(x, t, cond), n + 3 * (c - n), atol=1e-6)
     with pytest.raises(ValueError, match="prompt"):
         wrapped(x, t)
+
+
+def test_bracketing_scales_interpolates_between_measured_scales_and_never_extrapolates():
+    # read between the two neighbouring scales whose adherences bracket the target
+    lo, hi, w = cg.bracketing_scales({1.0: 0.8, 2.0: 0.9, 3.0: 0.95}, 0.85)
+    assert (lo, hi) == (1.0, 2.0) and w == pytest.approx(0.5)
+    # the scales are sorted first (a dict in any order)
+    assert cg.bracketing_scales({3.0: 0.95, 1.0: 0.8, 2.0: 0.9}, 0.925)[:2] == (2.0, 3.0)
+    # outside the measured adherences: no point, not the nearest end
+    assert cg.bracketing_scales({1.0: 0.8, 2.0: 0.9}, 0.95) is None
+    assert cg.bracketing_scales({1.0: 0.8, 2.0: 0.9}, 0.7) is None
+    assert cg.bracketing_scales({1.0: 0.8}, 0.8) is None  # one scale brackets nothing
+    # a curve that dips: the smallest scale that reaches the target, not the sorted adherences
+    lo, hi, w = cg.bracketing_scales({1.0: 0.8, 2.0: 0.96, 3.0: 0.93, 4.0: 0.97}, 0.95)
+    assert (lo, hi) == (1.0, 2.0) and w == pytest.approx(0.15 / 0.16)
+    # a measured scale exactly on the target: all the weight on it (114 / 120 is 0.95)
+    assert cg.bracketing_scales({10.0: 0.9, 20.0: 114 / 120, 30.0: 0.96}, 0.95) == (10.0, 20.0, 1.0)
+    # two neighbours both on the target: the smaller one
+    assert cg.bracketing_scales({1.0: 0.95, 2.0: 0.95}, 0.95) == (1.0, 2.0, 0.0)

@@ -23,6 +23,9 @@ what it names::
 :func:`negative_guided_forward` evaluates both in one batched pass; the negative condition is one
 example's (broadcast over the batch) or one per example. :class:`NegativeGuided` wraps it as a
 model.
+
+:func:`bracketing_scales` finds, for a target adherence, the two measured scales of a method
+that bracket it, so that two methods are compared at equal adherence without extrapolating.
 """
 
 from __future__ import annotations
@@ -84,6 +87,23 @@ def classifier_guided_eps(eps: Tensor, classifier: Callable, x: Tensor, t: Tenso
         grad = torch.autograd.grad(chosen, x_in)[0]  # (B, ...)
     sigma = (1 - schedule.at(schedule.alpha_bar, t, x)) ** 0.5  # (B, 1, ..., 1)
     return eps - scale * sigma * grad.to(eps.dtype)
+
+
+def bracketing_scales(adherence: dict[float, float],
+                      target: float) -> tuple[float, float, float] | None:
+    """Where a guidance method reaches ``target`` adherence, for comparing methods at equal
+    adherence (lesson 18): the first two neighbouring scales, smallest first, whose measured
+    adherences (``{scale: adherence}``) bracket the target, and the weight w of the larger one that
+    puts the linear interpolation of adherence on the target. A quantity q measured at both scales
+    is read there as (1 - w) q(lo) + w q(hi). None where no neighbouring pair brackets the target:
+    nothing is extrapolated. Returns (lo, hi, w).
+    """
+    scales = sorted(adherence)
+    for lo, hi in zip(scales, scales[1:]):
+        a, b = adherence[lo], adherence[hi]
+        if min(a, b) <= target <= max(a, b):
+            return lo, hi, 0.0 if a == b else (target - a) / (b - a)
+    return None
 
 
 @dataclass(frozen=True, eq=False)
