@@ -55,7 +55,8 @@ lesson                modules
 17 discrete diffusion ``diffusion.discrete`` (``mask_tokens``, ``masked_diffusion_loss``,
                       ``unmask_step``, ``sample_masked``, ``TokenTransformer``, ``ar_bits``)
 18 control: guidance  ``diffusion.classifier_guidance`` (``noisy_classifier_loss``,
-                      ``classifier_guided_eps``, ``negative_guided_forward``),
+                      ``classifier_guided_eps``, ``bracketing_scales``,
+                      ``negative_guided_forward``), ``evaluation.fid`` (``paired_fid_contrast``),
                       ``models.noisy_classifier``, ``training.noisy_classifier``
 19 control: adapters  ``models.control_adapter`` (``adapter_forward``, ``mask_iou``),
                       ``models.attention_control`` (``injected_cross_attention``),

@@ -1,6 +1,6 @@
-"""Lesson 18's checkers: the library's answers pass, and typical wrong answers (at least seven per
-exercise) each get their own message. tests/test_exercises.py counts these lists
-(_LISTED_ELSEWHERE)."""
+"""Lesson 18's checkers: the library's answers pass, and typical wrong answers (at least seven
+per exercise, bracketing_scales's included) each get their own message. tests/test_exercises.py
+counts these lists (_LISTED_ELSEWHERE)."""
 
 
 import pytest
@@ -12,6 +12,7 @@ from diffuse_edu.diffusion.forward_process import q_sample
 from diffuse_edu.diffusion.guidance import guided_forward, pair_with_null
 from diffuse_edu.exercises import as_learners, run_checker
 from diffuse_edu.exercises.control_guidance import (
+    BRACKETING_SCALES,
     CLASSIFIER_GUIDED_EPS,
     NEGATIVE_GUIDED_FORWARD,
     NOISY_CLASSIFIER_LOSS,
@@ -251,9 +252,52 @@ NEGATIVE_WRONG = [
 ]
 
 
+# --- bracketing_scales ---------------------------------------------------------------------------
+def _bracket(*, order="scale", strict=False, last=False, rising_only=False, ends=None, guard=True,
+             weight="hi", pair="lo-hi"):
+    def bracketing_scales(adherence, target):
+        items = (sorted(adherence.items(), key=lambda kv: kv[1]) if order == "adherence"
+                 else list(adherence.items()) if order == "dict" else sorted(adherence.items()))
+        found = None
+        for (lo, a), (hi, b) in zip(items, items[1:]):
+            low, high = (a, b) if rising_only else (min(a, b), max(a, b))
+            if (low < target < high) if strict else (low <= target <= high):
+                w = 0.0 if guard and a == b else (target - a) / (b - a)
+                w = 1 - w if weight == "lo" else lo + w * (hi - lo) if weight == "scale" else w
+                found = ((lo, hi, w) if pair == "lo-hi" else (hi, lo, w) if pair == "hi-lo"
+                         else (lo, hi))
+                if not last:
+                    return found
+        if found is None and ends == "nearest":
+            s = min(adherence, key=lambda k: abs(adherence[k] - target))
+            return s, s, 0.0
+        if found is None and ends == "extrapolate":
+            (lo, a), (hi, b) = items[-2:] if target > items[-1][1] else items[:2]
+            return lo, hi, (target - a) / (b - a)
+        return found
+    return bracketing_scales
+
+
+BRACKET_WRONG = [
+    (_bracket(ends="nearest"), "the nearest one stands in for it"),
+    (_bracket(ends="extrapolate"), "it extrapolates past the measured scales"),
+    (_bracket(order="adherence"), "the adherences were sorted (as np.interp needs)"),
+    (_bracket(last=True), "it is not the first"),
+    (_bracket(order="dict"), "the pairs were taken in the dictionary's order"),
+    (_bracket(strict=True), "a measured adherence equal to the target did not count"),
+    (_bracket(weight="lo"), "is the weight of the smaller scale"),
+    (_bracket(weight="scale"), "is a scale between lo and hi"),
+    (_bracket(pair="hi-lo"), "smallest scale first"),
+    (_bracket(guard=False), "divided by zero"),
+    (_bracket(pair="two"), "return (lo, hi, w)"),
+    (_bracket(rising_only=True), "a falling pair counts too"),
+]
+
+
 @pytest.mark.parametrize("checker, fn", [(NOISY_CLASSIFIER_LOSS, cg.noisy_classifier_loss),
                                          (CLASSIFIER_GUIDED_EPS, cg.classifier_guided_eps),
-                                         (NEGATIVE_GUIDED_FORWARD, cg.negative_guided_forward)],
+                                         (NEGATIVE_GUIDED_FORWARD, cg.negative_guided_forward),
+                                         (BRACKETING_SCALES, cg.bracketing_scales)],
                          ids=lambda v: getattr(v, "name", ""))
 def test_the_library_answer_passes(checker, fn):
     verdict = run_checker(learners(fn), checker)
@@ -262,7 +306,8 @@ def test_the_library_answer_passes(checker, fn):
 
 ALL = ([(NOISY_CLASSIFIER_LOSS, *w) for w in LOSS_WRONG]
        + [(CLASSIFIER_GUIDED_EPS, *w) for w in GUIDED_WRONG]
-       + [(NEGATIVE_GUIDED_FORWARD, *w) for w in NEGATIVE_WRONG])
+       + [(NEGATIVE_GUIDED_FORWARD, *w) for w in NEGATIVE_WRONG]
+       + [(BRACKETING_SCALES, *w) for w in BRACKET_WRONG])
 
 
 @pytest.mark.parametrize("checker, wrong, expected", ALL,
@@ -273,7 +318,7 @@ def test_each_typical_mistake_gets_its_own_message(checker, wrong, expected):
     assert expected in verdict.message, verdict.message
 
 
-@pytest.mark.parametrize("wrong_list", [LOSS_WRONG, GUIDED_WRONG, NEGATIVE_WRONG])
+@pytest.mark.parametrize("wrong_list", [LOSS_WRONG, GUIDED_WRONG, NEGATIVE_WRONG, BRACKET_WRONG])
 def test_the_messages_are_distinct_and_at_least_seven(wrong_list):
     assert len(wrong_list) >= 7
     assert len({expected for _, expected in wrong_list}) == len(wrong_list)
@@ -303,7 +348,7 @@ def test_each_see_pointer_names_the_section_its_exercise_is_in():
         for name in re.findall(r"= check\(\w+, (\w+)\)", text):
             where[name] = section
     assert set(where) == {"NOISY_CLASSIFIER_LOSS", "CLASSIFIER_GUIDED_EPS",
-                          "NEGATIVE_GUIDED_FORWARD"}
+                          "NEGATIVE_GUIDED_FORWARD", "BRACKETING_SCALES"}
     for name, number in where.items():
         assert f"section {number}:" in getattr(cgx, name).see, (name, number,
                                                                 getattr(cgx, name).see)

@@ -1531,7 +1531,7 @@ _LISTED_ELSEWHERE = {"q_sample": len(Q_SAMPLE_WRONG), "to_unit_range": len(TO_UN
                      "hutchinson_divergence": 10,
                      # lesson 18: listed in tests/test_classifier_guidance_exercises.py
                      "noisy_classifier_loss": 9, "classifier_guided_eps": 11,
-                     "negative_guided_forward": 8,
+                     "negative_guided_forward": 8, "bracketing_scales": 12,
                      # lesson 17: listed in tests/test_discrete_exercises.py
                      "mask_tokens": 9, "masked_diffusion_loss": 9, "unmask_step": 8,
                      # lesson 16: listed in tests/test_consistency_exercises.py

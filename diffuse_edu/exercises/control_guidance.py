@@ -1,5 +1,6 @@
 """Checkers for lesson 18: the noise-aware classifier's loss, the classifier-guided noise
-prediction and classifier-free guidance with a negative condition."""
+prediction, the scales that bracket a target adherence and classifier-free guidance with a
+negative condition."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffuse_edu.diffusion.classifier_guidance import (
+    bracketing_scales,
     classifier_guided_eps,
     negative_guided_forward,
     noisy_classifier_loss,
@@ -27,6 +29,7 @@ from diffuse_edu.models.conditioning import Cond
 
 SEE_LOSS = "lesson 18, section 1: the classifier's loss (Dhariwal & Nichol 2021, Sec. 4)"
 SEE_GUIDED = "lesson 18, section 3: the guided noise prediction (Dhariwal & Nichol 2021, Eq. 14)"
+SEE_BRACKET = "lesson 18, section 4: reading both methods at the same adherence"
 SEE_NEGATIVE = "lesson 18, section 5: the negative prompt in the null condition's place"
 
 
@@ -562,4 +565,115 @@ NEGATIVE_GUIDED_FORWARD = Checker(
          "apart by ndim. Which half of the output is which follows from the order you stacked."),
     ),
     see=SEE_NEGATIVE,
+)
+
+
+# ---------------------------------------------------------------- bracketing_scales
+
+
+def _as_bracket(got: object, what: str) -> tuple | None:
+    if got is None:
+        return None
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise Mismatch(f"{what} returned {got!r}; return (lo, hi, w), the two scales and the "
+                       "weight of hi, or None where no neighbouring pair brackets the target.")
+    try:
+        return float(got[0]), float(got[1]), float(got[2])
+    except (TypeError, ValueError):
+        raise Mismatch(f"{what} returned {got!r}; lo, hi and w are numbers (two scales and a "
+                       "weight).") from None
+
+
+def _neighbours(order: list, pair: tuple) -> bool:
+    return any((a, b) == pair for a, b in zip(order, order[1:]))
+
+
+def _bracket_diagnosis(adherence: dict, target: float, got: tuple | None,
+                       want: tuple | None) -> str:
+    """What a wrong (lo, hi, w) says about the answer that gave it."""
+    values = sorted(adherence.values())
+    if got is None:
+        if target in values:
+            return ("a measured adherence equal to the target did not count (114 of 120 samples is "
+                    "0.95); bracket with <=, so that a scale on the target is found.")
+        a, b = adherence[want[0]], adherence[want[1]]
+        return (f"scales {want[0]:g} and {want[1]:g} (adherence {a:g} and {b:g}) bracket "
+                f"{target:g}" + (": a falling pair counts too (a curve may dip), so test the "
+                                 "target against min and max of the two." if a > b else "."))
+    lo, hi, w = got
+    if want is None:
+        if not 0 <= w <= 1:
+            return (f"w = {w:.4g} lies outside [0, 1]: it extrapolates past the measured scales. "
+                    f"No neighbouring pair brackets {target:g} (the adherences run from "
+                    f"{values[0]:g} to {values[-1]:g}): return None.")
+        return (f"no measured scale reaches {target:g} (the adherences run from {values[0]:g} to "
+                f"{values[-1]:g}), and the nearest one stands in for it; return None (the lesson "
+                "then leaves that seed out and says so).")
+    if (lo, hi) == want[:2]:
+        if abs(w - (1 - want[2])) < 1e-6:
+            return (f"w = {w:.4g} is the weight of the smaller scale: w is the weight of hi, "
+                    "(target - adherence[lo]) / (adherence[hi] - adherence[lo]), so that "
+                    "(1 - w) a(lo) + w a(hi) is the target.")
+        if abs(w - (lo + want[2] * (hi - lo))) < 1e-6:
+            return (f"w = {w:.4g} is a scale between lo and hi: return the weight w in [0, 1], "
+                    "not the interpolated scale (adherence is what is held equal).")
+        return f"the pair is right, but w should be {want[2]:.4g}."
+    if (hi, lo) == want[:2]:
+        return "give the pair smallest scale first, (lo, hi), with w the weight of hi."
+    scales = sorted(adherence)
+    by_adherence = [s for s, _ in sorted(adherence.items(), key=lambda kv: kv[1])]
+    if _neighbours(scales, (lo, hi)):
+        return ("that pair brackets the target too, but it is not the first; return the first "
+                "neighbouring pair, the smallest scales that reach the target (stop there).")
+    if _neighbours(by_adherence, (lo, hi)) or _neighbours(by_adherence, (hi, lo)):
+        return ("the adherences were sorted (as np.interp needs), which pairs scales that are not "
+                "neighbours where the curve dips; walk the scales in increasing order and test "
+                "each neighbouring pair.")
+    if _neighbours(list(adherence), (lo, hi)):
+        return ("the pairs were taken in the dictionary's order; sort the scales first "
+                "(sorted(adherence)) and pair each with the next larger one.")
+    return f"expected {want}."
+
+
+def _bracket_case(adherence: dict, target: float) -> Callable[[Callable], None]:
+    def case(fn: Callable) -> None:
+        what = f"bracketing_scales({adherence}, {target})"
+        try:
+            got = _as_bracket(fn(dict(adherence), target), what)
+        except ZeroDivisionError:
+            raise Mismatch(f"{what} divided by zero: two neighbouring scales have the same "
+                           "adherence; where both equal the target, w = 0 (the smaller scale), "
+                           "so test a == b before dividing.") from None
+        want = bracketing_scales(adherence, target)
+        if got is None and want is None:
+            return
+        if got is not None and want is not None and got[:2] == want[:2] and abs(
+                got[2] - want[2]) < 1e-6:
+            return
+        raise Mismatch(f"{what} returned {got}: "
+                       + _bracket_diagnosis(adherence, target, got, want))
+    return case
+
+
+BRACKETING_SCALES = Checker(
+    "bracketing_scales",
+    bracketing_scales,
+    [
+        _bracket_case({1.0: 0.8, 2.0: 0.9, 3.0: 0.95}, 0.85),  # half way between 1 and 2
+        _bracket_case({3.0: 0.95, 1.0: 0.8, 2.0: 0.9}, 0.925),  # the scales in any order
+        _bracket_case({1.0: 0.8, 2.0: 0.9, 3.0: 0.93}, 0.95),  # no scale reaches the target
+        _bracket_case({1.0: 0.86, 2.0: 0.93}, 0.8),  # the smallest scale is already past it
+        _bracket_case({1.0: 0.8, 2.0: 0.96, 3.0: 0.93, 4.0: 0.97}, 0.95),  # a dip: first crossing
+        _bracket_case({1.0: 0.8, 2.0: 0.93, 3.0: 0.96, 4.0: 0.9}, 0.95),  # a dip after the target
+        _bracket_case({10.0: 0.9, 20.0: 114 / 120, 30.0: 0.97}, 0.95),  # a scale on the target
+        _bracket_case({1.0: 0.95, 2.0: 0.95}, 0.95),  # both on the target: w = 0
+        _bracket_case({1.0: 0.97, 2.0: 0.93}, 0.95),  # a falling pair brackets it too
+    ],
+    hints=(
+        ("Walk the scales from the smallest up and look at each neighbouring pair: when does a "
+         "pair's measured adherence span the target? What should come back when no pair does?"),
+        ("Solve (1 - w) a_lo + w a_hi = target for w; min/max of the pair's two adherences lets a "
+         "falling pair count too, and a pair of equal adherences needs w = 0 before you divide."),
+    ),
+    see=SEE_BRACKET,
 )
