@@ -31,6 +31,7 @@ from diffuse_edu.diffusion.discrete import (
     train_tokens,
     unmask_step,
 )
+from diffuse_edu.evaluation.captions import caption_parses, template_captions
 
 V, L = 3, 3  # the tiny vocabulary and length of the brute-force checks
 MASK = V
@@ -252,3 +253,29 @@ def test_binarise_round_trip():
     tokens = binarise(images)
     assert tokens.tolist() == [[0, 1, 1, 0]]
     assert torch.equal(tokens_to_images(tokens, 2), torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]]]))
+
+
+def test_every_generated_caption_parses_and_only_those_words():
+    from diffuse_edu.data.captioned import SHAPE_WORDS, make_shapes
+    from diffuse_edu.models.text import build_vocab, tokenize
+
+    grammar = template_captions()
+    assert len(grammar) == 2 * 4 * 3 * 4 + (4 * 3) ** 2 * 4  # one shape; two shapes, 4 relations
+    vocab = build_vocab(SHAPE_WORDS)
+    for split in ("train", "test", "held_out"):
+        captions = make_shapes(200, split=split, size=8).captions
+        rows = tokenize(captions, vocab, 10)[0][:, 1:]  # no <bos>
+        assert caption_parses(rows, vocab).all(), split
+    good = tokenize(["a big red circle at the top left", "a red circle above a blue square"],
+                    vocab, 10)[0][:, 1:]
+    assert caption_parses(good, vocab).tolist() == [True, True]
+    ids = {w: i for i, w in enumerate(vocab)}
+    wrong = [good[0].clone() for _ in range(6)]
+    wrong[0][[1, 2]] = wrong[0][[2, 1]]  # "a red big circle ...": the words out of order
+    wrong[1][7] = ids["top"]  # "... at the top top"
+    wrong[2][8] = ids["<pad>"]  # no <eos>
+    wrong[3] = good[1].clone()
+    wrong[3][8] = ids["a"]  # a word after <eos>
+    wrong[4][3] = len(vocab)  # a [MASK] left over
+    wrong[5][4:] = torch.tensor([ids["<eos>"]] + [ids["<pad>"]] * 4)  # "a big red circle": short
+    assert caption_parses(torch.stack(wrong), vocab).tolist() == [False] * 6
