@@ -23,13 +23,15 @@ def tiny(tmp_path, monkeypatch):
 
 def test_missing_checkpoint_is_trained_saved_and_then_loaded(tiny, capsys):
     ck = pretrained.pretrained_ddpm(tiny)
-    assert "training one now" in capsys.readouterr().out
+    made = capsys.readouterr().out
+    assert "training one now" in made and "loaded from the cache" not in made
     assert (pretrained.checkpoint_path(tiny).is_file() and ck.extra["steps"] == 4
             and len(ck.snapshots) == 2)
     again = pretrained.pretrained_ddpm(tiny)
     out = capsys.readouterr().out
     # loaded, not retrained
     assert out.startswith("tiny: trained 4 steps of the 4 planned") and "training" not in out
+    assert "loaded from the cache" in out  # its seconds are when it was made, not now
     assert all(torch.equal(again.weights[k], ck.weights[k]) for k in ck.weights)
 
 

@@ -93,18 +93,29 @@ def pretrained_ddpm(recipe: Recipe | None = None, *,
                     device: torch.device | str = "cpu") -> Checkpoint:
     """Lesson 05's checkpoint for ``recipe`` (default: the scale in force), trained if missing."""
     recipe = in_force(recipe or ddpm_recipe())
-    ck = load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(),
-                       lambda: train_recipe(recipe, device=device))
-    print(trained_how_far(recipe.name, ck.extra))
+    made_now = []  # filled when load_or_train has to train, so the line can say it was loaded
+
+    def make() -> dict:
+        made_now.append(True)
+        return train_recipe(recipe, device=device)
+
+    ck = load_or_train(checkpoint_path(recipe), UNet, recipe.model, recipe.stamp(), make)
+    print(trained_how_far(recipe.name, ck.extra, cached=not made_now))
     return ck
 
 
-def trained_how_far(name: str, extra: dict) -> str:
+def trained_how_far(name: str, extra: dict, *, cached: bool = False) -> str:
     """One line saying how far a checkpoint's model was trained, from its ``extra``: the steps
-    against its plan, and a warning where the clock stopped it short."""
+    against its plan, and a warning where the clock stopped it short. ``cached``: the model was
+    loaded from the cache, so its training time is when it was made, not now."""
     steps, planned, seconds = extra.get("steps"), extra.get("planned_steps"), extra.get("seconds")
     text = f"{name}: trained {steps} steps" + (f" of the {planned} planned" if planned else "")
-    text += f" ({seconds:.0f} s)" if isinstance(seconds, (int, float)) else ""
+    timed = isinstance(seconds, (int, float))
+    if cached:
+        text += (f" (made in {seconds:.0f} s; loaded from the cache now)" if timed
+                 else " (loaded from the cache)")
+    elif timed:
+        text += f" ({seconds:.0f} s)"
     if extra.get("stopped_by_clock"):
         text += ": the clock stopped it short of its plan, so it is undertrained (and not cached)"
     return text
