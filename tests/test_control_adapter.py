@@ -14,6 +14,8 @@ from diffuse_edu.exercises.control_adapter import (
 )
 from diffuse_edu.models.attention import CrossAttention
 from diffuse_edu.models.attention_control import (
+    colour_layout,
+    colour_layout_change,
     injected_cross_attention,
     injecting_attention,
     layout,
@@ -176,6 +178,40 @@ def test_layout_reads_centre_and_area():
     assert change["shift"][0] == pytest.approx(13 ** 0.5)  # centre (0.5, 3.5)
     assert change["size"][0] == 0 and change["mask_distance"][0] == 1
     assert change["mask_distance"][1] == 0  # two empty images agree
+
+
+def test_colour_layout_finds_each_shape_by_its_colour():
+    from diffuse_edu.data.captioned import COLOURS
+    palette = torch.tensor(list(COLOURS.values())) * 2 - 1  # red, green, blue, yellow
+    img = -torch.ones(1, 3, 8, 8)
+    img[0, :, 0:2, 0:2] = palette[0].view(3, 1, 1)  # red 2x2 at the top left, centre (0.5, 0.5)
+    img[0, :, 5:8, 6:8] = palette[2].view(3, 1, 1)  # blue 3x2, centre (6.5, 6)
+    lay = colour_layout(img, torch.tensor([[0, 2, 1]]), palette)  # red, blue, green (absent)
+    assert torch.allclose(lay["centre"][0, :2], torch.tensor([[0.5, 0.5], [6.5, 6.0]]))
+    assert lay["area"][0].tolist() == [4.0, 6.0, 0.0]
+    assert lay["found"][0].tolist() == [True, True, False]
+    assert torch.allclose(lay["centre"][0, 2], torch.tensor([3.5, 3.5]))  # none: the centre
+    recoloured = img.clone()  # the red shape turns green and moves one pixel right
+    recoloured[0, :, 0:2, 0:2] = -1
+    recoloured[0, :, 0:2, 1:3] = palette[1].view(3, 1, 1)
+    change = colour_layout_change(img, torch.tensor([[0, 2]]), recoloured, torch.tensor([[1, 2]]),
+                                  palette)
+    assert change["shift"][0].tolist() == [1.0, 0.0]
+    assert change["size"][0].tolist() == [0.0, 0.0] and change["found"].all()
+    gone = colour_layout_change(img, torch.tensor([[0, 2]]), recoloured, torch.tensor([[0, 2]]),
+                                palette)
+    assert gone["found"][0].tolist() == [False, True]  # red is no longer there
+    assert change["placed"].tolist() == [0.5] and change["swapped"].tolist() == [False]
+    traded = -torch.ones(1, 3, 8, 8)  # blue where red was, green where blue was: the colours trade
+    traded[0, :, 0:2, 0:2] = palette[2].view(3, 1, 1)
+    traded[0, :, 5:8, 6:8] = palette[1].view(3, 1, 1)
+    swap = colour_layout_change(img, torch.tensor([[0, 2]]), traded, torch.tensor([[1, 2]]),
+                                palette)
+    assert swap["shift"][0, 0] == pytest.approx((6 ** 2 + 5.5 ** 2) ** 0.5)
+    assert swap["placed"].tolist() == [0.0] and swap["swapped"].tolist() == [True]
+    three = colour_layout_change(img, torch.tensor([[0, 2, 1]]), img, torch.tensor([[0, 2, 1]]),
+                                 palette)
+    assert "placed" not in three  # the matching is defined for two shapes only
 
 
 @pytest.mark.parametrize("checker", [ADAPTER_FORWARD, MASK_IOU, INJECTED_CROSS_ATTENTION])

@@ -153,7 +153,56 @@ def layout_change(a: Tensor, b: Tensor) -> dict[str, Tensor]:
             "mask_distance": 1 - iou}
 
 
+def colour_layout(images: Tensor, colours: Tensor, palette: Tensor, *,
+                  min_pixels: int = 3) -> dict[str, Tensor]:
+    """Where each asked colour's shape is, for images of several shapes told apart by colour: the
+    pixels lit (some channel above 0; shapes are drawn on black, -1) whose nearest ``palette``
+    colour is ``colours[:, k]`` are shape k's. Its centroid (x, y) in pixels (the image centre where
+    it has none), its area (pixels), and whether it is found (at least ``min_pixels`` pixels).
+    Shapes: images (B, 3, H, W) in [-1, 1], colours (B, K) indices into palette, palette (P, 3) in
+    [-1, 1] (lesson 09's: ``torch.tensor(list(COLOURS.values())) * 2 - 1``) -> centre (B, K, 2),
+    area (B, K), found (B, K) bool."""
+    b, _, h, w = images.shape
+    pixels = rearrange(images, "b c h w -> (b h w) c")
+    nearest = torch.cdist(pixels, palette.to(pixels)).argmin(1).view(b, 1, h, w)  # (B, 1, H, W)
+    colours = colours.to(images.device)
+    m = ((images.amax(1) > 0)[:, None] & (nearest == colours[:, :, None, None])).float()
+    area = m.sum((2, 3))  # (B, K)
+    ys = torch.arange(h, dtype=m.dtype, device=m.device)[:, None]
+    xs = torch.arange(w, dtype=m.dtype, device=m.device)[None, :]
+    safe = area.clamp_min(1)
+    centre = torch.stack([(m * xs).sum((2, 3)) / safe, (m * ys).sum((2, 3)) / safe], -1)
+    centre = torch.where(area[..., None] > 0, centre,
+                         torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=m.dtype, device=m.device))
+    return {"centre": centre, "area": area, "found": area >= min_pixels}
+
+
+def colour_layout_change(a: Tensor, colours_a: Tensor, b: Tensor, colours_b: Tensor,
+                         palette: Tensor, *, min_pixels: int = 3) -> dict[str, Tensor]:
+    """How far each shape moved from image a to image b, each shape found by its colour in each
+    image (:func:`colour_layout`; a colour edit gives shape k a new colour in b): its centroid's
+    shift (pixels), |log((area_b + 1) / (area_a + 1))|, and whether both images show it.
+    Shapes: a, b (B, 3, H, W); colours_a, colours_b (B, K); palette (P, 3) -> each (B, K).
+
+    For two shapes (K = 2) also how far the *places* moved, whichever colour sits in them:
+    "placed" (B,), the mean shift of the two centroids under the better of the two matchings
+    (shape 0 to 0 and 1 to 1, or crossed), and "swapped" (B,) bool, where the crossed one is
+    better (the two colours traded places)."""
+    la = colour_layout(a, colours_a, palette, min_pixels=min_pixels)
+    lb = colour_layout(b, colours_b, palette, min_pixels=min_pixels)
+    shift = (la["centre"] - lb["centre"]).norm(dim=-1)
+    out = {"shift": shift, "size": ((lb["area"] + 1) / (la["area"] + 1)).log().abs(),
+           "found": la["found"] & lb["found"]}
+    if shift.shape[1] == 2:
+        crossed = (la["centre"] - lb["centre"].flip(1)).norm(dim=-1).mean(1)
+        out["placed"] = torch.minimum(shift.mean(1), crossed)
+        out["swapped"] = crossed < shift.mean(1)
+    return out
+
+
 __all__ = [
+    "colour_layout",
+    "colour_layout_change",
     "cross_attention_blocks",
     "injected_cross_attention",
     "injecting_attention",
