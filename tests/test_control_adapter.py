@@ -21,6 +21,7 @@ from diffuse_edu.models.attention_control import (
     layout,
     layout_change,
     recording_attention,
+    word_maps_locate,
 )
 from diffuse_edu.models.conditioning import Cond
 from diffuse_edu.models.control_adapter import (
@@ -165,6 +166,80 @@ def test_injection_refuses_a_wrong_share_or_batch():
             _sample(net, torch.randn(3, 5, 6), torch.randn(3, 3, 4, 4), steps=1)
 
 
+def test_cond_half_injects_the_conditions_and_leaves_the_nulls_their_own_maps():
+    net = _text_unet()
+    g = torch.Generator().manual_seed(3)
+    x, src, edit, null = (torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 6, generator=g),
+                          torch.randn(2, 5, 6, generator=g), torch.randn(1, 5, 6, generator=g))
+    guided = lambda c: torch.cat([c, null.expand(2, -1, -1)])  # noqa: E731 conditions, then nulls
+    xx = torch.cat([x, x])
+    with torch.no_grad():
+        with recording_attention(net) as maps:
+            a = _sample(net, guided(src), xx)
+        with injecting_attention(net, maps, 1.0, cond_half=True) as counts:
+            assert torch.allclose(_sample(net, guided(src), xx), a, atol=1e-5)  # the same prompt
+        assert counts == {"injected": 8, "own": 0}
+        alone = _sample(net, guided(edit), xx)
+        with injecting_attention(net, maps, 1.0, cond_half=True):
+            half = _sample(net, guided(edit), xx)
+        with injecting_attention(net, maps, 1.0):
+            both = _sample(net, guided(edit), xx)
+        assert not torch.allclose(half[:2], alone[:2])  # the conditional half takes the maps
+        # the null half runs its own maps: at the first call it matches the edit alone exactly
+        block = next(m for m in net.modules() if isinstance(m, CrossAttention))
+        h = torch.randn(4, block.to_q.in_features, 2, 2, generator=g)
+        ctx, w = guided(edit), maps[0][0]
+        own = block(h, ctx, None)
+        with injecting_attention(net, [[w] for _ in maps], 1.0, cond_half=True):
+            mixed = block(h, ctx, None)
+        assert torch.allclose(mixed[2:], own[2:]) and not torch.allclose(mixed[:2], own[:2])
+        assert torch.allclose(mixed[:2], injected_cross_attention(block, h[:2], ctx[:2], None,
+                                                                  w[:2]))
+        assert not torch.allclose(half, both)
+        with pytest.raises(ValueError, match="guided batch"), \
+                injecting_attention(net, [[w[:3]] for _ in maps], 1.0, cond_half=True):
+            block(h[:3], ctx[:3], None)
+
+
+def test_word_maps_locate_reads_each_words_map_against_the_shapes():
+    b, side, length = 2, 4, 5
+    a = torch.full((b, 1, side * side, length), 0.01)
+    a[0, 0, 0, 2] = 1.0  # prompt 0: word 2 on pixel (0, 0) of the 4x4 map, word 4 on (3, 3)
+    a[0, 0, 15, 4] = 1.0
+    a[1, 0, :, :] = 1.0  # prompt 1: uniform maps
+    cen = torch.tensor([[[1.5, 1.5], [14.5, 14.5]], [[1.5, 1.5], [14.5, 14.5]]])
+    right = word_maps_locate([[a, a]], torch.tensor([[2, 4], [2, 4]]), cen, 16)[0]
+    assert right["side"] == 4 and right["nearer"].tolist()[0] is True
+    assert right["gap"][1] == pytest.approx(0.0, abs=1e-5) and right["nearer"][1].item() is False
+    assert 0.5 < right["gap"][0] / right["shape_gap"][0] < 1.0  # peaks at 1.5 and 13.5, blurred
+    assert right["shape_gap"].tolist() == pytest.approx([13 * 2 ** 0.5] * 2)
+    crossed = word_maps_locate([[a]], torch.tensor([[4, 2], [4, 2]]), cen, 16)[0]
+    assert crossed["nearer"].tolist() == [False, False]
+    doubled = torch.cat([a, torch.rand_like(a)])  # a guided batch: only the first half is read
+    assert torch.equal(word_maps_locate([[doubled]], torch.tensor([[2, 4], [2, 4]]), cen,
+                                        16)[0]["nearer"], right["nearer"])
+
+
+def test_box_centre_keeps_a_shape_edit_in_place_where_the_centroid_moves():
+    from diffuse_edu.data.captioned import COLOURS
+    palette = torch.tensor(list(COLOURS.values())) * 2 - 1
+    objects = torch.tensor([[[0, 0, 1, -1], [2, 1, 1, -1]]])  # big red circle, big blue square
+    triangle = objects.clone()
+    triangle[0, 0, 1] = 2  # the red circle becomes a triangle at the same centre
+    centres = torch.tensor([[[4.0, 8.0], [12.0, 8.0]]])
+    from diffuse_edu.data.captioned import _render  # the data's own renderer (make_shapes')
+    a, b = _render(objects, centres, 16)[0], _render(triangle, centres, 16)[0]
+    keep = colour_layout_change(a, objects[:, :, 0], b, triangle[:, :, 0], palette)
+    assert keep["shift"][0, 0] < 0.51 and keep["shift"][0, 1] == 0  # box centres stay
+    assert keep["placed"][0] < 0.26 and keep["swapped"].tolist() == [False]
+    lit = (b[0].amax(0) > 0).float()
+    ys = torch.arange(16.0)[:, None]
+    mass_y = (lit[:, :8] * ys).sum() / lit[:, :8].sum()
+    assert mass_y - 7.5 > 0.5  # the triangle's centroid sits below its box centre
+    ext = colour_layout(a, objects[:, :, 0], palette)["extent"]
+    assert ext[0, 0].tolist() == [6.0, 6.0]  # the pixels lit over half: radius 3.6 -> 6 px
+
+
 def test_layout_reads_centre_and_area():
     img = -torch.ones(2, 3, 6, 6)
     img[0, 0, 1:3, 3:5] = 1  # a 2x2 square, centre (3.5, 1.5)
@@ -202,6 +277,8 @@ def test_colour_layout_finds_each_shape_by_its_colour():
                                 palette)
     assert gone["found"][0].tolist() == [False, True]  # red is no longer there
     assert change["placed"].tolist() == [0.5] and change["swapped"].tolist() == [False]
+    assert lay["extent"][0].tolist() == [[2.0, 2.0], [2.0, 3.0], [0.0, 0.0]]  # (width, height)
+    assert change["placed_size"].tolist() == [0.0]
     traded = -torch.ones(1, 3, 8, 8)  # blue where red was, green where blue was: the colours trade
     traded[0, :, 0:2, 0:2] = palette[2].view(3, 1, 1)
     traded[0, :, 5:8, 6:8] = palette[1].view(3, 1, 1)
@@ -209,6 +286,8 @@ def test_colour_layout_finds_each_shape_by_its_colour():
                                 palette)
     assert swap["shift"][0, 0] == pytest.approx((6 ** 2 + 5.5 ** 2) ** 0.5)
     assert swap["placed"].tolist() == [0.0] and swap["swapped"].tolist() == [True]
+    assert swap["placed_size"].tolist() == [0.0]  # each place keeps its box under the matching
+    assert swap["size"][0, 0] == pytest.approx(torch.tensor(7 / 5).log().item())
     three = colour_layout_change(img, torch.tensor([[0, 2, 1]]), img, torch.tensor([[0, 2, 1]]),
                                  palette)
     assert "placed" not in three  # the matching is defined for two shapes only

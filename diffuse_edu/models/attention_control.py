@@ -87,14 +87,20 @@ def recording_attention(model: nn.Module) -> Iterator[list[list[Tensor]]]:
 
 @contextmanager
 def injecting_attention(model: nn.Module, maps: list[list[Tensor]], share: float, *,
-                        inject: Callable[..., Tensor] = injected_cross_attention) -> Iterator[dict]:
+                        inject: Callable[..., Tensor] = injected_cross_attention,
+                        cond_half: bool = False) -> Iterator[dict]:
     """While inside, each cross-attention block of ``model`` runs ``inject(block, x, context,
     mask, weights)`` with the recorded ``maps`` of its first ``share`` of calls (the first part of
     the sampling steps: every step calls each block equally often), and its own forward pass after.
     Yields a dict counting the calls that were injected and those that were not.
 
     ``maps`` as :func:`recording_attention` gives them, from a run with the same sampler, steps and
-    batch size."""
+    batch size.
+
+    ``cond_half``: the batch is a guided one, the conditions then as many nulls
+    (:func:`~diffuse_edu.diffusion.guidance.pair_with_null`); ``inject`` runs on the first half
+    only, with the first half of the maps, and the unconditional half keeps its own forward pass,
+    as Hertz et al.'s code does (the null prompt's maps are not the source's words')."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share is the fraction of the steps injected, in [0, 1]; got {share}.")
     blocks = cross_attention_blocks(model)
@@ -115,7 +121,15 @@ def injecting_attention(model: nn.Module, maps: list[list[Tensor]], share: float
                     raise ValueError(f"recorded maps for a batch of {store[k].shape[0]}, injected "
                                      f"into one of {x.shape[0]}: sample the edit as the source.")
                 counts["injected"] += 1
-                return inject(block, x, context, mask, store[k])
+                if not cond_half:
+                    return inject(block, x, context, mask, store[k])
+                if x.shape[0] % 2:
+                    raise ValueError(f"cond_half needs a guided batch (conditions then nulls), got "
+                                     f"an odd batch of {x.shape[0]}.")
+                n = x.shape[0] // 2
+                cond_mask, null_mask = (None, None) if mask is None else (mask[:n], mask[n:])
+                return torch.cat([inject(block, x[:n], context[:n], cond_mask, store[k][:n]),
+                                  own(block, x[n:], context[n:], null_mask)])
             counts["own"] += 1
             return own(block, x, context, mask)
         return forward
@@ -157,46 +171,99 @@ def colour_layout(images: Tensor, colours: Tensor, palette: Tensor, *,
                   min_pixels: int = 3) -> dict[str, Tensor]:
     """Where each asked colour's shape is, for images of several shapes told apart by colour: the
     pixels lit (some channel above 0; shapes are drawn on black, -1) whose nearest ``palette``
-    colour is ``colours[:, k]`` are shape k's. Its centroid (x, y) in pixels (the image centre where
-    it has none), its area (pixels), and whether it is found (at least ``min_pixels`` pixels).
+    colour is ``colours[:, k]`` are shape k's. Its bounding box's centre (x, y) in pixels (the
+    image centre where it has none) and extent (width, height) in pixels, its area (pixels), and
+    whether it is found (at least ``min_pixels`` pixels). The box, not the centroid: a triangle's
+    centroid sits r/3 below its box's centre (the data draws every shape centred in its box), so a
+    shape edit would move the centroid of a shape kept in place.
     Shapes: images (B, 3, H, W) in [-1, 1], colours (B, K) indices into palette, palette (P, 3) in
     [-1, 1] (lesson 09's: ``torch.tensor(list(COLOURS.values())) * 2 - 1``) -> centre (B, K, 2),
-    area (B, K), found (B, K) bool."""
+    extent (B, K, 2), area (B, K), found (B, K) bool."""
     b, _, h, w = images.shape
     pixels = rearrange(images, "b c h w -> (b h w) c")
     nearest = torch.cdist(pixels, palette.to(pixels)).argmin(1).view(b, 1, h, w)  # (B, 1, H, W)
     colours = colours.to(images.device)
-    m = ((images.amax(1) > 0)[:, None] & (nearest == colours[:, :, None, None])).float()
-    area = m.sum((2, 3))  # (B, K)
-    ys = torch.arange(h, dtype=m.dtype, device=m.device)[:, None]
-    xs = torch.arange(w, dtype=m.dtype, device=m.device)[None, :]
-    safe = area.clamp_min(1)
-    centre = torch.stack([(m * xs).sum((2, 3)) / safe, (m * ys).sum((2, 3)) / safe], -1)
-    centre = torch.where(area[..., None] > 0, centre,
-                         torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=m.dtype, device=m.device))
-    return {"centre": centre, "area": area, "found": area >= min_pixels}
+    m = (images.amax(1) > 0)[:, None] & (nearest == colours[:, :, None, None])  # (B, K, H, W)
+    area = m.float().sum((2, 3))  # (B, K)
+    box = []
+    for axis, n in ((2, w), (3, h)):  # x: any row lit in that column; y: any column in that row
+        lit = m.any(axis)  # (B, K, n)
+        idx = torch.arange(n, device=m.device, dtype=images.dtype)
+        lo = torch.where(lit, idx, torch.full_like(idx, n)).amin(-1)
+        hi = torch.where(lit, idx, torch.full_like(idx, -1)).amax(-1)
+        box.append((lo, hi))
+    some = area > 0
+    centre = torch.stack([(lo + hi) / 2 for lo, hi in box], -1)
+    centre = torch.where(some[..., None], centre,
+                         torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=images.dtype,
+                                      device=m.device))
+    extent = torch.stack([(hi - lo + 1).clamp_min(0) for lo, hi in box], -1)
+    extent = torch.where(some[..., None], extent, torch.zeros_like(extent))
+    return {"centre": centre, "extent": extent, "area": area, "found": area >= min_pixels}
 
 
 def colour_layout_change(a: Tensor, colours_a: Tensor, b: Tensor, colours_b: Tensor,
                          palette: Tensor, *, min_pixels: int = 3) -> dict[str, Tensor]:
     """How far each shape moved from image a to image b, each shape found by its colour in each
-    image (:func:`colour_layout`; a colour edit gives shape k a new colour in b): its centroid's
-    shift (pixels), |log((area_b + 1) / (area_a + 1))|, and whether both images show it.
-    Shapes: a, b (B, 3, H, W); colours_a, colours_b (B, K); palette (P, 3) -> each (B, K).
+    image (:func:`colour_layout`; a colour edit gives shape k a new colour in b): its box centre's
+    shift (pixels), its size change |log((box area_b + 1) / (box area_a + 1))| (box area: width x
+    height), and whether both images show it. Shapes: a, b (B, 3, H, W); colours_a, colours_b
+    (B, K); palette (P, 3) -> each (B, K).
 
-    For two shapes (K = 2) also how far the *places* moved, whichever colour sits in them:
-    "placed" (B,), the mean shift of the two centroids under the better of the two matchings
-    (shape 0 to 0 and 1 to 1, or crossed), and "swapped" (B,) bool, where the crossed one is
-    better (the two colours traded places)."""
+    For two shapes (K = 2) also the colour-blind geometry, how far the *places* moved whichever
+    colour sits in them: "placed" (B,), the mean shift of the two box centres under the better of
+    the two matchings (shape 0 to 0 and 1 to 1, or crossed); "placed_size" (B,), the mean size
+    change under that matching; and "swapped" (B,) bool, where the crossed one is better (the two
+    colours traded places: colour binding, not layout)."""
     la = colour_layout(a, colours_a, palette, min_pixels=min_pixels)
     lb = colour_layout(b, colours_b, palette, min_pixels=min_pixels)
+
+    def sizes(ea: Tensor, eb: Tensor) -> Tensor:
+        return ((eb.prod(-1) + 1) / (ea.prod(-1) + 1)).log().abs()
+
     shift = (la["centre"] - lb["centre"]).norm(dim=-1)
-    out = {"shift": shift, "size": ((lb["area"] + 1) / (la["area"] + 1)).log().abs(),
-           "found": la["found"] & lb["found"]}
+    size = sizes(la["extent"], lb["extent"])
+    out = {"shift": shift, "size": size, "found": la["found"] & lb["found"]}
     if shift.shape[1] == 2:
         crossed = (la["centre"] - lb["centre"].flip(1)).norm(dim=-1).mean(1)
-        out["placed"] = torch.minimum(shift.mean(1), crossed)
-        out["swapped"] = crossed < shift.mean(1)
+        swapped = crossed < shift.mean(1)
+        out["placed"] = torch.where(swapped, crossed, shift.mean(1))
+        out["placed_size"] = torch.where(swapped, sizes(la["extent"], lb["extent"].flip(1)).mean(1),
+                                         size.mean(1))
+        out["swapped"] = swapped
+    return out
+
+
+def word_maps_locate(maps: list[list[Tensor]], positions: Tensor, centres: Tensor,
+                     size: int) -> list[dict[str, Tensor]]:
+    """Prompt-to-prompt's premise, measured: do two words' cross-attention maps sit on their own
+    shapes? Per block, each word's map is averaged over the recorded calls (steps) and heads, of the
+    first B rows (the conditional half of a guided batch, B = len(positions)); its centroid in
+    image pixels is compared with the two shapes' centres.
+
+    Shapes: maps as :func:`recording_attention` gives them (block i, call k: (B or 2B, heads,
+    S * S, L)); positions (B, 2) token indices of each prompt's two words (``<bos>`` is token 0);
+    centres (B, 2, 2) the two shapes' (x, y) in pixels of a ``size`` x ``size`` image -> per block
+    a dict: "nearer" (B,) bool, the words' maps nearer their own shapes than crossed (sum of the
+    two distances; chance 1/2); "gap" (B,) the distance between the two words' map centroids and
+    "shape_gap" (B,) the distance between the shapes, in pixels (maps as far apart as the shapes
+    locate them; uniform maps give 0); "centroid" (B, 2, 2); "side" the map's side S."""
+    b = positions.shape[0]
+    out = []
+    for block in maps:
+        a = torch.stack([call[:b] for call in block]).mean((0, 2))  # (B, S*S, L)
+        side = int(round(a.shape[1] ** 0.5))
+        pix = (torch.arange(side, dtype=a.dtype, device=a.device) + 0.5) * size / side - 0.5
+        words = a.gather(2, positions.to(a.device)[:, None, :].expand(-1, a.shape[1], -1))
+        words = words / words.sum(1, keepdim=True).clamp_min(1e-12)  # (B, S*S, 2)
+        grid = words.view(b, side, side, 2)
+        cen = torch.stack([(grid * pix[None, None, :, None]).sum((1, 2)),
+                           (grid * pix[None, :, None, None]).sum((1, 2))], -1)  # (B, 2, 2)
+        c = centres.to(cen)
+        right = (cen - c).norm(dim=-1).sum(1)
+        crossed = (cen - c.flip(1)).norm(dim=-1).sum(1)
+        out.append({"nearer": right < crossed, "gap": (cen[:, 0] - cen[:, 1]).norm(dim=-1),
+                    "shape_gap": (c[:, 0] - c[:, 1]).norm(dim=-1), "centroid": cen, "side": side})
     return out
 
 
@@ -209,4 +276,5 @@ __all__ = [
     "layout",
     "layout_change",
     "recording_attention",
+    "word_maps_locate",
 ]
