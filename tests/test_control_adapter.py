@@ -227,8 +227,8 @@ def test_box_centre_keeps_a_shape_edit_in_place_where_the_centroid_moves():
     triangle = objects.clone()
     triangle[0, 0, 1] = 2  # the red circle becomes a triangle at the same centre
     centres = torch.tensor([[[4.0, 8.0], [12.0, 8.0]]])
-    from diffuse_edu.data.captioned import _render  # the data's own renderer (make_shapes')
-    a, b = _render(objects, centres, 16)[0], _render(triangle, centres, 16)[0]
+    from diffuse_edu.data.captioned import render  # the data's own renderer (make_shapes')
+    a, b = render(objects, centres, 16)[0], render(triangle, centres, 16)[0]
     keep = colour_layout_change(a, objects[:, :, 0], b, triangle[:, :, 0], palette)
     assert keep["shift"][0, 0] < 0.51 and keep["shift"][0, 1] == 0  # box centres stay
     assert keep["placed"][0] < 0.26 and keep["swapped"].tolist() == [False]

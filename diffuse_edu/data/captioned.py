@@ -101,7 +101,7 @@ def make_shapes(n: int, *, size: int = 16, seed: int = 0, split: str = "train",
     objects, relation = _draw_attributes(n, two_shapes, split, g)
     centres = _centres(objects, relation, size, g)  # (N, 2, 2) x, y in pixels
     chunk = max(1, 2 ** 21 // (size * _SUPERSAMPLE) ** 2)  # images per chunk: bounds the memory
-    images, masks = zip(*(_render(objects[lo:lo + chunk], centres[lo:lo + chunk],
+    images, masks = zip(*(render(objects[lo:lo + chunk], centres[lo:lo + chunk],
                                   size) for lo in range(0, n, chunk)))
     captions = tuple(caption(o, int(r)) for o, r in zip(objects, relation))
     return ShapeSet(torch.cat(images), captions, objects, relation, torch.cat(masks),
@@ -160,9 +160,11 @@ def _centres(objects: Tensor, relation: Tensor, size: int, g: torch.Generator) -
     return centres
 
 
-def _render(objects: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Anti-aliased shapes on black. Shapes: objects (n, 2, 4), centres (n, 2, 2) -> (n, 3, H, W),
-    (n, 2, H, W)."""
+def render(objects: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Anti-aliased shapes on black, as :func:`make_shapes` draws them: objects (n, 2, 4) (colour,
+    shape, size, position indices; -1 for no second shape) at centres (n, 2, 2) in pixels (x, y) ->
+    images (n, 3, H, W) in [-1, 1] and each shape's mask (n, 2, H, W). Public so that a lesson can
+    redraw a scene with one attribute changed at the same place (lesson 19's perfect keep)."""
     s = size * _SUPERSAMPLE
     coords = (torch.arange(s) + 0.5) / _SUPERSAMPLE  # subpixel centres in pixels
     y, x = coords.view(1, s, 1), coords.view(1, 1, s)
