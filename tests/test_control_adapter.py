@@ -4,6 +4,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from diffuse_edu.data.captioned import make_shapes, palette_rgb, render
 from diffuse_edu.diffusion.objectives import DiffusionObjective
 from diffuse_edu.diffusion.schedules import cosine_schedule
 from diffuse_edu.exercises import run_checker
@@ -18,8 +19,6 @@ from diffuse_edu.models.attention_control import (
     colour_layout_change,
     injected_cross_attention,
     injecting_attention,
-    layout,
-    layout_change,
     recording_attention,
     word_maps_locate,
 )
@@ -221,13 +220,11 @@ def test_word_maps_locate_reads_each_words_map_against_the_shapes():
 
 
 def test_box_centre_keeps_a_shape_edit_in_place_where_the_centroid_moves():
-    from diffuse_edu.data.captioned import COLOURS
-    palette = torch.tensor(list(COLOURS.values())) * 2 - 1
+    palette = palette_rgb()
     objects = torch.tensor([[[0, 0, 1, -1], [2, 1, 1, -1]]])  # big red circle, big blue square
     triangle = objects.clone()
     triangle[0, 0, 1] = 2  # the red circle becomes a triangle at the same centre
     centres = torch.tensor([[[4.0, 8.0], [12.0, 8.0]]])
-    from diffuse_edu.data.captioned import render  # the data's own renderer (make_shapes')
     a, b = render(objects, centres, 16)[0], render(triangle, centres, 16)[0]
     keep = colour_layout_change(a, objects[:, :, 0], b, triangle[:, :, 0], palette)
     assert keep["shift"][0, 0] < 0.51 and keep["shift"][0, 1] == 0  # box centres stay
@@ -240,24 +237,18 @@ def test_box_centre_keeps_a_shape_edit_in_place_where_the_centroid_moves():
     assert ext[0, 0].tolist() == [6.0, 6.0]  # the pixels lit over half: radius 3.6 -> 6 px
 
 
-def test_layout_reads_centre_and_area():
-    img = -torch.ones(2, 3, 6, 6)
-    img[0, 0, 1:3, 3:5] = 1  # a 2x2 square, centre (3.5, 1.5)
-    lay = layout(img)
-    assert torch.allclose(lay["centre"][0], torch.tensor([3.5, 1.5]))
-    assert lay["area"].tolist() == [4.0, 0.0]
-    moved = img.clone()
-    moved[0] = -1
-    moved[0, 1, 3:5, 0:2] = 1
-    change = layout_change(img, moved)
-    assert change["shift"][0] == pytest.approx(13 ** 0.5)  # centre (0.5, 3.5)
-    assert change["size"][0] == 0 and change["mask_distance"][0] == 1
-    assert change["mask_distance"][1] == 0  # two empty images agree
+def test_shape_sets_keep_where_the_renderer_drew_each_shape():
+    shapes = make_shapes(12, size=16, two_shapes=0.5)
+    again, masks = render(shapes.objects, shapes.centres, 16)  # the data's own renderer
+    assert torch.equal(again, shapes.images) and torch.equal(masks, shapes.masks)
+    part = shapes.subset(torch.tensor([3, 1]))
+    assert torch.equal(part.centres, shapes.centres[[3, 1]])
+    assert torch.equal(palette_rgb()[shapes.objects[0, 0, 0]],
+                       shapes.images[0][:, shapes.masks[0, 0]].amax(1))  # the first shape's colour
 
 
 def test_colour_layout_finds_each_shape_by_its_colour():
-    from diffuse_edu.data.captioned import COLOURS
-    palette = torch.tensor(list(COLOURS.values())) * 2 - 1  # red, green, blue, yellow
+    palette = palette_rgb()  # red, green, blue, yellow
     img = -torch.ones(1, 3, 8, 8)
     img[0, :, 0:2, 0:2] = palette[0].view(3, 1, 1)  # red 2x2 at the top left, centre (0.5, 0.5)
     img[0, :, 5:8, 6:8] = palette[2].view(3, 1, 1)  # blue 3x2, centre (6.5, 6)

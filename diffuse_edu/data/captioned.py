@@ -52,7 +52,8 @@ class ShapeSet:
     Shapes: images (N, 3, H, W) float32 in [-1, 1]; objects (N, 2, 4) int64: colour, shape, size,
     position index of the first and second shape (-1 where an image has one shape); relation (N,)
     int64 index into :data:`RELATIONS` (-1 for one shape); masks (N, 2, H, W) bool, the pixels of
-    each shape.
+    each shape; centres (N, 2, 2) float32, each shape's centre (x, y) in pixels, where
+    :func:`render` drew it.
     """
 
     images: Tensor
@@ -60,6 +61,7 @@ class ShapeSet:
     objects: Tensor
     relation: Tensor
     masks: Tensor
+    centres: Tensor
     name: str
 
     def __len__(self) -> int:
@@ -74,7 +76,14 @@ class ShapeSet:
         """The images ``idx`` (a bool mask or indices) with everything that describes them."""
         idx = idx.nonzero().squeeze(1) if idx.dtype == torch.bool else idx
         return ShapeSet(self.images[idx], tuple(self.captions[i] for i in idx.tolist()),
-                        self.objects[idx], self.relation[idx], self.masks[idx], self.name)
+                        self.objects[idx], self.relation[idx], self.masks[idx], self.centres[idx],
+                        self.name)
+
+
+def palette_rgb(device: torch.device | str | None = None) -> Tensor:
+    """The shapes' colours in the images' range [-1, 1], in the order of :data:`COLOURS` (the
+    index a colour has in :attr:`ShapeSet.objects`). Shapes: (len(COLOURS), 3)."""
+    return torch.tensor(list(COLOURS.values()), device=device) * 2 - 1
 
 
 def caption(objects: Tensor, relation: int) -> str:
@@ -104,7 +113,7 @@ def make_shapes(n: int, *, size: int = 16, seed: int = 0, split: str = "train",
     images, masks = zip(*(render(objects[lo:lo + chunk], centres[lo:lo + chunk],
                                   size) for lo in range(0, n, chunk)))
     captions = tuple(caption(o, int(r)) for o, r in zip(objects, relation))
-    return ShapeSet(torch.cat(images), captions, objects, relation, torch.cat(masks),
+    return ShapeSet(torch.cat(images), captions, objects, relation, torch.cat(masks), centres,
                     f"shapes_{split}")
 
 

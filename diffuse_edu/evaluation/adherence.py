@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, ATTRIBUTES, COLOURS
+from diffuse_edu.data.captioned import ATTRIBUTE_GROUPS, ATTRIBUTES, palette_rgb
 from diffuse_edu.models.classifier import Classifier
 from diffuse_edu.models.clip import MiniCLIP
 
@@ -55,8 +55,7 @@ def region_colour(images: Tensor, region: Tensor, *, bright: float = 0.0) -> Ten
     """The palette colour nearest to the mean of the bright pixels (some channel above ``bright``)
     inside ``region``; -1 where the region has none. Shapes: images (N, 3, H, W) in [-1, 1],
     region (N, H, W) bool -> (N,) index into COLOURS."""
-    palette = torch.tensor(list(COLOURS.values()),
-                           device=images.device) * 2 - 1  # (K, 3) in [-1, 1]
+    palette = palette_rgb(images.device)  # (K, 3) in [-1, 1]
     lit = region & (images.amax(1) > bright)  # (N, H, W)
     count = lit.sum((1, 2))
     mean = (images * lit[:, None]).sum((2, 3)) / count.clamp_min(1)[:, None]  # (N, 3)

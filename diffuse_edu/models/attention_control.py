@@ -138,35 +138,6 @@ def injecting_attention(model: nn.Module, maps: list[list[Tensor]], share: float
         yield counts
 
 
-def layout(images: Tensor, threshold: float = 0.0) -> dict[str, Tensor]:
-    """Where the shape is and how big: the centroid (x, y) in pixels and the area (pixels) of the
-    foreground (some channel above ``threshold``; the shapes are drawn on black, -1), and the
-    foreground mask. Shapes: images (B, 3, H, W) -> centre (B, 2), area (B,), mask (B, H, W)."""
-    mask = (images > threshold).any(1)
-    _, h, w = mask.shape
-    m = mask.float()
-    area = m.sum((1, 2))
-    ys = torch.arange(h, dtype=m.dtype, device=m.device)[None, :, None]
-    xs = torch.arange(w, dtype=m.dtype, device=m.device)[None, None, :]
-    safe = area.clamp_min(1)
-    centre = torch.stack([(m * xs).sum((1, 2)) / safe, (m * ys).sum((1, 2)) / safe], 1)
-    centre = torch.where(area[:, None] > 0, centre, torch.full_like(centre, (w - 1) / 2))
-    return {"centre": centre, "area": area, "mask": mask}
-
-
-def layout_change(a: Tensor, b: Tensor) -> dict[str, Tensor]:
-    """How far image b's layout is from image a's, per pair: the centroid's shift (pixels), the
-    relative change of the area |log((area_b + 1) / (area_a + 1))| and 1 - IoU of the foregrounds.
-    Shapes: a and b (B, 3, H, W) -> each (B,)."""
-    la, lb = layout(a), layout(b)
-    inter = (la["mask"] & lb["mask"]).flatten(1).sum(1).float()
-    union = (la["mask"] | lb["mask"]).flatten(1).sum(1).float()
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return {"shift": (la["centre"] - lb["centre"]).norm(dim=1),
-            "size": ((lb["area"] + 1) / (la["area"] + 1)).log().abs(),
-            "mask_distance": 1 - iou}
-
-
 def colour_layout(images: Tensor, colours: Tensor, palette: Tensor, *,
                   min_pixels: int = 3) -> dict[str, Tensor]:
     """Where each asked colour's shape is, for images of several shapes told apart by colour: the
@@ -177,7 +148,7 @@ def colour_layout(images: Tensor, colours: Tensor, palette: Tensor, *,
     centroid sits r/3 below its box's centre (the data draws every shape centred in its box), so a
     shape edit would move the centroid of a shape kept in place.
     Shapes: images (B, 3, H, W) in [-1, 1], colours (B, K) indices into palette, palette (P, 3) in
-    [-1, 1] (lesson 09's: ``torch.tensor(list(COLOURS.values())) * 2 - 1``) -> centre (B, K, 2),
+    [-1, 1] (lesson 09's: ``data.captioned.palette_rgb()``) -> centre (B, K, 2),
     extent (B, K, 2), area (B, K), found (B, K) bool."""
     b, _, h, w = images.shape
     pixels = rearrange(images, "b c h w -> (b h w) c")
@@ -273,8 +244,6 @@ __all__ = [
     "cross_attention_blocks",
     "injected_cross_attention",
     "injecting_attention",
-    "layout",
-    "layout_change",
     "recording_attention",
     "word_maps_locate",
 ]
